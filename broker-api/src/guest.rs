@@ -1,0 +1,342 @@
+//! The safe side a strategy written in Rust sees: implement [`Strategy`], call
+//! [`export_strategy!`](crate::export_strategy), and talk to the host through [`Host`].
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::abi::{
+    self, Bytes, CallCtx, HOST_MAGIC, HostTable, PLUGIN_MAGIC, PluginFn, PluginTable, Sink, SinkBuf,
+    Status,
+};
+use crate::wire::{
+    AssistedFinishRequest, AssistedUrlOutput, AssistedUrlRequest, ErrorOutput, HostError,
+    HttpRequest, HttpResponse, LoginOutput, LoginRequest, Manifest, TotpCode, TotpRequest,
+    VerifyOutput, VerifyRequest, WIRE_VERSION,
+};
+
+/// Largest answer a plugin accepts from a host callback.
+const HOST_REPLY_CAP: usize = 8 << 20;
+
+/// A broker login strategy. Every method runs on a host thread that may block; the host bounds
+/// the total time with a deadline.
+pub trait Strategy: 'static {
+    /// Broker id, e.g. `kite`. Lowercase letters, digits and `-`.
+    const ID: &'static str;
+    /// Strategy version.
+    const VERSION: &'static str;
+    /// Whether [`Strategy::verify`] is implemented.
+    const HAS_VERIFY: bool = false;
+    /// Whether the assisted-login pair is implemented.
+    const HAS_ASSISTED: bool = false;
+
+    /// What the strategy needs and offers.
+    fn manifest() -> Manifest;
+
+    /// Log in headlessly.
+    fn login(host: &Host<'_>, req: LoginRequest) -> Result<LoginOutput, ErrorOutput>;
+
+    /// Check a token with the broker.
+    fn verify(_host: &Host<'_>, _req: VerifyRequest) -> Result<VerifyOutput, ErrorOutput> {
+        Err(unsupported("verify"))
+    }
+
+    /// Build the broker's login URL for a person to open.
+    fn assisted_url(
+        _host: &Host<'_>,
+        _req: AssistedUrlRequest,
+    ) -> Result<AssistedUrlOutput, ErrorOutput> {
+        Err(unsupported("assisted login"))
+    }
+
+    /// Finish a login from the broker's redirect query.
+    fn assisted_finish(
+        _host: &Host<'_>,
+        _req: AssistedFinishRequest,
+    ) -> Result<LoginOutput, ErrorOutput> {
+        Err(unsupported("assisted login"))
+    }
+}
+
+fn unsupported(what: &str) -> ErrorOutput {
+    ErrorOutput::new(
+        crate::wire::ErrorClass::Protocol,
+        format!("{what} is not supported by this strategy"),
+    )
+}
+
+/// Log levels of the `log` callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Level {
+    /// Something failed.
+    Error = 1,
+    /// Something looks wrong.
+    Warn = 2,
+    /// Progress worth an operator's eye.
+    Info = 3,
+    /// Detail for debugging.
+    Debug = 4,
+    /// Everything.
+    Trace = 5,
+}
+
+/// Failure of a host callback as a strategy sees it.
+#[derive(Clone, Debug)]
+pub struct HostCallError {
+    /// Status the host returned.
+    pub status: Status,
+    /// The host's explanation.
+    pub error: HostError,
+}
+
+impl std::fmt::Display for HostCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host {}: {}", self.error.kind, self.error.message)
+    }
+}
+
+impl std::error::Error for HostCallError {}
+
+/// The host's services for the duration of one plugin call.
+pub struct Host<'a> {
+    table: &'a HostTable,
+    call: *mut CallCtx,
+}
+
+impl Host<'_> {
+    /// One HTTP exchange through the host (cookies, allowed hosts and deadline are the host's).
+    pub fn http(&self, req: &HttpRequest) -> Result<HttpResponse, HostCallError> {
+        self.call_json(self.table.http, req)
+    }
+
+    /// A TOTP code for this call's account, from a step never used before for it.
+    pub fn totp(&self) -> Result<TotpCode, HostCallError> {
+        self.call_json(self.table.totp, &TotpRequest { v: WIRE_VERSION })
+    }
+
+    /// The host's clock, in Unix milliseconds.
+    pub fn now_unix_ms(&self) -> i64 {
+        // SAFETY: the table and call context come from the host for this call.
+        unsafe { (self.table.now_unix_ms)(self.call) }
+    }
+
+    /// A log line. The host redacts the secrets it knows; strategies still never log one.
+    pub fn log(&self, level: Level, message: &str) {
+        // SAFETY: as above; the message outlives the call.
+        unsafe { (self.table.log)(self.call, level as i32, Bytes::new(message.as_bytes())) }
+    }
+
+    fn call_json<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        f: unsafe extern "C" fn(*mut CallCtx, Bytes, Sink) -> Status,
+        req: &Req,
+    ) -> Result<Resp, HostCallError> {
+        let input = serde_json::to_vec(req).map_err(|e| local_error("bad_request", e))?;
+        let mut out = SinkBuf::with_cap(HOST_REPLY_CAP);
+        // SAFETY: the table and call context come from the host for this call; input and out
+        // outlive the call.
+        let status = unsafe { f(self.call, Bytes::new(&input), out.sink()) };
+        if out.overflowed() {
+            return Err(local_error("too_large", "host reply over the plugin's cap"));
+        }
+        if status.is_ok() {
+            return serde_json::from_slice(out.bytes()).map_err(|e| local_error("bad_reply", e));
+        }
+        let error = serde_json::from_slice(out.bytes()).unwrap_or_else(|_| HostError {
+            v: WIRE_VERSION,
+            kind: "unknown".into(),
+            message: format!("host returned status {}", status.0),
+        });
+        Err(HostCallError { status, error })
+    }
+}
+
+fn local_error(kind: &str, e: impl std::fmt::Display) -> HostCallError {
+    HostCallError {
+        status: Status::ERROR,
+        error: HostError {
+            v: WIRE_VERSION,
+            kind: kind.into(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// A plugin table with the storage its `Bytes` point into. Built once per process, never freed.
+#[doc(hidden)]
+pub struct StaticTable(PluginTable);
+
+// SAFETY: the table only points into leaked, immutable data and at functions.
+unsafe impl Sync for StaticTable {}
+unsafe impl Send for StaticTable {}
+
+impl StaticTable {
+    /// Pointer to the table.
+    pub fn as_ptr(&self) -> *const PluginTable {
+        &self.0
+    }
+}
+
+fn leak_bytes(s: String) -> Bytes {
+    let s: &'static str = Box::leak(s.into_boxed_str());
+    Bytes::new(s.as_bytes())
+}
+
+/// Builds the table of `S`. Used by [`export_strategy!`](crate::export_strategy).
+#[doc(hidden)]
+pub fn build_table<S: Strategy>() -> StaticTable {
+    let manifest = serde_json::to_string(&S::manifest()).unwrap_or_default();
+    StaticTable(PluginTable {
+        header: abi::Header {
+            magic: PLUGIN_MAGIC,
+            struct_size: std::mem::size_of::<PluginTable>() as u32,
+            abi_major: abi::ABI_MAJOR,
+            abi_minor: abi::ABI_MINOR,
+        },
+        id: leak_bytes(S::ID.to_owned()),
+        version: leak_bytes(S::VERSION.to_owned()),
+        manifest: leak_bytes(manifest),
+        login: Some(login_shim::<S> as PluginFn),
+        verify: S::HAS_VERIFY.then_some(verify_shim::<S> as PluginFn),
+        assisted_url: S::HAS_ASSISTED.then_some(assisted_url_shim::<S> as PluginFn),
+        assisted_finish: S::HAS_ASSISTED.then_some(assisted_finish_shim::<S> as PluginFn),
+    })
+}
+
+/// Whether a host table is one this plugin can use.
+#[doc(hidden)]
+pub fn host_is_compatible(host: *const HostTable) -> bool {
+    if host.is_null() {
+        return false;
+    }
+    // SAFETY: non-null; the header is the first field of every host table ever shipped.
+    let header = unsafe { (*host).header };
+    header.magic == HOST_MAGIC
+        && header.abi_major == abi::ABI_MAJOR
+        && header.struct_size as usize >= abi::HOST_TABLE_MIN_SIZE
+}
+
+/// Runs `f` with decoded input and writes its encoded result, catching panics.
+fn shim<Req, Out>(
+    host: *const HostTable,
+    call: *mut CallCtx,
+    input: Bytes,
+    out: Sink,
+    f: impl FnOnce(&Host<'_>, Req) -> Result<Out, ErrorOutput>,
+) -> Status
+where
+    Req: DeserializeOwned,
+    Out: Serialize,
+{
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        if !host_is_compatible(host) {
+            return Status::BAD_INPUT;
+        }
+        // SAFETY: checked non-null and compatible above; the host keeps it alive.
+        let host = Host {
+            table: unsafe { &*host },
+            call,
+        };
+        // SAFETY: the host passes bytes valid for this call.
+        let req: Req = match serde_json::from_slice(unsafe { input.as_slice() }) {
+            Ok(req) => req,
+            Err(_) => return Status::BAD_INPUT,
+        };
+        let (status, body) = match f(&host, req) {
+            Ok(output) => (Status::OK, serde_json::to_vec(&output)),
+            Err(error) => (Status::ERROR, serde_json::to_vec(&error)),
+        };
+        match body {
+            Ok(body) => {
+                // SAFETY: `out` is the caller's sink for this call.
+                unsafe { abi::sink_write(out, &body) };
+                status
+            }
+            Err(_) => Status::ERROR,
+        }
+    }));
+    result.unwrap_or(Status::PANIC)
+}
+
+unsafe extern "C" fn login_shim<S: Strategy>(
+    host: *const HostTable,
+    call: *mut CallCtx,
+    input: Bytes,
+    out: Sink,
+) -> Status {
+    shim(host, call, input, out, S::login)
+}
+
+unsafe extern "C" fn verify_shim<S: Strategy>(
+    host: *const HostTable,
+    call: *mut CallCtx,
+    input: Bytes,
+    out: Sink,
+) -> Status {
+    shim(host, call, input, out, S::verify)
+}
+
+unsafe extern "C" fn assisted_url_shim<S: Strategy>(
+    host: *const HostTable,
+    call: *mut CallCtx,
+    input: Bytes,
+    out: Sink,
+) -> Status {
+    shim(host, call, input, out, S::assisted_url)
+}
+
+unsafe extern "C" fn assisted_finish_shim<S: Strategy>(
+    host: *const HostTable,
+    call: *mut CallCtx,
+    input: Bytes,
+    out: Sink,
+) -> Status {
+    shim(host, call, input, out, S::assisted_finish)
+}
+
+/// Body of an entry function: checks the host and returns the (lazily built) table, or null.
+#[doc(hidden)]
+pub fn entry<S: Strategy>(
+    host: *const HostTable,
+    table: &'static std::sync::OnceLock<StaticTable>,
+) -> *const PluginTable {
+    catch_unwind(|| {
+        if !host_is_compatible(host) {
+            return std::ptr::null();
+        }
+        table.get_or_init(build_table::<S>).as_ptr()
+    })
+    .unwrap_or(std::ptr::null())
+}
+
+/// Export a [`Strategy`].
+///
+/// Always defines `pub extern "C" fn entry(host) -> *const PluginTable` in the calling module, which
+/// a host that bundles the strategy registers directly. With the calling crate's `plugin` feature on,
+/// also exports the unmangled `tokenbot_broker_v1` symbol that makes the crate's `cdylib` a drop-in
+/// plugin. (It is opt-in because several bundled strategies linked into one binary would otherwise
+/// each define that symbol.)
+#[macro_export]
+macro_rules! export_strategy {
+    ($strategy:ty) => {
+        /// Entry function of this strategy: the same one the `.so` exports.
+        pub extern "C" fn entry(
+            host: *const $crate::abi::HostTable,
+        ) -> *const $crate::abi::PluginTable {
+            static TABLE: ::std::sync::OnceLock<$crate::guest::StaticTable> =
+                ::std::sync::OnceLock::new();
+            $crate::guest::entry::<$strategy>(host, &TABLE)
+        }
+
+        /// The plugin entry symbol.
+        #[cfg(feature = "plugin")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn tokenbot_broker_v1(
+            host: *const $crate::abi::HostTable,
+        ) -> *const $crate::abi::PluginTable {
+            entry(host)
+        }
+    };
+}

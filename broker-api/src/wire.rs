@@ -1,0 +1,447 @@
+//! Versioned JSON that crosses the ABI. Every top-level message carries `"v"`; readers ignore
+//! fields they do not know and fill missing ones with defaults, so both sides may grow. Changing
+//! the meaning of a field here is an ABI change.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+/// Version of the JSON messages defined here.
+pub const WIRE_VERSION: u32 = 1;
+
+fn wire_version() -> u32 {
+    WIRE_VERSION
+}
+
+/// A secret string on the wire: never printed, zeroed when dropped.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sensitive(String);
+
+impl Sensitive {
+    /// Wrap a secret.
+    pub fn new(value: impl Into<String>) -> Sensitive {
+        Sensitive(value.into())
+    }
+
+    /// The secret itself; the caller takes responsibility for not leaking it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the secret is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Drop for Sensitive {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Why a login failed. Drives the host's retry policy: only `rate_limited`, `broker_unavailable`
+/// and `network` are retried automatically; `twofa_rejected` gets at most one retry on a fresh
+/// TOTP step; everything else needs a person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Wrong user id or password. Never retried: five failures lock the account.
+    InvalidCredentials,
+    /// The broker refused the second factor.
+    TwofaRejected,
+    /// The account's second factor is not one the strategy can produce (e.g. no TOTP).
+    TwofaUnavailable,
+    /// The user never authorized the API app.
+    AppNotAuthorized,
+    /// The broker reports the account blocked or frozen.
+    AccountLocked,
+    /// The broker detected automation; use assisted login.
+    AutomationBlocked,
+    /// Too many requests; see `retry_after_ms`.
+    RateLimited,
+    /// The broker is down or answered HTML or 5xx.
+    BrokerUnavailable,
+    /// Connection, DNS or timeout failure.
+    Network,
+    /// The broker answered something the strategy does not understand: it changed.
+    Protocol,
+    /// A class this host does not know (sent by a newer plugin); treated like `protocol`.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorClass {
+    /// The snake_case name used on the wire, in logs and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::InvalidCredentials => "invalid_credentials",
+            ErrorClass::TwofaRejected => "twofa_rejected",
+            ErrorClass::TwofaUnavailable => "twofa_unavailable",
+            ErrorClass::AppNotAuthorized => "app_not_authorized",
+            ErrorClass::AccountLocked => "account_locked",
+            ErrorClass::AutomationBlocked => "automation_blocked",
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::BrokerUnavailable => "broker_unavailable",
+            ErrorClass::Network => "network",
+            ErrorClass::Protocol => "protocol",
+            ErrorClass::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the host may retry automatically after backing off.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::RateLimited | ErrorClass::BrokerUnavailable | ErrorClass::Network
+        )
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A credential field a strategy needs. Names are the same for every broker: `broker_user_id`,
+/// `password`, `api_key`, `api_secret`, `totp_secret`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialField {
+    /// Field name.
+    pub name: String,
+    /// Whether the value is secret (encrypted at rest, never shown, prompted without echo).
+    #[serde(default)]
+    pub secret: bool,
+    /// Whether a login cannot proceed without it.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What a strategy tells the host about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// Human name, e.g. "Zerodha Kite".
+    pub display_name: String,
+    /// Credential fields the strategy needs.
+    pub credential_fields: Vec<CredentialField>,
+    /// Default refresh schedule (5-field cron).
+    pub schedule: String,
+    /// Default timezone of the schedule (IANA name).
+    pub timezone: String,
+    /// Human description of when tokens expire (the login output carries the exact instant).
+    #[serde(default)]
+    pub token_validity: String,
+    /// Default base URLs by name (e.g. `web_url`, `api_url`); the operator may override each.
+    pub base_urls: BTreeMap<String, String>,
+    /// Hosts the strategy may reach; hosts of operator-configured base URLs are added by the host.
+    pub allowed_hosts: Vec<String>,
+    /// Logins in flight at once for this broker.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: u32,
+    /// Requests per second the broker tolerates per app.
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_sec: f64,
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+
+fn default_rate() -> f64 {
+    5.0
+}
+
+/// The credentials of one account. Absent fields are `None`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Login password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Sensitive>,
+    /// API key / app key (not secret for most brokers, but treated with care).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// API secret / app secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_secret: Option<Sensitive>,
+}
+
+/// Input of `login`. The TOTP secret never crosses the boundary: the host's `totp` callback uses it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// The platform's user id.
+    pub user_id: String,
+    /// The broker-side user / client id.
+    pub broker_user_id: String,
+    /// Credentials other than the TOTP secret.
+    pub credentials: Credentials,
+    /// Effective base URLs (configured, else the manifest's defaults).
+    pub base_urls: BTreeMap<String, String>,
+    /// 1 for the first attempt of a refresh, 2 for a retry, ...
+    #[serde(default = "default_attempt")]
+    pub attempt: u32,
+    /// Where the broker redirects after login, when the host has one (assisted login, app config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+}
+
+fn default_attempt() -> u32 {
+    1
+}
+
+/// Output of `login` and `assisted_finish`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginOutput {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// The daily access token.
+    pub access_token: Sensitive,
+    /// The broker-side user id the broker confirmed.
+    #[serde(default)]
+    pub broker_user_id: String,
+    /// When the token was issued (Unix ms).
+    pub issued_at_ms: i64,
+    /// When the token stops working (Unix ms).
+    pub expires_at_ms: i64,
+    /// Broker-specific extras (e.g. Kite's `public_token`). Stored encrypted, never mirrored.
+    #[serde(default)]
+    pub extras: BTreeMap<String, serde_json::Value>,
+}
+
+/// Output of a failed plugin call (status `ERROR`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorOutput {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// What kind of failure this is.
+    pub class: ErrorClass,
+    /// Actionable text for an operator. Never contains a secret.
+    pub message: String,
+    /// For `rate_limited`: how long to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorOutput {
+    /// A failure of the given class.
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> ErrorOutput {
+        ErrorOutput {
+            v: WIRE_VERSION,
+            class,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Input of `verify`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// The broker-side user id the token should belong to.
+    pub broker_user_id: String,
+    /// The token to check.
+    pub access_token: Sensitive,
+    /// Credentials (some brokers need the API key to call their API).
+    #[serde(default)]
+    pub credentials: Credentials,
+    /// Effective base URLs.
+    pub base_urls: BTreeMap<String, String>,
+}
+
+/// Output of `verify`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyOutput {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// Whether the broker accepted the token.
+    pub valid: bool,
+    /// Why not, when invalid.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Input of `assisted_url`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AssistedUrlRequest {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// The broker-side user id.
+    pub broker_user_id: String,
+    /// Credentials (the login URL usually carries the API key).
+    pub credentials: Credentials,
+    /// Opaque single-use value the host uses to bind the callback to this account.
+    pub state: String,
+    /// The host's callback URL (`{public_url}/callback/{broker}`).
+    pub redirect_url: String,
+    /// Effective base URLs.
+    pub base_urls: BTreeMap<String, String>,
+}
+
+/// Output of `assisted_url`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AssistedUrlOutput {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// The URL a person opens to log in.
+    pub url: String,
+}
+
+/// Input of `assisted_finish`: the query of the broker's redirect to the host's callback.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AssistedFinishRequest {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// The platform's user id.
+    pub user_id: String,
+    /// The broker-side user id.
+    pub broker_user_id: String,
+    /// Credentials (API key and secret for the session exchange).
+    pub credentials: Credentials,
+    /// The redirect's query parameters, as received.
+    pub query: BTreeMap<String, String>,
+    /// Effective base URLs.
+    pub base_urls: BTreeMap<String, String>,
+}
+
+/// One HTTP exchange requested by a plugin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Absolute URL; its host must be allowed.
+    pub url: String,
+    /// Request headers as `[name, value]` pairs. The host adds the login's cookies.
+    #[serde(default)]
+    pub headers: Vec<[String; 2]>,
+    /// Request body (UTF-8).
+    #[serde(default)]
+    pub body: String,
+    /// Follow redirects (each hop's host must be allowed). Default: return the 3xx as is.
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// Per-request timeout; the host's login deadline still applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl HttpRequest {
+    /// A request with no headers or body.
+    pub fn new(method: &str, url: impl Into<String>) -> HttpRequest {
+        HttpRequest {
+            v: WIRE_VERSION,
+            method: method.to_owned(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: String::new(),
+            follow_redirects: false,
+            timeout_ms: None,
+        }
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> HttpRequest {
+        self.headers.push([name.to_owned(), value.into()]);
+        self
+    }
+
+    /// Set a body and its content type.
+    pub fn body(mut self, content_type: &str, body: impl Into<String>) -> HttpRequest {
+        self.headers
+            .push(["content-type".to_owned(), content_type.to_owned()]);
+        self.body = body.into();
+        self
+    }
+}
+
+/// The host's answer to an [`HttpRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// HTTP status code.
+    pub status: u16,
+    /// URL of the response (after any followed redirects).
+    pub url: String,
+    /// Response headers as `[name, value]` pairs, names lowercase, repeated names kept.
+    #[serde(default)]
+    pub headers: Vec<[String; 2]>,
+    /// Body, decoded as UTF-8 (invalid sequences replaced).
+    #[serde(default)]
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header with this (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|[n, _]| n.eq_ignore_ascii_case(name))
+            .map(|[_, v]| v.as_str())
+    }
+}
+
+/// Input of the `totp` callback.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TotpRequest {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+}
+
+/// Output of the `totp` callback: a code from a step never handed out before for this account.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TotpCode {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// Six digits, zero-padded.
+    pub code: Sensitive,
+    /// The RFC 6238 time step the code belongs to.
+    pub step: u64,
+    /// How long the code stays valid (ms).
+    pub valid_for_ms: u64,
+}
+
+/// Why a host callback failed (status other than `OK`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostError {
+    /// Wire version.
+    #[serde(default = "wire_version")]
+    pub v: u32,
+    /// `denied`, `timeout`, `too_large`, `network`, `bad_request`, `unavailable`, ...
+    pub kind: String,
+    /// Human text.
+    pub message: String,
+}

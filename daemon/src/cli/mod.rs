@@ -1,0 +1,100 @@
+//! The command line: parses arguments and wires the library together. `anyhow` lives here only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "tokenbot", version, about = "Keeps brokers' daily access tokens fresh")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "TOKENBOT_CONFIG", default_value = "tokenbot.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Loaded strategies: id, version, ABI, source, sha256; then load failures.
+    List,
+}
+
+/// Entry point of the `tokenbot` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tokenbot: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The default file may be absent (built-in defaults apply); a named one must exist.
+    let explicit = std::env::var_os("TOKENBOT_CONFIG").is_some() || cli.config != PathBuf::from("tokenbot.toml");
+    let config = Config::load(&cli.config, explicit)?;
+    init_logging(&config);
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::Plugins { command: PluginsCommand::List } => {
+            let registry = crate::plugins::Registry::load(&config.plugins);
+            println!("{:<12} {:<10} {:<5} {:<40} SHA256", "ID", "VERSION", "ABI", "SOURCE");
+            for plugin in registry.all().values() {
+                println!(
+                    "{:<12} {:<10} {:<5} {:<40} {}",
+                    plugin.id,
+                    plugin.version,
+                    format!("{}.{}", plugin.abi.0, plugin.abi.1),
+                    plugin.source.to_string(),
+                    plugin.sha256.as_deref().unwrap_or("-")
+                );
+            }
+            let failures = registry.failures();
+            for failure in &failures {
+                println!("failed: {}: {}", failure.path.display(), failure.error);
+            }
+            Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let state = Arc::new(crate::AppState::new(config));
+        crate::run(state, listener, crate::shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        crate::config::LogFormat::Json => builder.json().init(),
+        crate::config::LogFormat::Pretty => builder.init(),
+    }
+}

@@ -1,0 +1,73 @@
+//! Time as the daemon sees it. Injectable so TOTP, expiry rules and schedules are testable.
+
+use std::fmt::Debug;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// A source of time that can also wait.
+pub trait Clock: Send + Sync + Debug {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> i64;
+    /// Block the calling thread for `ms` milliseconds of this clock's time.
+    fn sleep_ms(&self, ms: u64);
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// A clock that only moves when told to; sleeping advances it at once and is recorded.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicI64,
+    sleeps: Mutex<Vec<u64>>,
+}
+
+impl ManualClock {
+    /// A clock standing at `now_ms`.
+    pub fn new(now_ms: i64) -> ManualClock {
+        ManualClock {
+            now: AtomicI64::new(now_ms),
+            sleeps: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Move to `now_ms`.
+    pub fn set(&self, now_ms: i64) {
+        self.now.store(now_ms, Ordering::SeqCst);
+    }
+
+    /// Move forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.now.fetch_add(ms as i64, Ordering::SeqCst);
+    }
+
+    /// Every sleep requested so far, in milliseconds.
+    pub fn sleeps(&self) -> Vec<u64> {
+        self.sleeps.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        self.sleeps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ms);
+        self.advance(ms);
+    }
+}

@@ -1,0 +1,515 @@
+//! Configuration: built-in defaults, then `tokenbot.toml`, then `TOKENBOT_*` env (`__` nests), then
+//! the Node service's env names as-is. Bad config is refused with the key, the value and why.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Names of the Node service's env variables and the keys they set.
+const NODE_ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "mirror.postgres.url"),
+    ("ENCRYPTION_KEY", "vault.encryption_key"),
+    ("JWT_SECRET", "auth.jwt_secret"),
+    ("TOKENBOT_API_KEY", "auth.api_key"),
+    ("TOKENBOT_PASSPHRASE", "vault.passphrase"),
+    ("LOG_LEVEL", "log.level"),
+];
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The sources could not be read or did not fit the schema (figment names key, value and source).
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value has the right type but is not acceptable.
+    #[error("configuration: key `{key}` = {value:?}: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// The offending value (never a secret).
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[vault]`
+    pub vault: VaultConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
+    /// `[refresh]`
+    pub refresh: RefreshConfig,
+    /// `[brokers.<id>]`
+    pub brokers: BTreeMap<String, BrokerConfig>,
+    /// `[mirror]`
+    pub mirror: MirrorConfig,
+    /// `[plugins]`
+    pub plugins: PluginsConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. `PORT` replaces the port.
+    pub listen: SocketAddr,
+    /// Public base URL of this daemon, for assisted-login callbacks.
+    pub public_url: Option<url::Url>,
+    /// Origins allowed by CORS; empty allows none.
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Time allowed for a client to send request headers, in seconds.
+    pub header_read_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            public_url: None,
+            cors_origins: Vec::new(),
+            body_limit_bytes: 64 * 1024,
+            header_read_timeout_secs: 10,
+        }
+    }
+}
+
+/// Storage engine of the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// redb (default).
+    #[default]
+    Redb,
+    /// sled (cargo feature `sled`).
+    Sled,
+}
+
+/// `[vault]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Vault file.
+    pub path: PathBuf,
+    /// Storage engine.
+    pub engine: Engine,
+    /// Key file holding the master key (64 hex chars). Default when no key is configured:
+    /// `vault.key` beside the vault, created on first start.
+    pub key_file: Option<PathBuf>,
+    /// Master key as 64 hex chars (`ENCRYPTION_KEY`).
+    #[serde(skip_serializing)]
+    pub encryption_key: Option<SecretString>,
+    /// Passphrase stretched with argon2id (`TOKENBOT_PASSPHRASE`).
+    #[serde(skip_serializing)]
+    pub passphrase: Option<SecretString>,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            path: PathBuf::from("data/vault.redb"),
+            engine: Engine::Redb,
+            key_file: None,
+            encryption_key: None,
+            passphrase: None,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret for user JWTs (`JWT_SECRET`). Without it, user routes answer 401.
+    #[serde(skip_serializing)]
+    pub jwt_secret: Option<SecretString>,
+    /// JWT claim holding the user id; `sub` falls back to `userId`, then `id`.
+    pub user_claim: String,
+    /// Named service API keys, each the lowercase hex SHA-256 of the key.
+    pub api_keys: BTreeMap<String, String>,
+    /// One more service key in plain text (`TOKENBOT_API_KEY`), named `env`.
+    #[serde(skip_serializing)]
+    pub api_key: Option<SecretString>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            user_claim: "sub".into(),
+            api_keys: BTreeMap::new(),
+            api_key: None,
+        }
+    }
+}
+
+/// `[refresh]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshConfig {
+    /// Logins in flight at once, all brokers together.
+    pub concurrency: u32,
+    /// Attempts per account and refresh, for retryable failures only.
+    pub max_attempts: u32,
+    /// First backoff delay, in milliseconds.
+    pub backoff_initial_ms: u64,
+    /// Largest backoff delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Time one login may take, all its HTTP exchanges and TOTP waits included, in seconds.
+    pub login_timeout_secs: u64,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            concurrency: 16,
+            max_attempts: 3,
+            backoff_initial_ms: 2_000,
+            backoff_max_ms: 60_000,
+            login_timeout_secs: 90,
+        }
+    }
+}
+
+/// `[brokers.<id>]`: every key is optional; the strategy's manifest gives the defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BrokerConfig {
+    /// Whether this broker is logged in on its schedule.
+    pub enabled: Option<bool>,
+    /// 5-field cron schedule.
+    pub schedule: Option<String>,
+    /// IANA timezone of the schedule.
+    pub timezone: Option<String>,
+    /// Requests per second to this broker.
+    pub rate_limit_per_sec: Option<f64>,
+    /// Logins in flight at once for this broker.
+    pub concurrency: Option<u32>,
+    /// Force IPv4 egress (brokers that allow-list one static IPv4 address).
+    pub ipv4_only: bool,
+    /// Extra hosts the strategy may reach.
+    pub allowed_hosts: Vec<String>,
+    /// Base URLs by name (`web_url`, `api_url`, `portal_url`, ...): every other key ending in `_url`.
+    #[serde(flatten)]
+    pub urls: BTreeMap<String, String>,
+}
+
+/// `[mirror]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// `[mirror.postgres]`; absent: no mirror.
+    pub postgres: Option<PostgresMirrorConfig>,
+}
+
+/// `[mirror.postgres]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresMirrorConfig {
+    /// Connection URL (`DATABASE_URL`). Holds a password: never logged.
+    #[serde(skip_serializing)]
+    pub url: SecretString,
+    /// Schema of the default table.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Name of the default table.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Channel for `NOTIFY`; empty: no notifications.
+    #[serde(default = "default_table")]
+    pub notify_channel: String,
+    /// Upsert template with named parameters, writing into an existing schema instead.
+    #[serde(default)]
+    pub upsert_sql: Option<String>,
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+
+fn default_table() -> String {
+    "tokenbot_tokens".into()
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory scanned for `*.so` at start and on SIGHUP.
+    pub dir: PathBuf,
+    /// If not empty, only `.so` files whose SHA-256 (lowercase hex) is listed are loaded.
+    pub sha256_allowlist: Vec<String>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("plugins"),
+            sha256_allowlist: Vec::new(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// If set, also write `combined.log` and `error.log` here, rotated daily.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+            dir: None,
+        }
+    }
+}
+
+impl Config {
+    /// Load from `path` (missing is fine when `required` is false) and the process environment.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, required, |name| std::env::var(name).ok())
+    }
+
+    /// Load from `path` and an explicit environment (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        required: bool,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        if required && !path.exists() {
+            return Err(ConfigError::invalid(
+                "--config",
+                path.display().to_string(),
+                "file not found",
+            ));
+        }
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            // Every setting lives in a section, so only nested names (`TOKENBOT_SERVER__LISTEN`) are
+            // configuration; `TOKENBOT_CONFIG`, `TOKENBOT_API_KEY`, ... are read elsewhere.
+            .merge(
+                Env::prefixed("TOKENBOT_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            );
+        for (name, key) in NODE_ENV {
+            if let Some(value) = env(name) {
+                figment = figment.merge((*key, value));
+            }
+        }
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if let Some(port) = env("PORT") {
+            let port = port
+                .parse::<u16>()
+                .map_err(|e| ConfigError::invalid("PORT", port.clone(), e.to_string()))?;
+            config.server.listen.set_port(port);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that need more than the types.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.refresh.max_attempts == 0 {
+            return Err(ConfigError::invalid("refresh.max_attempts", "0", "must be at least 1"));
+        }
+        if self.refresh.concurrency == 0 {
+            return Err(ConfigError::invalid("refresh.concurrency", "0", "must be at least 1"));
+        }
+        if self.refresh.backoff_initial_ms > self.refresh.backoff_max_ms {
+            return Err(ConfigError::invalid(
+                "refresh.backoff_initial_ms",
+                self.refresh.backoff_initial_ms.to_string(),
+                "must not exceed refresh.backoff_max_ms",
+            ));
+        }
+        if self.vault.engine == Engine::Sled && !cfg!(feature = "sled") {
+            return Err(ConfigError::invalid(
+                "vault.engine",
+                "sled",
+                "this build has no sled engine (cargo feature `sled`)",
+            ));
+        }
+        for (name, hash) in &self.auth.api_keys {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::invalid(
+                    format!("auth.api_keys.{name}"),
+                    "(hidden)",
+                    "must be the 64-hex-char SHA-256 of the key, not the key itself",
+                ));
+            }
+        }
+        for hash in &self.plugins.sha256_allowlist {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::invalid(
+                    "plugins.sha256_allowlist",
+                    hash.clone(),
+                    "must be 64 hex chars",
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid("log.level", self.log.level.clone(), e.to_string()));
+        }
+        for (id, broker) in &self.brokers {
+            broker.validate(id)?;
+        }
+        Ok(())
+    }
+}
+
+impl BrokerConfig {
+    fn validate(&self, id: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("brokers.{id}.{k}");
+        if let Some(schedule) = &self.schedule {
+            parse_cron(schedule).map_err(|e| ConfigError::invalid(key("schedule"), schedule, e))?;
+        }
+        if let Some(tz) = &self.timezone {
+            tz.parse::<chrono_tz::Tz>()
+                .map_err(|e| ConfigError::invalid(key("timezone"), tz, e.to_string()))?;
+        }
+        if let Some(rate) = self.rate_limit_per_sec
+            && !(rate > 0.0 && rate.is_finite())
+        {
+            return Err(ConfigError::invalid(
+                key("rate_limit_per_sec"),
+                rate.to_string(),
+                "must be a positive number",
+            ));
+        }
+        if self.concurrency == Some(0) {
+            return Err(ConfigError::invalid(key("concurrency"), "0", "must be at least 1"));
+        }
+        for (name, value) in &self.urls {
+            if !name.ends_with("_url") {
+                return Err(ConfigError::invalid(
+                    key(name),
+                    value,
+                    "unknown key (base URLs end in `_url`)",
+                ));
+            }
+            let url = url::Url::parse(value)
+                .map_err(|e| ConfigError::invalid(key(name), value, e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError::invalid(
+                    key(name),
+                    value,
+                    "must be an absolute http(s) URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parse a 5-field cron expression.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    expr.parse::<croner::Cron>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenbot.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env: BTreeMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_with_env(&path, true, |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_when_file_is_empty() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.vault.path, PathBuf::from("data/vault.redb"));
+        assert_eq!(config.refresh.max_attempts, 3);
+    }
+
+    #[test]
+    fn node_env_names_apply() {
+        let config = load(
+            "[server]\nlisten = \"0.0.0.0:1\"\n",
+            &[("PORT", "4000"), ("LOG_LEVEL", "debug"), ("DATABASE_URL", "postgres://x@h/db")],
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:4000");
+        assert_eq!(config.log.level, "debug");
+        assert!(config.mirror.postgres.is_some());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = load("[server]\nlisten_on = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_value() {
+        let err = load("[refresh]\nmax_attempts = \"three\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("max_attempts") && err.contains("three"), "{err}");
+    }
+
+    #[test]
+    fn bad_cron_timezone_and_url_are_refused() {
+        let err = load("[brokers.kite]\nschedule = \"61 8 * * *\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("brokers.kite.schedule") && err.contains("61 8"), "{err}");
+        let err = load("[brokers.kite]\ntimezone = \"Mars/Base\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("brokers.kite.timezone") && err.contains("Mars/Base"), "{err}");
+        let err = load("[brokers.kite]\napi_url = \"not a url\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("brokers.kite.api_url"), "{err}");
+        let err = load("[brokers.kite]\nfrobnicate = \"1\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("brokers.kite.frobnicate") && err.contains("unknown key"), "{err}");
+    }
+
+    #[test]
+    fn bad_port_env_is_refused() {
+        let err = load("", &[("PORT", "http")]).unwrap_err().to_string();
+        assert!(err.contains("PORT") && err.contains("http"), "{err}");
+    }
+}

@@ -1,0 +1,5 @@
+//! The `tokenbot` binary.
+
+fn main() -> std::process::ExitCode {
+    tokenbot::cli::main()
+}

@@ -1,0 +1,219 @@
+//! TOTP for the `totp` host callback: secret parsing, and the fresh-step and no-reuse rules.
+//!
+//! Rules (kite.md, TOTP): RFC 6238 with SHA-1, 6 digits, 30 s steps. If fewer than
+//! [`MIN_REMAINING_MS`] remain in the current step, wait for the next one. Never hand out a step
+//! already handed out for the same account: a broker that saw a code once may reject it, and a
+//! rejected code counts towards the account's lockout.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use totp_rs::{Algorithm, Builder, Secret};
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+
+/// RFC 6238 step length.
+pub const STEP_MS: i64 = 30_000;
+/// A code with less validity than this left is not handed out; the next step's is.
+pub const MIN_REMAINING_MS: i64 = 5_000;
+
+/// Why a TOTP secret was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TotpSecretError {
+    /// Neither base32 nor an `otpauth://` URI with a `secret` parameter.
+    #[error("the TOTP secret is neither base32 nor an otpauth:// URI with a secret")]
+    Unparseable,
+    /// Decoded to nothing useful.
+    #[error("the TOTP secret is too short ({0} bytes; at least 10 expected)")]
+    TooShort(usize),
+}
+
+/// Decode a TOTP secret as users paste it: base32 with spaces, dashes, lowercase or `=` padding,
+/// or an `otpauth://totp/...?secret=...` URI.
+pub fn parse_secret(input: &str) -> Result<Zeroizing<Vec<u8>>, TotpSecretError> {
+    let input = input.trim();
+    let base32: Zeroizing<String> = if input.len() >= 10 && input[..10].eq_ignore_ascii_case("otpauth://")
+    {
+        let url = url::Url::parse(input).map_err(|_| TotpSecretError::Unparseable)?;
+        let secret = url
+            .query_pairs()
+            .find(|(k, _)| k.eq_ignore_ascii_case("secret"))
+            .map(|(_, v)| v.into_owned())
+            .ok_or(TotpSecretError::Unparseable)?;
+        Zeroizing::new(secret)
+    } else {
+        Zeroizing::new(input.to_owned())
+    };
+    let normalised: Zeroizing<String> = Zeroizing::new(
+        base32
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '=' | '\t'))
+            .map(|c| c.to_ascii_uppercase())
+            .collect(),
+    );
+    if normalised.is_empty() {
+        return Err(TotpSecretError::Unparseable);
+    }
+    let secret = Secret::try_from_base32(normalised.as_str())
+        .map_err(|_| TotpSecretError::Unparseable)?;
+    let bytes = Zeroizing::new(secret.as_bytes().to_vec());
+    if bytes.len() < 10 {
+        return Err(TotpSecretError::TooShort(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// The 6-digit code of `step` for `secret`.
+pub fn code_at_step(secret: &[u8], step: u64) -> Zeroizing<String> {
+    let totp = Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_secret(secret)
+        .build_noncompliant();
+    Zeroizing::new(totp.generate(step * 30).to_string())
+}
+
+/// Remembers, per account, the last step handed out. Shared by every login of the process.
+#[derive(Debug, Default)]
+pub struct StepGuard {
+    /// account key -> last step handed out. Entries only grow; one per account.
+    last: Mutex<HashMap<String, u64>>,
+}
+
+/// A step reserved for an account, and how long to wait before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The step reserved.
+    pub step: u64,
+    /// Milliseconds until the step starts (0 if current).
+    pub wait_ms: u64,
+}
+
+impl StepGuard {
+    /// Reserve the step whose code to hand out for `account` at `now_ms`: the current one if
+    /// enough of it remains and it was never handed out, else the first later one that qualifies.
+    /// Reserving before waiting means two concurrent callers never get the same step.
+    pub fn reserve(&self, account: &str, now_ms: i64) -> Reservation {
+        let current = (now_ms / STEP_MS) as u64;
+        let remaining = STEP_MS - now_ms.rem_euclid(STEP_MS);
+        let mut step = if remaining < MIN_REMAINING_MS { current + 1 } else { current };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&used) = last.get(account)
+            && used >= step
+        {
+            step = used + 1;
+        }
+        last.insert(account.to_owned(), step);
+        let start_ms = step as i64 * STEP_MS;
+        Reservation {
+            step,
+            wait_ms: (start_ms - now_ms).max(0) as u64,
+        }
+    }
+}
+
+/// A code handed out by [`fresh_code`].
+pub struct FreshCode {
+    /// Six digits.
+    pub code: Zeroizing<String>,
+    /// Its step.
+    pub step: u64,
+    /// Milliseconds of validity left when handed out.
+    pub valid_for_ms: u64,
+}
+
+/// Hand out a code for `account`, waiting on `clock` when the rules require it, but never longer
+/// than `max_wait_ms` (then `Err` with the wait that would have been needed; the reserved step is
+/// simply skipped).
+pub fn fresh_code(
+    guard: &StepGuard,
+    clock: &dyn Clock,
+    account: &str,
+    secret: &[u8],
+    max_wait_ms: u64,
+) -> Result<FreshCode, u64> {
+    let reservation = guard.reserve(account, clock.now_ms());
+    if reservation.wait_ms > max_wait_ms {
+        return Err(reservation.wait_ms);
+    }
+    if reservation.wait_ms > 0 {
+        clock.sleep_ms(reservation.wait_ms);
+    }
+    let end_ms = (reservation.step as i64 + 1) * STEP_MS;
+    Ok(FreshCode {
+        code: code_at_step(secret, reservation.step),
+        step: reservation.step,
+        valid_for_ms: (end_ms - clock.now_ms()).max(0) as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const RFC_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+    #[test]
+    fn rfc6238_vectors() {
+        let secret = parse_secret(RFC_SECRET).unwrap();
+        for (t, code) in [
+            (59u64, "287082"),
+            (1111111109, "081804"),
+            (1234567890, "005924"),
+            (2000000000, "279037"),
+        ] {
+            assert_eq!(code_at_step(&secret, t / 30).as_str(), code, "t={t}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_normalised() {
+        let plain = parse_secret(RFC_SECRET).unwrap();
+        for variant in [
+            "gezd gnbv gy3t qojq gezd gnbv gy3t qojq",
+            "GEZD-GNBV-GY3T-QOJQ-GEZD-GNBV-GY3T-QOJQ",
+            "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ====",
+            "otpauth://totp/Kite:AB1234?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Kite",
+        ] {
+            assert_eq!(*parse_secret(variant).unwrap(), *plain, "{variant}");
+        }
+    }
+
+    #[test]
+    fn bad_secrets_are_refused() {
+        assert_eq!(parse_secret("not base32 at all!"), Err(TotpSecretError::Unparseable));
+        assert_eq!(parse_secret("otpauth://totp/x?issuer=y"), Err(TotpSecretError::Unparseable));
+        assert_eq!(parse_secret(""), Err(TotpSecretError::Unparseable));
+        assert!(matches!(parse_secret("GEZDGNBV"), Err(TotpSecretError::TooShort(5))));
+    }
+
+    #[test]
+    fn waits_for_next_step_when_three_seconds_remain() {
+        let clock = ManualClock::new(27_000 + 300_000);
+        let guard = StepGuard::default();
+        let code = fresh_code(&guard, &clock, "u/kite", b"12345678901234567890", 60_000).unwrap();
+        assert_eq!(code.step, 11);
+        assert_eq!(clock.sleeps(), vec![3_000]);
+        assert_eq!(code.valid_for_ms, 30_000);
+    }
+
+    #[test]
+    fn never_hands_out_a_step_twice_for_one_account() {
+        let clock = ManualClock::new(1_000_000_000_000);
+        let guard = StepGuard::default();
+        let mut steps = Vec::new();
+        for _ in 0..4 {
+            let code = fresh_code(&guard, &clock, "u/kite", b"12345678901234567890", 60_000).unwrap();
+            steps.push(code.step);
+        }
+        steps.dedup();
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        // Another account is independent: its current step is fine.
+        let before = clock.sleeps().len();
+        fresh_code(&guard, &clock, "v/kite", b"12345678901234567890", 60_000).unwrap();
+        assert_eq!(clock.sleeps().len(), before);
+    }
+}
