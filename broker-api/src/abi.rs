@@ -142,8 +142,12 @@ pub struct HostTable {
 }
 
 /// A plugin function: `(host, call, input JSON, out) -> status`.
-pub type PluginFn =
-    unsafe extern "C" fn(host: *const HostTable, call: *mut CallCtx, input: Bytes, out: Sink) -> Status;
+pub type PluginFn = unsafe extern "C" fn(
+    host: *const HostTable,
+    call: *mut CallCtx,
+    input: Bytes,
+    out: Sink,
+) -> Status;
 
 /// What a plugin exports. Owned by the plugin, valid for the life of the process (libraries are never
 /// unloaded).

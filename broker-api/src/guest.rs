@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::abi::{
-    self, Bytes, CallCtx, HOST_MAGIC, HostTable, PLUGIN_MAGIC, PluginFn, PluginTable, Sink, SinkBuf,
-    Status,
+    self, Bytes, CallCtx, HOST_MAGIC, HostTable, PLUGIN_MAGIC, PluginFn, PluginTable, Sink,
+    SinkBuf, Status,
 };
 use crate::wire::{
     AssistedFinishRequest, AssistedUrlOutput, AssistedUrlRequest, ErrorOutput, HostError,

@@ -54,7 +54,10 @@ impl ManualClock {
 
     /// Every sleep requested so far, in milliseconds.
     pub fn sleeps(&self) -> Vec<u64> {
-        self.sleeps.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sleeps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -39,7 +39,11 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Self {
+    fn invalid(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             value: value.into(),
@@ -354,10 +358,18 @@ impl Config {
     /// Checks that need more than the types.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.refresh.max_attempts == 0 {
-            return Err(ConfigError::invalid("refresh.max_attempts", "0", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "refresh.max_attempts",
+                "0",
+                "must be at least 1",
+            ));
         }
         if self.refresh.concurrency == 0 {
-            return Err(ConfigError::invalid("refresh.concurrency", "0", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "refresh.concurrency",
+                "0",
+                "must be at least 1",
+            ));
         }
         if self.refresh.backoff_initial_ms > self.refresh.backoff_max_ms {
             return Err(ConfigError::invalid(
@@ -392,7 +404,11 @@ impl Config {
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(ConfigError::invalid("log.level", self.log.level.clone(), e.to_string()));
+            return Err(ConfigError::invalid(
+                "log.level",
+                self.log.level.clone(),
+                e.to_string(),
+            ));
         }
         for (id, broker) in &self.brokers {
             broker.validate(id)?;
@@ -421,7 +437,11 @@ impl BrokerConfig {
             ));
         }
         if self.concurrency == Some(0) {
-            return Err(ConfigError::invalid(key("concurrency"), "0", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                key("concurrency"),
+                "0",
+                "must be at least 1",
+            ));
         }
         for (name, value) in &self.urls {
             if !name.ends_with("_url") {
@@ -458,8 +478,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenbot.toml");
         std::fs::write(&path, toml).unwrap();
-        let env: BTreeMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load_with_env(&path, true, |k| env.get(k).cloned())
     }
 
@@ -475,7 +497,11 @@ mod tests {
     fn node_env_names_apply() {
         let config = load(
             "[server]\nlisten = \"0.0.0.0:1\"\n",
-            &[("PORT", "4000"), ("LOG_LEVEL", "debug"), ("DATABASE_URL", "postgres://x@h/db")],
+            &[
+                ("PORT", "4000"),
+                ("LOG_LEVEL", "debug"),
+                ("DATABASE_URL", "postgres://x@h/db"),
+            ],
         )
         .unwrap();
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:4000");
@@ -485,26 +511,50 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_with_its_name() {
-        let err = load("[server]\nlisten_on = \"x\"\n", &[]).unwrap_err().to_string();
+        let err = load("[server]\nlisten_on = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen_on"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_key_and_value() {
-        let err = load("[refresh]\nmax_attempts = \"three\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("max_attempts") && err.contains("three"), "{err}");
+        let err = load("[refresh]\nmax_attempts = \"three\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_attempts") && err.contains("three"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_cron_timezone_and_url_are_refused() {
-        let err = load("[brokers.kite]\nschedule = \"61 8 * * *\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("brokers.kite.schedule") && err.contains("61 8"), "{err}");
-        let err = load("[brokers.kite]\ntimezone = \"Mars/Base\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("brokers.kite.timezone") && err.contains("Mars/Base"), "{err}");
-        let err = load("[brokers.kite]\napi_url = \"not a url\"\n", &[]).unwrap_err().to_string();
+        let err = load("[brokers.kite]\nschedule = \"61 8 * * *\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("brokers.kite.schedule") && err.contains("61 8"),
+            "{err}"
+        );
+        let err = load("[brokers.kite]\ntimezone = \"Mars/Base\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("brokers.kite.timezone") && err.contains("Mars/Base"),
+            "{err}"
+        );
+        let err = load("[brokers.kite]\napi_url = \"not a url\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("brokers.kite.api_url"), "{err}");
-        let err = load("[brokers.kite]\nfrobnicate = \"1\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("brokers.kite.frobnicate") && err.contains("unknown key"), "{err}");
+        let err = load("[brokers.kite]\nfrobnicate = \"1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("brokers.kite.frobnicate") && err.contains("unknown key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -146,7 +146,12 @@ fn fail(out: Sink, status: Status, kind: &str, message: impl Into<String>) -> St
 fn guarded(out: Option<Sink>, body: impl FnOnce() -> Status) -> Status {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
         if let Some(out) = out {
-            fail(out, Status::PANIC, "panic", "the host panicked in a callback");
+            fail(
+                out,
+                Status::PANIC,
+                "panic",
+                "the host panicked in a callback",
+            );
         }
         Status::PANIC
     })
@@ -189,10 +194,20 @@ unsafe extern "C" fn host_totp(call: *mut CallCtx, request: Bytes, out: Sink) ->
             return fail(out, Status::BAD_INPUT, "bad_request", "no call context");
         };
         if serde_json::from_slice::<TotpRequest>(request).is_err() {
-            return fail(out, Status::BAD_INPUT, "bad_request", "invalid TOTP request JSON");
+            return fail(
+                out,
+                Status::BAD_INPUT,
+                "bad_request",
+                "invalid TOTP request JSON",
+            );
         }
         let Some(secret) = &ctx.totp_secret else {
-            return fail(out, Status::ERROR, "no_totp_secret", "this account has no totp_secret");
+            return fail(
+                out,
+                Status::ERROR,
+                "no_totp_secret",
+                "this account has no totp_secret",
+            );
         };
         // Waiting for a fresh step must still fit in the call's deadline.
         let budget = ctx.remaining().unwrap_or_default().as_millis() as u64;
@@ -247,7 +262,11 @@ fn allowed(ctx: &CallContext, url: &url::Url) -> Result<(), HttpFailure> {
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if !matches!(url.scheme(), "http" | "https") {
-        return Err((Status::DENIED, "denied", format!("scheme {} is not allowed", url.scheme())));
+        return Err((
+            Status::DENIED,
+            "denied",
+            format!("scheme {} is not allowed", url.scheme()),
+        ));
     }
     if ctx.http.allowed_hosts.contains(host) {
         Ok(())
@@ -273,11 +292,17 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
         .unwrap_or(ctx.http.default_timeout);
     for _hop in 0..=MAX_REDIRECTS {
         allowed(ctx, &url)?;
-        let remaining = ctx
-            .remaining()
-            .ok_or((Status::TIMEOUT, "timeout", "the login deadline passed".to_owned()))?;
+        let remaining = ctx.remaining().ok_or((
+            Status::TIMEOUT,
+            "timeout",
+            "the login deadline passed".to_owned(),
+        ))?;
         let timeout = per_request.min(remaining);
-        let mut builder = ctx.http.client.request(method.clone(), url.clone()).timeout(timeout);
+        let mut builder = ctx
+            .http
+            .client
+            .request(method.clone(), url.clone())
+            .timeout(timeout);
         for [name, value] in &request.headers {
             if name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("host") {
                 continue;
@@ -307,16 +332,25 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
         let (status, headers, data) = match response {
             Ok(Ok(parts)) => parts,
             Ok(Err(())) => {
-                return Err((Status::TOO_LARGE, "too_large", format!("response over {cap} bytes")));
+                return Err((
+                    Status::TOO_LARGE,
+                    "too_large",
+                    format!("response over {cap} bytes"),
+                ));
             }
             Err(e) if e.is_timeout() => {
-                return Err((Status::TIMEOUT, "timeout", format!("{} timed out", url.path())));
+                return Err((
+                    Status::TIMEOUT,
+                    "timeout",
+                    format!("{} timed out", url.path()),
+                ));
             }
             Err(e) => return Err((Status::ERROR, "network", describe(&e))),
         };
-        ctx.http
-            .jar
-            .set_cookies(&mut headers.get_all(reqwest::header::SET_COOKIE).iter(), &url);
+        ctx.http.jar.set_cookies(
+            &mut headers.get_all(reqwest::header::SET_COOKIE).iter(),
+            &url,
+        );
         let location = headers
             .get(reqwest::header::LOCATION)
             .and_then(|l| l.to_str().ok())
@@ -336,7 +370,12 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
         learn_tokens(&ctx.redactor, &body, &headers);
         let headers = headers
             .iter()
-            .map(|(n, v)| [n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()])
+            .map(|(n, v)| {
+                [
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ]
+            })
             .collect();
         return Ok(HttpResponse {
             v: WIRE_VERSION,
@@ -346,7 +385,11 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
             body,
         });
     }
-    Err((Status::ERROR, "too_many_redirects", format!("more than {MAX_REDIRECTS} redirects")))
+    Err((
+        Status::ERROR,
+        "too_many_redirects",
+        format!("more than {MAX_REDIRECTS} redirects"),
+    ))
 }
 
 /// Error text without the URL's query (which may carry tokens).

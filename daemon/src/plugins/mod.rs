@@ -13,7 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use broker_api::abi::{
-    self, Bytes, EntryFn, PLUGIN_MAGIC, PLUGIN_TABLE_MIN_SIZE, PluginFn, PluginTable, SinkBuf, Status,
+    self, Bytes, EntryFn, PLUGIN_MAGIC, PLUGIN_TABLE_MIN_SIZE, PluginFn, PluginTable, SinkBuf,
+    Status,
 };
 use broker_api::wire::{self, ErrorOutput, Manifest};
 use serde::Serialize;
@@ -27,8 +28,13 @@ use host::{CallContext, HOST_TABLE};
 pub const OUTPUT_CAP: usize = 1 << 20;
 
 /// Credential field names shared by every broker.
-pub const CREDENTIAL_FIELDS: &[&str] =
-    &["broker_user_id", "password", "api_key", "api_secret", "totp_secret"];
+pub const CREDENTIAL_FIELDS: &[&str] = &[
+    "broker_user_id",
+    "password",
+    "api_key",
+    "api_secret",
+    "totp_secret",
+];
 
 /// Why a plugin was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,7 +174,8 @@ fn as_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result
 unsafe fn table_text(bytes: Bytes, what: &str) -> Result<String, LoadError> {
     // SAFETY: plugin tables point into static data of the plugin, which is never unloaded.
     let raw = unsafe { bytes.as_slice() };
-    String::from_utf8(raw.to_vec()).map_err(|_| LoadError::BadManifest(format!("{what} is not UTF-8")))
+    String::from_utf8(raw.to_vec())
+        .map_err(|_| LoadError::BadManifest(format!("{what} is not UTF-8")))
 }
 
 impl Plugin {
@@ -176,7 +183,11 @@ impl Plugin {
     ///
     /// # Safety
     /// `entry` must be a function with the [`EntryFn`] contract whose code stays loaded forever.
-    pub unsafe fn from_entry(entry: EntryFn, source: Source, sha256: Option<String>) -> Result<Plugin, LoadError> {
+    pub unsafe fn from_entry(
+        entry: EntryFn,
+        source: Source,
+        sha256: Option<String>,
+    ) -> Result<Plugin, LoadError> {
         // SAFETY: the caller vouches for `entry`; the host table is static.
         let table = unsafe { entry(&HOST_TABLE) };
         if table.is_null() {
@@ -236,7 +247,8 @@ impl Plugin {
         }
         // SAFETY: loading runs the library's initialisers; the operator chose this directory
         // (and, optionally, pinned the digests).
-        let library = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open(e.to_string()))?;
+        let library = unsafe { libloading::Library::new(path) }
+            .map_err(|e| LoadError::Open(e.to_string()))?;
         let library: &'static libloading::Library = Box::leak(Box::new(library));
         // SAFETY: the symbol is declared by the ABI with the `EntryFn` signature.
         let entry = unsafe { library.get::<EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) }
@@ -253,13 +265,28 @@ impl Plugin {
     }
 
     /// Hosts the plugin may reach: those it declares plus those of configured URLs and extras.
-    pub fn allowed_hosts(&self, configured_urls: &BTreeMap<String, String>, extra: &[String]) -> HashSet<String> {
-        let mut hosts: HashSet<String> =
-            self.manifest.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    pub fn allowed_hosts(
+        &self,
+        configured_urls: &BTreeMap<String, String>,
+        extra: &[String],
+    ) -> HashSet<String> {
+        let mut hosts: HashSet<String> = self
+            .manifest
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
         hosts.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
         for url in configured_urls.values() {
-            if let Some(host) = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)) {
-                hosts.insert(host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase());
+            if let Some(host) = url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+            {
+                hosts.insert(
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_ascii_lowercase(),
+                );
             }
         }
         hosts
@@ -267,30 +294,48 @@ impl Plugin {
 
     /// Whether `verify` is implemented.
     pub fn has_verify(&self) -> bool {
-        self.optional(std::mem::offset_of!(PluginTable, verify), self.table.verify).is_some()
+        self.optional(std::mem::offset_of!(PluginTable, verify), self.table.verify)
+            .is_some()
     }
 
     /// Whether assisted login is implemented.
     pub fn has_assisted(&self) -> bool {
-        self.optional(std::mem::offset_of!(PluginTable, assisted_url), self.table.assisted_url).is_some()
+        self.optional(
+            std::mem::offset_of!(PluginTable, assisted_url),
+            self.table.assisted_url,
+        )
+        .is_some()
             && self
-                .optional(std::mem::offset_of!(PluginTable, assisted_finish), self.table.assisted_finish)
+                .optional(
+                    std::mem::offset_of!(PluginTable, assisted_finish),
+                    self.table.assisted_finish,
+                )
                 .is_some()
     }
 
     /// A function past the minimum table, if the plugin's table is long enough to hold it.
     fn optional(&self, offset: usize, f: Option<PluginFn>) -> Option<PluginFn> {
         let end = offset + std::mem::size_of::<Option<PluginFn>>();
-        (self.table.header.struct_size as usize >= end).then_some(f).flatten()
+        (self.table.header.struct_size as usize >= end)
+            .then_some(f)
+            .flatten()
     }
 
     /// Call `login` on the current (blocking) thread.
-    pub fn login_blocking(&self, ctx: &CallContext, req: &wire::LoginRequest) -> Result<wire::LoginOutput, CallError> {
+    pub fn login_blocking(
+        &self,
+        ctx: &CallContext,
+        req: &wire::LoginRequest,
+    ) -> Result<wire::LoginOutput, CallError> {
         self.call(self.table.login, "login", ctx, req)
     }
 
     /// Call `verify` on the current (blocking) thread.
-    pub fn verify_blocking(&self, ctx: &CallContext, req: &wire::VerifyRequest) -> Result<wire::VerifyOutput, CallError> {
+    pub fn verify_blocking(
+        &self,
+        ctx: &CallContext,
+        req: &wire::VerifyRequest,
+    ) -> Result<wire::VerifyOutput, CallError> {
         let f = self.optional(std::mem::offset_of!(PluginTable, verify), self.table.verify);
         self.call(f, "verify", ctx, req)
     }
@@ -301,7 +346,10 @@ impl Plugin {
         ctx: &CallContext,
         req: &wire::AssistedUrlRequest,
     ) -> Result<wire::AssistedUrlOutput, CallError> {
-        let f = self.optional(std::mem::offset_of!(PluginTable, assisted_url), self.table.assisted_url);
+        let f = self.optional(
+            std::mem::offset_of!(PluginTable, assisted_url),
+            self.table.assisted_url,
+        );
         self.call(f, "assisted login", ctx, req)
     }
 
@@ -311,7 +359,10 @@ impl Plugin {
         ctx: &CallContext,
         req: &wire::AssistedFinishRequest,
     ) -> Result<wire::LoginOutput, CallError> {
-        let f = self.optional(std::mem::offset_of!(PluginTable, assisted_finish), self.table.assisted_finish);
+        let f = self.optional(
+            std::mem::offset_of!(PluginTable, assisted_finish),
+            self.table.assisted_finish,
+        );
         self.call(f, "assisted login", ctx, req)
     }
 
@@ -333,7 +384,9 @@ impl Plugin {
             return Err(CallError::OutputTooLarge);
         }
         match status {
-            Status::OK => serde_json::from_slice(out.bytes()).map_err(|e| CallError::BadOutput(e.to_string())),
+            Status::OK => {
+                serde_json::from_slice(out.bytes()).map_err(|e| CallError::BadOutput(e.to_string()))
+            }
             Status::ERROR => match serde_json::from_slice::<ErrorOutput>(out.bytes()) {
                 Ok(error) => Err(CallError::Failed(error)),
                 Err(e) => Err(CallError::BadOutput(e.to_string())),
@@ -348,7 +401,12 @@ impl Plugin {
 
 fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadError> {
     let bad = |m: String| Err(LoadError::BadManifest(m));
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return bad(format!("id {id:?} must be 1-64 of [a-z0-9-]"));
     }
     if version.is_empty() {
@@ -362,16 +420,22 @@ fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadErro
             return bad(format!("unknown credential field {:?}", field.name));
         }
     }
-    if !manifest.credential_fields.iter().any(|f| f.name == "broker_user_id") {
+    if !manifest
+        .credential_fields
+        .iter()
+        .any(|f| f.name == "broker_user_id")
+    {
         return bad("credential fields must include broker_user_id".into());
     }
-    crate::config::parse_cron(&manifest.schedule).map_err(|e| LoadError::BadManifest(format!("schedule: {e}")))?;
+    crate::config::parse_cron(&manifest.schedule)
+        .map_err(|e| LoadError::BadManifest(format!("schedule: {e}")))?;
     manifest
         .timezone
         .parse::<chrono_tz::Tz>()
         .map_err(|e| LoadError::BadManifest(format!("timezone: {e}")))?;
     for (name, url) in &manifest.base_urls {
-        url::Url::parse(url).map_err(|e| LoadError::BadManifest(format!("base URL {name}: {e}")))?;
+        url::Url::parse(url)
+            .map_err(|e| LoadError::BadManifest(format!("base URL {name}: {e}")))?;
     }
     if manifest.max_concurrency == 0 || !(manifest.rate_limit_per_sec > 0.0) {
         return bad("max_concurrency and rate_limit_per_sec must be positive".into());
@@ -380,7 +444,11 @@ fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadErro
 }
 
 /// The strategies compiled into this binary, by their entry functions.
-pub const BUNDLED: &[EntryFn] = &[broker_kite::entry, broker_iifl::entry, broker_iifl_xts::entry];
+pub const BUNDLED: &[EntryFn] = &[
+    broker_kite::entry,
+    broker_iifl::entry,
+    broker_iifl_xts::entry,
+];
 
 /// The loaded strategies, by broker id. Readers clone the `Arc` of the current map; a rescan builds
 /// a new map and swaps it in, so a login in flight keeps the plugin it started with.
@@ -429,8 +497,16 @@ impl Registry {
         };
         paths.sort();
         for path in paths {
-            let digest = std::fs::read(&path).map(|b| hex::encode(Sha256::digest(&b))).unwrap_or_default();
-            if self.loaded.read().unwrap_or_else(|e| e.into_inner()).get(&path) == Some(&digest) {
+            let digest = std::fs::read(&path)
+                .map(|b| hex::encode(Sha256::digest(&b)))
+                .unwrap_or_default();
+            if self
+                .loaded
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&path)
+                == Some(&digest)
+            {
                 continue;
             }
             match Plugin::load_file(&path, &config.sha256_allowlist) {
@@ -440,9 +516,14 @@ impl Registry {
                             id = %plugin.id, path = %path.display(), replaces = %old.source, version = %plugin.version,
                             "plugin replaces an earlier strategy with the same id"
                         ),
-                        None => tracing::info!(id = %plugin.id, path = %path.display(), version = %plugin.version, "plugin loaded"),
+                        None => {
+                            tracing::info!(id = %plugin.id, path = %path.display(), version = %plugin.version, "plugin loaded")
+                        }
                     }
-                    self.loaded.write().unwrap_or_else(|e| e.into_inner()).insert(path, digest);
+                    self.loaded
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(path, digest);
                     map.insert(plugin.id.clone(), Arc::new(plugin));
                 }
                 Err(error) => {
@@ -457,17 +538,27 @@ impl Registry {
 
     /// The strategy for `id`.
     pub fn get(&self, id: &str) -> Option<Arc<Plugin>> {
-        self.plugins.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Every loaded strategy, by id.
     pub fn all(&self) -> Arc<BTreeMap<String, Arc<Plugin>>> {
-        self.plugins.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Failures of the last scan.
     pub fn failures(&self) -> Vec<LoadFailure> {
-        self.failures.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failures
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -573,7 +664,11 @@ impl Services {
             http: host::Egress {
                 client: self.client(target.ipv4_only),
                 jar: Arc::default(),
-                allowed_hosts: Arc::new(target.plugin.allowed_hosts(target.configured_urls, target.extra_hosts)),
+                allowed_hosts: Arc::new(
+                    target
+                        .plugin
+                        .allowed_hosts(target.configured_urls, target.extra_hosts),
+                ),
                 response_cap: self.settings.response_cap,
                 default_timeout: self.settings.request_timeout,
             },

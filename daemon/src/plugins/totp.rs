@@ -33,18 +33,18 @@ pub enum TotpSecretError {
 /// or an `otpauth://totp/...?secret=...` URI.
 pub fn parse_secret(input: &str) -> Result<Zeroizing<Vec<u8>>, TotpSecretError> {
     let input = input.trim();
-    let base32: Zeroizing<String> = if input.len() >= 10 && input[..10].eq_ignore_ascii_case("otpauth://")
-    {
-        let url = url::Url::parse(input).map_err(|_| TotpSecretError::Unparseable)?;
-        let secret = url
-            .query_pairs()
-            .find(|(k, _)| k.eq_ignore_ascii_case("secret"))
-            .map(|(_, v)| v.into_owned())
-            .ok_or(TotpSecretError::Unparseable)?;
-        Zeroizing::new(secret)
-    } else {
-        Zeroizing::new(input.to_owned())
-    };
+    let base32: Zeroizing<String> =
+        if input.len() >= 10 && input[..10].eq_ignore_ascii_case("otpauth://") {
+            let url = url::Url::parse(input).map_err(|_| TotpSecretError::Unparseable)?;
+            let secret = url
+                .query_pairs()
+                .find(|(k, _)| k.eq_ignore_ascii_case("secret"))
+                .map(|(_, v)| v.into_owned())
+                .ok_or(TotpSecretError::Unparseable)?;
+            Zeroizing::new(secret)
+        } else {
+            Zeroizing::new(input.to_owned())
+        };
     let normalised: Zeroizing<String> = Zeroizing::new(
         base32
             .chars()
@@ -55,8 +55,8 @@ pub fn parse_secret(input: &str) -> Result<Zeroizing<Vec<u8>>, TotpSecretError> 
     if normalised.is_empty() {
         return Err(TotpSecretError::Unparseable);
     }
-    let secret = Secret::try_from_base32(normalised.as_str())
-        .map_err(|_| TotpSecretError::Unparseable)?;
+    let secret =
+        Secret::try_from_base32(normalised.as_str()).map_err(|_| TotpSecretError::Unparseable)?;
     let bytes = Zeroizing::new(secret.as_bytes().to_vec());
     if bytes.len() < 10 {
         return Err(TotpSecretError::TooShort(bytes.len()));
@@ -98,7 +98,11 @@ impl StepGuard {
     pub fn reserve(&self, account: &str, now_ms: i64) -> Reservation {
         let current = (now_ms / STEP_MS) as u64;
         let remaining = STEP_MS - now_ms.rem_euclid(STEP_MS);
-        let mut step = if remaining < MIN_REMAINING_MS { current + 1 } else { current };
+        let mut step = if remaining < MIN_REMAINING_MS {
+            current + 1
+        } else {
+            current
+        };
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(&used) = last.get(account)
             && used >= step
@@ -184,10 +188,19 @@ mod tests {
 
     #[test]
     fn bad_secrets_are_refused() {
-        assert_eq!(parse_secret("not base32 at all!"), Err(TotpSecretError::Unparseable));
-        assert_eq!(parse_secret("otpauth://totp/x?issuer=y"), Err(TotpSecretError::Unparseable));
+        assert_eq!(
+            parse_secret("not base32 at all!"),
+            Err(TotpSecretError::Unparseable)
+        );
+        assert_eq!(
+            parse_secret("otpauth://totp/x?issuer=y"),
+            Err(TotpSecretError::Unparseable)
+        );
         assert_eq!(parse_secret(""), Err(TotpSecretError::Unparseable));
-        assert!(matches!(parse_secret("GEZDGNBV"), Err(TotpSecretError::TooShort(5))));
+        assert!(matches!(
+            parse_secret("GEZDGNBV"),
+            Err(TotpSecretError::TooShort(5))
+        ));
     }
 
     #[test]
@@ -206,7 +219,8 @@ mod tests {
         let guard = StepGuard::default();
         let mut steps = Vec::new();
         for _ in 0..4 {
-            let code = fresh_code(&guard, &clock, "u/kite", b"12345678901234567890", 60_000).unwrap();
+            let code =
+                fresh_code(&guard, &clock, "u/kite", b"12345678901234567890", 60_000).unwrap();
             steps.push(code.step);
         }
         steps.dedup();

@@ -1,0 +1,165 @@
+//! The real `tokenbot` binary: serving, stopping on SIGTERM, and living with plugins.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenbot");
+
+/// A working directory with a config listening on an ephemeral port and JSON logs.
+fn workdir(plugins: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokenbot.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndir = {:?}\n[log]\nformat = \"json\"\n",
+            plugins.display().to_string()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn tokenbot(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("TOKENBOT_CONFIG")
+        .env_remove("ENCRYPTION_KEY")
+        .env_remove("PORT")
+        .env_remove("DATABASE_URL");
+    cmd
+}
+
+/// Start `serve`; return the child, its address, and the log lines read up to "listening".
+fn serve(dir: &Path) -> (Child, String, Vec<String>) {
+    let mut child = tokenbot(dir)
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        seen.push(line.clone());
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if json["fields"]["message"] == "listening" {
+            break json["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr, seen)
+}
+
+/// A blocking GET; status and body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    })
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("the daemon did not stop within 10 s of SIGTERM");
+}
+
+#[test]
+fn serve_answers_health_and_stops_cleanly_on_sigterm() {
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = workdir(plugins.path());
+    let (mut child, addr, _) = serve(dir.path());
+    let (status, body) = get(&addr, "/health");
+    assert_eq!(status, 200);
+    assert!(body.contains(r#"{"status":"ok"}"#), "{body}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn daemon_keeps_serving_with_broken_plugins() {
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("garbage.so"), b"\x7fELF but not really").unwrap();
+    std::fs::write(plugins.path().join("empty.so"), b"").unwrap();
+    let dir = workdir(plugins.path());
+    let (mut child, addr, logs) = serve(dir.path());
+    let failures = logs
+        .iter()
+        .filter(|l| l.contains("plugin not loaded"))
+        .count();
+    assert_eq!(failures, 2, "{logs:#?}");
+    assert_eq!(get(&addr, "/health").0, 200);
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn a_kite_plugin_replaces_the_bundled_kite() {
+    let so = support::broker_so("broker-kite");
+    let plugins = tempfile::tempdir().unwrap();
+    let installed = support::install(&so, plugins.path(), "kite.so");
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&installed).unwrap()))
+    };
+    let dir = workdir(plugins.path());
+    let output = tokenbot(dir.path())
+        .args(["plugins", "list"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let kite = stdout
+        .lines()
+        .find(|l| l.starts_with("kite "))
+        .expect("a kite row");
+    assert!(kite.contains(&installed.display().to_string()), "{kite}");
+    assert!(kite.contains(&digest), "{kite}");
+    assert!(kite.split_whitespace().nth(2) == Some("1.0"), "{kite}");
+    let bundled = stdout.lines().filter(|l| l.contains(" bundled ")).count();
+    assert_eq!(bundled, 2, "iifl and iifl-xts stay bundled:\n{stdout}");
+    assert!(stderr.contains("replaces an earlier strategy"), "{stderr}");
+}
+
+#[test]
+fn bad_config_is_refused_with_key_value_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokenbot.toml"),
+        "[brokers.kite]\ntimezone = \"Mars/Olympus\"\n",
+    )
+    .unwrap();
+    let output = tokenbot(dir.path()).arg("serve").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("brokers.kite.timezone") && stderr.contains("Mars/Olympus"),
+        "{stderr}"
+    );
+}
