@@ -1,0 +1,209 @@
+//! The provisional headless driver of the IIFL login portal (iifl.md, step 1): the portal's calls
+//! are not publicly documented; this follows the flow of the same vendor's AliceBlue/RMoney
+//! portals. Everything portal-specific lives here behind [`headless_auth_code`], so a portal
+//! change is a change of this file (and the paths are configurable, see [`PortalUrls`]).
+//!
+//! 1. `client/verify {"userId"}` -> `result[0].isExist == "Yes"`
+//! 2. `client/enckey {"userId"}` -> `result[0].encKey`
+//! 3. `v1/pwd/validate {"userId","userData":AES(password, encKey),"source":"WEB"}` -> `result[0].token`
+//! 4. `topt/verify {"userId","totp","source":"WEB","vendor":appKey}` with
+//!    `Authorization: Bearer <userId> <token>` -> `result[0].redirectUrl` carrying `authCode`.
+
+use std::collections::BTreeMap;
+
+use broker_api::wire::{ErrorClass, ErrorOutput, HttpRequest};
+use broker_api::{Host, Level};
+use broker_common::http::{self, str_field};
+use serde_json::json;
+use url::Url;
+use zeroize::Zeroize;
+
+use crate::errors::{self, Step, protocol};
+use crate::{AuthCode, auth_code_from_pairs, crypto};
+
+/// Default paths under `portal_url`.
+pub const CLIENT_VERIFY_PATH: &str = "/omk/auth/access/client/verify";
+/// See [`CLIENT_VERIFY_PATH`].
+pub const ENCKEY_PATH: &str = "/omk/auth/access/client/enckey";
+/// See [`CLIENT_VERIFY_PATH`].
+pub const PASSWORD_PATH: &str = "/omk/auth/access/v1/pwd/validate";
+/// See [`CLIENT_VERIFY_PATH`].
+pub const TOTP_PATH: &str = "/omk/auth/access/topt/verify";
+
+/// The four portal endpoints. Each is `portal_url` + its default path unless the base URLs name it
+/// in full: `portal_client_verify_url`, `portal_enckey_url`, `portal_password_url`,
+/// `portal_totp_url` (e.g. `[brokers.iifl] portal_totp_url = "https://.../omk/auth/access/topt/verify"`).
+pub struct PortalUrls {
+    /// `portal_url` itself.
+    pub portal: String,
+    client_verify: String,
+    enckey: String,
+    password: String,
+    totp: String,
+}
+
+impl PortalUrls {
+    /// From the effective base URLs.
+    pub fn new(urls: &BTreeMap<String, String>) -> Result<PortalUrls, ErrorOutput> {
+        let portal = urls
+            .get("portal_url")
+            .ok_or_else(|| {
+                ErrorOutput::new(
+                    ErrorClass::Protocol,
+                    "iifl: base URL `portal_url` is not configured",
+                )
+            })?
+            .clone();
+        let pick = |key: &str, path: &str| {
+            urls.get(key)
+                .cloned()
+                .unwrap_or_else(|| http::join(&portal, path))
+        };
+        Ok(PortalUrls {
+            client_verify: pick("portal_client_verify_url", CLIENT_VERIFY_PATH),
+            enckey: pick("portal_enckey_url", ENCKEY_PATH),
+            password: pick("portal_password_url", PASSWORD_PATH),
+            totp: pick("portal_totp_url", TOTP_PATH),
+            portal,
+        })
+    }
+}
+
+fn post(
+    host: &Host<'_>,
+    step: Step,
+    url: &str,
+    body: &serde_json::Value,
+    auth: Option<&str>,
+) -> Result<serde_json::Value, ErrorOutput> {
+    let mut req = HttpRequest::new("POST", url).header("Accept", "application/json");
+    if let Some(auth) = auth {
+        req = req.header("Authorization", auth);
+    }
+    let mut req = req.body("application/json", body.to_string());
+    let resp = host.http(&req);
+    req.body.zeroize();
+    for [name, value] in &mut req.headers {
+        if name.eq_ignore_ascii_case("authorization") {
+            value.zeroize();
+        }
+    }
+    let resp = resp.map_err(|e| http::host_failure("iifl", step.name(), &e))?;
+    errors::ok_body(step, &resp)
+}
+
+/// `result[0]` of a portal answer.
+fn first_result(step: Step, body: &serde_json::Value) -> Result<serde_json::Value, ErrorOutput> {
+    body.get("result")
+        .and_then(|r| r.as_array())
+        .and_then(|r| r.first())
+        .cloned()
+        .ok_or_else(|| protocol(step, "no result[0]"))
+}
+
+/// Drive the portal headlessly: the password is sent once, TOTP codes come from the host (one more
+/// try on a fresh step if IIFL refuses the first with EC036).
+pub fn headless_auth_code(
+    host: &Host<'_>,
+    urls: &PortalUrls,
+    user_id: &str,
+    password: &str,
+    app_key: &str,
+) -> Result<AuthCode, ErrorOutput> {
+    let step = Step::ClientVerify;
+    let verified = first_result(
+        step,
+        &post(
+            host,
+            step,
+            &urls.client_verify,
+            &json!({"userId": user_id}),
+            None,
+        )?,
+    )?;
+    match str_field(&verified, "isExist") {
+        Some(v) if v.eq_ignore_ascii_case("yes") => {}
+        Some(_) => {
+            return Err(ErrorOutput::new(
+                ErrorClass::InvalidCredentials,
+                format!("iifl: {}: IIFL does not know client {user_id}", step.name()),
+            ));
+        }
+        None => return Err(protocol(step, "no isExist")),
+    }
+
+    let step = Step::EncKey;
+    let keyed = first_result(
+        step,
+        &post(host, step, &urls.enckey, &json!({"userId": user_id}), None)?,
+    )?;
+    let mut enc_key = str_field(&keyed, "encKey")
+        .ok_or_else(|| protocol(step, "no encKey"))?
+        .to_owned();
+
+    let step = Step::Password;
+    let user_data = crypto::openssl_encrypt(password.as_bytes(), enc_key.as_bytes()).map_err(|e| {
+        ErrorOutput::new(
+            ErrorClass::Protocol,
+            format!("iifl: no randomness for the salt: {e}"),
+        )
+    });
+    enc_key.zeroize();
+    let mut user_data = user_data?;
+    let body = json!({"userId": user_id, "userData": user_data, "source": "WEB"});
+    user_data.zeroize();
+    let validated = first_result(step, &post(host, step, &urls.password, &body, None)?)?;
+    let mut token = str_field(&validated, "token")
+        .ok_or_else(|| protocol(step, "no token"))?
+        .to_owned();
+    host.log(Level::Debug, "iifl: password accepted by the portal");
+
+    let step = Step::Totp;
+    let mut auth = format!("Bearer {user_id} {token}");
+    token.zeroize();
+    let mut answer = None;
+    for attempt in 1..=2 {
+        let code = host.totp().map_err(|e| match e.error.kind.as_str() {
+            "no_totp_secret" => ErrorOutput::new(
+                ErrorClass::TwofaUnavailable,
+                "iifl: the account has no totp_secret: store one, or use assisted login",
+            ),
+            _ => http::host_failure("iifl", "TOTP", &e),
+        })?;
+        let body = json!({"userId": user_id, "totp": code.code.expose(), "source": "WEB", "vendor": app_key});
+        match post(host, step, &urls.totp, &body, Some(&auth)) {
+            Ok(body) => {
+                answer = Some(body);
+                break;
+            }
+            Err(e) if e.class == ErrorClass::TwofaRejected && attempt == 1 => {
+                host.log(
+                    Level::Warn,
+                    "iifl: the TOTP code was refused; trying once more with the next step's code",
+                );
+            }
+            Err(mut e) => {
+                if e.class == ErrorClass::TwofaRejected {
+                    e.message.push_str(" (refused on two different steps)");
+                }
+                auth.zeroize();
+                return Err(e);
+            }
+        }
+    }
+    auth.zeroize();
+    let answer = answer.ok_or_else(|| protocol(step, "no answer"))?;
+    let result = first_result(step, &answer)?;
+    let redirect =
+        str_field(&result, "redirectUrl").ok_or_else(|| protocol(step, "no redirectUrl"))?;
+    let base = Url::parse(&urls.portal).map_err(|e| protocol(step, &format!("portal_url: {e}")))?;
+    let redirect = base
+        .join(redirect)
+        .map_err(|_| protocol(step, "an unreadable redirectUrl"))?;
+    let pairs: Vec<(String, String)> = redirect
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    auth_code_from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .ok_or_else(|| protocol(step, "the redirectUrl carries no authCode"))
+}

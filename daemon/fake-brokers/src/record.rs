@@ -1,0 +1,233 @@
+//! What a fake saw, for assertions and benchmark figures.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// One TOTP code a fake received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotpUse {
+    /// The code as sent.
+    pub code: String,
+    /// The step it belongs to (current ±1 on the fake's clock), if any.
+    pub step: Option<u64>,
+    /// Whether the fake accepted it.
+    pub accepted: bool,
+}
+
+/// Counters shared by a fake's routes. Cheap per request: atomics and briefly held mutexes.
+#[derive(Debug)]
+pub struct Recorder {
+    started: Instant,
+    latency_us: AtomicU64,
+    routes: Mutex<HashMap<String, u64>>,
+    passwords: Mutex<HashMap<String, Vec<String>>>,
+    totp: Mutex<HashMap<String, Vec<TotpUse>>>,
+    logins: Mutex<HashSet<String>>,
+    max_logins: AtomicUsize,
+    requests_in_flight: AtomicUsize,
+    max_requests: AtomicUsize,
+    per_second: Mutex<Vec<u64>>,
+}
+
+impl Recorder {
+    pub(crate) fn new(latency: Duration) -> Recorder {
+        Recorder {
+            started: Instant::now(),
+            latency_us: AtomicU64::new(latency.as_micros() as u64),
+            routes: Mutex::default(),
+            passwords: Mutex::default(),
+            totp: Mutex::default(),
+            logins: Mutex::default(),
+            max_logins: AtomicUsize::new(0),
+            requests_in_flight: AtomicUsize::new(0),
+            max_requests: AtomicUsize::new(0),
+            per_second: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+
+    /// Latency added to every later request.
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_us
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_started(&self, route: &str) {
+        *self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.to_owned())
+            .or_default() += 1;
+        let second = self.started.elapsed().as_secs() as usize;
+        {
+            let mut per_second = self.per_second.lock().unwrap_or_else(|e| e.into_inner());
+            if per_second.len() <= second {
+                per_second.resize(second + 1, 0);
+            }
+            per_second[second] += 1;
+        }
+        let now = self.requests_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_requests.fetch_max(now, Ordering::SeqCst);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        self.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn password(&self, user: &str, password: &str) {
+        self.passwords
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user.to_owned())
+            .or_default()
+            .push(password.to_owned());
+    }
+
+    pub(crate) fn totp(&self, user: &str, used: TotpUse) {
+        self.totp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user.to_owned())
+            .or_default()
+            .push(used);
+    }
+
+    /// A login of `user` started (its first request naming the user).
+    pub(crate) fn login_begin(&self, user: &str) {
+        let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
+        logins.insert(user.to_owned());
+        self.max_logins.fetch_max(logins.len(), Ordering::SeqCst);
+    }
+
+    /// A login of `user` ended (token issued, or an error answered).
+    pub(crate) fn login_end(&self, user: &str) {
+        self.logins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user);
+    }
+
+    /// Requests seen on `route` (the axum route path, e.g. `/api/login`).
+    pub fn requests(&self, route: &str) -> u64 {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests per route.
+    pub fn requests_by_route(&self) -> BTreeMap<String, u64> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// All requests.
+    pub fn total_requests(&self) -> u64 {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+
+    /// Every password `user` sent, in order (IIFL: after decryption).
+    pub fn passwords(&self, user: &str) -> Vec<String> {
+        self.passwords
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every TOTP code `user` sent, in order.
+    pub fn totp_uses(&self, user: &str) -> Vec<TotpUse> {
+        self.totp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Most logins in flight at once (a login runs from the first request naming the user to the
+    /// token, or to an error answer; one abandoned without either stays counted until the user's
+    /// next login).
+    pub fn max_logins_in_flight(&self) -> usize {
+        self.max_logins.load(Ordering::SeqCst)
+    }
+
+    /// Logins in flight now.
+    pub fn logins_in_flight(&self) -> usize {
+        self.logins.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Most HTTP requests in flight at once.
+    pub fn max_requests_in_flight(&self) -> usize {
+        self.max_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests started in each wall-clock second since the fake started.
+    pub fn requests_per_second(&self) -> Vec<u64> {
+        self.per_second
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Forget every count (not the accounts or tokens).
+    pub fn reset(&self) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.passwords
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.totp.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.logins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.max_logins.store(0, Ordering::SeqCst);
+        self.max_requests.store(
+            self.requests_in_flight.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
+        self.per_second
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Middleware: count the request under its route, add the latency, track requests in flight.
+pub(crate) async fn track(
+    axum::extract::State(recorder): axum::extract::State<std::sync::Arc<Recorder>>,
+    path: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = path.as_ref().map(|p| p.as_str()).unwrap_or("?");
+    recorder.request_started(route);
+    let latency = recorder.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let response = next.run(request).await;
+    recorder.request_finished();
+    response
+}

@@ -1,0 +1,335 @@
+//! Shared harness of the `strategies_*` tests: the real plugin host (registry, services, call
+//! contexts, blocking runner) on a `ManualClock`, a captured log, and account fixtures.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use broker_api::wire::{
+    AssistedFinishRequest, AssistedUrlOutput, AssistedUrlRequest, Credentials, ErrorClass,
+    LoginOutput, LoginRequest, Sensitive, VerifyOutput, VerifyRequest, WIRE_VERSION,
+};
+use tokenbot::clock::{Clock, ManualClock};
+use tokenbot::config::PluginsConfig;
+use tokenbot::plugins::totp::parse_secret;
+use tokenbot::plugins::{self, CallError, CallSettings, CallTarget, Plugin, Registry, Services};
+
+/// An account as the vault would hand it to the host.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub user_id: String,
+    pub broker_user_id: String,
+    pub password: Option<String>,
+    pub api_key: String,
+    pub api_secret: String,
+    pub totp_secret: Option<String>,
+}
+
+impl Account {
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            password: self.password.as_deref().map(Sensitive::new),
+            api_key: Some(self.api_key.clone()),
+            api_secret: Some(Sensitive::new(self.api_secret.as_str())),
+        }
+    }
+}
+
+/// Distinct base32 TOTP secrets (each 20 bytes) for the accounts of a test.
+pub fn totp_secret(n: u32) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..32u32)
+        .map(|i| ALPHABET[((n.wrapping_mul(7919) + i * 13 + i * i * n) % 32) as usize] as char)
+        .collect()
+}
+
+/// The plugin host of a test.
+pub struct Harness {
+    pub clock: Arc<ManualClock>,
+    pub services: Arc<Services>,
+    pub registry: Registry,
+    _plugins: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Bundled strategies only, the clock standing at `now_ms`.
+    pub fn new(now_ms: i64) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        Harness::with_plugins_dir(now_ms, dir)
+    }
+
+    /// Bundled strategies plus the `.so` files of `dir`.
+    pub fn with_plugins_dir(now_ms: i64, dir: tempfile::TempDir) -> Harness {
+        capture_logs();
+        let clock = Arc::new(ManualClock::new(now_ms));
+        let registry = Registry::load(&PluginsConfig {
+            dir: dir.path().to_owned(),
+            ..PluginsConfig::default()
+        });
+        Harness {
+            services: Arc::new(Services::new(clock.clone(), CallSettings::default())),
+            clock,
+            registry,
+            _plugins: dir,
+        }
+    }
+
+    pub fn plugins_dir(&self) -> &Path {
+        self._plugins.path()
+    }
+
+    /// The fakes' clock: the same `ManualClock`.
+    pub fn now_fn(&self) -> fake_brokers::NowFn {
+        let clock = self.clock.clone();
+        Arc::new(move || clock.now_ms())
+    }
+
+    pub fn fake_options(&self) -> fake_brokers::FakeOptions {
+        fake_brokers::FakeOptions {
+            now: self.now_fn(),
+            latency: std::time::Duration::ZERO,
+        }
+    }
+
+    pub fn plugin(&self, broker: &str) -> Arc<Plugin> {
+        self.registry
+            .get(broker)
+            .unwrap_or_else(|| panic!("no plugin {broker}"))
+    }
+
+    fn context(
+        &self,
+        plugin: &Plugin,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+    ) -> plugins::host::CallContext {
+        remember_secrets(account);
+        let mut secrets: Vec<&str> = vec![account.api_secret.as_str()];
+        secrets.extend(account.password.as_deref());
+        secrets.extend(account.totp_secret.as_deref());
+        self.services.context(CallTarget {
+            plugin,
+            account: format!("{}/{}", account.user_id, plugin.id),
+            configured_urls: urls,
+            extra_hosts: &[],
+            ipv4_only: false,
+            totp_secret: account
+                .totp_secret
+                .as_deref()
+                .map(|s| parse_secret(s).unwrap()),
+            secrets,
+        })
+    }
+
+    /// A headless login through the plugin ABI.
+    pub async fn login(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+    ) -> Result<LoginOutput, CallError> {
+        let plugin = self.plugin(broker);
+        let req = LoginRequest {
+            v: WIRE_VERSION,
+            user_id: account.user_id.clone(),
+            broker_user_id: account.broker_user_id.clone(),
+            credentials: account.credentials(),
+            base_urls: plugin.base_urls(urls),
+            attempt: 1,
+            redirect_url: None,
+        };
+        let ctx = self.context(&plugin, account, urls);
+        let out =
+            plugins::run_blocking(plugin, ctx, move |p, ctx| p.login_blocking(ctx, &req)).await;
+        if let Ok(out) = &out {
+            remember(out.access_token.expose());
+        }
+        out
+    }
+
+    pub async fn verify(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+        token: &str,
+    ) -> Result<VerifyOutput, CallError> {
+        let plugin = self.plugin(broker);
+        let req = VerifyRequest {
+            v: WIRE_VERSION,
+            broker_user_id: account.broker_user_id.clone(),
+            access_token: Sensitive::new(token),
+            credentials: account.credentials(),
+            base_urls: plugin.base_urls(urls),
+        };
+        let ctx = self.context(&plugin, account, urls);
+        plugins::run_blocking(plugin, ctx, move |p, ctx| p.verify_blocking(ctx, &req)).await
+    }
+
+    pub async fn assisted_url(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+        state: &str,
+        redirect_url: &str,
+    ) -> Result<AssistedUrlOutput, CallError> {
+        let plugin = self.plugin(broker);
+        let req = AssistedUrlRequest {
+            v: WIRE_VERSION,
+            broker_user_id: account.broker_user_id.clone(),
+            credentials: account.credentials(),
+            state: state.into(),
+            redirect_url: redirect_url.into(),
+            base_urls: plugin.base_urls(urls),
+        };
+        let ctx = self.context(&plugin, account, urls);
+        plugins::run_blocking(plugin, ctx, move |p, ctx| {
+            p.assisted_url_blocking(ctx, &req)
+        })
+        .await
+    }
+
+    pub async fn assisted_finish(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+        query: BTreeMap<String, String>,
+    ) -> Result<LoginOutput, CallError> {
+        let plugin = self.plugin(broker);
+        let req = AssistedFinishRequest {
+            v: WIRE_VERSION,
+            user_id: account.user_id.clone(),
+            broker_user_id: account.broker_user_id.clone(),
+            credentials: account.credentials(),
+            query,
+            base_urls: plugin.base_urls(urls),
+        };
+        let ctx = self.context(&plugin, account, urls);
+        let out = plugins::run_blocking(plugin, ctx, move |p, ctx| {
+            p.assisted_finish_blocking(ctx, &req)
+        })
+        .await;
+        if let Ok(out) = &out {
+            remember(out.access_token.expose());
+        }
+        out
+    }
+}
+
+/// The class of a failed call (panics on success or a non-typed failure).
+pub fn class_of<T: std::fmt::Debug>(result: &Result<T, CallError>) -> ErrorClass {
+    match result {
+        Err(CallError::Failed(e)) => e.class,
+        other => panic!("expected a typed failure, got {other:?}"),
+    }
+}
+
+/// The query of a URL as a map.
+pub fn query_of(url: &str) -> BTreeMap<String, String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// Every password sent to a fake at most once, and no TOTP step used twice.
+pub fn assert_one_password_distinct_steps(recorder: &fake_brokers::Recorder, user: &str) {
+    let passwords = recorder.passwords(user);
+    assert!(
+        passwords.len() <= 1,
+        "{user}: the password was sent {} times",
+        passwords.len()
+    );
+    let steps: Vec<u64> = recorder
+        .totp_uses(user)
+        .iter()
+        .filter_map(|u| u.step)
+        .collect();
+    let mut distinct = steps.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        steps.len(),
+        "{user}: a TOTP step was used twice: {steps:?}"
+    );
+}
+
+// ---- captured log -------------------------------------------------------------------------------
+
+static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Install (once per test binary) a subscriber writing every event at TRACE into a buffer.
+pub fn capture_logs() {
+    LOG.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("first subscriber of this test binary");
+        buffer
+    });
+}
+
+/// Everything logged so far.
+pub fn captured_log() -> String {
+    let log = LOG.get().expect("capture_logs() ran");
+    String::from_utf8_lossy(&log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+/// Remember a value that must never be logged.
+pub fn remember(secret: &str) {
+    if secret.len() >= 4 {
+        SECRETS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(secret.to_owned());
+    }
+}
+
+fn remember_secrets(account: &Account) {
+    remember(&account.api_secret);
+    if let Some(p) = &account.password {
+        remember(p);
+    }
+    if let Some(t) = &account.totp_secret {
+        remember(t);
+    }
+}
+
+/// No remembered secret (passwords, API secrets, TOTP secrets, tokens) is in the captured log.
+pub fn assert_no_secret_logged() {
+    let log = captured_log();
+    for secret in SECRETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret or token appears in the log:\n{log}"
+        );
+    }
+}
