@@ -205,9 +205,8 @@ pub fn build_table<S: Strategy>() -> StaticTable {
     })
 }
 
-/// Whether a host table is one this plugin can use.
-#[doc(hidden)]
-pub fn host_is_compatible(host: *const HostTable) -> bool {
+/// Whether a host table is one this plugin can use. `host` must be null or point at a host table.
+fn host_is_compatible(host: *const HostTable) -> bool {
     if host.is_null() {
         return false;
     }

@@ -4,10 +4,13 @@
 //! future resolves; `main.rs` only parses the command line and wires things.
 
 pub mod api;
+pub mod assisted;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod logging;
 pub mod plugins;
+pub mod vault;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,11 +27,25 @@ pub struct AppState {
     pub plugins: Arc<Registry>,
     /// Clock, TOTP guard and HTTP clients shared by plugin calls.
     pub services: Arc<Services>,
+    /// The vault. Its methods are blocking: call them through `tokio::task::spawn_blocking`.
+    pub vault: Arc<vault::Vault>,
 }
 
 impl AppState {
-    /// State for `config` on the system clock.
-    pub fn new(config: Config) -> AppState {
+    /// State for `config` on the system clock: opens the configured vault, creating it (and, when
+    /// no key is configured, the development key file `vault.key` beside it) on a fresh checkout.
+    pub fn open(config: Config) -> Result<AppState, StartError> {
+        let (vault, _origin) =
+            vault::Vault::open_configured(&config.vault, vault::VaultOptions::default(), true)
+                .map_err(|source| StartError::Vault {
+                    path: config.vault.path.clone(),
+                    source,
+                })?;
+        Ok(AppState::with_vault(config, Arc::new(vault)))
+    }
+
+    /// State for `config` around an already open vault (tests, tools).
+    pub fn with_vault(config: Config, vault: Arc<vault::Vault>) -> AppState {
         let settings = CallSettings {
             timeout: std::time::Duration::from_secs(config.refresh.login_timeout_secs),
             ..CallSettings::default()
@@ -36,9 +53,23 @@ impl AppState {
         AppState {
             plugins: Arc::new(Registry::load(&config.plugins)),
             services: Arc::new(Services::new(Arc::new(clock::SystemClock), settings)),
+            vault,
             config: Arc::new(config),
         }
     }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The vault could not be opened or created.
+    #[error("vault {}: {source}", path.display())]
+    Vault {
+        /// The vault's path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: vault::VaultError,
+    },
 }
 
 /// Why the daemon stopped with an error.
@@ -60,7 +91,9 @@ pub async fn run(
         let state = state.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: rescanning plugins");
                 let (plugins, config) = (state.plugins.clone(), state.config.clone());
@@ -70,9 +103,13 @@ pub async fn run(
     }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-    axum::serve(listener, api::app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let options = api::serve::ServeOptions {
+        header_read_timeout: std::time::Duration::from_secs(
+            state.config.server.header_read_timeout_secs,
+        ),
+        drain_timeout: std::time::Duration::from_secs(30),
+    };
+    api::serve::serve(listener, api::app(state), options, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,11 +11,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_tokenbot");
 
 /// A working directory with a config listening on an ephemeral port and JSON logs.
 fn workdir(plugins: &Path) -> tempfile::TempDir {
+    workdir_with(plugins, "")
+}
+
+/// As [`workdir`], with extra `[server]` keys.
+fn workdir_with(plugins: &Path, server: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("tokenbot.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndir = {:?}\n[log]\nformat = \"json\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[plugins]\ndir = {:?}\n[log]\nformat = \"json\"\n",
             plugins.display().to_string()
         ),
     )
@@ -162,4 +167,26 @@ fn bad_config_is_refused_with_key_value_and_reason() {
         stderr.contains("brokers.kite.timezone") && stderr.contains("Mars/Olympus"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use std::io::{Read, Write};
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = workdir_with(plugins.path(), "header_read_timeout_secs = 1");
+    let (mut child, addr, _) = serve(dir.path());
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // The server must close the connection by itself; the read timeout only bounds a broken test.
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest).is_ok();
+    assert!(closed, "the slow connection was still open after 30 s");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    // Others are served meanwhile and after.
+    assert_eq!(get(&addr, "/health").0, 200);
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
 }

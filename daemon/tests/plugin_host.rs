@@ -119,7 +119,10 @@ fn c_plugin(variant: Option<&str>) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let name = variant.unwrap_or("GOOD");
     let out = dir.join(format!("{name}.so"));
-    let tmp = dir.join(format!(".{name}.{}.so", std::process::id()));
+    // Tests run on several threads and in several processes: each compile gets its own file.
+    static COMPILES: AtomicUsize = AtomicUsize::new(0);
+    let n = COMPILES.fetch_add(1, Ordering::SeqCst);
+    let tmp = dir.join(format!(".{name}.{}.{n}.so", std::process::id()));
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/c-plugin/plugin.c");
     let include = support::workspace_root().join("broker-api/include");
     let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
@@ -243,27 +246,31 @@ async fn c_strategy_logs_in_through_the_abi() {
 
 #[test]
 fn plugins_that_fail_to_load_get_typed_errors() {
-    let cases: [(&str, fn(&LoadError) -> bool); 6] = [
-        ("NO_ENTRY", |e| *e == LoadError::NoEntrySymbol),
-        ("NULL_TABLE", |e| *e == LoadError::NullTable),
-        ("BAD_MAGIC", |e| *e == LoadError::BadMagic(0xDEAD_BEEF)),
-        ("ABI_MAJOR2", |e| {
-            matches!(
-                e,
-                LoadError::AbiMajor {
-                    found: 2,
-                    supported: 1
-                }
-            )
-        }),
-        ("SHORT_TABLE", |e| {
-            matches!(e, LoadError::TableTooShort { size: 64, min: 72 })
-        }),
-        ("BAD_MANIFEST", |e| matches!(e, LoadError::BadManifest(_))),
-    ];
-    for (variant, expected) in cases {
+    let expected = |variant: &str, e: &LoadError| match variant {
+        "NO_ENTRY" => *e == LoadError::NoEntrySymbol,
+        "NULL_TABLE" => *e == LoadError::NullTable,
+        "BAD_MAGIC" => *e == LoadError::BadMagic(0xDEAD_BEEF),
+        "ABI_MAJOR2" => matches!(
+            e,
+            LoadError::AbiMajor {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "SHORT_TABLE" => matches!(e, LoadError::TableTooShort { size: 64, min: 72 }),
+        "BAD_MANIFEST" => matches!(e, LoadError::BadManifest(_)),
+        _ => unreachable!(),
+    };
+    for variant in [
+        "NO_ENTRY",
+        "NULL_TABLE",
+        "BAD_MAGIC",
+        "ABI_MAJOR2",
+        "SHORT_TABLE",
+        "BAD_MANIFEST",
+    ] {
         let err = Plugin::load_file(&c_plugin(Some(variant)), &[]).expect_err(variant);
-        assert!(expected(&err), "{variant}: unexpected {err:?}");
+        assert!(expected(variant, &err), "{variant}: unexpected {err:?}");
     }
 }
 

@@ -1,5 +1,7 @@
 //! The HTTP API. `app(state)` builds the router, so tests can drive it without a socket.
 
+pub mod serve;
+
 use std::sync::Arc;
 
 use axum::Json;

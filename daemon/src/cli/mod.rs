@@ -9,11 +9,23 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+mod user;
+mod vault;
+
 #[derive(Parser)]
-#[command(name = "tokenbot", version, about = "Keeps brokers' daily access tokens fresh")]
+#[command(
+    name = "tokenbot",
+    version,
+    about = "Keeps brokers' daily access tokens fresh"
+)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "TOKENBOT_CONFIG", default_value = "tokenbot.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "TOKENBOT_CONFIG",
+        default_value = "tokenbot.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -23,6 +35,18 @@ struct Cli {
 enum Command {
     /// Run the daemon.
     Serve,
+    /// Create the vault (and, when no key is configured, the development key file beside it).
+    Init(vault::InitArgs),
+    /// Accounts: a user's credentials at one broker.
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
+    },
+    /// Vault maintenance: rekey, verify, copy.
+    Vault {
+        #[command(subcommand)]
+        command: vault::VaultCommand,
+    },
     /// Plugins.
     Plugins {
         #[command(subcommand)]
@@ -50,14 +74,23 @@ pub fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     // The default file may be absent (built-in defaults apply); a named one must exist.
-    let explicit = std::env::var_os("TOKENBOT_CONFIG").is_some() || cli.config != PathBuf::from("tokenbot.toml");
+    let explicit = std::env::var_os("TOKENBOT_CONFIG").is_some()
+        || cli.config.as_path() != std::path::Path::new("tokenbot.toml");
     let config = Config::load(&cli.config, explicit)?;
-    init_logging(&config);
+    let _log_guards = crate::logging::init(&config.log)?;
     match cli.command {
         Command::Serve => serve(config),
-        Command::Plugins { command: PluginsCommand::List } => {
+        Command::Init(args) => vault::init(&config, &args),
+        Command::User { command } => user::run(&config, command),
+        Command::Vault { command } => vault::run(&config, command),
+        Command::Plugins {
+            command: PluginsCommand::List,
+        } => {
             let registry = crate::plugins::Registry::load(&config.plugins);
-            println!("{:<12} {:<10} {:<5} {:<40} SHA256", "ID", "VERSION", "ABI", "SOURCE");
+            println!(
+                "{:<12} {:<10} {:<5} {:<40} SHA256",
+                "ID", "VERSION", "ABI", "SOURCE"
+            );
             for plugin in registry.all().values() {
                 println!(
                     "{:<12} {:<10} {:<5} {:<40} {}",
@@ -72,7 +105,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             for failure in &failures {
                 println!("failed: {}: {}", failure.path.display(), failure.error);
             }
-            Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
     }
 }
@@ -83,18 +120,8 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
-        let state = Arc::new(crate::AppState::new(config));
+        let state = Arc::new(crate::AppState::open(config)?);
         crate::run(state, listener, crate::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        crate::config::LogFormat::Json => builder.json().init(),
-        crate::config::LogFormat::Pretty => builder.init(),
-    }
 }

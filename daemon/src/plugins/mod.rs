@@ -437,7 +437,8 @@ fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadErro
         url::Url::parse(url)
             .map_err(|e| LoadError::BadManifest(format!("base URL {name}: {e}")))?;
     }
-    if manifest.max_concurrency == 0 || !(manifest.rate_limit_per_sec > 0.0) {
+    let rate = manifest.rate_limit_per_sec;
+    if manifest.max_concurrency == 0 || !(rate.is_finite() && rate > 0.0) {
         return bad("max_concurrency and rate_limit_per_sec must be positive".into());
     }
     Ok(())

@@ -1,0 +1,122 @@
+//! Log output: stderr always; with `[log] dir`, also `combined.<date>.log` (every enabled level)
+//! and `error.<date>.log` (errors only), rotated daily. `pretty` or `json` everywhere; files never
+//! carry terminal colours.
+
+use tracing::Subscriber;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Keeps the file writers flushing; drop it only at exit.
+#[must_use = "dropping the guards stops file logging"]
+pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
+
+/// Why file logging could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("log.dir {dir}: {source}")]
+pub struct LogError {
+    dir: String,
+    source: tracing_appender::rolling::InitError,
+}
+
+fn layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Pretty => fmt.boxed(),
+    }
+}
+
+/// The subscriber for `config`, writing to stderr and, when configured, to the log files.
+pub fn subscriber(config: &LogConfig) -> Result<(impl Subscriber + Send + Sync, Guards), LogError> {
+    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut layers = vec![layer(config.format, std::io::stderr, stderr_is_terminal)];
+    let mut guards = Vec::new();
+    if let Some(dir) = &config.dir {
+        for (name, level) in [
+            ("combined", LevelFilter::TRACE),
+            ("error", LevelFilter::ERROR),
+        ] {
+            let appender = RollingFileAppender::builder()
+                .rotation(Rotation::DAILY)
+                .filename_prefix(name)
+                .filename_suffix("log")
+                .build(dir)
+                .map_err(|source| LogError {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            guards.push(guard);
+            layers.push(
+                layer(config.format, writer, false)
+                    .with_filter(level)
+                    .boxed(),
+            );
+        }
+    }
+    Ok((
+        Registry::default().with(filter).with(layers),
+        Guards(guards),
+    ))
+}
+
+/// Install the subscriber for `config` as the process-wide default.
+pub fn init(config: &LogConfig) -> Result<Guards, LogError> {
+    let (subscriber, guards) = subscriber(config)?;
+    // A second init (tests calling the CLI in-process) keeps the first subscriber.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    Ok(guards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_split_errors_from_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            level: "info".into(),
+            format: LogFormat::Json,
+            dir: Some(dir.path().to_owned()),
+        };
+        let (subscriber, guards) = subscriber(&config).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("routine line");
+            tracing::error!("broken line");
+            tracing::debug!("below the level");
+        });
+        drop(guards);
+        let read = |prefix: &str| {
+            let entry = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} file"));
+            std::fs::read_to_string(entry).unwrap()
+        };
+        let combined = read("combined.");
+        let errors = read("error.");
+        assert!(combined.contains("routine line") && combined.contains("broken line"));
+        assert!(!combined.contains("below the level"));
+        assert!(errors.contains("broken line") && !errors.contains("routine line"));
+        assert!(
+            combined
+                .lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        );
+    }
+}

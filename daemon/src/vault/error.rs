@@ -1,0 +1,126 @@
+//! Why a vault operation failed. Messages name tables, record keys (user and broker ids, sequence
+//! numbers) and paths, never a secret.
+
+use std::path::PathBuf;
+
+use super::model::AccountKey;
+
+/// Why a vault operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// No vault at the path (and the operation does not create one).
+    #[error("no vault at {0} (run `tokenbot init` to create one)")]
+    NotFound(PathBuf),
+    /// A vault (or something else) already exists where a new one was to be created.
+    #[error("{0} already exists; refusing to overwrite it")]
+    AlreadyExists(PathBuf),
+    /// Another process holds the vault: redb and sled allow one writer per file.
+    #[error(
+        "the vault is in use by another process (is `tokenbot serve` running? stop it, or use the \
+         daemon's HTTP API instead)"
+    )]
+    Locked,
+    /// The master key does not open this vault (its key-check record failed).
+    #[error(
+        "wrong master key: it does not open this vault (check ENCRYPTION_KEY or the key file); \
+         nothing was written"
+    )]
+    WrongKey,
+    /// The passphrase does not open this vault.
+    #[error("wrong passphrase: it does not open this vault; nothing was written")]
+    WrongPassphrase,
+    /// A raw key was given for a passphrase vault or the other way round.
+    #[error("this vault is protected by {vault}, but {given} was given")]
+    KeyKindMismatch {
+        /// What the vault expects.
+        vault: &'static str,
+        /// What was offered.
+        given: &'static str,
+    },
+    /// A master key in the wrong format (the value itself is never shown).
+    #[error("invalid master key from {origin}: {reason}")]
+    BadKey {
+        /// Where the key came from (`ENCRYPTION_KEY`, a key file path, ...).
+        origin: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No master key is configured and none can be created.
+    #[error("no master key: {0}")]
+    NoKey(String),
+    /// A key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Argon2 refused its parameters.
+    #[error("passphrase key derivation: {0}")]
+    Kdf(String),
+    /// A record failed its integrity check: altered, moved to another key, or sealed with another
+    /// key. Its contents are not returned.
+    #[error(
+        "integrity check failed for {table} record {key}: it was altered, moved or written with another key"
+    )]
+    Integrity {
+        /// Table name.
+        table: &'static str,
+        /// Printable record key (ids or sequence number).
+        key: String,
+    },
+    /// A record's plain part does not parse.
+    #[error("malformed {table} record {key}: {reason}")]
+    Malformed {
+        /// Table name.
+        table: &'static str,
+        /// Printable record key.
+        key: String,
+        /// What does not parse (never record contents).
+        reason: String,
+    },
+    /// The file is damaged or is not a vault.
+    #[error("the vault file is damaged or is not a tokenbot vault: {0}")]
+    Corrupt(String),
+    /// The vault was written by a newer tokenbot.
+    #[error("the vault has schema version {found}; this build knows versions up to {supported}")]
+    NewerSchema {
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// The vault was opened read-only.
+    #[error("the vault was opened read-only")]
+    ReadOnly,
+    /// No such account.
+    #[error("no account for user {} at broker {}", .0.user, .0.broker)]
+    NoSuchAccount(AccountKey),
+    /// An identifier is not acceptable.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidId {
+        /// `user id` or `broker id`.
+        what: &'static str,
+        /// The offending value (ids are not secret).
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// This build does not have the requested engine.
+    #[error("this build has no {0} engine (cargo feature `{0}`)")]
+    EngineUnavailable(&'static str),
+    /// The storage engine failed (I/O and the like).
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl VaultError {
+    pub(crate) fn malformed(table: &'static str, key: String, reason: impl ToString) -> VaultError {
+        VaultError::Malformed {
+            table,
+            key,
+            reason: reason.to_string(),
+        }
+    }
+}

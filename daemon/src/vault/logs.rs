@@ -1,0 +1,261 @@
+//! The attempt log, the audit log of token reads, and the outbox of the Postgres mirror.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::engine::{ReadTx, Table, WriteTx};
+use super::model::{
+    Account, AccountKey, Attempt, AuditEntry, BrokerId, LoggedAttempt, NewToken, OutboxRecord,
+    OutboxStatus, UserId,
+};
+use super::records::{from_plain_json, from_secret_json, to_secret_json};
+use super::{RecordKeys, Vault, VaultError, describe, next_seq, seal, unseal};
+
+const SEQ_ATTEMPT: &[u8] = b"seq/attempt";
+const SEQ_AUDIT: &[u8] = b"seq/audit";
+/// Meta counter of outbox sequence numbers. It only grows, even when the outbox is emptied, so
+/// `outbox_ack(up_to)` can never acknowledge a record written later.
+const SEQ_OUTBOX: &[u8] = b"seq/outbox";
+
+/// Whose attempts to read.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptScope<'a> {
+    /// Every account of a user.
+    User(&'a UserId),
+    /// One account.
+    Account(&'a AccountKey),
+}
+
+impl<'a> From<&'a UserId> for AttemptScope<'a> {
+    fn from(user: &'a UserId) -> Self {
+        AttemptScope::User(user)
+    }
+}
+
+impl<'a> From<&'a AccountKey> for AttemptScope<'a> {
+    fn from(key: &'a AccountKey) -> Self {
+        AttemptScope::Account(key)
+    }
+}
+
+#[derive(Serialize)]
+struct OutboxOut<'a> {
+    user: &'a str,
+    broker: &'a str,
+    broker_user_id: &'a str,
+    generation: u64,
+    access_token: Option<&'a str>,
+    issued_at_ms: Option<i64>,
+    expires_at_ms: Option<i64>,
+    status: OutboxStatus,
+    changed_at_ms: i64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct OutboxIn {
+    user: UserId,
+    broker: BrokerId,
+    broker_user_id: String,
+    generation: u64,
+    access_token: Option<SecretString>,
+    issued_at_ms: Option<i64>,
+    expires_at_ms: Option<i64>,
+    status: OutboxStatus,
+    changed_at_ms: i64,
+}
+
+/// Append an outbox record for `account` inside the caller's transaction.
+pub(crate) fn enqueue(
+    tx: &mut dyn WriteTx,
+    keys: &RecordKeys,
+    account: &Account,
+    generation: u64,
+    token: Option<&NewToken>,
+    status: OutboxStatus,
+    now: i64,
+) -> Result<u64, VaultError> {
+    let seq = next_seq(tx, SEQ_OUTBOX)?;
+    let out = OutboxOut {
+        user: account.user.as_str(),
+        broker: account.broker.as_str(),
+        broker_user_id: &account.broker_user_id,
+        generation,
+        access_token: token.map(|t| t.access_token.expose_secret()),
+        issued_at_ms: token.map(|t| t.issued_at_ms),
+        expires_at_ms: token.map(|t| t.expires_at_ms),
+        status,
+        changed_at_ms: now,
+    };
+    let k = seq.to_be_bytes();
+    tx.put(
+        Table::Outbox,
+        &k,
+        &seal(keys, Table::Outbox, &k, &to_secret_json(&out)),
+    )?;
+    Ok(seq)
+}
+
+pub(crate) fn open_outbox(
+    keys: &RecordKeys,
+    key: &[u8],
+    sealed: &[u8],
+) -> Result<OutboxRecord, VaultError> {
+    let seq = key.try_into().map(u64::from_be_bytes).map_err(|_| {
+        VaultError::malformed(
+            Table::Outbox.name(),
+            describe(Table::Outbox, key),
+            "key is not 8 bytes",
+        )
+    })?;
+    let plain = unseal(keys, Table::Outbox, key, sealed)?;
+    let r: OutboxIn = from_secret_json(Table::Outbox, key, &plain)?;
+    Ok(OutboxRecord {
+        seq,
+        user: r.user,
+        broker: r.broker,
+        broker_user_id: r.broker_user_id,
+        generation: r.generation,
+        access_token: r.access_token,
+        issued_at_ms: r.issued_at_ms,
+        expires_at_ms: r.expires_at_ms,
+        status: r.status,
+        changed_at_ms: r.changed_at_ms,
+    })
+}
+
+pub(crate) fn parse_attempt(key: &[u8], value: &[u8]) -> Result<LoggedAttempt, VaultError> {
+    let bad = || {
+        VaultError::malformed(
+            Table::Attempts.name(),
+            describe(Table::Attempts, key),
+            "undecodable key",
+        )
+    };
+    let (account, rest) = AccountKey::decode_prefix(key).ok_or_else(bad)?;
+    let seq = u64::from_be_bytes(rest.try_into().map_err(|_| bad())?);
+    let attempt: Attempt = from_plain_json(Table::Attempts, key, value)?;
+    Ok(LoggedAttempt {
+        account,
+        seq,
+        attempt,
+    })
+}
+
+fn read_attempts(
+    tx: &dyn ReadTx,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<LoggedAttempt>, VaultError> {
+    tx.scan(Table::Attempts, prefix, true, limit)?
+        .iter()
+        .map(|(k, v)| parse_attempt(k, v))
+        .collect()
+}
+
+impl Vault {
+    /// Log an attempt for an existing account, dropping its oldest beyond the configured number.
+    pub fn append_attempt(&self, key: &AccountKey, attempt: &Attempt) -> Result<u64, VaultError> {
+        let keep = self.options.attempts_per_account.max(1);
+        self.write(|tx, _| {
+            let k = key.encode();
+            if tx.get(Table::Accounts, &k)?.is_none() {
+                return Err(VaultError::NoSuchAccount(key.clone()));
+            }
+            let seq = next_seq(tx, SEQ_ATTEMPT)?;
+            let mut full = k.clone();
+            full.extend_from_slice(&seq.to_be_bytes());
+            tx.put(
+                Table::Attempts,
+                &full,
+                &serde_json::to_vec(attempt).expect("attempts serialise"),
+            )?;
+            // Newest first: everything after the first `keep` goes.
+            let all = tx.scan(Table::Attempts, &k, true, usize::MAX)?;
+            for (old, _) in all.iter().skip(keep) {
+                tx.delete(Table::Attempts, old)?;
+            }
+            Ok(seq)
+        })
+    }
+
+    /// Attempts of a user or of one account, newest first, at most `limit`.
+    pub fn attempts<'a>(
+        &self,
+        scope: impl Into<AttemptScope<'a>>,
+        limit: usize,
+    ) -> Result<Vec<LoggedAttempt>, VaultError> {
+        let scope = scope.into();
+        self.read(|tx, _| match scope {
+            AttemptScope::Account(key) => read_attempts(tx, &key.encode(), limit),
+            AttemptScope::User(user) => {
+                // Keys sort by account, then sequence: merge the user's accounts by sequence.
+                let mut all = read_attempts(tx, &user.key_prefix(), usize::MAX)?;
+                all.sort_by_key(|a| std::cmp::Reverse(a.seq));
+                all.truncate(limit);
+                Ok(all)
+            }
+        })
+    }
+
+    /// Record a token read, dropping the oldest entries beyond the configured number.
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<u64, VaultError> {
+        let keep = self.options.audit_keep.max(1);
+        self.write(|tx, _| {
+            let seq = next_seq(tx, SEQ_AUDIT)?;
+            tx.put(
+                Table::Audit,
+                &seq.to_be_bytes(),
+                &serde_json::to_vec(entry).expect("audit entries serialise"),
+            )?;
+            if seq > keep {
+                tx.delete(Table::Audit, &(seq - keep).to_be_bytes())?;
+            }
+            Ok(seq)
+        })
+    }
+
+    /// Audit entries, newest first, at most `limit`.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, VaultError> {
+        self.read(|tx, _| {
+            tx.scan(Table::Audit, &[], true, limit)?
+                .iter()
+                .map(|(k, v)| from_plain_json(Table::Audit, k, v))
+                .collect()
+        })
+    }
+
+    /// The oldest `limit` outbox records, in order.
+    pub fn outbox_peek(&self, limit: usize) -> Result<Vec<OutboxRecord>, VaultError> {
+        self.read(|tx, keys| {
+            tx.scan(Table::Outbox, &[], false, limit)?
+                .iter()
+                .map(|(k, v)| open_outbox(keys, k, v))
+                .collect()
+        })
+    }
+
+    /// Remove every outbox record up to and including `up_to_seq`; how many were removed.
+    pub fn outbox_ack(&self, up_to_seq: u64) -> Result<usize, VaultError> {
+        self.write(|tx, _| {
+            let mut removed = 0;
+            for (k, _) in tx.scan(Table::Outbox, &[], false, usize::MAX)? {
+                let seq = k
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
+                if seq > up_to_seq {
+                    break;
+                }
+                tx.delete(Table::Outbox, &k)?;
+                removed += 1;
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Records waiting in the outbox.
+    pub fn outbox_len(&self) -> Result<u64, VaultError> {
+        self.read(|tx, _| tx.len(Table::Outbox))
+    }
+}

@@ -1,0 +1,397 @@
+//! Accounts, their credentials and their tokens.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::engine::{ReadTx, Table, WriteTx};
+use super::logs::enqueue;
+use super::model::{
+    Account, AccountKey, Attention, Credentials, Flags, NewAccount, NewToken, OutboxStatus,
+    SecretJson, Token, UserId,
+};
+use super::{RecordKeys, Vault, VaultError, describe, next_seq, seal, unseal};
+
+/// Meta counter of token generations (shared by every account, so a generation never repeats).
+pub(crate) const SEQ_GENERATION: &[u8] = b"seq/generation";
+
+#[derive(Serialize)]
+struct CredentialsOut<'a> {
+    password: Option<&'a str>,
+    api_key: Option<&'a str>,
+    api_secret: Option<&'a str>,
+    totp_secret: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CredentialsIn {
+    password: Option<SecretString>,
+    api_key: Option<SecretString>,
+    api_secret: Option<SecretString>,
+    totp_secret: Option<SecretString>,
+}
+
+#[derive(Serialize)]
+struct TokenOut<'a> {
+    access_token: &'a str,
+    issued_at_ms: i64,
+    expires_at_ms: i64,
+    extras: &'a str,
+    generation: u64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TokenIn {
+    access_token: SecretString,
+    issued_at_ms: i64,
+    expires_at_ms: i64,
+    extras: String,
+    generation: u64,
+}
+
+/// Serialise into a buffer that is zeroized when dropped.
+pub(crate) fn to_secret_json(value: &impl Serialize) -> Zeroizing<Vec<u8>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(1024));
+    serde_json::to_writer(&mut *buf, value).expect("records serialise");
+    buf
+}
+
+/// Parse decrypted JSON. The error never quotes the plaintext.
+pub(crate) fn from_secret_json<T: serde::de::DeserializeOwned>(
+    table: Table,
+    key: &[u8],
+    plain: &[u8],
+) -> Result<T, VaultError> {
+    serde_json::from_slice(plain).map_err(|e| {
+        VaultError::malformed(
+            table.name(),
+            describe(table, key),
+            format!("decrypted record does not parse ({:?})", e.classify()),
+        )
+    })
+}
+
+/// Parse a plain JSON record.
+pub(crate) fn from_plain_json<T: serde::de::DeserializeOwned>(
+    table: Table,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, VaultError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| VaultError::malformed(table.name(), describe(table, key), e))
+}
+
+pub(crate) fn seal_credentials(keys: &RecordKeys, key: &[u8], c: &Credentials) -> Vec<u8> {
+    let out = CredentialsOut {
+        password: c.password.as_ref().map(|s| s.expose_secret()),
+        api_key: c.api_key.as_ref().map(|s| s.expose_secret()),
+        api_secret: c.api_secret.as_ref().map(|s| s.expose_secret()),
+        totp_secret: c.totp_secret.as_ref().map(|s| s.expose_secret()),
+    };
+    seal(keys, Table::Credentials, key, &to_secret_json(&out))
+}
+
+pub(crate) fn open_credentials(
+    keys: &RecordKeys,
+    key: &[u8],
+    sealed: &[u8],
+) -> Result<Credentials, VaultError> {
+    let plain = unseal(keys, Table::Credentials, key, sealed)?;
+    let c: CredentialsIn = from_secret_json(Table::Credentials, key, &plain)?;
+    Ok(Credentials {
+        password: c.password,
+        api_key: c.api_key,
+        api_secret: c.api_secret,
+        totp_secret: c.totp_secret,
+    })
+}
+
+fn seal_token(keys: &RecordKeys, key: &[u8], t: &NewToken, generation: u64) -> Vec<u8> {
+    let out = TokenOut {
+        access_token: t.access_token.expose_secret(),
+        issued_at_ms: t.issued_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        extras: t.extras.expose_text(),
+        generation,
+    };
+    seal(keys, Table::Tokens, key, &to_secret_json(&out))
+}
+
+pub(crate) fn open_token(
+    keys: &RecordKeys,
+    key: &[u8],
+    sealed: &[u8],
+) -> Result<Token, VaultError> {
+    let plain = unseal(keys, Table::Tokens, key, sealed)?;
+    let t: TokenIn = from_secret_json(Table::Tokens, key, &plain)?;
+    let extras = SecretJson::from_text(t.extras).map_err(|_| {
+        VaultError::malformed(
+            Table::Tokens.name(),
+            describe(Table::Tokens, key),
+            "token extras are not JSON",
+        )
+    })?;
+    Ok(Token {
+        access_token: t.access_token,
+        issued_at_ms: t.issued_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        extras,
+        generation: t.generation,
+    })
+}
+
+fn load_account(tx: &dyn ReadTx, key: &AccountKey) -> Result<Option<Account>, VaultError> {
+    let k = key.encode();
+    match tx.get(Table::Accounts, &k)? {
+        Some(bytes) => Ok(Some(from_plain_json(Table::Accounts, &k, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+fn require_account(tx: &dyn ReadTx, key: &AccountKey) -> Result<Account, VaultError> {
+    load_account(tx, key)?.ok_or_else(|| VaultError::NoSuchAccount(key.clone()))
+}
+
+fn store_account(tx: &mut dyn WriteTx, account: &Account) -> Result<(), VaultError> {
+    let bytes = serde_json::to_vec(account).expect("accounts serialise");
+    tx.put(Table::Accounts, &account.key().encode(), &bytes)
+}
+
+/// Remove the token of `account`, if any, and tell the mirror.
+fn revoke_token(
+    tx: &mut dyn WriteTx,
+    keys: &RecordKeys,
+    account: &Account,
+    now: i64,
+) -> Result<bool, VaultError> {
+    let k = account.key().encode();
+    if !tx.delete(Table::Tokens, &k)? {
+        return Ok(false);
+    }
+    let generation = next_seq(tx, SEQ_GENERATION)?;
+    enqueue(
+        tx,
+        keys,
+        account,
+        generation,
+        None,
+        OutboxStatus::Revoked,
+        now,
+    )?;
+    Ok(true)
+}
+
+fn put_account_in(
+    tx: &mut dyn WriteTx,
+    keys: &RecordKeys,
+    new: &NewAccount,
+    now: i64,
+) -> Result<Account, VaultError> {
+    let k = new.key.encode();
+    let old = load_account(tx, &new.key)?;
+    let account = Account {
+        user: new.key.user.clone(),
+        broker: new.key.broker.clone(),
+        broker_user_id: new.broker_user_id.clone(),
+        auto_refresh: new.auto_refresh,
+        managed_externally: new.managed_externally,
+        attention: None,
+        created_at_ms: old.as_ref().map_or(now, |a| a.created_at_ms),
+        updated_at_ms: now,
+    };
+    if old
+        .as_ref()
+        .is_some_and(|a| a.broker_user_id != new.broker_user_id)
+    {
+        revoke_token(tx, keys, &account, now)?;
+    }
+    store_account(tx, &account)?;
+    tx.put(
+        Table::Credentials,
+        &k,
+        &seal_credentials(keys, &k, &new.credentials),
+    )?;
+    Ok(account)
+}
+
+impl Vault {
+    /// Create or replace an account with its credentials. A replaced account keeps its creation
+    /// time and its token (dropped if the broker-side user id changed); its attention is cleared.
+    pub fn put_account(&self, new: &NewAccount) -> Result<Account, VaultError> {
+        let now = self.now();
+        self.write(|tx, keys| put_account_in(tx, keys, new, now))
+    }
+
+    /// [`put_account`](Self::put_account) for many accounts in one transaction (imports).
+    pub fn put_accounts(&self, accounts: &[NewAccount]) -> Result<usize, VaultError> {
+        let now = self.now();
+        self.write(|tx, keys| {
+            for new in accounts {
+                put_account_in(tx, keys, new, now)?;
+            }
+            Ok(accounts.len())
+        })
+    }
+
+    /// Replace an account's credentials; clears its attention.
+    pub fn update_credentials(
+        &self,
+        key: &AccountKey,
+        credentials: &Credentials,
+    ) -> Result<Account, VaultError> {
+        let now = self.now();
+        self.write(|tx, keys| {
+            let mut account = require_account(tx, key)?;
+            account.attention = None;
+            account.updated_at_ms = now;
+            store_account(tx, &account)?;
+            let k = key.encode();
+            tx.put(
+                Table::Credentials,
+                &k,
+                &seal_credentials(keys, &k, credentials),
+            )?;
+            Ok(account)
+        })
+    }
+
+    /// The account, without secrets.
+    pub fn get_account(&self, key: &AccountKey) -> Result<Option<Account>, VaultError> {
+        self.read(|tx, _| load_account(tx, key))
+    }
+
+    /// The account's credentials, decrypted.
+    pub fn credentials(&self, key: &AccountKey) -> Result<Option<Credentials>, VaultError> {
+        self.read(|tx, keys| {
+            let k = key.encode();
+            match tx.get(Table::Credentials, &k)? {
+                Some(sealed) => Ok(Some(open_credentials(keys, &k, &sealed)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Every account, ordered by user then broker.
+    pub fn list_accounts(&self) -> Result<Vec<Account>, VaultError> {
+        self.scan_accounts(&[])
+    }
+
+    /// The accounts of one user.
+    pub fn user_accounts(&self, user: &UserId) -> Result<Vec<Account>, VaultError> {
+        self.scan_accounts(&user.key_prefix())
+    }
+
+    fn scan_accounts(&self, prefix: &[u8]) -> Result<Vec<Account>, VaultError> {
+        let mut accounts: Vec<Account> = self.read(|tx, _| {
+            tx.scan(Table::Accounts, prefix, false, usize::MAX)?
+                .into_iter()
+                .map(|(k, v)| from_plain_json(Table::Accounts, &k, &v))
+                .collect::<Result<_, _>>()
+        })?;
+        // Keys sort by id length first; people expect ids in text order.
+        accounts.sort_by(|a, b| (&a.user, &a.broker).cmp(&(&b.user, &b.broker)));
+        Ok(accounts)
+    }
+
+    /// Remove an account with its credentials, token and attempts. A removed token is announced to
+    /// the mirror as revoked. Whether the account existed.
+    pub fn delete_account(&self, key: &AccountKey) -> Result<bool, VaultError> {
+        let now = self.now();
+        self.write(|tx, keys| {
+            let Some(account) = load_account(tx, key)? else {
+                return Ok(false);
+            };
+            let k = key.encode();
+            revoke_token(tx, keys, &account, now)?;
+            tx.delete(Table::Accounts, &k)?;
+            tx.delete(Table::Credentials, &k)?;
+            for (attempt, _) in tx.scan(Table::Attempts, &k, false, usize::MAX)? {
+                tx.delete(Table::Attempts, &attempt)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Change `auto_refresh` and/or `managed_externally`.
+    pub fn set_flags(&self, key: &AccountKey, flags: Flags) -> Result<Account, VaultError> {
+        self.update_account(key, |a| {
+            if let Some(v) = flags.auto_refresh {
+                a.auto_refresh = v;
+            }
+            if let Some(v) = flags.managed_externally {
+                a.managed_externally = v;
+            }
+        })
+    }
+
+    /// Mark the account as needing attention (a login failed in a way retrying cannot fix).
+    pub fn set_attention(
+        &self,
+        key: &AccountKey,
+        attention: Attention,
+    ) -> Result<Account, VaultError> {
+        self.update_account(key, |a| a.attention = Some(attention))
+    }
+
+    /// Clear the account's attention.
+    pub fn clear_attention(&self, key: &AccountKey) -> Result<Account, VaultError> {
+        self.update_account(key, |a| a.attention = None)
+    }
+
+    fn update_account(
+        &self,
+        key: &AccountKey,
+        change: impl FnOnce(&mut Account),
+    ) -> Result<Account, VaultError> {
+        let now = self.now();
+        self.write(|tx, _| {
+            let mut account = require_account(tx, key)?;
+            change(&mut account);
+            account.updated_at_ms = now;
+            store_account(tx, &account)?;
+            Ok(account)
+        })
+    }
+
+    /// Store the account's new token and, in the same transaction, its outbox record for the
+    /// mirror. Returns the token's generation.
+    pub fn put_token(&self, key: &AccountKey, token: &NewToken) -> Result<u64, VaultError> {
+        let now = self.now();
+        self.write(|tx, keys| {
+            let account = require_account(tx, key)?;
+            let generation = next_seq(tx, SEQ_GENERATION)?;
+            let k = key.encode();
+            tx.put(Table::Tokens, &k, &seal_token(keys, &k, token, generation))?;
+            enqueue(
+                tx,
+                keys,
+                &account,
+                generation,
+                Some(token),
+                OutboxStatus::Active,
+                now,
+            )?;
+            Ok(generation)
+        })
+    }
+
+    /// The account's token, decrypted (expired or not).
+    pub fn get_token(&self, key: &AccountKey) -> Result<Option<Token>, VaultError> {
+        self.read(|tx, keys| {
+            let k = key.encode();
+            match tx.get(Table::Tokens, &k)? {
+                Some(sealed) => Ok(Some(open_token(keys, &k, &sealed)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Drop the account's token (announced to the mirror as revoked). Whether there was one.
+    pub fn delete_token(&self, key: &AccountKey) -> Result<bool, VaultError> {
+        let now = self.now();
+        self.write(|tx, keys| {
+            let account = require_account(tx, key)?;
+            revoke_token(tx, keys, &account, now)
+        })
+    }
+}

@@ -1,0 +1,773 @@
+//! The vault test suite, run against every engine: redb always, sled with `--features sled`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokenbot::vault::*;
+
+/// Small argon2 costs: the production defaults are for people, not test loops.
+fn options() -> VaultOptions {
+    VaultOptions {
+        argon2: Argon2Params {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..VaultOptions::default()
+    }
+}
+
+fn raw_key(byte: u8) -> KeyMaterial {
+    KeyMaterial::Key(MasterKey::from_bytes([byte; 32]))
+}
+
+fn passphrase(p: &str) -> KeyMaterial {
+    KeyMaterial::Passphrase(SecretString::from(p))
+}
+
+fn vault_path(dir: &Path, engine: Engine) -> PathBuf {
+    dir.join(match engine {
+        Engine::Redb => "vault.redb",
+        Engine::Sled => "vault.sled",
+    })
+}
+
+fn account_key(user: &str, broker: &str) -> AccountKey {
+    AccountKey::parse(user, broker).unwrap()
+}
+
+/// Every secret contains this marker, so a file without the marker holds none of them.
+const MARK: &str = "Zq8Wm";
+
+fn secret(kind: &str, i: usize) -> String {
+    format!("{kind}-{i:05}-{MARK}-{}", i * 7919 % 10007)
+}
+
+fn new_account(user: &str, broker: &str, i: usize) -> NewAccount {
+    NewAccount {
+        key: account_key(user, broker),
+        broker_user_id: format!("BU{i:05}Pl41n"),
+        credentials: Credentials {
+            password: Some(secret("pw", i).into()),
+            api_key: Some(secret("ak", i).into()),
+            api_secret: Some(secret("as", i).into()),
+            totp_secret: Some(secret("totp", i).into()),
+        },
+        auto_refresh: true,
+        managed_externally: false,
+    }
+}
+
+fn new_token(i: usize) -> NewToken {
+    NewToken {
+        access_token: secret("tok", i).into(),
+        issued_at_ms: 1_700_000_000_000 + i as i64,
+        expires_at_ms: 1_700_086_400_000 + i as i64,
+        extras: SecretJson::from_value(&serde_json::json!({ "refresh_token": secret("rt", i) })),
+    }
+}
+
+fn exposed(s: &Option<SecretString>) -> Option<&str> {
+    s.as_ref().map(|s| s.expose_secret())
+}
+
+fn assert_credentials(vault: &Vault, key: &AccountKey, i: usize) {
+    let c = vault.credentials(key).unwrap().expect("credentials");
+    assert_eq!(exposed(&c.password), Some(secret("pw", i).as_str()));
+    assert_eq!(exposed(&c.api_key), Some(secret("ak", i).as_str()));
+    assert_eq!(exposed(&c.api_secret), Some(secret("as", i).as_str()));
+    assert_eq!(exposed(&c.totp_secret), Some(secret("totp", i).as_str()));
+}
+
+/// Every file under `path` (a redb file, or a sled directory), concatenated.
+fn raw_bytes(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    if path.is_file() {
+        out.extend(std::fs::read(path).unwrap());
+    } else {
+        for entry in std::fs::read_dir(path).unwrap() {
+            out.extend(raw_bytes(&entry.unwrap().path()));
+        }
+    }
+    out
+}
+
+fn digest(path: &Path) -> Vec<u8> {
+    Sha256::digest(raw_bytes(path)).to_vec()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn attempt(time_ms: i64, outcome: Outcome) -> Attempt {
+    Attempt {
+        time_ms,
+        trigger: Trigger::Schedule,
+        attempt: 1,
+        duration_ms: 1234,
+        outcome,
+        error_class: (outcome == Outcome::Failed).then(|| "network".to_owned()),
+        message: (outcome == Outcome::Failed).then(|| "connection reset".to_owned()),
+    }
+}
+
+fn round_trips(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Vault::create(
+        &path,
+        engine,
+        &raw_key(1),
+        VaultOptions {
+            attempts_per_account: 5,
+            audit_keep: 3,
+            ..options()
+        },
+    )
+    .unwrap();
+    let kite = account_key("28748327", "kite");
+    let iifl = account_key("28748327", "iifl");
+
+    // Accounts and credentials.
+    let account = vault
+        .put_account(&new_account("28748327", "kite", 1))
+        .unwrap();
+    assert_eq!(account.state(), AccountState::Active);
+    vault
+        .put_account(&new_account("28748327", "iifl", 2))
+        .unwrap();
+    vault.put_account(&new_account("other", "kite", 3)).unwrap();
+    assert_eq!(vault.get_account(&kite).unwrap().unwrap(), account);
+    assert_credentials(&vault, &kite, 1);
+    assert!(
+        vault
+            .get_account(&account_key("nobody", "kite"))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        vault
+            .credentials(&account_key("nobody", "kite"))
+            .unwrap()
+            .is_none()
+    );
+    let users: Vec<String> = vault
+        .list_accounts()
+        .unwrap()
+        .iter()
+        .map(|a| a.key().to_string())
+        .collect();
+    assert_eq!(users, ["28748327/iifl", "28748327/kite", "other/kite"]);
+    assert_eq!(vault.user_accounts(&kite.user).unwrap().len(), 2);
+
+    // Flags, attention, derived state; new credentials clear attention.
+    let a = vault
+        .set_flags(
+            &kite,
+            Flags {
+                auto_refresh: Some(false),
+                managed_externally: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(a.state(), AccountState::Paused);
+    let attention = Attention {
+        class: "invalid_credentials".into(),
+        message: "wrong password".into(),
+        since_ms: 5,
+    };
+    let a = vault.set_attention(&kite, attention.clone()).unwrap();
+    assert_eq!(
+        (a.state(), a.attention),
+        (AccountState::NeedsAttention, Some(attention))
+    );
+    let a = vault
+        .update_credentials(&kite, &new_account("x", "kite", 11).credentials)
+        .unwrap();
+    assert_eq!((a.state(), a.attention), (AccountState::Paused, None));
+    assert_credentials(&vault, &kite, 11);
+    vault
+        .set_attention(
+            &kite,
+            Attention {
+                class: "c".into(),
+                message: "m".into(),
+                since_ms: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(vault.clear_attention(&kite).unwrap().attention, None);
+    let a = vault
+        .set_flags(
+            &kite,
+            Flags {
+                auto_refresh: Some(true),
+                managed_externally: Some(true),
+            },
+        )
+        .unwrap();
+    assert_eq!(a.state(), AccountState::ManagedExternally);
+    assert!(matches!(
+        vault.set_flags(&account_key("nobody", "kite"), Flags::default()),
+        Err(VaultError::NoSuchAccount(_))
+    ));
+
+    // Tokens: generations grow; each put writes an outbox record in the same transaction.
+    assert!(vault.get_token(&kite).unwrap().is_none());
+    let g1 = vault.put_token(&kite, &new_token(1)).unwrap();
+    let g2 = vault.put_token(&kite, &new_token(2)).unwrap();
+    let g3 = vault.put_token(&iifl, &new_token(3)).unwrap();
+    assert!(g1 < g2 && g2 < g3, "{g1} {g2} {g3}");
+    let t = vault.get_token(&kite).unwrap().unwrap();
+    assert_eq!(t.access_token.expose_secret(), secret("tok", 2));
+    assert_eq!(
+        (t.issued_at_ms, t.expires_at_ms, t.generation),
+        (1_700_000_000_002, 1_700_086_400_002, g2)
+    );
+    assert_eq!(t.extras.expose_value()["refresh_token"], secret("rt", 2));
+    assert!(matches!(
+        vault.put_token(&account_key("nobody", "kite"), &new_token(0)),
+        Err(VaultError::NoSuchAccount(_))
+    ));
+
+    let outbox = vault.outbox_peek(10).unwrap();
+    assert_eq!(vault.outbox_len().unwrap(), 3);
+    assert_eq!(
+        outbox.iter().map(|r| r.generation).collect::<Vec<_>>(),
+        [g1, g2, g3]
+    );
+    assert!(outbox.windows(2).all(|w| w[0].seq < w[1].seq));
+    let first = &outbox[0];
+    assert_eq!(
+        (first.user.as_str(), first.broker.as_str(), first.status),
+        ("28748327", "kite", OutboxStatus::Active)
+    );
+    assert_eq!(first.broker_user_id, "BU00001Pl41n");
+    assert_eq!(
+        exposed(&first.access_token),
+        Some(secret("tok", 1).as_str())
+    );
+    assert_eq!(
+        (first.issued_at_ms, first.expires_at_ms),
+        (Some(1_700_000_000_001), Some(1_700_086_400_001))
+    );
+    assert_eq!(vault.outbox_ack(outbox[1].seq).unwrap(), 2);
+    assert_eq!(vault.outbox_len().unwrap(), 1);
+    assert_eq!(vault.outbox_peek(10).unwrap()[0].generation, g3);
+
+    // Attempts: newest first, per account or per user, trimmed to the last 5 per account.
+    for i in 0..8 {
+        vault
+            .append_attempt(&kite, &attempt(100 + i, Outcome::Success))
+            .unwrap();
+    }
+    vault
+        .append_attempt(&iifl, &attempt(500, Outcome::Failed))
+        .unwrap();
+    let kite_attempts = vault.attempts(&kite, 100).unwrap();
+    assert_eq!(
+        kite_attempts
+            .iter()
+            .map(|a| a.attempt.time_ms)
+            .collect::<Vec<_>>(),
+        [107, 106, 105, 104, 103]
+    );
+    assert_eq!(vault.attempts(&kite, 2).unwrap().len(), 2);
+    let user_attempts = vault.attempts(&kite.user, 3).unwrap();
+    assert_eq!(
+        user_attempts
+            .iter()
+            .map(|a| a.attempt.time_ms)
+            .collect::<Vec<_>>(),
+        [500, 107, 106]
+    );
+    assert_eq!(user_attempts[0].account, iifl);
+    assert_eq!(user_attempts[0].attempt, attempt(500, Outcome::Failed));
+    assert!(matches!(
+        vault.append_attempt(
+            &account_key("nobody", "kite"),
+            &attempt(1, Outcome::Skipped)
+        ),
+        Err(VaultError::NoSuchAccount(_))
+    ));
+
+    // Audit: newest first, trimmed to the last 3.
+    for i in 0..5 {
+        vault
+            .append_audit(&AuditEntry {
+                time_ms: i,
+                api_key_name: "backend".into(),
+                user: kite.user.clone(),
+                broker: kite.broker.clone(),
+            })
+            .unwrap();
+    }
+    assert_eq!(
+        vault
+            .audit(10)
+            .unwrap()
+            .iter()
+            .map(|e| e.time_ms)
+            .collect::<Vec<_>>(),
+        [4, 3, 2]
+    );
+
+    // Everything survives a reopen.
+    drop(vault);
+    let vault = Vault::open(&path, engine, &raw_key(1), options()).unwrap();
+    assert_eq!(vault.get_token(&kite).unwrap().unwrap().generation, g2);
+    assert_credentials(&vault, &kite, 11);
+    assert_eq!(vault.attempts(&kite, 100).unwrap().len(), 5);
+    assert_eq!(vault.outbox_len().unwrap(), 1);
+    let report = vault.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures);
+    assert_eq!(report.counts["accounts"], 3);
+    assert_eq!(report.counts["tokens"], 2);
+
+    // Deleting an account drops its secrets, token and attempts and tells the mirror.
+    assert!(vault.delete_account(&kite).unwrap());
+    assert!(!vault.delete_account(&kite).unwrap());
+    assert!(vault.get_account(&kite).unwrap().is_none());
+    assert!(vault.credentials(&kite).unwrap().is_none());
+    assert!(vault.get_token(&kite).unwrap().is_none());
+    assert!(vault.attempts(&kite, 10).unwrap().is_empty());
+    let revoked = vault.outbox_peek(10).unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            revoked.status,
+            revoked.user.as_str(),
+            revoked.broker.as_str()
+        ),
+        (OutboxStatus::Revoked, "28748327", "kite")
+    );
+    assert!(revoked.access_token.is_none() && revoked.generation > g3);
+    // A re-added account's next token still outranks the revocation.
+    vault
+        .put_account(&new_account("28748327", "kite", 1))
+        .unwrap();
+    assert!(vault.put_token(&kite, &new_token(9)).unwrap() > revoked.generation);
+    // delete_token, and a changed broker user id, revoke too.
+    assert!(vault.delete_token(&kite).unwrap());
+    assert!(!vault.delete_token(&kite).unwrap());
+    vault.put_token(&iifl, &new_token(4)).unwrap();
+    vault
+        .put_account(&NewAccount {
+            broker_user_id: "ELSEWHERE".into(),
+            ..new_account("28748327", "iifl", 2)
+        })
+        .unwrap();
+    assert!(vault.get_token(&iifl).unwrap().is_none());
+    assert_eq!(
+        vault.outbox_peek(100).unwrap().last().unwrap().status,
+        OutboxStatus::Revoked
+    );
+    assert!(vault.verify().unwrap().is_ok());
+}
+
+fn plaintexts_never_reach_the_file(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Vault::create(&path, engine, &raw_key(2), options()).unwrap();
+    let accounts: Vec<NewAccount> = (0..1000)
+        .map(|i| new_account(&format!("user{i:04}"), "kite", i))
+        .collect();
+    vault.put_accounts(&accounts[..500]).unwrap();
+    for account in &accounts[500..] {
+        vault.put_account(account).unwrap();
+    }
+    for (i, account) in accounts.iter().enumerate() {
+        vault.put_token(&account.key, &new_token(i)).unwrap();
+    }
+    assert_credentials(&vault, &accounts[999].key, 999);
+    drop(vault);
+
+    let bytes = raw_bytes(&path);
+    // Every secret contains MARK: no MARK, no secret. Spot-check whole plaintexts too.
+    assert!(
+        !contains(&bytes, MARK.as_bytes()),
+        "a secret reached the vault file"
+    );
+    for i in (0..1000).step_by(97) {
+        for kind in ["pw", "ak", "as", "totp", "tok", "rt"] {
+            assert!(
+                !contains(&bytes, secret(kind, i).as_bytes()),
+                "{kind} {i} in the file"
+            );
+        }
+    }
+    // The scan does see data: broker user ids are not secret and are stored as they are.
+    assert!(contains(&bytes, b"BU00999Pl41n"));
+}
+
+fn tampered_records_fail_integrity(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Vault::create(&path, engine, &raw_key(3), options()).unwrap();
+    let (a, b) = (account_key("alice", "kite"), account_key("bob", "kite"));
+    vault.put_account(&new_account("alice", "kite", 1)).unwrap();
+    vault.put_account(&new_account("bob", "kite", 2)).unwrap();
+    vault.put_token(&a, &new_token(1)).unwrap();
+    vault.put_token(&b, &new_token(2)).unwrap();
+    let creds_a = vault
+        .raw_account_record("credentials", &a)
+        .unwrap()
+        .unwrap();
+    let creds_b = vault
+        .raw_account_record("credentials", &b)
+        .unwrap()
+        .unwrap();
+
+    // Any flipped byte: an integrity error naming the record, never garbage.
+    for i in 0..creds_a.len() {
+        let mut bad = creds_a.clone();
+        bad[i] ^= 1 << (i % 8);
+        vault
+            .put_raw_account_record("credentials", &a, &bad)
+            .unwrap();
+        match vault.credentials(&a) {
+            Err(VaultError::Integrity {
+                table: "credentials",
+                key,
+            }) => assert_eq!(key, "alice/kite"),
+            other => panic!("byte {i}: expected an integrity error, got {other:?}"),
+        }
+    }
+    let token_a = vault.raw_account_record("tokens", &a).unwrap().unwrap();
+    let mut bad = token_a.clone();
+    bad[token_a.len() / 2] ^= 0x40;
+    vault.put_raw_account_record("tokens", &a, &bad).unwrap();
+    assert!(matches!(
+        vault.get_token(&a),
+        Err(VaultError::Integrity {
+            table: "tokens",
+            ..
+        })
+    ));
+    let report = vault.verify().unwrap();
+    let failed: Vec<(&str, &str)> = report
+        .failures
+        .iter()
+        .map(|f| (f.table, f.key.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [("credentials", "alice/kite"), ("tokens", "alice/kite")],
+        "{:?}",
+        report.failures
+    );
+    vault
+        .put_raw_account_record("tokens", &a, &token_a)
+        .unwrap();
+
+    // Two users' credential records swapped: both fail.
+    vault
+        .put_raw_account_record("credentials", &a, &creds_b)
+        .unwrap();
+    vault
+        .put_raw_account_record("credentials", &b, &creds_a)
+        .unwrap();
+    assert!(matches!(
+        vault.credentials(&a),
+        Err(VaultError::Integrity { .. })
+    ));
+    assert!(matches!(
+        vault.credentials(&b),
+        Err(VaultError::Integrity { .. })
+    ));
+    // A credentials record moved into the tokens table fails too.
+    vault
+        .put_raw_account_record("tokens", &b, &creds_a)
+        .unwrap();
+    assert!(matches!(
+        vault.get_token(&b),
+        Err(VaultError::Integrity { .. })
+    ));
+    assert_eq!(vault.verify().unwrap().failures.len(), 3);
+
+    // Restored, all is well again.
+    vault
+        .put_raw_account_record("credentials", &a, &creds_a)
+        .unwrap();
+    vault
+        .put_raw_account_record("credentials", &b, &creds_b)
+        .unwrap();
+    vault.delete_token(&b).unwrap();
+    assert_credentials(&vault, &a, 1);
+    assert_credentials(&vault, &b, 2);
+    assert!(vault.verify().unwrap().is_ok());
+}
+
+fn wrong_keys_are_refused_before_any_write(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Vault::create(&path, engine, &raw_key(4), options()).unwrap();
+    vault.put_account(&new_account("u", "kite", 1)).unwrap();
+    drop(vault);
+    let before = digest(&path);
+    assert!(matches!(
+        Vault::open(&path, engine, &raw_key(5), options()),
+        Err(VaultError::WrongKey)
+    ));
+    assert!(matches!(
+        Vault::open_read_only(&path, engine, &raw_key(5), options()),
+        Err(VaultError::WrongKey)
+    ));
+    assert!(matches!(
+        Vault::open(&path, engine, &passphrase("x"), options()),
+        Err(VaultError::KeyKindMismatch { .. })
+    ));
+    // sled has no read-only handle, and its open writes: only redb promises an untouched file.
+    if engine == Engine::Redb {
+        assert_eq!(digest(&path), before, "a refused open changed the file");
+    }
+    assert!(Vault::open(&path, engine, &raw_key(4), options()).is_ok());
+
+    let path = dir.path().join(format!(
+        "pass-{}",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    let vault = Vault::create(&path, engine, &passphrase("correct horse"), options()).unwrap();
+    vault.put_account(&new_account("u", "kite", 1)).unwrap();
+    drop(vault);
+    assert_eq!(
+        Vault::inspect(&path, engine).unwrap(),
+        VaultInfo {
+            passphrase: true,
+            schema_version: SCHEMA_VERSION
+        }
+    );
+    let before = digest(&path);
+    assert!(matches!(
+        Vault::open(&path, engine, &passphrase("wrong horse"), options()),
+        Err(VaultError::WrongPassphrase)
+    ));
+    assert!(matches!(
+        Vault::open(&path, engine, &raw_key(4), options()),
+        Err(VaultError::KeyKindMismatch { .. })
+    ));
+    if engine == Engine::Redb {
+        assert_eq!(digest(&path), before);
+    }
+    let vault = Vault::open(&path, engine, &passphrase("correct horse"), options()).unwrap();
+    assert_credentials(&vault, &account_key("u", "kite"), 1);
+
+    assert!(matches!(
+        Vault::open(&dir.path().join("none"), engine, &raw_key(4), options()),
+        Err(VaultError::NotFound(_))
+    ));
+    assert!(matches!(
+        Vault::create(&path, engine, &raw_key(4), options()),
+        Err(VaultError::AlreadyExists(_))
+    ));
+}
+
+fn rekey_of_1000_accounts(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Vault::create(&path, engine, &raw_key(6), options()).unwrap();
+    let accounts: Vec<NewAccount> = (0..1000)
+        .map(|i| new_account(&format!("user{i:04}"), "iifl", i))
+        .collect();
+    vault.put_accounts(&accounts).unwrap();
+    for i in (0..1000).step_by(10) {
+        vault.put_token(&accounts[i].key, &new_token(i)).unwrap();
+    }
+    let before: Vec<Vec<u8>> = accounts
+        .iter()
+        .map(|a| {
+            vault
+                .raw_account_record("credentials", &a.key)
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+
+    vault.rekey(&passphrase("new passphrase")).unwrap();
+    // The open handle switched keys.
+    assert_credentials(&vault, &accounts[500].key, 500);
+    for (a, old) in accounts.iter().zip(&before) {
+        assert_ne!(
+            &vault
+                .raw_account_record("credentials", &a.key)
+                .unwrap()
+                .unwrap(),
+            old,
+            "{} not re-encrypted",
+            a.key
+        );
+    }
+    drop(vault);
+
+    assert!(matches!(
+        Vault::open(&path, engine, &raw_key(6), options()),
+        Err(VaultError::KeyKindMismatch { .. })
+    ));
+    let vault = Vault::open(&path, engine, &passphrase("new passphrase"), options()).unwrap();
+    for (i, a) in accounts.iter().enumerate() {
+        assert_credentials(&vault, &a.key, i);
+    }
+    for i in (0..1000).step_by(10) {
+        assert_eq!(
+            vault
+                .get_token(&accounts[i].key)
+                .unwrap()
+                .unwrap()
+                .access_token
+                .expose_secret(),
+            secret("tok", i)
+        );
+    }
+    assert!(vault.verify().unwrap().is_ok());
+
+    // And on to another raw key: the old passphrase and the first key open nothing.
+    vault.rekey(&raw_key(7)).unwrap();
+    drop(vault);
+    assert!(matches!(
+        Vault::open(&path, engine, &raw_key(6), options()),
+        Err(VaultError::WrongKey)
+    ));
+    assert!(matches!(
+        Vault::open(&path, engine, &passphrase("new passphrase"), options()),
+        Err(VaultError::KeyKindMismatch { .. })
+    ));
+    let vault = Vault::open(&path, engine, &raw_key(7), options()).unwrap();
+    for (i, a) in accounts.iter().enumerate() {
+        assert_credentials(&vault, &a.key, i);
+    }
+    let report = vault.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures);
+    assert_eq!(
+        (
+            report.counts["credentials"],
+            report.counts["tokens"],
+            report.counts["outbox"]
+        ),
+        (1000, 100, 100)
+    );
+}
+
+fn copies_open_with_the_same_key(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Vault::create(&path, engine, &passphrase("copy me"), options()).unwrap();
+    for i in 0..20 {
+        let a = new_account(&format!("u{i}"), "kite", i);
+        vault.put_account(&a).unwrap();
+        vault.put_token(&a.key, &new_token(i)).unwrap();
+        vault
+            .append_attempt(&a.key, &attempt(i as i64, Outcome::Success))
+            .unwrap();
+    }
+    let mut targets = vec![Engine::Redb];
+    if cfg!(feature = "sled") {
+        targets.push(Engine::Sled);
+    }
+    for target in targets {
+        let to = dir.path().join(format!("copy-{target:?}"));
+        let copied = vault.copy_to(target, &to).unwrap();
+        assert_eq!(copied.counts, vault.counts().unwrap());
+        assert!(matches!(
+            vault.copy_to(target, &to),
+            Err(VaultError::AlreadyExists(_))
+        ));
+        let copy = Vault::open(&to, target, &passphrase("copy me"), options()).unwrap();
+        let report = copy.verify().unwrap();
+        assert!(
+            report.is_ok() && report.counts == copied.counts,
+            "{report:?}"
+        );
+        assert_credentials(&copy, &account_key("u7", "kite"), 7);
+        assert_eq!(
+            copy.attempts(&account_key("u7", "kite"), 10).unwrap().len(),
+            1
+        );
+        drop(copy);
+        assert!(matches!(
+            Vault::open(&to, target, &passphrase("nope"), options()),
+            Err(VaultError::WrongPassphrase)
+        ));
+    }
+}
+
+fn shared_across_threads(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Arc::new(Vault::create(&path, engine, &raw_key(8), options()).unwrap());
+    for t in 0..4 {
+        vault
+            .put_account(&new_account(&format!("t{t}"), "kite", t))
+            .unwrap();
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let vault = vault.clone();
+            std::thread::spawn(move || {
+                let key = account_key(&format!("t{t}"), "kite");
+                let mut generations = Vec::new();
+                for i in 0..10 {
+                    generations.push(vault.put_token(&key, &new_token(t * 100 + i)).unwrap());
+                    assert_credentials(&vault, &key, t);
+                }
+                generations
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 40, "generations repeat");
+    assert_eq!(vault.outbox_len().unwrap(), 40);
+}
+
+macro_rules! suite {
+    ($module:ident, $engine:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn every_record_type_round_trips() {
+                round_trips($engine)
+            }
+
+            #[test]
+            fn plaintexts_of_1000_accounts_never_reach_the_file() {
+                plaintexts_never_reach_the_file($engine)
+            }
+
+            #[test]
+            fn flipped_or_swapped_records_fail_integrity() {
+                tampered_records_fail_integrity($engine)
+            }
+
+            #[test]
+            fn wrong_key_or_passphrase_is_refused_before_any_write() {
+                wrong_keys_are_refused_before_any_write($engine)
+            }
+
+            #[test]
+            fn rekey_of_1000_accounts_reencrypts_everything() {
+                rekey_of_1000_accounts($engine)
+            }
+
+            #[test]
+            fn copies_to_every_engine_open_with_the_same_key() {
+                copies_open_with_the_same_key($engine)
+            }
+
+            #[test]
+            fn one_vault_serves_many_threads() {
+                shared_across_threads($engine)
+            }
+        }
+    };
+}
+
+suite!(redb, Engine::Redb);
+#[cfg(feature = "sled")]
+suite!(sled, Engine::Sled);
