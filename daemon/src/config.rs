@@ -185,6 +185,9 @@ pub struct RefreshConfig {
     pub backoff_max_ms: u64,
     /// Time one login may take, all its HTTP exchanges and TOTP waits included, in seconds.
     pub login_timeout_secs: u64,
+    /// Called (POST, JSON) when an account enters `needs_attention`, e.g. after
+    /// `automation_blocked`, with the assisted-login URL when `server.public_url` is set.
+    pub webhook_url: Option<url::Url>,
 }
 
 impl Default for RefreshConfig {
@@ -195,6 +198,7 @@ impl Default for RefreshConfig {
             backoff_initial_ms: 2_000,
             backoff_max_ms: 60_000,
             login_timeout_secs: 90,
+            webhook_url: None,
         }
     }
 }
@@ -246,9 +250,108 @@ pub struct PostgresMirrorConfig {
     /// Channel for `NOTIFY`; empty: no notifications.
     #[serde(default = "default_table")]
     pub notify_channel: String,
-    /// Upsert template with named parameters, writing into an existing schema instead.
+    /// Upsert template with named parameters, writing into an existing schema instead (no table
+    /// is created then). See `mirror::template`.
     #[serde(default)]
     pub upsert_sql: Option<String>,
+    /// Outbox records written per PostgreSQL transaction.
+    #[serde(default = "default_mirror_batch_size")]
+    pub batch_size: usize,
+    /// How often the outbox is checked for new records, in milliseconds.
+    #[serde(default = "default_mirror_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// First delay before reconnecting after a failure, in milliseconds; doubles up to the max.
+    #[serde(default = "default_mirror_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Largest delay between reconnection attempts, in milliseconds.
+    #[serde(default = "default_mirror_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Time allowed to connect, in seconds.
+    #[serde(default = "default_mirror_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+impl PostgresMirrorConfig {
+    /// The defaults around `url`.
+    pub fn new(url: SecretString) -> PostgresMirrorConfig {
+        PostgresMirrorConfig {
+            url,
+            schema: default_schema(),
+            table: default_table(),
+            notify_channel: default_table(),
+            upsert_sql: None,
+            batch_size: default_mirror_batch_size(),
+            poll_interval_ms: default_mirror_poll_interval_ms(),
+            backoff_initial_ms: default_mirror_backoff_initial_ms(),
+            backoff_max_ms: default_mirror_backoff_max_ms(),
+            connect_timeout_secs: default_mirror_connect_timeout_secs(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("batch_size", self.batch_size as u64),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    format!("mirror.postgres.{key}"),
+                    "0",
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.backoff_initial_ms > self.backoff_max_ms {
+            return Err(ConfigError::invalid(
+                "mirror.postgres.backoff_initial_ms",
+                self.backoff_initial_ms.to_string(),
+                "must not exceed mirror.postgres.backoff_max_ms",
+            ));
+        }
+        if self.upsert_sql.is_none() {
+            for (key, value) in [("schema", &self.schema), ("table", &self.table)] {
+                if value.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("mirror.postgres.{key}"),
+                        "",
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        crate::mirror::validate(self).map_err(|e| {
+            let value = match e {
+                crate::mirror::MirrorConfigError::Url(_) => "(hidden)".to_owned(),
+                crate::mirror::MirrorConfigError::Template(_) => {
+                    self.upsert_sql.clone().unwrap_or_default()
+                }
+            };
+            ConfigError::invalid(e.key(), value, e.reason())
+        })
+    }
+}
+
+fn default_mirror_batch_size() -> usize {
+    100
+}
+
+fn default_mirror_poll_interval_ms() -> u64 {
+    250
+}
+
+fn default_mirror_backoff_initial_ms() -> u64 {
+    500
+}
+
+fn default_mirror_backoff_max_ms() -> u64 {
+    30_000
+}
+
+fn default_mirror_connect_timeout_secs() -> u64 {
+    10
 }
 
 fn default_schema() -> String {
@@ -413,6 +516,9 @@ impl Config {
         for (id, broker) in &self.brokers {
             broker.validate(id)?;
         }
+        if let Some(postgres) = &self.mirror.postgres {
+            postgres.validate()?;
+        }
         Ok(())
     }
 }
@@ -553,6 +659,31 @@ mod tests {
             .to_string();
         assert!(
             err.contains("brokers.kite.frobnicate") && err.contains("unknown key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mirror_template_with_an_unknown_parameter_is_refused_at_start() {
+        let err = load(
+            "[mirror.postgres]\nurl = \"postgres://u:pw@h/db\"\n\
+             upsert_sql = \"UPDATE t SET a = $tokn WHERE id = $user_id\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("mirror.postgres.upsert_sql") && err.contains("$tokn"),
+            "{err}"
+        );
+        let err = load(
+            "[mirror.postgres]\nurl = \"postgres://u:hunter2@h:port/db\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("mirror.postgres.url") && !err.contains("hunter2"),
             "{err}"
         );
     }

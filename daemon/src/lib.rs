@@ -9,7 +9,10 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod logging;
+pub mod mirror;
 pub mod plugins;
+pub mod provision;
+pub mod refresh;
 pub mod vault;
 
 use std::future::Future;
@@ -29,6 +32,11 @@ pub struct AppState {
     pub services: Arc<Services>,
     /// The vault. Its methods are blocking: call them through `tokio::task::spawn_blocking`.
     pub vault: Arc<vault::Vault>,
+    /// Runs logins (single flight, limits, retries); shared by the scheduler, the API and the CLI.
+    pub refresher: Arc<refresh::Refresher>,
+    /// The Postgres mirror (`[mirror.postgres]`), if configured. Its task is started by [`run`];
+    /// `mirror.status()` feeds `/health/detailed` and `/metrics`.
+    pub mirror: Option<Arc<mirror::Mirror>>,
 }
 
 impl AppState {
@@ -50,11 +58,36 @@ impl AppState {
             timeout: std::time::Duration::from_secs(config.refresh.login_timeout_secs),
             ..CallSettings::default()
         };
+        let services = Arc::new(Services::new(Arc::new(clock::SystemClock), settings));
+        let plugins = Arc::new(Registry::load(&config.plugins));
+        AppState::from_parts(Arc::new(config), vault, plugins, services)
+    }
+
+    /// State from its parts, e.g. with a manual clock in `services` (tests, benchmarks).
+    pub fn from_parts(
+        config: Arc<Config>,
+        vault: Arc<vault::Vault>,
+        plugins: Arc<Registry>,
+        services: Arc<Services>,
+    ) -> AppState {
+        let refresher = Arc::new(refresh::Refresher::new(
+            vault.clone(),
+            plugins.clone(),
+            services.clone(),
+            config.clone(),
+        ));
+        let mirror = config
+            .mirror
+            .postgres
+            .as_ref()
+            .map(|pg| Arc::new(mirror::Mirror::new(pg, vault.clone())));
         AppState {
-            plugins: Arc::new(Registry::load(&config.plugins)),
-            services: Arc::new(Services::new(Arc::new(clock::SystemClock), settings)),
+            config,
+            plugins,
+            services,
             vault,
-            config: Arc::new(config),
+            refresher,
+            mirror,
         }
     }
 }
@@ -109,7 +142,40 @@ pub async fn run(
         ),
         drain_timeout: std::time::Duration::from_secs(30),
     };
+    // One shutdown signal for the server and the scheduler. The scheduler checks it between
+    // ticks, so logins in flight finish before it returns.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let scheduler = tokio::spawn(refresh::schedule::run(
+        state.refresher.clone(),
+        until_stopped(),
+    ));
+    let login_timeout = std::time::Duration::from_secs(state.config.refresh.login_timeout_secs);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let mirror = state.mirror.clone().map(|m| {
+        let task = m.spawn();
+        (m, task)
+    });
     api::serve::serve(listener, api::app(state), options, shutdown).await;
+    if let Some((mirror, task)) = mirror {
+        // Stopping drops an uncommitted batch; its records stay in the outbox for the next start.
+        mirror.stop();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
+    if tokio::time::timeout(login_timeout, scheduler)
+        .await
+        .is_err()
+    {
+        tracing::warn!("logins still in flight at shutdown were abandoned");
+    }
     tracing::info!("stopped");
     Ok(())
 }

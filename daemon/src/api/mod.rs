@@ -1,24 +1,235 @@
 //! The HTTP API. `app(state)` builds the router, so tests can drive it without a socket.
+//!
+//! Every route is listed once, in [`ROUTES`]: the router is built from that list, and the tests
+//! check the list against the OpenAPI document and the router against the list.
+//!
+//! - `error`: `ApiError` (the one JSON error shape) and the extractors whose rejections use it.
+//! - `auth`: JWTs, API keys, the per-IP limit on failed authentications.
+//! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
+//! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes.
+//! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
 
+mod audit;
+pub mod auth;
+mod credentials;
+pub mod error;
+mod health;
+mod integration;
+mod layers;
+mod login;
+pub mod metrics;
+pub mod openapi;
 pub mod serve;
+mod tokens;
+mod users;
+mod views;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
-use serde_json::{Value, json};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use crate::AppState;
+use crate::assisted::StateStore;
+use crate::vault::AccountKey;
+
+/// Lifetime of an assisted-login state: the time a person has to log in at the broker.
+const ASSISTED_STATE_TTL: Duration = Duration::from_secs(600);
+/// Assisted logins pending at once.
+const ASSISTED_MAX_PENDING: usize = 10_000;
+
+/// What the handlers share: the daemon's state plus what only the API needs. One per router.
+pub struct ApiState {
+    /// The daemon's state (config, plugins, services, vault, refresher).
+    pub app: Arc<AppState>,
+    /// JWT key, API key digests, and the failed-authentication counters.
+    pub auth: auth::Auth,
+    /// Pending assisted logins: the URL route issues a state, the callback consumes it once.
+    pub assisted: StateStore<AccountKey>,
+    /// Writes the audit log of token reads (group commit).
+    audit: audit::AuditWriter,
+    /// Send `Strict-Transport-Security`: `server.public_url` is https.
+    hsts: bool,
+    /// When the router was built, for the uptime in `/health/detailed`.
+    started: std::time::Instant,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// The API's state over the daemon's.
+    pub fn new(app: Arc<AppState>) -> ApiState {
+        ApiState {
+            auth: auth::Auth::from_config(&app.config.auth),
+            assisted: StateStore::new(ASSISTED_STATE_TTL, ASSISTED_MAX_PENDING),
+            audit: audit::AuditWriter::start(app.vault.clone()),
+            hsts: app
+                .config
+                .server
+                .public_url
+                .as_ref()
+                .is_some_and(|u| u.scheme() == "https"),
+            started: std::time::Instant::now(),
+            app,
+        }
+    }
+
+    /// Now, on the daemon's clock (Unix ms).
+    pub fn now_ms(&self) -> i64 {
+        self.app.services.clock.now_ms()
+    }
+
+    /// The refresher shared with the scheduler (single flight across both).
+    pub fn refresher(&self) -> Arc<crate::refresh::Refresher> {
+        self.app.refresher.clone()
+    }
+}
+
+type Handler = fn() -> MethodRouter<Arc<ApiState>>;
+
+/// One route: method, path (axum's and OpenAPI's syntax agree: `{param}`) and handler.
+pub struct Route {
+    /// `GET`, `POST`, ...
+    pub method: &'static str,
+    /// Path template.
+    pub path: &'static str,
+    handler: Handler,
+}
+
+/// Every route the API serves.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/health",
+        handler: || get(health::health),
+    },
+    Route {
+        method: "GET",
+        path: "/health/detailed",
+        handler: || get(health::detailed),
+    },
+    Route {
+        method: "POST",
+        path: "/api/credentials",
+        handler: || post(credentials::create),
+    },
+    Route {
+        method: "GET",
+        path: "/api/credentials/status",
+        handler: || get(credentials::status),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/credentials",
+        handler: || delete(credentials::remove),
+    },
+    Route {
+        method: "PATCH",
+        path: "/api/credentials/toggle",
+        handler: || patch(credentials::toggle),
+    },
+    Route {
+        method: "POST",
+        path: "/api/tokens/refresh",
+        handler: || post(tokens::refresh_mine),
+    },
+    Route {
+        method: "GET",
+        path: "/api/tokens/status",
+        handler: || get(tokens::status),
+    },
+    Route {
+        method: "GET",
+        path: "/api/tokens/{userId}",
+        handler: || get(tokens::read),
+    },
+    Route {
+        method: "GET",
+        path: "/api/tokens/logs/{userId}",
+        handler: || get(tokens::logs),
+    },
+    Route {
+        method: "POST",
+        path: "/api/integration/tokens/refresh-all",
+        handler: || post(integration::refresh_all),
+    },
+    Route {
+        method: "POST",
+        path: "/api/integration/tokens/refresh/{userId}",
+        handler: || post(integration::refresh_user),
+    },
+    Route {
+        method: "PUT",
+        path: "/api/users/{userId}/accounts/{broker}",
+        handler: || put(users::provision),
+    },
+    Route {
+        method: "PATCH",
+        path: "/api/users/{userId}/accounts/{broker}",
+        handler: || patch(users::change),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/users/{userId}/accounts/{broker}",
+        handler: || delete(users::remove),
+    },
+    Route {
+        method: "GET",
+        path: "/api/users",
+        handler: || get(users::list),
+    },
+    Route {
+        method: "GET",
+        path: "/api/login/{broker}/{userId}/url",
+        handler: || get(login::url),
+    },
+    Route {
+        method: "GET",
+        path: "/callback/{broker}",
+        handler: || get(login::callback),
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        handler: || get(openapi::openapi_json),
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+        handler: || get(metrics::metrics),
+    },
+];
 
 /// The router of the whole API.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .with_state(state)
-}
-
-async fn health(State(_state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"status": "ok"}))
+    metrics::handle();
+    let body_limit = state.config.server.body_limit_bytes;
+    let cors = layers::cors(&state.config.server.cors_origins);
+    let api = Arc::new(ApiState::new(state));
+    let mut router: Router<Arc<ApiState>> = Router::new();
+    for route in ROUTES {
+        // Routes sharing a path merge their methods.
+        router = router.route(route.path, (route.handler)());
+    }
+    let mut router = router
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(error::json_errors));
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            layers::observe,
+        ))
+        .with_state(api)
 }

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+mod refresh;
+mod token;
 mod user;
 mod vault;
 
@@ -47,10 +49,37 @@ enum Command {
         #[command(subcommand)]
         command: vault::VaultCommand,
     },
+    /// Log accounts in now; prints Successful / Failed / Skipped / Total, exit 1 if any failed.
+    Refresh(refresh::RefreshArgs),
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// A user's recent login attempts, newest first (JSON).
+    Logs {
+        /// The platform's user id.
+        user_id: String,
+        /// How many attempts at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Plugins.
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a user's valid token as JSON (exit status 1 when there is none).
+    Get {
+        /// The platform's user id.
+        user_id: String,
+        /// The broker, when the user has accounts at several.
+        #[arg(long)]
+        broker: Option<String>,
     },
 }
 
@@ -83,6 +112,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => vault::init(&config, &args),
         Command::User { command } => user::run(&config, command),
         Command::Vault { command } => vault::run(&config, command),
+        Command::Refresh(args) => refresh::run(config, &args),
+        Command::Token {
+            command: TokenCommand::Get { user_id, broker },
+        } => token::get(&config, &user_id, broker.as_deref()),
+        Command::Logs { user_id, limit } => token::logs(&config, &user_id, limit),
         Command::Plugins {
             command: PluginsCommand::List,
         } => {

@@ -1,7 +1,6 @@
 //! `tokenbot user add | list | rm | set`: accounts in the vault. Secrets are prompted without echo
 //! or read from `--from-json`, and never printed.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,13 +8,13 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use broker_api::wire::Manifest;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::vault::{open_vault, prompt_secret};
 use crate::config::Config;
 use crate::plugins::{CREDENTIAL_FIELDS, Registry};
-use crate::vault::{AccountKey, BrokerId, Credentials, Flags, NewAccount, UserId};
+use crate::provision::{Fields, check_fields};
+use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, UserId};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Switch {
@@ -77,15 +76,7 @@ pub(super) enum UserCommand {
 }
 
 /// `--from-json`: exactly the shared field names.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonFields {
-    broker_user_id: Option<String>,
-    password: Option<SecretString>,
-    api_key: Option<SecretString>,
-    api_secret: Option<SecretString>,
-    totp_secret: Option<SecretString>,
-}
+type JsonFields = Fields;
 
 /// `tokenbot user ...`.
 pub(super) fn run(config: &Config, command: UserCommand) -> anyhow::Result<ExitCode> {
@@ -230,13 +221,7 @@ fn prompt_fields(manifest: &Manifest, broker: &str) -> anyhow::Result<JsonFields
     if !std::io::stdin().is_terminal() {
         bail!("stdin is not a terminal: give the fields with --from-json FILE (or - for stdin)");
     }
-    let mut fields = JsonFields {
-        broker_user_id: None,
-        password: None,
-        api_key: None,
-        api_secret: None,
-        totp_secret: None,
-    };
+    let mut fields = JsonFields::default();
     eprintln!(
         "{} ({broker}): empty input skips an optional field",
         manifest.display_name
@@ -272,66 +257,6 @@ fn prompt_fields(manifest: &Manifest, broker: &str) -> anyhow::Result<JsonFields
         }
     }
     Ok(fields)
-}
-
-/// Check the fields against the manifest: every required one present, none it does not use, a
-/// TOTP secret that parses. Errors name fields, never values.
-fn check_fields(
-    manifest: &Manifest,
-    broker: &str,
-    fields: JsonFields,
-) -> anyhow::Result<(String, Credentials)> {
-    let wanted: BTreeSet<&str> = manifest
-        .credential_fields
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect();
-    let all = manifest
-        .credential_fields
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut credentials = Credentials::default();
-    let given = [
-        ("password", fields.password),
-        ("api_key", fields.api_key),
-        ("api_secret", fields.api_secret),
-        ("totp_secret", fields.totp_secret),
-    ];
-    let broker_user_id = fields
-        .broker_user_id
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
-    if broker_user_id.is_some() && !wanted.contains("broker_user_id") {
-        bail!("field `broker_user_id` is not used by broker {broker} (it takes: {all})");
-    }
-    for (name, value) in given {
-        let Some(value) = value.filter(|v| !v.expose_secret().trim().is_empty()) else {
-            continue;
-        };
-        if !wanted.contains(name) {
-            bail!("field `{name}` is not used by broker {broker} (it takes: {all})");
-        }
-        credentials.set(name, value);
-    }
-    for field in manifest.credential_fields.iter().filter(|f| f.required) {
-        let present = match field.name.as_str() {
-            "broker_user_id" => broker_user_id.is_some(),
-            name => credentials.get(name).is_some(),
-        };
-        if !present {
-            bail!(
-                "missing field `{}` (broker {broker} needs: {all}); nothing was written",
-                field.name
-            );
-        }
-    }
-    if let Some(totp) = &credentials.totp_secret {
-        crate::plugins::totp::parse_secret(totp.expose_secret())
-            .map_err(|e| anyhow::anyhow!("field `totp_secret`: {e}; nothing was written"))?;
-    }
-    Ok((broker_user_id.unwrap_or_default(), credentials))
 }
 
 fn list(config: &Config) -> anyhow::Result<ExitCode> {

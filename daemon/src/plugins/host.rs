@@ -68,6 +68,9 @@ pub struct Egress {
     pub response_cap: usize,
     /// Timeout of one exchange when the plugin names none.
     pub default_timeout: Duration,
+    /// The broker's request-rate limiter, shared by every login to that broker; each exchange
+    /// (each redirect hop included) waits for a slot.
+    pub limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 /// Replaces known secrets in text.
@@ -292,6 +295,22 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
         .unwrap_or(ctx.http.default_timeout);
     for _hop in 0..=MAX_REDIRECTS {
         allowed(ctx, &url)?;
+        let remaining = ctx.remaining().ok_or((
+            Status::TIMEOUT,
+            "timeout",
+            "the login deadline passed".to_owned(),
+        ))?;
+        if let Some(limiter) = &ctx.http.limiter {
+            let slot = tokio::time::timeout(remaining, limiter.until_ready());
+            if ctx.runtime.block_on(slot).is_err() {
+                return Err((
+                    Status::TIMEOUT,
+                    "timeout",
+                    "the login deadline passed while waiting for the broker's rate limit"
+                        .to_owned(),
+                ));
+            }
+        }
         let remaining = ctx.remaining().ok_or((
             Status::TIMEOUT,
             "timeout",

@@ -672,6 +672,7 @@ impl Services {
                 ),
                 response_cap: self.settings.response_cap,
                 default_timeout: self.settings.request_timeout,
+                limiter: None,
             },
             runtime: tokio::runtime::Handle::current(),
             clock: self.clock.clone(),

@@ -128,6 +128,16 @@ pub struct FreshCode {
     pub valid_for_ms: u64,
 }
 
+impl StepGuard {
+    /// Record that `account` may have used codes up to `step` (e.g. by an earlier process, known
+    /// from its attempt log): later reservations start after it.
+    pub fn mark_used(&self, account: &str, step: u64) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = last.entry(account.to_owned()).or_insert(step);
+        *entry = (*entry).max(step);
+    }
+}
+
 /// Hand out a code for `account`, waiting on `clock` when the rules require it, but never longer
 /// than `max_wait_ms` (then `Err` with the wait that would have been needed; the reserved step is
 /// simply skipped).
@@ -225,6 +235,9 @@ mod tests {
         }
         steps.dedup();
         assert_eq!(steps.len(), 4, "{steps:?}");
+        // A step marked as used elsewhere (an earlier process) is skipped too.
+        guard.mark_used("w/kite", 33_333_334);
+        assert!(guard.reserve("w/kite", 1_000_000_000_000).step > 33_333_334);
         // Another account is independent: its current step is fine.
         let before = clock.sleeps().len();
         fresh_code(&guard, &clock, "v/kite", b"12345678901234567890", 60_000).unwrap();

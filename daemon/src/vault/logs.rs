@@ -214,6 +214,30 @@ impl Vault {
         })
     }
 
+    /// Record several token reads in one durable transaction (the API's group commit: concurrent
+    /// reads share one fsync). Returns the sequence number of the last entry (0 for none).
+    pub fn append_audits(&self, entries: &[AuditEntry]) -> Result<u64, VaultError> {
+        let keep = self.options.audit_keep.max(1);
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx, _| {
+            let mut seq = 0;
+            for entry in entries {
+                seq = next_seq(tx, SEQ_AUDIT)?;
+                tx.put(
+                    Table::Audit,
+                    &seq.to_be_bytes(),
+                    &serde_json::to_vec(entry).expect("audit entries serialise"),
+                )?;
+                if seq > keep {
+                    tx.delete(Table::Audit, &(seq - keep).to_be_bytes())?;
+                }
+            }
+            Ok(seq)
+        })
+    }
+
     /// Audit entries, newest first, at most `limit`.
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, VaultError> {
         self.read(|tx, _| {

@@ -1,0 +1,240 @@
+//! HTTP API figures, printed (a program, not a timed test): `GET /api/tokens/:userId` with a valid
+//! key (audited, group commit) under 64 keep-alive connections, against a minimal hyper server
+//! answering a fixed body of the same size on the same machine as the ceiling; requests/s, p99
+//! and the ratio.
+//!
+//! `cargo bench -p tokenbot --bench api` (needs `wrk`: `apt-get install wrk`).
+//! `BENCH_SECS` sets the duration of each run (default 10).
+//!
+//! Both servers run in this process on one 2-worker tokio runtime, the daemon's real accept loop
+//! (`tokenbot::run`), 1,000 accounts with a valid token each, requests spread over them by a wrk
+//! Lua script. No tracing subscriber is installed (as with `[log] level = "warn"`).
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+use tokenbot::AppState;
+use tokenbot::config::Config;
+use tokenbot::vault::{
+    AccountKey, Credentials, Engine, KeyMaterial, MasterKey, NewAccount, NewToken, SecretJson,
+    Vault, VaultOptions,
+};
+
+const ACCOUNTS: usize = 1_000;
+const CONNECTIONS: usize = 64;
+const KEY: &str = "bench-service-key-0123456789abcdef";
+
+fn setup_vault(dir: &Path) -> Vault {
+    let vault = Vault::create(
+        &dir.join("vault.redb"),
+        Engine::Redb,
+        &KeyMaterial::Key(MasterKey::from_bytes([7; 32])),
+        VaultOptions::default(),
+    )
+    .unwrap();
+    let accounts: Vec<NewAccount> = (0..ACCOUNTS)
+        .map(|i| NewAccount {
+            key: AccountKey::parse(&format!("user-{i:05}"), "kite").unwrap(),
+            broker_user_id: format!("AB{i:05}"),
+            credentials: Credentials {
+                password: Some(SecretString::from(format!("password-{i}"))),
+                api_key: Some(SecretString::from(format!("api-key-{i}"))),
+                api_secret: Some(SecretString::from(format!("api-secret-{i}"))),
+                totp_secret: Some(SecretString::from("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")),
+            },
+            auto_refresh: true,
+            managed_externally: false,
+        })
+        .collect();
+    vault.put_accounts(&accounts).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for account in &accounts {
+        vault
+            .put_token(
+                &account.key,
+                &NewToken {
+                    // About the size of a Kite access token.
+                    access_token: SecretString::from(format!(
+                        "{:032}",
+                        account.broker_user_id.len()
+                    )),
+                    issued_at_ms: now - 3_600_000,
+                    expires_at_ms: now + 86_400_000,
+                    extras: SecretJson::empty(),
+                },
+            )
+            .unwrap();
+    }
+    vault
+}
+
+/// Run wrk; (requests/s, p99 in ms, the raw output).
+fn wrk(url: &str, script: &Path, secs: u64) -> (f64, f64, String) {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk failed: {text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| to_ms(v.trim()))
+        .unwrap_or(f64::NAN);
+    (rps, p99, text)
+}
+
+fn to_ms(v: &str) -> f64 {
+    let (n, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = n.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn main() {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("wrk is not installed (apt-get install wrk); nothing measured");
+        return;
+    }
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(setup_vault(dir.path()));
+    let audit_vault = vault.clone();
+    let mut config = Config::default();
+    config
+        .auth
+        .api_keys
+        .insert("bench".into(), hex::encode(Sha256::digest(KEY.as_bytes())));
+    config.plugins.dir = dir.path().join("plugins");
+    config.vault.path = dir.path().join("vault.redb");
+    let state = Arc::new(AppState::with_vault(config, vault));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (api_addr, body_len) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tokenbot::run(state, listener, std::future::pending()));
+        let body = reqwest::Client::new()
+            .get(format!("http://{addr}/api/tokens/user-00001"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("access_token"), "{body}");
+        (addr, body.len())
+    });
+    let ceiling_addr = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = axum::body::Bytes::from(vec![b'x'; body_len]);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let body = body.clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(axum::body::Body::from(body))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    });
+
+    let script = dir.path().join("tokens.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.headers[\"X-API-Key\"] = \"{KEY}\"\n\
+             counter = 0\n\
+             request = function()\n\
+               counter = counter + 1\n\
+               return wrk.format(\"GET\", string.format(\"/api/tokens/user-%05d\", counter % {ACCOUNTS}))\n\
+             end\n"
+        ),
+    )
+    .unwrap();
+
+    println!(
+        "GET /api/tokens/:userId, {CONNECTIONS} keep-alive connections, wrk -t2, {secs} s per run, body {body_len} bytes, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // Warm both up (connection set-up, page cache, allocator).
+    wrk(&format!("http://{ceiling_addr}"), &script, 2);
+    wrk(&format!("http://{api_addr}"), &script, 2);
+    let (ceiling_rps, ceiling_p99, ceiling_raw) =
+        wrk(&format!("http://{ceiling_addr}"), &script, secs);
+    let (api_rps, api_p99, api_raw) = wrk(&format!("http://{api_addr}"), &script, secs);
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        println!("--- ceiling ---\n{ceiling_raw}\n--- api ---\n{api_raw}");
+    }
+    for (what, raw) in [("ceiling", &ceiling_raw), ("api", &api_raw)] {
+        if let Some(errors) = raw
+            .lines()
+            .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        {
+            println!("{what}: {}", errors.trim());
+        }
+    }
+    println!(
+        "{:<44} {:>12.0} req/s   p99 {:>8.3} ms",
+        "minimal hyper server (ceiling)", ceiling_rps, ceiling_p99
+    );
+    println!(
+        "{:<44} {:>12.0} req/s   p99 {:>8.3} ms",
+        "tokenbot GET /api/tokens/:userId", api_rps, api_p99
+    );
+    println!("ratio {:.2} of the ceiling", api_rps / ceiling_rps);
+    let audited = audit_vault.audit(usize::MAX).map_or(0, |a| a.len());
+    println!("audit entries in the vault afterwards: {audited} (kept: the newest 100,000)");
+    drop(runtime);
+}

@@ -1,0 +1,194 @@
+//! `/health` (liveness) and `/health/detailed` (the Node service's figures plus schedules, plugins
+//! and the mirror). Neither needs credentials; neither shows a secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::error::{ApiError, ErrorBody, blocking};
+use super::views::iso;
+
+/// `{"status":"ok"}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthOut {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /health`
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "service",
+    responses((status = 200, description = "The daemon is up", body = HealthOut))
+)]
+pub async fn health() -> Json<HealthOut> {
+    Json(HealthOut {
+        status: "ok".into(),
+    })
+}
+
+/// A loaded strategy.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginOut {
+    /// Broker id.
+    pub id: String,
+    /// Strategy version.
+    pub version: String,
+    /// ABI version, `major.minor`.
+    pub abi: String,
+    /// `bundled` or the `.so` path.
+    pub source: String,
+    /// SHA-256 of the `.so` (none for bundled).
+    pub sha256: Option<String>,
+    /// Whether it offers assisted (browser) login.
+    pub assisted_login: bool,
+}
+
+/// A plugin that failed to load.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginFailureOut {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub error: String,
+}
+
+/// The Postgres mirror.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MirrorOut {
+    /// Whether `[mirror.postgres]` is configured.
+    pub enabled: bool,
+    /// Whether it holds a working connection.
+    pub connected: bool,
+    /// Token changes waiting for delivery (the outbox).
+    pub backlog: u64,
+    /// Records delivered since start.
+    pub delivered: u64,
+    /// The latest error, until the next success.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<String>,
+}
+
+/// `GET /health/detailed`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DetailedHealthOut {
+    /// Always `ok` when the vault answers.
+    pub status: String,
+    /// Seconds since this router was built (≈ daemon uptime).
+    pub uptime_secs: u64,
+    /// Distinct users with at least one account.
+    pub users: usize,
+    /// Accounts (user × broker).
+    pub accounts: usize,
+    /// Tokens valid now.
+    pub active_tokens: usize,
+    /// Tokens valid now that expire within the hour.
+    pub tokens_expiring_within_hour: usize,
+    /// Percentage (0–100) of login attempts since start that produced a token; null before the
+    /// first attempt.
+    pub success_rate: Option<f64>,
+    /// Mean duration of a login attempt since start, in milliseconds (0 before the first).
+    pub avg_execution_ms: u64,
+    /// Login attempts since start.
+    pub attempts: u64,
+    /// Next scheduled run per broker (null: disabled or no future run).
+    pub next_runs: BTreeMap<String, Option<String>>,
+    /// Loaded strategies.
+    pub plugins: Vec<PluginOut>,
+    /// Plugins that failed to load at the last scan.
+    pub plugin_failures: Vec<PluginFailureOut>,
+    /// The Postgres mirror.
+    pub mirror: MirrorOut,
+}
+
+/// `GET /health/detailed`
+#[utoipa::path(
+    get,
+    path = "/health/detailed",
+    tag = "service",
+    responses(
+        (status = 200, description = "Figures of the whole daemon", body = DetailedHealthOut),
+        (status = 500, description = "The vault failed", body = ErrorBody),
+    )
+)]
+pub async fn detailed(
+    State(api): State<Arc<ApiState>>,
+) -> Result<Json<DetailedHealthOut>, ApiError> {
+    let counts = super::metrics::token_counts(&api).await?;
+    let vault = api.app.vault.clone();
+    let outbox = blocking(move || vault.outbox_len()).await?;
+    let refresher = api.refresher();
+    let stats = refresher.stats();
+    let plugins = api
+        .app
+        .plugins
+        .all()
+        .values()
+        .map(|p| PluginOut {
+            id: p.id.clone(),
+            version: p.version.clone(),
+            abi: format!("{}.{}", p.abi.0, p.abi.1),
+            source: p.source.to_string(),
+            sha256: p.sha256.clone(),
+            assisted_login: p.has_assisted(),
+        })
+        .collect();
+    let plugin_failures = api
+        .app
+        .plugins
+        .failures()
+        .into_iter()
+        .map(|f| PluginFailureOut {
+            path: f.path.display().to_string(),
+            error: f.error.to_string(),
+        })
+        .collect();
+    let mirror = match &api.app.mirror {
+        Some(m) => {
+            let s = m.status();
+            MirrorOut {
+                enabled: s.enabled,
+                connected: s.connected,
+                backlog: outbox,
+                delivered: s.delivered,
+                last_error: s.last_error,
+                last_error_at: s.last_error_at_ms.map(iso),
+            }
+        }
+        None => MirrorOut {
+            enabled: false,
+            connected: false,
+            backlog: outbox,
+            delivered: 0,
+            last_error: None,
+            last_error_at: None,
+        },
+    };
+    Ok(Json(DetailedHealthOut {
+        status: "ok".into(),
+        uptime_secs: api.started.elapsed().as_secs(),
+        users: counts.users,
+        accounts: counts.accounts,
+        active_tokens: counts.valid,
+        tokens_expiring_within_hour: counts.expiring_within_hour,
+        success_rate: (stats.attempts > 0)
+            .then(|| (stats.successes as f64 * 1000.0 / stats.attempts as f64).round() / 10.0),
+        avg_execution_ms: stats.avg_execution_ms,
+        attempts: stats.attempts,
+        next_runs: refresher
+            .next_runs()
+            .into_iter()
+            .map(|(broker, at)| (broker, at.map(iso)))
+            .collect(),
+        plugins,
+        plugin_failures,
+        mirror,
+    }))
+}

@@ -1,0 +1,174 @@
+//! `/metrics` in Prometheus text format. The refresher records through the `metrics` facade
+//! (`tokenbot_refresh_total{broker,outcome,class}`, `tokenbot_login_duration_seconds{broker}`);
+//! the API adds `tokenbot_http_requests_total{method,route,status}` and, computed at each scrape,
+//! `tokenbot_tokens_expiring_within_hour`, `tokenbot_tokens_valid` and `tokenbot_mirror_backlog`.
+//!
+//! A process has one global recorder, installed on first use and shared by every router (tests
+//! build many): a `OnceLock` holds its handle.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::ApiState;
+use super::error::{ApiError, ErrorBody, blocking};
+
+/// Buckets of the login duration histogram, in seconds (a login takes 1 to 90 s).
+const LOGIN_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 90.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first call; `None` when another recorder was
+/// installed first (logged once).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let installed = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("tokenbot_login_duration_seconds".into()),
+                    LOGIN_BUCKETS,
+                )
+                .and_then(PrometheusBuilder::install_recorder);
+            match installed {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the Prometheus recorder could not be installed; /metrics is unavailable");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "tokenbot_http_requests_total",
+        "HTTP requests answered, by method, route template and status"
+    );
+    metrics::describe_counter!(
+        "tokenbot_refresh_total",
+        "Account refreshes, by broker, outcome and error class"
+    );
+    metrics::describe_histogram!(
+        "tokenbot_login_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of broker logins"
+    );
+    metrics::describe_gauge!(
+        "tokenbot_tokens_expiring_within_hour",
+        "Stored tokens that are valid now and expire within the hour"
+    );
+    metrics::describe_gauge!("tokenbot_tokens_valid", "Stored tokens that are valid now");
+    metrics::describe_gauge!(
+        "tokenbot_mirror_backlog",
+        "Token changes waiting for the Postgres mirror"
+    );
+}
+
+/// Count one answered request. `route` is the matched template; unmatched requests share one
+/// label so that scanning for paths cannot grow the series without bound.
+pub fn record_http(method: &Method, route: Option<&str>, status: StatusCode) {
+    if HANDLE.get().is_none_or(Option::is_none) {
+        return;
+    }
+    let method = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    };
+    metrics::counter!(
+        "tokenbot_http_requests_total",
+        "method" => method,
+        "route" => route.unwrap_or("(unmatched)").to_owned(),
+        "status" => status.as_u16().to_string(),
+    )
+    .increment(1);
+}
+
+/// Token figures at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenCounts {
+    /// Accounts.
+    pub accounts: usize,
+    /// Distinct users.
+    pub users: usize,
+    /// Tokens valid now.
+    pub valid: usize,
+    /// Tokens valid now that expire within the hour.
+    pub expiring_within_hour: usize,
+}
+
+/// Count accounts, users and tokens (decrypts every token: a few ms for 10,000 accounts).
+pub async fn token_counts(api: &ApiState) -> Result<TokenCounts, ApiError> {
+    let vault = api.app.vault.clone();
+    let now = api.now_ms();
+    blocking(move || {
+        let accounts = vault.list_accounts()?;
+        let mut counts = TokenCounts {
+            accounts: accounts.len(),
+            ..TokenCounts::default()
+        };
+        let mut last_user = None;
+        for account in &accounts {
+            if last_user != Some(&account.user) {
+                counts.users += 1;
+                last_user = Some(&account.user);
+            }
+            if let Some(token) = vault.get_token(&account.key())?
+                && token.expires_at_ms > now
+            {
+                counts.valid += 1;
+                if token.expires_at_ms <= now + 3_600_000 {
+                    counts.expiring_within_hour += 1;
+                }
+            }
+        }
+        Ok(counts)
+    })
+    .await
+}
+
+/// `GET /metrics`
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"),
+        (status = 503, description = "No Prometheus recorder in this process", body = ErrorBody),
+    )
+)]
+pub async fn metrics(State(api): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let Some(handle) = handle() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process",
+        ));
+    };
+    let counts = token_counts(&api).await?;
+    let vault = api.app.vault.clone();
+    let backlog = blocking(move || vault.outbox_len()).await?;
+    metrics::gauge!("tokenbot_tokens_expiring_within_hour").set(counts.expiring_within_hour as f64);
+    metrics::gauge!("tokenbot_tokens_valid").set(counts.valid as f64);
+    metrics::gauge!("tokenbot_mirror_backlog").set(backlog as f64);
+    handle.run_upkeep();
+    let mut response = handle.render().into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}

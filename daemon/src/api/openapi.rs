@@ -1,0 +1,118 @@
+//! `/openapi.json`: the OpenAPI 3.1 document, generated from the handlers' annotations and the
+//! request and response types. The tests check it against [`super::ROUTES`] both ways.
+
+use std::sync::OnceLock;
+
+use axum::http::header::{CONTENT_TYPE, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{credentials, error, health, integration, login, metrics, tokens, users, views};
+
+/// The document's security schemes.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user's HS256 JWT (`JWT_SECRET`, `exp` required); the user id is in `auth.user_claim` (default `sub`, then `userId`, then `id`)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A named service API key (`auth.api_keys`, or `TOKENBOT_API_KEY`)",
+            ))),
+        );
+        components.add_security_scheme(
+            "api_key_bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A service API key as a bearer token (the IIFL job's integration routes)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tokenbot",
+        description = "Keeps Indian brokers' daily access tokens fresh. Errors are always `{\"error\":{\"code\",\"message\"}}`.",
+    ),
+    paths(
+        health::health,
+        health::detailed,
+        credentials::create,
+        credentials::status,
+        credentials::remove,
+        credentials::toggle,
+        tokens::refresh_mine,
+        tokens::status,
+        tokens::read,
+        tokens::logs,
+        integration::refresh_all,
+        integration::refresh_user,
+        users::provision,
+        users::change,
+        users::remove,
+        users::list,
+        login::url,
+        login::callback,
+        openapi_json,
+        metrics::metrics,
+    ),
+    components(schemas(error::ErrorBody, views::AccountView)),
+    modifiers(&Security),
+    tags(
+        (name = "service", description = "Health, metrics, this document"),
+        (name = "credentials", description = "A user's own accounts (JWT)"),
+        (name = "tokens", description = "Tokens and attempts"),
+        (name = "integration", description = "The IIFL refresh job's routes (API key, also as bearer)"),
+        (name = "users", description = "Service-to-service provisioning (API key)"),
+        (name = "assisted login", description = "Browser login for brokers that need a person"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, built once.
+pub fn document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc.to_pretty_json()
+            .expect("the OpenAPI document serialises")
+    })
+}
+
+/// `GET /openapi.json`
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object, content_type = "application/json"))
+)]
+pub async fn openapi_json() -> Response {
+    let mut response = document().into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

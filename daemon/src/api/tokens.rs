@@ -1,0 +1,304 @@
+//! Tokens: the service read (`X-API-Key`, audited), a user's refresh and status (JWT), and the
+//! attempt log (key or the user's own JWT).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ApiState;
+use super::auth::{Caller, ServiceKey, UserJwt};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
+use super::integration::{RefreshSummaryDoc, run_refresh};
+use super::users::BrokerQuery;
+use super::views::{AttemptOut, accounts_with_tokens, broker_id, iso, user_id};
+use crate::refresh::{RefreshSummary, Selection};
+use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger};
+
+/// A token handed to the trading backend. The only body that carries a secret.
+#[derive(Serialize, ToSchema)]
+pub struct TokenOut {
+    /// The platform's user id.
+    pub user_id: String,
+    /// Broker id.
+    pub broker: String,
+    /// The user's id at the broker.
+    pub broker_user_id: String,
+    /// The broker's access token.
+    pub access_token: String,
+    /// When it was issued.
+    pub issued_at: String,
+    /// When it stops working.
+    pub expires_at: String,
+}
+
+/// `GET /api/tokens/{userId}?broker=`
+#[utoipa::path(
+    get,
+    path = "/api/tokens/{userId}",
+    tag = "tokens",
+    params(("userId" = String, Path, description = "The platform's user id"), BrokerQuery),
+    responses(
+        (status = 200, description = "A token valid now; the read is in the audit log under the key's name", body = TokenOut),
+        (status = 400, description = "Invalid id, or several valid tokens and no `broker`", body = ErrorBody),
+        (status = 401, description = "No or wrong API key", body = ErrorBody),
+        (status = 404, description = "No valid (unexpired) token", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn read(
+    State(api): State<Arc<ApiState>>,
+    ServiceKey(key_name): ServiceKey,
+    ApiPath(user): ApiPath<String>,
+    ApiQuery(q): ApiQuery<BrokerQuery>,
+) -> Result<Json<TokenOut>, ApiError> {
+    let user = user_id(user)?;
+    let broker = broker_id(q.broker)?;
+    let now = api.now_ms();
+    // The hot path of the trading backend: two short reads (an account prefix scan and one
+    // token), run inline. A hop to the blocking pool costs two thread wake-ups per request, which
+    // on two cores cost more than the reads themselves (benches/api.rs); the audit write, which
+    // fsyncs, does go to its own thread.
+    let vault = &api.app.vault;
+    let accounts = match broker {
+        Some(broker) => {
+            let key = AccountKey::new(user.clone(), broker);
+            vault.get_account(&key)?.into_iter().collect()
+        }
+        None => vault.user_accounts(&user)?,
+    };
+    let mut valid: Vec<_> = accounts_with_tokens(vault, accounts)?
+        .into_iter()
+        .filter_map(|(a, t)| t.filter(|t| t.expires_at_ms > now).map(|t| (a, t)))
+        .collect();
+    let (account, token) = match valid.len() {
+        0 => {
+            return Err(ApiError::not_found(
+                "no_valid_token",
+                format!("no valid token for user {user}"),
+            ));
+        }
+        1 => valid.pop().expect("one"),
+        _ => {
+            return Err(ApiError::bad_request(
+                "broker_required",
+                format!(
+                    "user {user} has valid tokens at several brokers ({}); say which with ?broker=",
+                    valid
+                        .iter()
+                        .map(|(a, _)| a.broker.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    };
+    api.audit
+        .record(AuditEntry {
+            time_ms: now,
+            api_key_name: key_name,
+            user: account.user.clone(),
+            broker: account.broker.clone(),
+        })
+        .await?;
+    Ok(Json(TokenOut {
+        user_id: account.user.as_str().to_owned(),
+        broker: account.broker.as_str().to_owned(),
+        broker_user_id: account.broker_user_id,
+        access_token: token.access_token.expose_secret().to_owned(),
+        issued_at: iso(token.issued_at_ms),
+        expires_at: iso(token.expires_at_ms),
+    }))
+}
+
+/// `{"broker"?}`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    /// Only this broker's account (default: all of the caller's accounts).
+    pub broker: Option<String>,
+}
+
+/// `POST /api/tokens/refresh`
+#[utoipa::path(
+    post,
+    path = "/api/tokens/refresh",
+    tag = "tokens",
+    request_body(content = Option<RefreshBody>, description = "Optional; an empty body refreshes every account of the caller"),
+    responses(
+        (status = 200, description = "The outcome per account", body = RefreshSummaryDoc),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No account (at that broker)", body = ErrorBody),
+        (status = 422, description = "Wrong types", body = ErrorBody),
+    ),
+    security(("jwt" = []))
+)]
+pub async fn refresh_mine(
+    State(api): State<Arc<ApiState>>,
+    UserJwt(user): UserJwt,
+    OptionalJson(body): OptionalJson<RefreshBody>,
+) -> Result<Json<RefreshSummary>, ApiError> {
+    let broker = broker_id(body.broker)?;
+    run_refresh(
+        &api,
+        Selection {
+            user: Some(user),
+            broker,
+        },
+        Trigger::Api,
+    )
+    .await
+    .map(Json)
+}
+
+/// The state of one of the caller's tokens; never the token itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenStatusOut {
+    /// Broker id.
+    pub broker: String,
+    /// The user's id at the broker.
+    pub broker_user_id: String,
+    /// Account state.
+    pub state: String,
+    /// Whether a token valid now is stored.
+    pub valid: bool,
+    /// When the stored token was issued.
+    pub issued_at: Option<String>,
+    /// When it expires (or expired).
+    pub expires_at: Option<String>,
+    /// The latest login attempt.
+    pub last_attempt: Option<AttemptOut>,
+}
+
+/// The caller's tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokensStatusOut {
+    /// The user (from the token).
+    pub user_id: String,
+    /// One entry per broker account.
+    pub tokens: Vec<TokenStatusOut>,
+}
+
+/// `GET /api/tokens/status`
+#[utoipa::path(
+    get,
+    path = "/api/tokens/status",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "The caller's tokens (validity, times, last attempt); never a token", body = TokensStatusOut),
+        (status = 401, description = "No, invalid or expired token", body = ErrorBody),
+    ),
+    security(("jwt" = []))
+)]
+pub async fn status(
+    State(api): State<Arc<ApiState>>,
+    UserJwt(user): UserJwt,
+) -> Result<Json<TokensStatusOut>, ApiError> {
+    let vault = api.app.vault.clone();
+    let now = api.now_ms();
+    let u = user.clone();
+    let rows = blocking(move || {
+        let accounts = vault.user_accounts(&u)?;
+        let mut rows = Vec::new();
+        for (account, token) in accounts_with_tokens(&vault, accounts)? {
+            let last = vault.attempts(&account.key(), 1)?.into_iter().next();
+            rows.push((account, token, last));
+        }
+        Ok(rows)
+    })
+    .await?;
+    let tokens = rows
+        .iter()
+        .map(|(a, t, last)| TokenStatusOut {
+            broker: a.broker.as_str().to_owned(),
+            broker_user_id: a.broker_user_id.clone(),
+            state: a.state().as_str().to_owned(),
+            valid: t.as_ref().is_some_and(|t| t.expires_at_ms > now),
+            issued_at: t.as_ref().map(|t| iso(t.issued_at_ms)),
+            expires_at: t.as_ref().map(|t| iso(t.expires_at_ms)),
+            last_attempt: last.as_ref().map(AttemptOut::from),
+        })
+        .collect();
+    Ok(Json(TokensStatusOut {
+        user_id: user.as_str().to_owned(),
+        tokens,
+    }))
+}
+
+/// `?broker=&limit=`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Only this broker's attempts.
+    pub broker: Option<String>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+/// A user's recent attempts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogsOut {
+    /// The user.
+    pub user_id: String,
+    /// Newest first.
+    pub logs: Vec<AttemptOut>,
+}
+
+/// `GET /api/tokens/logs/{userId}`
+#[utoipa::path(
+    get,
+    path = "/api/tokens/logs/{userId}",
+    tag = "tokens",
+    params(("userId" = String, Path, description = "The platform's user id"), LogsQuery),
+    responses(
+        (status = 200, description = "Recent login attempts, newest first", body = LogsOut),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "A user's token for another user", body = ErrorBody),
+        (status = 404, description = "The user has no account (at that broker)", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("jwt" = []))
+)]
+pub async fn logs(
+    State(api): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiPath(user): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Json<LogsOut>, ApiError> {
+    let user = user_id(user)?;
+    caller.may_act_for(&user)?;
+    let broker: Option<BrokerId> = broker_id(q.broker)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let vault = api.app.vault.clone();
+    let u = user.clone();
+    let attempts = blocking(move || {
+        let exists = match &broker {
+            Some(b) => vault
+                .get_account(&AccountKey::new(u.clone(), b.clone()))?
+                .is_some(),
+            None => !vault.user_accounts(&u)?.is_empty(),
+        };
+        if !exists {
+            return Ok(None);
+        }
+        let attempts = match broker {
+            Some(b) => vault.attempts(AttemptScope::Account(&AccountKey::new(u, b)), limit)?,
+            None => vault.attempts(AttemptScope::User(&u), limit)?,
+        };
+        Ok(Some(attempts))
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "no_account",
+            format!("user {user} has no such broker account"),
+        )
+    })?;
+    Ok(Json(LogsOut {
+        user_id: user.as_str().to_owned(),
+        logs: attempts.iter().map(AttemptOut::from).collect(),
+    }))
+}

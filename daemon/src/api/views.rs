@@ -1,0 +1,191 @@
+//! Response bodies shared by several routes. Times are RFC 3339 UTC with milliseconds
+//! (`2025-03-10T02:30:05.000Z`, as JavaScript's `Date.toJSON` writes them). None holds a secret
+//! except [`TokenOut`], the one body that carries an access token.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::error::{ApiError, blocking};
+use crate::vault::{
+    Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, Vault, VaultError,
+};
+
+/// Unix ms as RFC 3339 UTC with milliseconds.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// Why an account waits for an operator.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttentionOut {
+    /// Login error class, e.g. `invalid_credentials`.
+    pub class: String,
+    /// What the broker said (never a secret).
+    pub message: String,
+    /// Since when.
+    pub since: String,
+}
+
+/// An account without its secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountView {
+    /// The platform's user id.
+    pub user_id: String,
+    /// Broker id, e.g. `kite`.
+    pub broker: String,
+    /// The user's id at the broker.
+    pub broker_user_id: String,
+    /// Logged in on the broker's schedule.
+    pub auto_refresh: bool,
+    /// Logged in by another system; never logged in here.
+    pub managed_externally: bool,
+    /// `active`, `paused`, `managed_externally` or `needs_attention`.
+    pub state: String,
+    /// Set in state `needs_attention`.
+    pub attention: Option<AttentionOut>,
+    /// Whether a token valid now is stored.
+    pub has_token: bool,
+    /// When the stored token was issued (the last successful login), if one is stored.
+    pub last_login_at: Option<String>,
+    /// When the stored token expires (or expired), if one is stored.
+    pub token_expires_at: Option<String>,
+    /// Created.
+    pub created_at: String,
+    /// Last changed.
+    pub updated_at: String,
+}
+
+impl AccountView {
+    /// The view of `account` with its (optional) token, at `now_ms`.
+    pub fn new(account: &Account, token: Option<&Token>, now_ms: i64) -> AccountView {
+        AccountView {
+            user_id: account.user.as_str().to_owned(),
+            broker: account.broker.as_str().to_owned(),
+            broker_user_id: account.broker_user_id.clone(),
+            auto_refresh: account.auto_refresh,
+            managed_externally: account.managed_externally,
+            state: account.state().as_str().to_owned(),
+            attention: account.attention.as_ref().map(|a| AttentionOut {
+                class: a.class.clone(),
+                message: a.message.clone(),
+                since: iso(a.since_ms),
+            }),
+            has_token: token.is_some_and(|t| t.expires_at_ms > now_ms),
+            last_login_at: token.map(|t| iso(t.issued_at_ms)),
+            token_expires_at: token.map(|t| iso(t.expires_at_ms)),
+            created_at: iso(account.created_at_ms),
+            updated_at: iso(account.updated_at_ms),
+        }
+    }
+}
+
+/// Accounts with their tokens (read in one blocking call).
+pub fn accounts_with_tokens(
+    vault: &Vault,
+    accounts: Vec<Account>,
+) -> Result<Vec<(Account, Option<Token>)>, VaultError> {
+    accounts
+        .into_iter()
+        .map(|a| {
+            let token = vault.get_token(&a.key())?;
+            Ok((a, token))
+        })
+        .collect()
+}
+
+/// The views of `user`'s accounts (every user's when `None`), optionally at one broker only.
+pub async fn account_views(
+    api: &Arc<ApiState>,
+    user: Option<UserId>,
+    broker: Option<BrokerId>,
+) -> Result<Vec<AccountView>, ApiError> {
+    let vault = api.app.vault.clone();
+    let now = api.now_ms();
+    let rows = blocking(move || {
+        let accounts = match &user {
+            Some(user) => vault.user_accounts(user)?,
+            None => vault.list_accounts()?,
+        };
+        let accounts = accounts
+            .into_iter()
+            .filter(|a| broker.as_ref().is_none_or(|b| &a.broker == b))
+            .collect();
+        accounts_with_tokens(&vault, accounts)
+    })
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|(a, t)| AccountView::new(a, t.as_ref(), now))
+        .collect())
+}
+
+/// The view of one account, or 404.
+pub async fn account_view(api: &Arc<ApiState>, key: AccountKey) -> Result<AccountView, ApiError> {
+    let vault = api.app.vault.clone();
+    let now = api.now_ms();
+    let (account, token) = blocking(move || {
+        let account = vault
+            .get_account(&key)?
+            .ok_or_else(|| VaultError::NoSuchAccount(key.clone()))?;
+        let token = vault.get_token(&key)?;
+        Ok((account, token))
+    })
+    .await?;
+    Ok(AccountView::new(&account, token.as_ref(), now))
+}
+
+/// One login attempt as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptOut {
+    /// Broker id.
+    pub broker: String,
+    /// When it started.
+    pub time: String,
+    /// `schedule`, `catch-up`, `manual`, `api` or `assisted`.
+    pub trigger: String,
+    /// 1 for a refresh's first try, 2 for its first retry, ...
+    pub attempt: u32,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// `success`, `failed` or `skipped`.
+    pub outcome: String,
+    /// Login error class when it failed.
+    pub error_class: Option<String>,
+    /// What happened (never a secret).
+    pub message: Option<String>,
+}
+
+impl From<&LoggedAttempt> for AttemptOut {
+    fn from(a: &LoggedAttempt) -> AttemptOut {
+        let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        AttemptOut {
+            broker: a.account.broker.as_str().to_owned(),
+            time: iso(a.attempt.time_ms),
+            trigger: name(serde_json::to_value(a.attempt.trigger).unwrap_or_default()),
+            attempt: a.attempt.attempt,
+            duration_ms: a.attempt.duration_ms,
+            outcome: name(serde_json::to_value(a.attempt.outcome).unwrap_or_default()),
+            error_class: a.attempt.error_class.clone(),
+            message: a.attempt.message.clone(),
+        }
+    }
+}
+
+/// Parse a user id from a path or claim (400 when invalid).
+pub fn user_id(id: String) -> Result<UserId, ApiError> {
+    Ok(UserId::new(id)?)
+}
+
+/// Parse an optional broker id from a query.
+pub fn broker_id(id: Option<String>) -> Result<Option<BrokerId>, ApiError> {
+    Ok(id
+        .filter(|b| !b.is_empty())
+        .map(BrokerId::new)
+        .transpose()?)
+}

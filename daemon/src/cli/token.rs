@@ -1,0 +1,170 @@
+//! `tokenbot token get` and `tokenbot logs`: read the vault directly when no daemon holds it,
+//! else ask the running daemon's API (service key from `TOKENBOT_API_KEY`). Output is the API's
+//! JSON, so scripts see one shape either way.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::vault::{UserId, VaultError};
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// How a read ended: a JSON document, or "nothing there" (exit status 1).
+enum Found {
+    Json(Value),
+    Missing(String),
+}
+
+fn print(found: Found) -> anyhow::Result<ExitCode> {
+    match found {
+        Found::Json(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Found::Missing(why) => {
+            eprintln!("{why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Run `read` on the vault, or `path` on the daemon when the daemon holds the vault.
+fn read(
+    config: &Config,
+    read: impl FnOnce(&crate::vault::Vault) -> anyhow::Result<Found>,
+    path: &str,
+) -> anyhow::Result<Found> {
+    match super::vault::open_vault(config, false) {
+        Ok((vault, _)) => read(&vault),
+        Err(e) if matches!(e.downcast_ref::<VaultError>(), Some(VaultError::Locked)) => {
+            from_daemon(config, path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn from_daemon(config: &Config, path: &str) -> anyhow::Result<Found> {
+    let Some(key) = &config.auth.api_key else {
+        bail!(
+            "the vault is held by a running daemon: set TOKENBOT_API_KEY to one of its service keys to read through it"
+        );
+    };
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .header("x-api-key", key.expose_secret())
+            .send()
+            .await
+            .with_context(|| format!("reaching the daemon at {addr}"))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Found::Missing(
+                value["error"]["message"]
+                    .as_str()
+                    .unwrap_or("not found")
+                    .to_owned(),
+            ));
+        }
+        if !status.is_success() {
+            bail!("the daemon answered {status}: {value}");
+        }
+        Ok(Found::Json(value))
+    })
+}
+
+/// `tokenbot token get <user_id> [--broker ID]`: the user's valid token (the only broker's, or
+/// the named one's).
+pub(super) fn get(config: &Config, user: &str, broker: Option<&str>) -> anyhow::Result<ExitCode> {
+    let user = UserId::new(user)?;
+    let mut path = format!("/api/tokens/{}", user.as_str());
+    if let Some(b) = broker {
+        path.push_str(&format!("?broker={b}"));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let found = read(
+        config,
+        |vault| {
+            let accounts = vault.user_accounts(&user)?;
+            let mut valid = Vec::new();
+            for account in accounts
+                .iter()
+                .filter(|a| broker.is_none_or(|b| a.broker.as_str() == b))
+            {
+                if let Some(token) = vault
+                    .get_token(&account.key())?
+                    .filter(|t| t.expires_at_ms > now)
+                {
+                    valid.push((account, token));
+                }
+            }
+            if valid.len() > 1 {
+                bail!(
+                    "user {} has valid tokens at several brokers: name one with --broker",
+                    user.as_str()
+                );
+            }
+            Ok(match valid.pop() {
+                Some((account, token)) => Found::Json(json!({
+                    "user_id": user.as_str(),
+                    "broker": account.broker.as_str(),
+                    "broker_user_id": account.broker_user_id,
+                    "access_token": token.access_token.expose_secret(),
+                    "issued_at": iso(token.issued_at_ms),
+                    "expires_at": iso(token.expires_at_ms),
+                })),
+                None => Found::Missing(format!("no valid token for user {}", user.as_str())),
+            })
+        },
+        &path,
+    )?;
+    print(found)
+}
+
+/// `tokenbot logs <user_id>`: the user's recent login attempts, newest first.
+pub(super) fn logs(config: &Config, user: &str, limit: usize) -> anyhow::Result<ExitCode> {
+    let user = UserId::new(user)?;
+    let path = format!("/api/tokens/logs/{}", user.as_str());
+    let found = read(
+        config,
+        |vault| {
+            let attempts = vault.attempts(&user, limit)?;
+            let entries: Vec<Value> = attempts
+                .iter()
+                .map(|a| {
+                    json!({
+                        "broker": a.account.broker.as_str(),
+                        "time": iso(a.attempt.time_ms),
+                        "trigger": a.attempt.trigger,
+                        "attempt": a.attempt.attempt,
+                        "duration_ms": a.attempt.duration_ms,
+                        "outcome": a.attempt.outcome,
+                        "error_class": a.attempt.error_class,
+                        "message": a.attempt.message,
+                    })
+                })
+                .collect();
+            Ok(Found::Json(
+                json!({"user_id": user.as_str(), "attempts": entries}),
+            ))
+        },
+        &path,
+    )?;
+    print(found)
+}

@@ -1,0 +1,210 @@
+//! When to log in: each broker's cron schedule in its timezone, plus catch-up.
+//!
+//! Catch-up covers every way a morning can be missed (the daemon was down at the scheduled time,
+//! a token was revoked, an account was added late): an active account needs a login when it has
+//! no token, its token has expired, or its token was issued before the broker's most recent
+//! scheduled time. It runs at start and then every minute. A scheduled run logs in every active
+//! account of the broker. A Kite or IIFL token cannot usefully be refreshed *before* its expiry
+//! (a login at 05:50 IST yields a Kite token that dies at 06:00), so "ahead of expiry" means: the
+//! schedule sits after the expiry instant (kite 08:00 after 06:00; iifl 03:00 after 00:00), and
+//! catch-up replaces any token that expired in between.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+
+use super::{RefreshSummary, Refresher, Selection};
+use crate::config::Config;
+use crate::plugins::Registry;
+use crate::vault::{AccountKey, AccountState, BrokerId, Trigger};
+
+/// How often catch-up looks for missing or expired tokens.
+const CATCH_UP_EVERY_MS: i64 = 60_000;
+
+/// One broker's schedule.
+#[derive(Debug, Clone)]
+pub struct BrokerSchedule {
+    /// Broker id.
+    pub broker: String,
+    cron: croner::Cron,
+    tz: chrono_tz::Tz,
+}
+
+impl BrokerSchedule {
+    fn at(&self, ms: i64) -> Option<chrono::DateTime<chrono_tz::Tz>> {
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .map(|t| t.with_timezone(&self.tz))
+    }
+
+    /// The first scheduled instant strictly after `now_ms`.
+    pub fn next_after(&self, now_ms: i64) -> Option<i64> {
+        let now = self.at(now_ms)?;
+        self.cron
+            .find_next_occurrence(&now, false)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    }
+
+    /// The last scheduled instant at or before `now_ms`.
+    pub fn last_at_or_before(&self, now_ms: i64) -> Option<i64> {
+        let now = self.at(now_ms)?;
+        self.cron
+            .find_previous_occurrence(&now, true)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    }
+}
+
+/// The schedules of every loaded, enabled broker: `[brokers.<id>]` values, else the manifest's.
+pub fn schedules(plugins: &Registry, config: &Config) -> Vec<BrokerSchedule> {
+    plugins
+        .all()
+        .values()
+        .filter_map(|plugin| {
+            let broker = config.brokers.get(&plugin.id).cloned().unwrap_or_default();
+            if broker.enabled == Some(false) {
+                return None;
+            }
+            let expr = broker.schedule.unwrap_or_else(|| plugin.manifest.schedule.clone());
+            let tz = broker.timezone.unwrap_or_else(|| plugin.manifest.timezone.clone());
+            // Both were validated (config at start, manifest at load); a failure here is a bug.
+            match (crate::config::parse_cron(&expr), tz.parse::<chrono_tz::Tz>()) {
+                (Ok(cron), Ok(tz)) => Some(BrokerSchedule { broker: plugin.id.clone(), cron, tz }),
+                _ => {
+                    tracing::error!(broker = %plugin.id, %expr, %tz, "unusable schedule; broker not scheduled");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+impl Refresher {
+    /// Log in every active account whose token is missing, expired, or older than its broker's
+    /// last scheduled time. Accounts that are paused, managed externally or need attention are
+    /// left alone (and not counted).
+    pub async fn catch_up(self: &Arc<Self>) -> RefreshSummary {
+        let now = self.services.clock.now_ms();
+        let schedules = schedules(&self.plugins, &self.config);
+        let vault = self.vault.clone();
+        let due = tokio::task::spawn_blocking(
+            move || -> Result<Vec<AccountKey>, crate::vault::VaultError> {
+                let mut due = Vec::new();
+                for account in vault.list_accounts()? {
+                    if account.state() != AccountState::Active {
+                        continue;
+                    }
+                    let Some(schedule) = schedules
+                        .iter()
+                        .find(|s| s.broker == account.broker.as_str())
+                    else {
+                        continue;
+                    };
+                    let key = account.key();
+                    let stale = match vault.get_token(&key)? {
+                        None => true,
+                        Some(token) => {
+                            token.expires_at_ms <= now
+                                || schedule
+                                    .last_at_or_before(now)
+                                    .is_some_and(|last| token.issued_at_ms < last)
+                        }
+                    };
+                    if stale {
+                        due.push(key);
+                    }
+                }
+                Ok(due)
+            },
+        )
+        .await;
+        match due {
+            Ok(Ok(keys)) if keys.is_empty() => RefreshSummary::default(),
+            Ok(Ok(keys)) => {
+                tracing::info!(
+                    accounts = keys.len(),
+                    "catch-up: logging in accounts with missing or stale tokens"
+                );
+                self.refresh_keys(keys, Trigger::CatchUp, false).await
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "catch-up cannot read the vault");
+                RefreshSummary::default()
+            }
+            Err(_) => RefreshSummary::default(),
+        }
+    }
+}
+
+/// Drives schedules and catch-up from an explicit "now", so tests can move time by hand.
+pub struct Scheduler {
+    refresher: Arc<Refresher>,
+    /// The instant up to which scheduled runs have been handled.
+    handled_until_ms: i64,
+    next_catch_up_ms: i64,
+}
+
+impl Scheduler {
+    /// A scheduler whose first tick runs catch-up and then only schedules after `now_ms`.
+    pub fn new(refresher: Arc<Refresher>, now_ms: i64) -> Scheduler {
+        Scheduler {
+            refresher,
+            handled_until_ms: now_ms,
+            next_catch_up_ms: now_ms,
+        }
+    }
+
+    /// Run what is due at `now_ms`: each broker whose scheduled time passed since the last tick
+    /// (once, however many were missed), then catch-up if its interval has elapsed.
+    pub async fn tick(&mut self, now_ms: i64) -> Vec<RefreshSummary> {
+        let mut summaries = Vec::new();
+        for schedule in schedules(&self.refresher.plugins, &self.refresher.config) {
+            if schedule
+                .next_after(self.handled_until_ms)
+                .is_some_and(|t| t <= now_ms)
+            {
+                tracing::info!(broker = %schedule.broker, "scheduled refresh");
+                let broker = BrokerId::new(schedule.broker.clone()).ok();
+                let selection = Selection { user: None, broker };
+                summaries.push(self.refresher.refresh(selection, Trigger::Schedule).await);
+            }
+        }
+        self.handled_until_ms = self.handled_until_ms.max(now_ms);
+        if now_ms >= self.next_catch_up_ms {
+            self.next_catch_up_ms = now_ms + CATCH_UP_EVERY_MS;
+            let summary = self.refresher.catch_up().await;
+            if summary.total > 0 {
+                summaries.push(summary);
+            }
+        }
+        summaries
+    }
+
+    /// Milliseconds from `now_ms` until the next tick is useful.
+    pub fn wait_ms(&self, now_ms: i64) -> u64 {
+        let next_schedule = schedules(&self.refresher.plugins, &self.refresher.config)
+            .iter()
+            .filter_map(|s| s.next_after(self.handled_until_ms))
+            .min()
+            .unwrap_or(i64::MAX);
+        (next_schedule.min(self.next_catch_up_ms) - now_ms).clamp(0, CATCH_UP_EVERY_MS) as u64
+    }
+}
+
+/// The scheduler task of a serving daemon: tick until `shutdown` resolves.
+pub async fn run(refresher: Arc<Refresher>, shutdown: impl Future<Output = ()>) {
+    let clock = refresher.services.clock.clone();
+    let mut scheduler = Scheduler::new(refresher, clock.now_ms());
+    tokio::pin!(shutdown);
+    loop {
+        scheduler.tick(clock.now_ms()).await;
+        let wait = Duration::from_millis(scheduler.wait_ms(clock.now_ms()).max(250));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The refresher against the fake Kite over loopback, through the real plugin ABI, on a manual
+//! clock shared with the fake: retries, lockout safety, skips, single flight, limits, catch-up.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_brokers::{FakeKite, FakeOptions, KiteBehaviour, KiteUser, ist};
+use futures::FutureExt;
+use secrecy::SecretString;
+use tokenbot::clock::{Clock, ManualClock};
+use tokenbot::config::{BrokerConfig, Config, PluginsConfig};
+use tokenbot::plugins::{CallSettings, Registry, Services};
+use tokenbot::refresh::schedule::Scheduler;
+use tokenbot::refresh::{Refresher, Selection};
+use tokenbot::vault::{
+    AccountKey, AccountState, Argon2Params, Credentials, Engine, Flags, KeyMaterial, MasterKey,
+    NewAccount, Outcome, Trigger, Vault, VaultOptions,
+};
+
+struct World {
+    clock: Arc<ManualClock>,
+    kite: FakeKite,
+    vault: Arc<Vault>,
+    refresher: Arc<Refresher>,
+    /// Every backoff the refresher asked for.
+    sleeps: Arc<Mutex<Vec<Duration>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// 2026-11-23 08:00:10 IST: 20 s left in the TOTP step.
+fn morning() -> i64 {
+    ist::at(2026, 11, 23, 8, 0, 10)
+}
+
+async fn world(now_ms: i64, tune: impl FnOnce(&mut Config)) -> World {
+    let clock = Arc::new(ManualClock::new(now_ms));
+    let fake_clock = clock.clone();
+    let kite = FakeKite::start_with(FakeOptions {
+        now: Arc::new(move || fake_clock.now_ms()),
+        ..FakeOptions::default()
+    })
+    .await;
+    let mut config = Config::default();
+    config.refresh.backoff_initial_ms = 100;
+    config.refresh.backoff_max_ms = 1_000;
+    config.brokers.insert(
+        "kite".into(),
+        BrokerConfig {
+            urls: kite.base_urls(),
+            rate_limit_per_sec: Some(10_000.0),
+            ..BrokerConfig::default()
+        },
+    );
+    tune(&mut config);
+    let dir = tempfile::tempdir().unwrap();
+    let options = VaultOptions {
+        argon2: Argon2Params {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..VaultOptions::default()
+    };
+    let key = KeyMaterial::Key(MasterKey::from_bytes([7; 32]));
+    let vault = Arc::new(
+        Vault::create(&dir.path().join("vault.redb"), Engine::Redb, &key, options).unwrap(),
+    );
+    let plugins = Arc::new(Registry::load(&PluginsConfig {
+        dir: dir.path().join("plugins"),
+        sha256_allowlist: vec![],
+    }));
+    let services = Arc::new(Services::new(clock.clone(), CallSettings::default()));
+    let sleeps = Arc::new(Mutex::new(Vec::new()));
+    let recorded = sleeps.clone();
+    let refresher = Arc::new(Refresher::with_sleep(
+        vault.clone(),
+        plugins,
+        services,
+        Arc::new(config),
+        Arc::new(move |d| {
+            recorded.lock().unwrap().push(d);
+            async {}.boxed()
+        }),
+    ));
+    World {
+        clock,
+        kite,
+        vault,
+        refresher,
+        sleeps,
+        _dir: dir,
+    }
+}
+
+fn totp_secret(n: u32) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..32u32)
+        .map(|i| ALPHABET[((n * 31 + i * 7 + i * i) % 32) as usize] as char)
+        .collect()
+}
+
+/// Add account `n` at the fake and in the vault; `stored_password` is what the vault holds.
+fn account(
+    w: &World,
+    n: u32,
+    behaviour: KiteBehaviour,
+    stored_password: Option<&str>,
+) -> AccountKey {
+    let user = format!("ZK{n:04}");
+    let password = format!("pw-{n}");
+    w.kite.add_user(
+        KiteUser::new(
+            &user,
+            &password,
+            &format!("key-{n}"),
+            &format!("secret-{n}"),
+            &totp_secret(n),
+        )
+        .with_behaviour(behaviour),
+    );
+    let key = AccountKey::parse(&format!("user-{n}"), "kite").unwrap();
+    let credentials = Credentials {
+        password: Some(SecretString::from(
+            stored_password.unwrap_or(&password).to_owned(),
+        )),
+        api_key: Some(SecretString::from(format!("key-{n}"))),
+        api_secret: Some(SecretString::from(format!("secret-{n}"))),
+        totp_secret: Some(SecretString::from(totp_secret(n))),
+    };
+    w.vault
+        .put_account(&NewAccount {
+            key: key.clone(),
+            broker_user_id: user,
+            credentials,
+            auto_refresh: true,
+            managed_externally: false,
+        })
+        .unwrap();
+    key
+}
+
+fn logins(w: &World) -> u64 {
+    w.kite.recorder().requests("/api/login")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_unavailable_is_tried_three_times_with_growing_delays_then_fails() {
+    let w = world(morning(), |_| {}).await;
+    let key = account(&w, 1, KiteBehaviour::Cloudflare, None);
+    let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+    assert_eq!(
+        (
+            summary.successful,
+            summary.failed,
+            summary.skipped,
+            summary.total
+        ),
+        (0, 1, 0, 1)
+    );
+    let result = &summary.results[0];
+    assert_eq!(result.attempts, 3);
+    assert_eq!(result.error_class.as_deref(), Some("broker_unavailable"));
+    let sleeps = w.sleeps.lock().unwrap().clone();
+    assert_eq!(sleeps.len(), 2, "{sleeps:?}");
+    assert!(
+        sleeps[0] >= Duration::from_millis(50) && sleeps[0] <= Duration::from_millis(100),
+        "{sleeps:?}"
+    );
+    assert!(
+        sleeps[1] >= Duration::from_millis(100) && sleeps[1] <= Duration::from_millis(200),
+        "{sleeps:?}"
+    );
+    assert!(sleeps[1] >= sleeps[0]);
+    let attempts = w.vault.attempts(&key, 10).unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.attempt.error_class.as_deref() == Some("broker_unavailable"))
+    );
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a.attempt.attempt)
+            .collect::<Vec<_>>(),
+        [3, 2, 1],
+        "newest first"
+    );
+    // A broker outage is not the account's fault.
+    assert_eq!(
+        w.vault.get_account(&key).unwrap().unwrap().state(),
+        AccountState::Active
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_is_sent_exactly_once_and_never_again() {
+    let w = world(morning(), |_| {}).await;
+    let key = account(&w, 2, KiteBehaviour::Happy, Some("not-the-password"));
+    let summary = w
+        .refresher
+        .refresh(Selection::all(), Trigger::Schedule)
+        .await;
+    assert_eq!(summary.failed, 1);
+    assert_eq!(summary.results[0].attempts, 1);
+    assert_eq!(
+        summary.results[0].error_class.as_deref(),
+        Some("invalid_credentials")
+    );
+    assert_eq!(w.kite.recorder().passwords("ZK0002").len(), 1);
+    assert!(w.sleeps.lock().unwrap().is_empty());
+    let account = w.vault.get_account(&key).unwrap().unwrap();
+    assert_eq!(account.state(), AccountState::NeedsAttention);
+    // Later refreshes leave it alone until its credentials change.
+    for trigger in [Trigger::Schedule, Trigger::CatchUp, Trigger::Api] {
+        let again = w.refresher.refresh(Selection::all(), trigger).await;
+        assert_eq!((again.skipped, again.results[0].attempts), (1, 0));
+    }
+    assert_eq!(w.kite.recorder().passwords("ZK0002").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn summary_counts_success_failure_and_skips_exactly() {
+    let w = world(morning(), |_| {}).await;
+    account(&w, 1, KiteBehaviour::Happy, None);
+    account(&w, 2, KiteBehaviour::Happy, Some("wrong"));
+    let managed = account(&w, 3, KiteBehaviour::Happy, None);
+    let paused = account(&w, 4, KiteBehaviour::Happy, None);
+    w.vault
+        .set_flags(
+            &managed,
+            Flags {
+                managed_externally: Some(true),
+                auto_refresh: None,
+            },
+        )
+        .unwrap();
+    w.vault
+        .set_flags(
+            &paused,
+            Flags {
+                auto_refresh: Some(false),
+                managed_externally: None,
+            },
+        )
+        .unwrap();
+    let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+    assert_eq!(
+        (
+            summary.successful,
+            summary.failed,
+            summary.skipped,
+            summary.total
+        ),
+        (1, 1, 2, 4)
+    );
+    let outcome = |user: &str| {
+        summary
+            .results
+            .iter()
+            .find(|r| r.user_id == user)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        outcome("user-3").error_class.as_deref(),
+        Some("managed_externally")
+    );
+    assert_eq!(outcome("user-3").outcome, Outcome::Skipped);
+    assert_eq!(outcome("user-4").error_class.as_deref(), Some("paused"));
+    assert_eq!(
+        w.kite.recorder().passwords("ZK0003").len() + w.kite.recorder().passwords("ZK0004").len(),
+        0
+    );
+    // The token of the successful account is one the broker accepts.
+    let token = w
+        .vault
+        .get_token(&AccountKey::parse("user-1", "kite").unwrap())
+        .unwrap()
+        .unwrap();
+    use secrecy::ExposeSecret;
+    assert!(
+        w.kite
+            .token_is_valid("key-1", token.access_token.expose_secret())
+    );
+    // A paused account is still logged in when a person asks for it by name.
+    let named = w
+        .refresher
+        .refresh(Selection::account(paused), Trigger::Manual)
+        .await;
+    assert_eq!(named.successful, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_simultaneous_triggers_for_one_account_perform_one_login() {
+    let w = world(morning(), |_| {}).await;
+    let key = account(&w, 5, KiteBehaviour::Happy, None);
+    w.kite.recorder().set_latency(Duration::from_millis(30));
+    let (a, b) = tokio::join!(
+        w.refresher
+            .refresh_account(key.clone(), Trigger::Schedule, false),
+        w.refresher
+            .refresh_account(key.clone(), Trigger::Api, false),
+    );
+    assert_eq!((a.outcome, b.outcome), (Outcome::Success, Outcome::Success));
+    assert_eq!(logins(&w), 1);
+    assert_eq!(w.kite.recorder().passwords("ZK0005").len(), 1);
+    assert_eq!(w.vault.attempts(&key, 10).unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_never_sees_more_than_its_rate_or_concurrency() {
+    let w = world(morning(), |config| {
+        let kite = config.brokers.get_mut("kite").unwrap();
+        kite.rate_limit_per_sec = Some(40.0);
+        kite.concurrency = Some(3);
+    })
+    .await;
+    w.kite.recorder().set_latency(Duration::from_millis(5));
+    for n in 10..22 {
+        account(&w, n, KiteBehaviour::Happy, None);
+    }
+    let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+    assert_eq!(summary.successful, 12, "{:?}", summary.results);
+    let recorder = w.kite.recorder();
+    assert!(
+        recorder.max_logins_in_flight() <= 3,
+        "{} logins in flight",
+        recorder.max_logins_in_flight()
+    );
+    assert!(recorder.max_logins_in_flight() >= 2, "the cap was not used");
+    let per_second = recorder.requests_per_second();
+    assert!(per_second.iter().all(|&n| n <= 40), "{per_second:?}");
+    assert!(
+        recorder.total_requests() >= 60,
+        "{}",
+        recorder.total_requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_stopped_across_the_schedule_catches_up_once_at_start() {
+    // Yesterday's scheduled run.
+    let w = world(ist::at(2026, 11, 22, 8, 0, 10), |_| {}).await;
+    for n in 30..34 {
+        account(&w, n, KiteBehaviour::Happy, None);
+    }
+    assert_eq!(
+        w.refresher
+            .refresh(Selection::all(), Trigger::Schedule)
+            .await
+            .successful,
+        4
+    );
+    assert_eq!(logins(&w), 4);
+    // The daemon is down over today's 06:00 expiry and 08:00 schedule; it starts at 09:30.
+    let start = ist::at(2026, 11, 23, 9, 30, 10);
+    w.clock.set(start);
+    let mut scheduler = Scheduler::new(w.refresher.clone(), start);
+    let summaries = scheduler.tick(start).await;
+    assert_eq!(summaries.len(), 1);
+    assert_eq!((summaries[0].successful, summaries[0].total), (4, 4));
+    assert_eq!(logins(&w), 8);
+    let key = AccountKey::parse("user-30", "kite").unwrap();
+    let attempts = w.vault.attempts(&key, 10).unwrap();
+    assert_eq!(attempts[0].attempt.trigger, Trigger::CatchUp);
+    // Later ticks find nothing stale: the missed run happened once.
+    for minutes in [1, 2, 10] {
+        let later = start + minutes * 60_000;
+        w.clock.set(later);
+        assert!(scheduler.tick(later).await.is_empty());
+    }
+    assert_eq!(logins(&w), 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schedule_fires_once_at_its_time_in_its_timezone() {
+    let before = ist::at(2026, 11, 23, 7, 59, 0);
+    let w = world(before, |_| {}).await;
+    account(&w, 40, KiteBehaviour::Happy, None);
+    let mut scheduler = Scheduler::new(w.refresher.clone(), before);
+    // First tick: catch-up logs the new account in.
+    assert_eq!(scheduler.tick(before).await.len(), 1);
+    assert_eq!(logins(&w), 1);
+    let next = w.refresher.next_runs()["kite"].unwrap();
+    assert_eq!(next, ist::at(2026, 11, 23, 8, 0, 0));
+    let after = ist::at(2026, 11, 23, 8, 0, 10);
+    w.clock.set(after);
+    let summaries = scheduler.tick(after).await;
+    assert_eq!(summaries.len(), 1, "the 08:00 run");
+    assert_eq!(summaries[0].successful, 1);
+    assert_eq!(logins(&w), 2);
+    let key = AccountKey::parse("user-40", "kite").unwrap();
+    assert_eq!(
+        w.vault.attempts(&key, 1).unwrap()[0].attempt.trigger,
+        Trigger::Schedule
+    );
+    assert!(scheduler.tick(after + 1_000).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_hears_of_accounts_that_need_attention_without_secrets() {
+    use axum::routing::post;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        post(move |body: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body);
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let w = world(morning(), |config| {
+        config.refresh.webhook_url = Some(hook_url.parse().unwrap());
+        config.server.public_url = Some("https://tokens.example.com/".parse().unwrap());
+    })
+    .await;
+    account(&w, 50, KiteBehaviour::SessionExpiredAfterTwofa, None);
+    account(&w, 51, KiteBehaviour::Happy, None);
+    let summary = w
+        .refresher
+        .refresh(Selection::all(), Trigger::Schedule)
+        .await;
+    assert_eq!((summary.successful, summary.failed), (1, 1));
+    let body = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(event["event"], "needs_attention");
+    assert_eq!(event["user_id"], "user-50");
+    assert_eq!(event["error_class"], "automation_blocked");
+    assert_eq!(
+        event["assisted_login_url"],
+        "https://tokens.example.com/api/login/kite/user-50/url"
+    );
+    for secret in ["pw-50", "secret-50", &totp_secret(50)] {
+        assert!(!body.contains(secret), "the webhook got a secret");
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "only the failed account is reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_process_does_not_reuse_the_totp_step_an_earlier_one_used() {
+    let w = world(morning(), |_| {}).await;
+    let key = account(&w, 60, KiteBehaviour::Happy, None);
+    assert_eq!(
+        w.refresher
+            .refresh(Selection::all(), Trigger::Api)
+            .await
+            .successful,
+        1
+    );
+    // A second refresher over the same vault stands for the next process (fresh memory).
+    let again = Arc::new(Refresher::new(
+        w.vault.clone(),
+        Arc::new(Registry::load(&PluginsConfig {
+            dir: "/nonexistent".into(),
+            sha256_allowlist: vec![],
+        })),
+        Arc::new(Services::new(w.clock.clone(), CallSettings::default())),
+        Arc::new({
+            let mut config = Config::default();
+            config.brokers.insert(
+                "kite".into(),
+                BrokerConfig {
+                    urls: w.kite.base_urls(),
+                    ..BrokerConfig::default()
+                },
+            );
+            config
+        }),
+    ));
+    assert_eq!(
+        again
+            .refresh(Selection::account(key), Trigger::Manual)
+            .await
+            .successful,
+        1
+    );
+    let steps: Vec<u64> = w
+        .kite
+        .recorder()
+        .totp_uses("ZK0060")
+        .iter()
+        .filter_map(|u| u.step)
+        .collect();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(
+        steps[1] > steps[0],
+        "the second process reused step {}",
+        steps[0]
+    );
+    assert!(
+        w.kite
+            .recorder()
+            .totp_uses("ZK0060")
+            .iter()
+            .all(|u| u.accepted)
+    );
+}
