@@ -70,17 +70,23 @@ impl AppState {
         plugins: Arc<Registry>,
         services: Arc<Services>,
     ) -> AppState {
-        let refresher = Arc::new(refresh::Refresher::new(
-            vault.clone(),
-            plugins.clone(),
-            services.clone(),
-            config.clone(),
-        ));
         let mirror = config
             .mirror
             .postgres
             .as_ref()
             .map(|pg| Arc::new(mirror::Mirror::new(pg, vault.clone())));
+        let mut refresher = refresh::Refresher::new(
+            vault.clone(),
+            plugins.clone(),
+            services.clone(),
+            config.clone(),
+        );
+        if let Some(mirror) = &mirror {
+            // A stored token is mirrored at once instead of at the mirror's next poll.
+            let mirror = mirror.clone();
+            refresher = refresher.on_token(Arc::new(move || mirror.wake()));
+        }
+        let refresher = Arc::new(refresher);
         AppState {
             config,
             plugins,
@@ -165,16 +171,17 @@ pub async fn run(
         (m, task)
     });
     api::serve::serve(listener, api::app(state), options, shutdown).await;
-    if let Some((mirror, task)) = mirror {
-        // Stopping drops an uncommitted batch; its records stay in the outbox for the next start.
-        mirror.stop();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
-    }
     if tokio::time::timeout(login_timeout, scheduler)
         .await
         .is_err()
     {
         tracing::warn!("logins still in flight at shutdown were abandoned");
+    }
+    // The mirror stops last, so tokens from logins that finished during shutdown may still go out.
+    // Stopping drops an uncommitted batch; its records stay in the outbox for the next start.
+    if let Some((mirror, task)) = mirror {
+        mirror.stop();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -131,3 +131,84 @@ async fn refresh_prints_the_summary_and_fails_when_any_account_failed() {
     assert_eq!(attempts[0]["error_class"], "invalid_credentials");
     assert_eq!(attempts[0]["trigger"], "manual");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_goes_through_a_running_daemon_that_holds_the_vault() {
+    let kite = FakeKite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault_path = dir.path().join("vault.redb");
+    {
+        let key = KeyMaterial::Key(MasterKey::from_bytes([KEY_BYTE; 32]));
+        let vault =
+            Vault::create(&vault_path, Engine::Redb, &key, VaultOptions::default()).unwrap();
+        add(&vault, &kite, 3, "pw-3");
+        add(&vault, &kite, 4, "pw-4");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let urls = kite.base_urls();
+    std::fs::write(
+        dir.path().join("tokenbot.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[vault]\npath = {:?}\n[brokers.kite]\nweb_url = {:?}\napi_url = {:?}\nrate_limit_per_sec = 1000.0\n",
+            vault_path.display().to_string(),
+            urls["web_url"],
+            urls["api_url"]
+        ),
+    )
+    .unwrap();
+    let workdir = dir.path().to_owned();
+    let command = move |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenbot"));
+        cmd.current_dir(&workdir)
+            .env("ENCRYPTION_KEY", hex::encode([KEY_BYTE; 32]))
+            .env("TOKENBOT_API_KEY", "cli-to-daemon-key")
+            .env_remove("TOKENBOT_CONFIG")
+            .args(args);
+        cmd
+    };
+    let mut daemon = command(&["serve"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let mut up = false;
+    for _ in 0..100 {
+        if reqwest::get(&health)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the daemon did not come up");
+    // The daemon's own catch-up may log these accounts in first; either way the CLI's refresh
+    // goes through the daemon (single flight there) and reports both accounts.
+    let cli = command.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        cli(&["refresh", "--broker", "kite"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("through its API"), "{stderr}");
+    for expected in ["Successful: 2", "Failed: 0", "Skipped: 0", "Total: 2"] {
+        assert!(
+            stdout.lines().any(|l| l == expected),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! `crash_child_writer` then writes until it is killed (without the variable it returns at once).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -66,8 +66,19 @@ fn crash_child_writer() {
     let (start, path) = rest.split_once(':').unwrap();
     let engine = engine_from(engine);
     let start: u64 = start.parse().unwrap();
-    let vault =
-        Vault::open_or_create(Path::new(path), engine, &key(), VaultOptions::default()).unwrap();
+    // sled releases its file lock from a background thread after the last handle is dropped, so
+    // the parent's verification handle of the previous round may still hold it for a moment.
+    // Only that is waited out; any other failure to open fails the test.
+    let mut tries = 0;
+    let vault = loop {
+        match Vault::open_or_create(Path::new(path), engine, &key(), VaultOptions::default()) {
+            Err(tokenbot::vault::VaultError::Locked) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => break other.unwrap(),
+        }
+    };
     // libtest has printed `test crash_child_writer ... ` without a newline: start a fresh line.
     println!("\n@@ open");
     for id in start.. {
@@ -119,7 +130,7 @@ fn crash_rounds(engine: &str) {
             ])
             .env(CHILD_ENV, format!("{engine}:{start}:{}", path.display()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -143,7 +154,12 @@ fn crash_rounds(engine: &str) {
                 Ok(_) => {}
                 Err(e) => {
                     let _ = child.kill();
-                    panic!("round {round}: the child did not open the vault ({e})");
+                    let mut stderr = String::new();
+                    let _ = child
+                        .stderr
+                        .take()
+                        .map(|mut s| s.read_to_string(&mut stderr));
+                    panic!("round {round}: the child did not open the vault ({e}):\n{stderr}");
                 }
             }
         }

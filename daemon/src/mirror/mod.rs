@@ -206,6 +206,13 @@ fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConfigError> {
     if pg.get_application_name().is_none() {
         pg.application_name("tokenbot");
     }
+    // TLS only when the URL asks for it. Left to itself, `prefer` would try TLS with every server
+    // that offers it, and, as certificates are always verified here (libpq's `prefer` does not),
+    // refuse every self-signed one: enabling the feature must not break a URL that worked.
+    #[cfg(feature = "postgres-tls")]
+    if !url.contains("sslmode=") {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
     let mut secrets = vec![
         SecretString::from(raw.to_owned()),
         SecretString::from(url.clone()),

@@ -1,6 +1,6 @@
 //! TLS to PostgreSQL (cargo feature `postgres-tls`): rustls, trusting the system's roots and, when
 //! the URL names one, the PEM file of `sslrootcert`. Certificates are always verified (libpq's
-//! `verify-full`), whatever `sslmode` says about whether TLS is used at all.
+//! `verify-full`); `sslmode` only says whether TLS is used, and a URL without it uses none.
 
 use std::sync::Arc;
 

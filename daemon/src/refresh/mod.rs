@@ -9,6 +9,9 @@
 //! had its one retry on a fresh TOTP step inside the strategy, without resending the password.)
 
 pub mod schedule;
+mod summary;
+
+pub use summary::{AccountResult, RefreshSummary};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,88 +69,6 @@ impl Selection {
     }
 }
 
-/// The outcome of one account's refresh.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct AccountResult {
-    /// Platform user id.
-    pub user_id: String,
-    /// Broker id.
-    pub broker: String,
-    /// `success`, `failed` or `skipped`.
-    pub outcome: Outcome,
-    /// Error class of the last attempt, when failed (or why skipped: e.g. `needs_attention`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_class: Option<String>,
-    /// Human text; never a secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Login attempts made.
-    pub attempts: u32,
-}
-
-impl AccountResult {
-    fn new(key: &AccountKey, outcome: Outcome, attempts: u32) -> AccountResult {
-        AccountResult {
-            user_id: key.user.as_str().to_owned(),
-            broker: key.broker.as_str().to_owned(),
-            outcome,
-            error_class: None,
-            message: None,
-            attempts,
-        }
-    }
-
-    fn skipped(key: &AccountKey, class: &str, message: impl Into<String>) -> AccountResult {
-        AccountResult {
-            error_class: Some(class.to_owned()),
-            message: Some(message.into()),
-            ..AccountResult::new(key, Outcome::Skipped, 0)
-        }
-    }
-
-    fn failed(
-        key: &AccountKey,
-        class: &str,
-        message: impl Into<String>,
-        attempts: u32,
-    ) -> AccountResult {
-        AccountResult {
-            error_class: Some(class.to_owned()),
-            message: Some(message.into()),
-            ..AccountResult::new(key, Outcome::Failed, attempts)
-        }
-    }
-}
-
-/// The summary of a refresh: the IIFL job's `successful / failed / skipped / total`.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct RefreshSummary {
-    /// Accounts that got a new token.
-    pub successful: usize,
-    /// Accounts whose login failed.
-    pub failed: usize,
-    /// Accounts not attempted (paused, managed externally, needing attention).
-    pub skipped: usize,
-    /// All accounts covered.
-    pub total: usize,
-    /// One entry per account, in a stable order (user, then broker).
-    pub results: Vec<AccountResult>,
-}
-
-impl RefreshSummary {
-    /// Count the outcomes of `results`.
-    pub fn from_results(results: Vec<AccountResult>) -> RefreshSummary {
-        let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
-        RefreshSummary {
-            successful: count(Outcome::Success),
-            failed: count(Outcome::Failed),
-            skipped: count(Outcome::Skipped),
-            total: results.len(),
-            results,
-        }
-    }
-}
-
 /// Counters since start, for `/health/detailed`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct RefreshStats {
@@ -185,6 +106,8 @@ pub struct Refresher {
     /// Per-broker limits, built on first use from `[brokers.<id>]` or the strategy's manifest.
     brokers: Mutex<HashMap<String, Arc<BrokerLimits>>>,
     sleep: SleepFn,
+    /// Called after each token is stored (wakes the Postgres mirror).
+    on_token: Option<Arc<dyn Fn() + Send + Sync>>,
     attempts: AtomicU64,
     successes: AtomicU64,
     attempt_ms: AtomicU64,
@@ -245,10 +168,17 @@ impl Refresher {
             inflight: Mutex::default(),
             brokers: Mutex::default(),
             sleep,
+            on_token: None,
             attempts: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             attempt_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Call `f` after every token this refresher stores.
+    pub fn on_token(mut self, f: Arc<dyn Fn() + Send + Sync>) -> Refresher {
+        self.on_token = Some(f);
+        self
     }
 
     /// The vault this refresher writes to.
@@ -664,9 +594,11 @@ impl Refresher {
             )),
         };
         let (vault, k) = (self.vault.clone(), key.clone());
-        blocking(move || vault.put_token(&k, &token))
-            .await
-            .map(|_| ())
+        blocking(move || vault.put_token(&k, &token)).await?;
+        if let Some(on_token) = &self.on_token {
+            on_token();
+        }
+        Ok(())
     }
 
     async fn log_attempt(&self, key: &AccountKey, attempt: Attempt) {

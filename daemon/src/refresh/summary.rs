@@ -1,0 +1,91 @@
+//! What a refresh reports: one result per account, and the counts the IIFL job's API returned.
+
+use serde::{Deserialize, Serialize};
+
+use crate::vault::{AccountKey, Outcome};
+
+/// The outcome of one account's refresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountResult {
+    /// Platform user id.
+    pub user_id: String,
+    /// Broker id.
+    pub broker: String,
+    /// `success`, `failed` or `skipped`.
+    pub outcome: Outcome,
+    /// Error class of the last attempt, when failed (or why skipped: e.g. `needs_attention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// Human text; never a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Login attempts made.
+    pub attempts: u32,
+}
+
+impl AccountResult {
+    pub(super) fn new(key: &AccountKey, outcome: Outcome, attempts: u32) -> AccountResult {
+        AccountResult {
+            user_id: key.user.as_str().to_owned(),
+            broker: key.broker.as_str().to_owned(),
+            outcome,
+            error_class: None,
+            message: None,
+            attempts,
+        }
+    }
+
+    pub(super) fn skipped(
+        key: &AccountKey,
+        class: &str,
+        message: impl Into<String>,
+    ) -> AccountResult {
+        AccountResult {
+            error_class: Some(class.to_owned()),
+            message: Some(message.into()),
+            ..AccountResult::new(key, Outcome::Skipped, 0)
+        }
+    }
+
+    pub(super) fn failed(
+        key: &AccountKey,
+        class: &str,
+        message: impl Into<String>,
+        attempts: u32,
+    ) -> AccountResult {
+        AccountResult {
+            error_class: Some(class.to_owned()),
+            message: Some(message.into()),
+            ..AccountResult::new(key, Outcome::Failed, attempts)
+        }
+    }
+}
+
+/// The summary of a refresh: the IIFL job's `successful / failed / skipped / total`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RefreshSummary {
+    /// Accounts that got a new token.
+    pub successful: usize,
+    /// Accounts whose login failed.
+    pub failed: usize,
+    /// Accounts not attempted (paused, managed externally, needing attention).
+    pub skipped: usize,
+    /// All accounts covered.
+    pub total: usize,
+    /// One entry per account, in a stable order (user, then broker).
+    pub results: Vec<AccountResult>,
+}
+
+impl RefreshSummary {
+    /// Count the outcomes of `results`.
+    pub fn from_results(results: Vec<AccountResult>) -> RefreshSummary {
+        let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
+        RefreshSummary {
+            successful: count(Outcome::Success),
+            failed: count(Outcome::Failed),
+            skipped: count(Outcome::Skipped),
+            total: results.len(),
+            results,
+        }
+    }
+}
