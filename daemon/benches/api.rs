@@ -137,6 +137,7 @@ fn main() {
     config.vault.path = dir.path().join("vault.redb");
     let state = Arc::new(AppState::with_vault(config, vault));
 
+    let in_process = in_process_cost(state.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -234,7 +235,44 @@ fn main() {
         "tokenbot GET /api/tokens/:userId", api_rps, api_p99
     );
     println!("ratio {:.2} of the ceiling", api_rps / ceiling_rps);
+    println!(
+        "router + handler alone (oneshot, no socket, one thread): {in_process:.1} µs per request"
+    );
     let audited = audit_vault.audit(usize::MAX).map_or(0, |a| a.len());
     println!("audit entries in the vault afterwards: {audited} (kept: the newest 100,000)");
     drop(runtime);
+}
+
+/// Mean time of one token read through the router without a socket, on a current-thread runtime.
+fn in_process_cost(state: Arc<AppState>) -> f64 {
+    use tower::ServiceExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let app = tokenbot::api::app(state);
+        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let run = |n: usize| {
+            let app = app.clone();
+            async move {
+                let started = std::time::Instant::now();
+                for i in 0..n {
+                    let mut req = axum::http::Request::builder()
+                        .uri(format!("/api/tokens/user-{:05}", i % ACCOUNTS))
+                        .header("x-api-key", KEY)
+                        .body(axum::body::Body::empty())
+                        .unwrap();
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let response = app.clone().oneshot(req).await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    let _ = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+                }
+                started.elapsed().as_secs_f64() * 1e6 / n as f64
+            }
+        };
+        run(2_000).await;
+        run(20_000).await
+    })
 }

@@ -8,7 +8,6 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -309,10 +308,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// Middleware: an error response that is not JSON yet (the 404 and 405 fallbacks, a layer's
-/// refusal) gets the JSON error shape, keeping its status and headers.
-pub async fn json_errors(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+/// An error response that is not JSON yet (the 405 fallback, a layer's refusal) gets the JSON
+/// error shape, keeping its status and headers. Applied to every response by `layers::observe`.
+pub fn json_error_shape(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
         return response;

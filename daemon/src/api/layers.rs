@@ -1,4 +1,4 @@
-//! What wraps every request: a request id (kept from `X-Request-Id` when it is a sane one, else
+//! What wraps every request: the JSON error shape for errors made outside handlers, a request id (kept from `X-Request-Id` when it is a sane one, else
 //! made), a tracing span carrying it, the HTTP metrics, one log line, the security headers; and
 //! CORS from `server.cors_origins`.
 //!
@@ -70,7 +70,8 @@ pub async fn observe(State(api): State<Arc<ApiState>>, mut req: Request, next: N
         method = %method,
         route = route.as_deref().unwrap_or("(unmatched)"),
     );
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let response = next.run(req).instrument(span.clone()).await;
+    let mut response = super::error::json_error_shape(response);
     let status = response.status();
     super::metrics::record_http(&method, route.as_deref(), status);
     let headers = response.headers_mut();

@@ -221,8 +221,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     }
     let mut router = router
         .fallback(error::not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(error::json_errors));
+        .layer(DefaultBodyLimit::max(body_limit));
     if let Some(cors) = cors {
         router = router.layer(cors);
     }

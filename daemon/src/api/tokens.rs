@@ -244,8 +244,8 @@ pub struct LogsQuery {
 pub struct LogsOut {
     /// The user.
     pub user_id: String,
-    /// Newest first.
-    pub logs: Vec<AttemptOut>,
+    /// Newest first (the same shape as `tokenbot logs` prints).
+    pub attempts: Vec<AttemptOut>,
 }
 
 /// `GET /api/tokens/logs/{userId}`
@@ -299,6 +299,6 @@ pub async fn logs(
     })?;
     Ok(Json(LogsOut {
         user_id: user.as_str().to_owned(),
-        logs: attempts.iter().map(AttemptOut::from).collect(),
+        attempts: attempts.iter().map(AttemptOut::from).collect(),
     }))
 }

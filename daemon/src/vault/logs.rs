@@ -222,9 +222,14 @@ impl Vault {
             return Ok(0);
         }
         self.write(|tx, _| {
-            let mut seq = 0;
-            for entry in entries {
-                seq = next_seq(tx, SEQ_AUDIT)?;
+            // One counter update for the whole batch: reserve the first number, then set the
+            // counter to the last.
+            let first = next_seq(tx, SEQ_AUDIT)?;
+            let last = first + entries.len() as u64 - 1;
+            if last != first {
+                tx.put(Table::Meta, SEQ_AUDIT, &last.to_be_bytes())?;
+            }
+            for (seq, entry) in (first..).zip(entries) {
                 tx.put(
                     Table::Audit,
                     &seq.to_be_bytes(),
@@ -234,7 +239,7 @@ impl Vault {
                     tx.delete(Table::Audit, &(seq - keep).to_be_bytes())?;
                 }
             }
-            Ok(seq)
+            Ok(last)
         })
     }
 
