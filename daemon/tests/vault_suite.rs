@@ -725,6 +725,90 @@ fn shared_across_threads(engine: Engine) {
     assert_eq!(vault.outbox_len().unwrap(), 40);
 }
 
+/// `user_tokens` is served from memory; every write that can change what it returns must show
+/// through at once, and log appends must not disturb it.
+fn cached_reads_follow_every_write(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::create(
+        &vault_path(dir.path(), engine),
+        engine,
+        &raw_key(9),
+        options(),
+    )
+    .unwrap();
+    let user = UserId::new("cache-user").unwrap();
+    let tokens = |vault: &Vault| -> Vec<(String, Option<String>)> {
+        vault
+            .user_tokens(&user)
+            .unwrap()
+            .iter()
+            .map(|(a, t)| {
+                (
+                    a.broker.as_str().to_owned(),
+                    t.as_ref()
+                        .map(|t| t.access_token.expose_secret().to_owned()),
+                )
+            })
+            .collect()
+    };
+    assert!(tokens(&vault).is_empty());
+    vault
+        .put_account(&new_account("cache-user", "kite", 1))
+        .unwrap();
+    assert_eq!(tokens(&vault), [("kite".to_owned(), None)]);
+    let key = account_key("cache-user", "kite");
+    vault.put_token(&key, &new_token(1)).unwrap();
+    assert_eq!(
+        tokens(&vault),
+        [("kite".to_owned(), Some(secret("tok", 1)))]
+    );
+    // Reads and log appends leave the cached entry as it is.
+    vault
+        .append_audit(&AuditEntry {
+            time_ms: 1,
+            api_key_name: "k".into(),
+            user: user.clone(),
+            broker: key.broker.clone(),
+        })
+        .unwrap();
+    let before = vault.user_tokens(&user).unwrap();
+    assert!(
+        Arc::ptr_eq(&before, &vault.user_tokens(&user).unwrap()),
+        "a read was not served from memory"
+    );
+    vault.put_token(&key, &new_token(2)).unwrap();
+    assert_eq!(
+        tokens(&vault),
+        [("kite".to_owned(), Some(secret("tok", 2)))]
+    );
+    vault
+        .put_account(&new_account("cache-user", "iifl", 2))
+        .unwrap();
+    assert_eq!(tokens(&vault).len(), 2);
+    vault
+        .set_flags(
+            &key,
+            Flags {
+                auto_refresh: Some(false),
+                managed_externally: None,
+            },
+        )
+        .unwrap();
+    let cached = vault.user_tokens(&user).unwrap();
+    let kite = cached
+        .iter()
+        .find(|(a, _)| a.broker.as_str() == "kite")
+        .unwrap();
+    assert!(!kite.0.auto_refresh);
+    assert!(vault.delete_token(&key).unwrap());
+    assert_eq!(
+        tokens(&vault),
+        [("iifl".to_owned(), None), ("kite".to_owned(), None)]
+    );
+    assert!(vault.delete_account(&key).unwrap());
+    assert_eq!(tokens(&vault), [("iifl".to_owned(), None)]);
+}
+
 macro_rules! suite {
     ($module:ident, $engine:expr) => {
         mod $module {
@@ -763,6 +847,11 @@ macro_rules! suite {
             #[test]
             fn one_vault_serves_many_threads() {
                 shared_across_threads($engine)
+            }
+
+            #[test]
+            fn cached_token_reads_follow_every_write() {
+                cached_reads_follow_every_write($engine)
             }
         }
     };

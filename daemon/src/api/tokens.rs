@@ -58,21 +58,15 @@ pub async fn read(
     let user = user_id(user)?;
     let broker = broker_id(q.broker)?;
     let now = api.now_ms();
-    // The hot path of the trading backend: two short reads (an account prefix scan and one
-    // token), run inline. A hop to the blocking pool costs two thread wake-ups per request, which
-    // on two cores cost more than the reads themselves (benches/api.rs); the audit write, which
-    // fsyncs, does go to its own thread.
-    let vault = &api.app.vault;
-    let accounts = match broker {
-        Some(broker) => {
-            let key = AccountKey::new(user.clone(), broker);
-            vault.get_account(&key)?.into_iter().collect()
-        }
-        None => vault.user_accounts(&user)?,
-    };
-    let mut valid: Vec<_> = accounts_with_tokens(vault, accounts)?
-        .into_iter()
-        .filter_map(|(a, t)| t.filter(|t| t.expires_at_ms > now).map(|t| (a, t)))
+    // The hot path of the trading backend, run inline: usually a memory read from the vault's
+    // cache, at worst two short reads (an account prefix scan and one token). A hop to the
+    // blocking pool costs two thread wake-ups per request, more than the reads themselves on two
+    // cores (benches/api.rs); the audit write, which fsyncs, goes to its own thread.
+    let pairs = api.app.vault.user_tokens(&user)?;
+    let mut valid: Vec<_> = pairs
+        .iter()
+        .filter(|(a, _)| broker.as_ref().is_none_or(|b| &a.broker == b))
+        .filter_map(|(a, t)| t.as_ref().filter(|t| t.expires_at_ms > now).map(|t| (a, t)))
         .collect();
     let (account, token) = match valid.len() {
         0 => {
@@ -107,7 +101,7 @@ pub async fn read(
     Ok(Json(TokenOut {
         user_id: account.user.as_str().to_owned(),
         broker: account.broker.as_str().to_owned(),
-        broker_user_id: account.broker_user_id,
+        broker_user_id: account.broker_user_id.clone(),
         access_token: token.access_token.expose_secret().to_owned(),
         issued_at: iso(token.issued_at_ms),
         expires_at: iso(token.expires_at_ms),

@@ -156,7 +156,7 @@ impl Vault {
     /// Log an attempt for an existing account, dropping its oldest beyond the configured number.
     pub fn append_attempt(&self, key: &AccountKey, attempt: &Attempt) -> Result<u64, VaultError> {
         let keep = self.options.attempts_per_account.max(1);
-        self.write(|tx, _| {
+        self.write_log(|tx, _| {
             let k = key.encode();
             if tx.get(Table::Accounts, &k)?.is_none() {
                 return Err(VaultError::NoSuchAccount(key.clone()));
@@ -200,7 +200,7 @@ impl Vault {
     /// Record a token read, dropping the oldest entries beyond the configured number.
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<u64, VaultError> {
         let keep = self.options.audit_keep.max(1);
-        self.write(|tx, _| {
+        self.write_log(|tx, _| {
             let seq = next_seq(tx, SEQ_AUDIT)?;
             tx.put(
                 Table::Audit,
@@ -221,7 +221,7 @@ impl Vault {
         if entries.is_empty() {
             return Ok(0);
         }
-        self.write(|tx, _| {
+        self.write_log(|tx, _| {
             // One counter update for the whole batch: reserve the first number, then set the
             // counter to the last.
             let first = next_seq(tx, SEQ_AUDIT)?;
@@ -265,7 +265,7 @@ impl Vault {
 
     /// Remove every outbox record up to and including `up_to_seq`; how many were removed.
     pub fn outbox_ack(&self, up_to_seq: u64) -> Result<usize, VaultError> {
-        self.write(|tx, _| {
+        self.write_log(|tx, _| {
             let mut removed = 0;
             for (k, _) in tx.scan(Table::Outbox, &[], false, usize::MAX)? {
                 let seq = k

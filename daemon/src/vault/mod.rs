@@ -25,7 +25,9 @@ mod records;
 #[cfg(feature = "sled")]
 mod sled_engine;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use zeroize::Zeroizing;
@@ -73,6 +75,12 @@ impl Default for VaultOptions {
     }
 }
 
+/// A user's accounts, each with its token if it has one.
+pub type UserTokens = Vec<(Account, Option<Token>)>;
+
+/// Users whose `user_tokens` are kept in memory at once; the cache starts over past this.
+const USER_CACHE_MAX: usize = 100_000;
+
 /// An open vault.
 pub struct Vault {
     /// The engine. Only this module touches it.
@@ -85,6 +93,14 @@ pub struct Vault {
     /// relies on nobody else committing underneath it. Taken before `keys`.
     writer: Mutex<()>,
     read_only: bool,
+    /// Bumped after every committed write, except the log appends that cannot change an account
+    /// or a token (attempts, audit, outbox acks). A cached read is served only while the epoch it
+    /// was read at is current; readers load it *before* their read transaction and writers bump
+    /// it *after* commit, so a cached entry is never newer-looking than its data.
+    epoch: AtomicU64,
+    /// `user_tokens` results by user, tagged with the epoch they were read at. Holds decrypted
+    /// tokens in memory only (zeroised on drop); bounded by `USER_CACHE_MAX` entries.
+    user_cache: Mutex<HashMap<UserId, (u64, Arc<UserTokens>)>>,
     path: PathBuf,
     engine: Engine,
     options: VaultOptions,
@@ -306,6 +322,8 @@ impl Vault {
             keys: RwLock::new(RecordKeys::derive(&unlocked.master)),
             writer: Mutex::new(()),
             read_only,
+            epoch: AtomicU64::new(0),
+            user_cache: Mutex::new(HashMap::new()),
             path: path.to_owned(),
             engine,
             options,
@@ -341,8 +359,20 @@ impl Vault {
         f(&*tx, &keys)
     }
 
-    /// Run `f` on a write transaction and commit it durably if `f` succeeds.
+    /// Run `f` on a write transaction and commit it durably if `f` succeeds; cached reads are
+    /// invalidated.
     fn write<T>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTx, &RecordKeys) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let out = self.write_log(f)?;
+        self.epoch.fetch_add(1, Ordering::Release);
+        Ok(out)
+    }
+
+    /// As [`Vault::write`], for appends to the attempt log, the audit log and outbox acks only:
+    /// they change no account and no token, so cached reads stay valid.
+    fn write_log<T>(
         &self,
         f: impl FnOnce(&mut dyn WriteTx, &RecordKeys) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {

@@ -10,7 +10,11 @@ use super::model::{
     Account, AccountKey, Attention, Credentials, Flags, NewAccount, NewToken, OutboxStatus,
     SecretJson, Token, UserId,
 };
-use super::{RecordKeys, Vault, VaultError, describe, next_seq, seal, unseal};
+use super::{
+    RecordKeys, USER_CACHE_MAX, UserTokens, Vault, VaultError, describe, next_seq, seal, unseal,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Meta counter of token generations (shared by every account, so a generation never repeats).
 pub(crate) const SEQ_GENERATION: &[u8] = b"seq/generation";
@@ -274,6 +278,33 @@ impl Vault {
     /// Every account, ordered by user then broker.
     pub fn list_accounts(&self) -> Result<Vec<Account>, VaultError> {
         self.scan_accounts(&[])
+    }
+
+    /// The user's accounts with their tokens (if any), decrypted. Served from memory while no
+    /// write has committed since it was read: the hot path of `GET /api/tokens/:userId`.
+    pub fn user_tokens(&self, user: &UserId) -> Result<Arc<UserTokens>, VaultError> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if let Some((at, cached)) = self
+            .user_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            && *at == epoch
+        {
+            return Ok(cached.clone());
+        }
+        let mut pairs = Vec::new();
+        for account in self.user_accounts(user)? {
+            let token = self.get_token(&account.key())?;
+            pairs.push((account, token));
+        }
+        let pairs = Arc::new(pairs);
+        let mut cache = self.user_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= USER_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(user.clone(), (epoch, pairs.clone()));
+        Ok(pairs)
     }
 
     /// The accounts of one user.
