@@ -38,14 +38,28 @@ fn sled_err(e: sled::Error) -> VaultError {
     }
 }
 
+/// How long an open waits for a lock this process may still be releasing.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(crate) struct SledStore {
     db: sled::Db,
 }
 
 impl SledStore {
     pub(crate) fn open(path: &Path, _mode: Mode) -> Result<Option<Box<dyn Store>>, VaultError> {
-        let db = sled::Config::new().path(path).open().map_err(sled_err)?;
-        Ok(Some(Box::new(SledStore { db })))
+        // sled releases its file lock from a background thread some moments after the last handle
+        // of a database is dropped, so reopening a vault this process just closed can find it
+        // still locked. Wait that out briefly; a lock held by another process stays `Locked`.
+        let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+        loop {
+            match sled::Config::new().path(path).open().map_err(sled_err) {
+                Err(VaultError::Locked) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+                Ok(db) => return Ok(Some(Box::new(SledStore { db }))),
+            }
+        }
     }
 }
 
