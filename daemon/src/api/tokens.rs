@@ -14,7 +14,7 @@ use super::auth::{Caller, ServiceKey, UserJwt};
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
 use super::integration::{RefreshSummaryDoc, run_refresh};
 use super::users::BrokerQuery;
-use super::views::{AttemptOut, accounts_with_tokens, broker_id, iso, user_id};
+use super::views::{AttemptOut, broker_id, iso, user_id};
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger};
 
@@ -196,11 +196,10 @@ pub async fn status(
     let now = api.now_ms();
     let u = user.clone();
     let rows = blocking(move || {
-        let accounts = vault.user_accounts(&u)?;
         let mut rows = Vec::new();
-        for (account, token) in accounts_with_tokens(&vault, accounts)? {
+        for (account, token) in vault.user_tokens(&u)?.iter() {
             let last = vault.attempts(&account.key(), 1)?.into_iter().next();
-            rows.push((account, token, last));
+            rows.push((account.clone(), token.clone(), last));
         }
         Ok(rows)
     })

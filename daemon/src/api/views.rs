@@ -9,9 +9,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::error::{ApiError, blocking};
-use crate::vault::{
-    Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, Vault, VaultError,
-};
+use crate::vault::{Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, VaultError};
 
 /// Unix ms as RFC 3339 UTC with milliseconds.
 pub fn iso(ms: i64) -> String {
@@ -85,20 +83,6 @@ impl AccountView {
     }
 }
 
-/// Accounts with their tokens (read in one blocking call).
-pub fn accounts_with_tokens(
-    vault: &Vault,
-    accounts: Vec<Account>,
-) -> Result<Vec<(Account, Option<Token>)>, VaultError> {
-    accounts
-        .into_iter()
-        .map(|a| {
-            let token = vault.get_token(&a.key())?;
-            Ok((a, token))
-        })
-        .collect()
-}
-
 /// The views of `user`'s accounts (every user's when `None`), optionally at one broker only.
 pub async fn account_views(
     api: &Arc<ApiState>,
@@ -108,15 +92,22 @@ pub async fn account_views(
     let vault = api.app.vault.clone();
     let now = api.now_ms();
     let rows = blocking(move || {
-        let accounts = match &user {
-            Some(user) => vault.user_accounts(user)?,
-            None => vault.list_accounts()?,
+        let rows: Vec<(Account, Option<Token>)> = match &user {
+            Some(user) => vault.user_tokens(user)?.as_ref().clone(),
+            None => {
+                let mut rows = Vec::new();
+                for account in vault.list_accounts()? {
+                    let token = vault.get_token(&account.key())?;
+                    rows.push((account, token));
+                }
+                rows
+            }
         };
-        let accounts = accounts
-            .into_iter()
-            .filter(|a| broker.as_ref().is_none_or(|b| &a.broker == b))
-            .collect();
-        accounts_with_tokens(&vault, accounts)
+        Ok::<_, VaultError>(
+            rows.into_iter()
+                .filter(|(a, _)| broker.as_ref().is_none_or(|b| &a.broker == b))
+                .collect::<Vec<_>>(),
+        )
     })
     .await?;
     Ok(rows
