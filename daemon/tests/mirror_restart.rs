@@ -208,7 +208,7 @@ async fn sigkilled_with_a_backlog_and_restarted_the_daemon_delivers_it() {
         })
         .await;
         sigterm_and_wait(&mut child);
-        vault_tokens(&open_vault(dir.path()))
+        vault_tokens(&open_vault(dir.path()), now_ms())
     };
     let rows = db.rows().await;
     let actual: std::collections::BTreeMap<_, _> = rows

@@ -235,10 +235,10 @@ pub fn token_text(key: &AccountKey, round: u32) -> String {
     format!("tok-{}-{}-r{round}", key.user, key.broker)
 }
 
-/// The vault's tokens still valid now: `(user, broker) -> (token, generation)`.
-pub fn vault_tokens(vault: &Vault) -> BTreeMap<(String, String), (String, i64)> {
+/// The vault's tokens still valid at `now` (Unix ms; the clock the tokens were minted by):
+/// `(user, broker) -> (token, generation)`.
+pub fn vault_tokens(vault: &Vault, now: i64) -> BTreeMap<(String, String), (String, i64)> {
     use secrecy::ExposeSecret;
-    let now = now_ms();
     let mut out = BTreeMap::new();
     for account in vault.list_accounts().unwrap() {
         if let Some(token) = vault.get_token(&account.key()).unwrap()
