@@ -106,6 +106,56 @@ fn serve_answers_health_and_stops_cleanly_on_sigterm() {
     assert!(wait_exit(&mut child).success());
 }
 
+/// What `cargo run --release -- serve` does on a fresh clone: the shipped `tokenbot.toml`, no
+/// `data/` contents, no key configured. Only the address (a free port) and the log format (to
+/// read the address back) are overridden, by environment as an operator would.
+#[test]
+fn serve_with_the_shipped_config_on_a_fresh_checkout_creates_a_dev_key_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        support::workspace_root().join("tokenbot.toml"),
+        dir.path().join("tokenbot.toml"),
+    )
+    .unwrap();
+    let mut child = tokenbot(dir.path())
+        .arg("serve")
+        .env("TOKENBOT_SERVER__LISTEN", "127.0.0.1:0")
+        .env("TOKENBOT_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("serve exited before listening: {seen:#?}"))
+            .unwrap();
+        seen.push(line.clone());
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if json["fields"]["message"] == "listening" {
+            break json["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("created a NEW DEVELOPMENT MASTER KEY")),
+        "the dev key is announced: {seen:#?}"
+    );
+    assert!(dir.path().join("data/vault.redb").is_file());
+    let key = dir.path().join("data/vault.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (status, body) = get(&addr, "/health");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}
+
 #[test]
 fn daemon_keeps_serving_with_broken_plugins() {
     let plugins = tempfile::tempdir().unwrap();

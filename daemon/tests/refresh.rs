@@ -193,6 +193,30 @@ async fn broker_unavailable_is_tried_three_times_with_growing_delays_then_fails(
     );
 }
 
+/// With two sleeps the jitter ranges touch (50-100 ms, then 100-200 ms), so a constant backoff
+/// would pass the test above; over five attempts the ranges are disjoint and only a doubling one
+/// passes, until `backoff_max_ms` caps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn backoff_doubles_with_each_attempt_up_to_the_cap() {
+    let w = world(morning(), |c| c.refresh.max_attempts = 6).await;
+    account(&w, 1, KiteBehaviour::Cloudflare, None);
+    let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+    assert_eq!(summary.results[0].attempts, 6);
+    let sleeps: Vec<u64> = w
+        .sleeps
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_millis() as u64)
+        .collect();
+    // backoff_initial_ms = 100, backoff_max_ms = 1,000 (see `world`).
+    let ranges = [(50, 100), (100, 200), (200, 400), (400, 800), (500, 1_000)];
+    assert_eq!(sleeps.len(), ranges.len(), "{sleeps:?}");
+    for (sleep, (low, high)) in sleeps.iter().zip(ranges) {
+        assert!((low..=high).contains(sleep), "{sleeps:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_is_sent_exactly_once_and_never_again() {
     let w = world(morning(), |_| {}).await;

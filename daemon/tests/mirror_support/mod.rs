@@ -2,7 +2,7 @@
 //! a vault, and a loopback TCP proxy that can cut PostgreSQL off and bring it back.
 //!
 //! The tests need a real PostgreSQL named by `TOKENBOT_TEST_DATABASE_URL` (`scripts/test` sets it);
-//! without it they print that they were skipped and pass.
+//! without it they print that they were skipped and pass, except under CI, where they fail.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -22,11 +22,21 @@ use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// The test database's URL, or `None` after saying plainly that the test is skipped.
+///
+/// The notice goes straight to the process's stderr: libtest captures `eprintln!` of a passing
+/// test, which would hide the skip behind an `ok`. Under CI (`CI` set) a missing database is a
+/// failure, never a skip: CI must run these tests.
 pub fn database_url(test: &str) -> Option<String> {
+    use std::io::Write;
     match std::env::var("TOKENBOT_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!(
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: TOKENBOT_TEST_DATABASE_URL is not set under CI; run the tests with scripts/test"
+            );
+            let _ = writeln!(
+                std::io::stderr().lock(),
                 "SKIPPED {test}: TOKENBOT_TEST_DATABASE_URL is not set (scripts/test sets it when \
                  PostgreSQL runs on 127.0.0.1:5432)"
             );

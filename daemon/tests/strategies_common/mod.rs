@@ -258,6 +258,17 @@ pub fn assert_one_password_distinct_steps(recorder: &fake_brokers::Recorder, use
         steps.len(),
         "{user}: a TOTP step was used twice: {steps:?}"
     );
+    // Codes the fake matched to no step (a wrong secret, a skewed clock) count too: the same
+    // code sent twice is a reused step on the broker's side.
+    let mut codes: Vec<String> = recorder
+        .totp_uses(user)
+        .into_iter()
+        .map(|u| u.code)
+        .collect();
+    let sent = codes.len();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), sent, "{user}: a TOTP code was sent twice");
 }
 
 // ---- captured log -------------------------------------------------------------------------------
