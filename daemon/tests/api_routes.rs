@@ -1,12 +1,15 @@
 //! Service, health and provisioning routes through `api::app(state)` with `oneshot`: the happy
 //! path, 401, 404, 400/422, 413 and unknown brokers; the error shape, headers, CORS, request ids,
 //! metrics and the failed-auth limit. Token, credential and refresh routes: `api_user_routes.rs`.
+//! `every_route_refuses_bad_requests_with_the_documented_error` walks a table with a row for
+//! every route of `ROUTES` (a route without a row fails it) through the refusals all routes share.
 
 mod api_support;
 
 use api_support::*;
 use axum::http::Method;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokenbot::api::ROUTES;
 
 #[tokio::test]
 async fn health_is_ok_with_security_headers_and_a_request_id() {
@@ -399,4 +402,671 @@ async fn metrics_are_served_in_prometheus_format() {
     assert!(r.text.contains("tokenbot_tokens_expiring_within_hour"));
     assert!(r.text.contains("tokenbot_mirror_backlog"));
     assert!(!r.text.contains("tok-u1"));
+}
+
+/// A wrong-typed value that an error message must not quote.
+const ECHO: &str = "echo-me-not-7f3a";
+
+/// How a route authenticates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Guard {
+    /// No credentials needed.
+    Public,
+    /// A user's JWT.
+    Jwt,
+    /// `X-API-Key`.
+    Key,
+    /// `X-API-Key` or `Authorization: Bearer <api key>` (`/api/integration`).
+    Integration,
+    /// `X-API-Key` or a user's JWT, which may act for its own user only.
+    KeyOrJwt,
+}
+
+/// What a route's JSON body is.
+enum BodyKind {
+    None,
+    /// `good` passes extraction (and auth); `wrong_type` has a field of the wrong type; `missing`
+    /// lacks a required field, with the status and code that earns.
+    Required {
+        good: Value,
+        wrong_type: Value,
+        missing: Option<(Value, u16, &'static str)>,
+    },
+    /// May be empty (which is not probed: it would act); otherwise as `Required`.
+    Optional {
+        good: Value,
+        wrong_type: Value,
+    },
+}
+
+/// Where a route names a broker, and what an unknown one earns.
+enum BrokerAt {
+    None,
+    /// `{broker}` in the path: 404, with this code.
+    Path(&'static str),
+    /// `?broker=`: a filter; the status and code of a well-formed id no strategy has (`None`:
+    /// a success with an empty result).
+    Query(Option<(u16, &'static str)>),
+    /// `"broker"` in the body: 422 `unknown_broker`.
+    Body,
+}
+
+/// One row per route of `ROUTES`.
+struct Row {
+    method: Method,
+    template: &'static str,
+    /// The template filled in for user `u1` at `kite`.
+    path: &'static str,
+    guard: Guard,
+    body: BodyKind,
+    broker: BrokerAt,
+    /// A request for something that does not exist (as the route's credentials): path, body,
+    /// and the code of the 404.
+    absent: Option<(&'static str, Option<Value>, &'static str)>,
+}
+
+fn rows() -> Vec<Row> {
+    use BodyKind as B;
+    use Guard as G;
+    let row = |method: Method, template: &'static str, path: &'static str, guard: Guard| Row {
+        method,
+        template,
+        path,
+        guard,
+        body: B::None,
+        broker: BrokerAt::None,
+        absent: None,
+    };
+    let mut credentials = kite_fields("1");
+    credentials["broker"] = json!("kite");
+    let mut credentials_wrong = credentials.clone();
+    credentials_wrong["auto_refresh"] = json!(ECHO);
+    let mut credentials_missing = credentials.clone();
+    credentials_missing
+        .as_object_mut()
+        .unwrap()
+        .remove("broker");
+    let mut provision_wrong = kite_fields("1");
+    provision_wrong["managed_externally"] = json!(1);
+    let mut provision_missing = kite_fields("1");
+    provision_missing
+        .as_object_mut()
+        .unwrap()
+        .remove("password");
+    vec![
+        row(Method::GET, "/health", "/health", G::Public),
+        row(
+            Method::GET,
+            "/health/detailed",
+            "/health/detailed",
+            G::Public,
+        ),
+        Row {
+            body: B::Required {
+                good: credentials,
+                wrong_type: credentials_wrong,
+                missing: Some((credentials_missing, 422, "invalid_body")),
+            },
+            broker: BrokerAt::Body,
+            ..row(Method::POST, "/api/credentials", "/api/credentials", G::Jwt)
+        },
+        row(
+            Method::GET,
+            "/api/credentials/status",
+            "/api/credentials/status",
+            G::Jwt,
+        ),
+        Row {
+            broker: BrokerAt::Query(Some((404, "no_account"))),
+            absent: Some(("/api/credentials?broker=iifl", None, "no_account")),
+            ..row(
+                Method::DELETE,
+                "/api/credentials",
+                "/api/credentials",
+                G::Jwt,
+            )
+        },
+        Row {
+            body: B::Required {
+                good: json!({"broker": "kite", "auto_refresh": false}),
+                wrong_type: json!({"broker": "kite", "auto_refresh": ECHO}),
+                missing: Some((json!({"broker": "kite"}), 422, "invalid_body")),
+            },
+            broker: BrokerAt::Body,
+            absent: Some((
+                "/api/credentials/toggle",
+                Some(json!({"broker": "iifl", "auto_refresh": false})),
+                "no_account",
+            )),
+            ..row(
+                Method::PATCH,
+                "/api/credentials/toggle",
+                "/api/credentials/toggle",
+                G::Jwt,
+            )
+        },
+        Row {
+            body: B::Optional {
+                good: json!({"broker": "kite"}),
+                wrong_type: json!({"broker": 5}),
+            },
+            broker: BrokerAt::Body,
+            absent: Some((
+                "/api/tokens/refresh",
+                Some(json!({"broker": "iifl"})),
+                "no_account",
+            )),
+            ..row(
+                Method::POST,
+                "/api/tokens/refresh",
+                "/api/tokens/refresh",
+                G::Jwt,
+            )
+        },
+        row(
+            Method::GET,
+            "/api/tokens/status",
+            "/api/tokens/status",
+            G::Jwt,
+        ),
+        Row {
+            broker: BrokerAt::Query(Some((404, "no_valid_token"))),
+            absent: Some(("/api/tokens/u9", None, "no_valid_token")),
+            ..row(
+                Method::GET,
+                "/api/tokens/{userId}",
+                "/api/tokens/u1",
+                G::Key,
+            )
+        },
+        Row {
+            broker: BrokerAt::Query(Some((404, "no_account"))),
+            absent: Some(("/api/tokens/logs/u9", None, "no_account")),
+            ..row(
+                Method::GET,
+                "/api/tokens/logs/{userId}",
+                "/api/tokens/logs/u1",
+                G::KeyOrJwt,
+            )
+        },
+        Row {
+            broker: BrokerAt::Query(None),
+            ..row(
+                Method::POST,
+                "/api/integration/tokens/refresh-all",
+                "/api/integration/tokens/refresh-all",
+                G::Integration,
+            )
+        },
+        Row {
+            broker: BrokerAt::Query(Some((404, "no_account"))),
+            absent: Some(("/api/integration/tokens/refresh/u9", None, "no_account")),
+            ..row(
+                Method::POST,
+                "/api/integration/tokens/refresh/{userId}",
+                "/api/integration/tokens/refresh/u1",
+                G::Integration,
+            )
+        },
+        Row {
+            body: B::Required {
+                good: kite_fields("1"),
+                wrong_type: provision_wrong,
+                missing: Some((provision_missing, 422, "invalid_fields")),
+            },
+            broker: BrokerAt::Path("unknown_broker"),
+            ..row(
+                Method::PUT,
+                "/api/users/{userId}/accounts/{broker}",
+                "/api/users/u1/accounts/kite",
+                G::Key,
+            )
+        },
+        Row {
+            body: B::Required {
+                good: json!({"auto_refresh": false}),
+                wrong_type: json!({"auto_refresh": ECHO}),
+                missing: Some((json!({}), 422, "nothing_to_change")),
+            },
+            broker: BrokerAt::Path("no_account"),
+            absent: Some((
+                "/api/users/u9/accounts/kite",
+                Some(json!({"auto_refresh": false})),
+                "no_account",
+            )),
+            ..row(
+                Method::PATCH,
+                "/api/users/{userId}/accounts/{broker}",
+                "/api/users/u1/accounts/kite",
+                G::Key,
+            )
+        },
+        Row {
+            broker: BrokerAt::Path("no_account"),
+            absent: Some(("/api/users/u9/accounts/kite", None, "no_account")),
+            ..row(
+                Method::DELETE,
+                "/api/users/{userId}/accounts/{broker}",
+                "/api/users/u1/accounts/kite",
+                G::Key,
+            )
+        },
+        Row {
+            broker: BrokerAt::Query(None),
+            ..row(Method::GET, "/api/users", "/api/users", G::Key)
+        },
+        Row {
+            broker: BrokerAt::Path("unknown_broker"),
+            absent: Some(("/api/login/kite/u9/url", None, "no_account")),
+            ..row(
+                Method::GET,
+                "/api/login/{broker}/{userId}/url",
+                "/api/login/kite/u1/url",
+                G::KeyOrJwt,
+            )
+        },
+        Row {
+            broker: BrokerAt::Path("unknown_broker"),
+            ..row(
+                Method::GET,
+                "/callback/{broker}",
+                "/callback/kite?state=0000",
+                G::Public,
+            )
+        },
+        row(Method::GET, "/openapi.json", "/openapi.json", G::Public),
+        row(Method::GET, "/metrics", "/metrics", G::Public),
+    ]
+}
+
+/// Every error body is `{"error":{"code","message"}}` (those keys only, non-empty strings), as JSON.
+fn assert_error_shape(r: &Reply, what: &str) {
+    assert!(
+        r.status.is_client_error() || r.status.is_server_error(),
+        "{what}: not an error: {} {}",
+        r.status,
+        r.text
+    );
+    assert!(
+        r.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "{what}: not JSON: {:?}",
+        r.headers.get("content-type")
+    );
+    let top = r
+        .json
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: {}", r.text));
+    assert_eq!(top.len(), 1, "{what}: {}", r.text);
+    let error = top["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: {}", r.text));
+    let keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["code", "message"], "{what}: {}", r.text);
+    for key in keys {
+        assert!(
+            error[key].as_str().is_some_and(|s| !s.is_empty()),
+            "{what}: {key} in {}",
+            r.text
+        );
+    }
+}
+
+/// Every route of `ROUTES`, by a table that must name each of them: 401 without and with wrong
+/// credentials (the wrong kind included), 403 for another user's JWT, 404 for what is absent;
+/// for bodies 400 on malformed JSON, 415 on another content type, 413 over the limit (with and
+/// without a length), 422 on a wrong type, a missing field or a non-object; an unknown broker is
+/// 404 in a path and 422 in a body, and a `?broker=` filter naming no strategy finds nothing (404
+/// on routes for one user's accounts, an empty success on list and batch routes); a malformed
+/// `?broker=` is 400. Every error has the one JSON shape and a status the OpenAPI document lists
+/// for the operation.
+#[tokio::test]
+async fn every_route_refuses_bad_requests_with_the_documented_error() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let t = TestApi::new();
+    t.seed("u1", "kite", Some(HOUR));
+    let doc: Value = serde_json::from_str(tokenbot::api::openapi::document()).unwrap();
+    let rows = rows();
+    let undocumented = std::cell::RefCell::new(BTreeSet::new());
+
+    let listed: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.method.to_string(), r.template.to_owned()))
+        .collect();
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect();
+    assert_eq!(listed.len(), rows.len(), "a route has two rows");
+    assert_eq!(
+        listed, routed,
+        "the table and ROUTES differ: add a row for each new route"
+    );
+
+    // A fresh peer address per request keeps the failed-authentication limit out of the way.
+    let next = AtomicU32::new(1);
+    let send = |req: axum::http::Request<axum::body::Body>| {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let peer = std::net::SocketAddr::from(([10, 9, (n >> 8) as u8, n as u8], 40000));
+        t.send_from(peer, req)
+    };
+
+    let wrong_secret = As::Jwt(jwt_with(
+        json!({"sub": "u1", "exp": now_secs() + 3600}),
+        "not-the-jwt-secret-0123456789",
+    ));
+    let expired = As::Jwt(jwt_with(
+        json!({"sub": "u1", "exp": now_secs() - 3600}),
+        JWT_SECRET,
+    ));
+    let unsigned = As::Jwt(jwt_none("u1"));
+    let huge = format!(
+        "{{\"broker\": \"kite\", \"pad\": \"{}\"}}",
+        "x".repeat(BODY_LIMIT)
+    );
+
+    for row in &rows {
+        let route = format!("{} {}", row.method, row.template);
+        let operation = &doc["paths"][row.template][row.method.as_str().to_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{route}: not in the OpenAPI document"
+        );
+        let documented = |status: u16| operation["responses"][status.to_string()].is_object();
+        let good_who = match row.guard {
+            Guard::Public | Guard::Key | Guard::KeyOrJwt | Guard::Integration => KEY,
+            Guard::Jwt => jwt("u1"),
+        };
+        let good_body = match &row.body {
+            BodyKind::None => None,
+            BodyKind::Required { good, .. } | BodyKind::Optional { good, .. } => Some(good.clone()),
+        };
+        // Send, and check the status, code, error shape and documentation of an error.
+        let expect = |what: &str, req, status: u16, code: &'static str| {
+            let what = format!("{route}: {what}");
+            let (send, undocumented) = (&send, &undocumented);
+            async move {
+                let r = send(req).await;
+                assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text);
+                assert_error_shape(&r, &what);
+                assert_eq!(r.code(), code, "{what}: {}", r.text);
+                if !documented(status) {
+                    undocumented
+                        .borrow_mut()
+                        .insert(format!("{status}: {what}"));
+                }
+                r
+            }
+        };
+
+        // Credentials.
+        let wrong: Vec<(&str, As)> = match row.guard {
+            Guard::Public => vec![],
+            Guard::Jwt => vec![
+                ("a JWT signed with another secret", wrong_secret.clone()),
+                ("an expired JWT", expired.clone()),
+                ("an unsigned JWT", unsigned.clone()),
+                ("an API key in X-API-Key", KEY),
+                ("an API key as bearer", As::BearerKey(BACKEND_KEY)),
+            ],
+            Guard::Key => vec![
+                ("a wrong API key", As::Key("not-a-key")),
+                ("a user's JWT", jwt("u1")),
+                ("the API key as bearer", As::BearerKey(BACKEND_KEY)),
+            ],
+            Guard::Integration => vec![
+                ("a wrong API key", As::Key("not-a-key")),
+                ("a wrong bearer key", As::BearerKey("not-a-key")),
+                ("a user's JWT", jwt("u1")),
+            ],
+            Guard::KeyOrJwt => vec![
+                ("a wrong API key", As::Key("not-a-key")),
+                ("a JWT signed with another secret", wrong_secret.clone()),
+                ("an expired JWT", expired.clone()),
+                ("an unsigned JWT", unsigned.clone()),
+            ],
+        };
+        if row.guard == Guard::Public {
+            for who in [As::Nobody, As::Key("not-a-key"), wrong_secret.clone()] {
+                let r = send(request(row.method.clone(), row.path, &who, None)).await;
+                assert!(
+                    ![401, 403].contains(&r.status.as_u16()),
+                    "{route} is public but answered {} to {who:?}",
+                    r.status
+                );
+            }
+        } else {
+            let r = expect(
+                "no credentials",
+                request(row.method.clone(), row.path, &As::Nobody, good_body.clone()),
+                401,
+                "unauthorized",
+            )
+            .await;
+            assert_eq!(r.headers["www-authenticate"], "Bearer", "{route}");
+            for (what, who) in wrong {
+                expect(
+                    what,
+                    request(row.method.clone(), row.path, &who, good_body.clone()),
+                    401,
+                    "unauthorized",
+                )
+                .await;
+            }
+        }
+        if row.guard == Guard::KeyOrJwt && row.template.contains("{userId}") {
+            expect(
+                "another user's JWT",
+                request(row.method.clone(), row.path, &jwt("u2"), None),
+                403,
+                "forbidden",
+            )
+            .await;
+        }
+        if row.template.contains("{userId}") {
+            let path = row.path.replace("/u1", "/a%20b");
+            assert_ne!(path, row.path);
+            expect(
+                "an invalid user id",
+                request(row.method.clone(), &path, &good_who, good_body.clone()),
+                400,
+                "invalid_id",
+            )
+            .await;
+        }
+        if let Some((path, body, code)) = &row.absent {
+            expect(
+                "something absent",
+                request(row.method.clone(), path, &good_who, body.clone()),
+                404,
+                code,
+            )
+            .await;
+        }
+
+        // Bodies.
+        if let BodyKind::Required { wrong_type, .. } | BodyKind::Optional { wrong_type, .. } =
+            &row.body
+        {
+            let raw_body = |content_type: &str, text: &str| {
+                raw(row.method.clone(), row.path, &good_who, content_type, text)
+            };
+            for text in ["{\"broker\": ", "{\"broker\": \"kite\",}", "{} {}", "nope"] {
+                expect(
+                    &format!("malformed JSON {text:?}"),
+                    raw_body("application/json", text),
+                    400,
+                    "malformed_json",
+                )
+                .await;
+            }
+            let r = expect(
+                "a wrong type",
+                request(
+                    row.method.clone(),
+                    row.path,
+                    &good_who,
+                    Some(wrong_type.clone()),
+                ),
+                422,
+                "invalid_body",
+            )
+            .await;
+            assert!(
+                !r.text.contains(ECHO),
+                "{route}: a value was echoed: {}",
+                r.text
+            );
+            for not_an_object in [json!([1, 2]), json!("kite"), json!(null)] {
+                expect(
+                    &format!("a body that is not an object ({not_an_object})"),
+                    request(row.method.clone(), row.path, &good_who, Some(not_an_object)),
+                    422,
+                    "invalid_body",
+                )
+                .await;
+            }
+            let mut unknown_field = good_body.clone().unwrap();
+            unknown_field["no_such_field"] = json!(true);
+            expect(
+                "an unknown field",
+                request(row.method.clone(), row.path, &good_who, Some(unknown_field)),
+                422,
+                "invalid_body",
+            )
+            .await;
+            if let BodyKind::Required {
+                missing: Some((body, status, code)),
+                ..
+            } = &row.body
+            {
+                expect(
+                    "a missing field",
+                    request(row.method.clone(), row.path, &good_who, Some(body.clone())),
+                    *status,
+                    code,
+                )
+                .await;
+            }
+            expect(
+                "a text/plain body",
+                raw_body("text/plain", "{}"),
+                415,
+                "unsupported_media_type",
+            )
+            .await;
+            expect(
+                "a body over the limit",
+                raw_body("application/json", &huge),
+                413,
+                "payload_too_large",
+            )
+            .await;
+            // The same without a Content-Length: the limit holds on a streamed body too.
+            let mut streamed = raw_body("application/json", "");
+            let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = huge
+                .as_bytes()
+                .chunks(512)
+                .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+                .collect();
+            *streamed.body_mut() = axum::body::Body::from_stream(futures::stream::iter(chunks));
+            expect(
+                "a streamed body over the limit",
+                streamed,
+                413,
+                "payload_too_large",
+            )
+            .await;
+        }
+
+        // Unknown brokers.
+        match &row.broker {
+            BrokerAt::None => {}
+            BrokerAt::Path(code) => {
+                let path = row.path.replace("/kite", "/nosuch");
+                assert_ne!(path, row.path);
+                expect(
+                    "an unknown broker in the path",
+                    request(row.method.clone(), &path, &good_who, good_body.clone()),
+                    404,
+                    code,
+                )
+                .await;
+            }
+            BrokerAt::Body => {
+                let mut body = good_body.clone().unwrap();
+                body["broker"] = json!("nosuch");
+                let r = expect(
+                    "an unknown broker in the body",
+                    request(row.method.clone(), row.path, &good_who, Some(body)),
+                    422,
+                    "unknown_broker",
+                )
+                .await;
+                assert!(r.text.contains("nosuch"), "{route}: {}", r.text);
+            }
+            BrokerAt::Query(answer) => {
+                let path = format!("{}?broker=nosuch", row.path);
+                match answer {
+                    Some((status, code)) => {
+                        expect(
+                            "an unknown broker in the query",
+                            request(row.method.clone(), &path, &good_who, None),
+                            *status,
+                            code,
+                        )
+                        .await;
+                    }
+                    None => {
+                        let r = send(request(row.method.clone(), &path, &good_who, None)).await;
+                        r.expect(200);
+                        assert_eq!(r.json["total"], 0, "{route}: {}", r.text);
+                    }
+                }
+                for bad in ["Not%20Valid", "a%2Fb", "%FF"] {
+                    let path = format!("{}?broker={bad}", row.path);
+                    let r = send(request(row.method.clone(), &path, &good_who, None)).await;
+                    r.expect(400);
+                    assert_error_shape(&r, &format!("{route}: ?broker={bad}"));
+                    assert!(
+                        ["invalid_id", "invalid_query"].contains(&r.code()),
+                        "{route}: ?broker={bad}: {}",
+                        r.text
+                    );
+                    if !documented(400) {
+                        undocumented
+                            .borrow_mut()
+                            .insert(format!("400: {route}: ?broker={bad}"));
+                    }
+                }
+            }
+        }
+    }
+    let undocumented = undocumented.into_inner();
+    assert!(
+        undocumented.is_empty(),
+        "answers the OpenAPI document does not list:\n{}",
+        undocumented.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    // Nothing above acted: the one account is as it was.
+    let key = tokenbot::vault::AccountKey::parse("u1", "kite").unwrap();
+    let account = t.vault().get_account(&key).unwrap().unwrap();
+    assert!(account.auto_refresh && !account.managed_externally);
+    assert_eq!(t.vault().list_accounts().unwrap().len(), 1);
+
+    // Only a miss turns into `unknown_broker`: an account whose strategy is gone still toggles.
+    t.seed("u3", "gone", None);
+    let r = send(request(
+        Method::PATCH,
+        "/api/credentials/toggle",
+        &jwt("u3"),
+        Some(json!({"broker": "gone", "auto_refresh": false})),
+    ))
+    .await;
+    r.expect(200);
+    assert_eq!(r.json["state"], "paused");
 }

@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::UserJwt;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, blocking};
-use super::users::{BrokerQuery, DeletedOut, delete_account, plugin_for, set_flags, store_account};
+use super::users::{
+    BrokerQuery, DeletedOut, delete_account, plugin_for, set_flags, store_account, unknown_in_body,
+};
 use super::views::{AccountView, account_views, broker_id};
 use crate::provision::Fields;
 use crate::vault::{AccountKey, BrokerId, Flags, UserId};
@@ -72,6 +74,7 @@ pub struct CredentialsStatusOut {
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "Wrong types, unknown broker, or fields the broker does not take or needs", body = ErrorBody),
     ),
     security(("jwt" = []))
@@ -164,7 +167,7 @@ pub(super) async fn resolve_account(
     params(BrokerQuery),
     responses(
         (status = 200, description = "Removed with its token and attempts", body = DeletedOut),
-        (status = 400, description = "Several accounts and no `broker`", body = ErrorBody),
+        (status = 400, description = "Several accounts and no `broker`, or an invalid `broker`", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
     ),
@@ -187,10 +190,12 @@ pub async fn remove(
     request_body = ToggleBody,
     responses(
         (status = 200, description = "Changed", body = AccountView),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or an invalid broker id", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
-        (status = 422, description = "Wrong types or missing fields", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json`", body = ErrorBody),
+        (status = 422, description = "Wrong types, missing fields, or an unknown broker", body = ErrorBody),
     ),
     security(("jwt" = []))
 )]
@@ -199,7 +204,7 @@ pub async fn toggle(
     UserJwt(user): UserJwt,
     ApiJson(body): ApiJson<ToggleBody>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let key = AccountKey::new(user, BrokerId::new(body.broker)?);
+    let key = AccountKey::new(user, BrokerId::new(body.broker.clone())?);
     set_flags(
         &api,
         key,
@@ -209,5 +214,6 @@ pub async fn toggle(
         },
     )
     .await
+    .map_err(|e| unknown_in_body(&api, &body.broker, e))
     .map(Json)
 }

@@ -202,7 +202,21 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, Ap
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| describe_json_error(&e))?;
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // A body that is not JSON is malformed even when its first value already has the wrong
+        // shape (`{} {}` where fields are required): check the syntax before blaming the shape.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) if !syntax.is_data() => ApiError::bad_request(
+                "malformed_json",
+                format!(
+                    "the body is not valid JSON (line {}, column {})",
+                    syntax.line(),
+                    syntax.column()
+                ),
+            ),
+            _ => describe_json_error(&e),
+        }
+    })?;
     de.end().map_err(|e| {
         ApiError::bad_request(
             "malformed_json",

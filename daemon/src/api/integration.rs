@@ -96,6 +96,7 @@ pub(super) async fn run_refresh(
     params(BrokerQuery),
     responses(
         (status = 200, description = "Every account (at `broker`) refreshed; paused and externally managed ones skipped", body = RefreshSummaryDoc),
+        (status = 400, description = "Invalid `broker`", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
     ),
     security(("api_key" = []), ("api_key_bearer" = []))
@@ -121,6 +122,7 @@ pub async fn refresh_all(
     params(("userId" = String, Path, description = "The platform's user id"), BrokerQuery),
     responses(
         (status = 200, description = "The user's accounts (at `broker`) refreshed", body = RefreshSummaryDoc),
+        (status = 400, description = "Invalid user id or `broker`", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "No such user or account", body = ErrorBody),
     ),

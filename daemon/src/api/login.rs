@@ -238,6 +238,8 @@ pub async fn callback(
     ApiPath(broker): ApiPath<String>,
     ApiQuery(query): ApiQuery<BTreeMap<String, String>>,
 ) -> Result<Json<CallbackOut>, ApiError> {
+    // An unknown broker is 404 whatever the query holds, and leaves any state unconsumed.
+    let (plugin, _) = plugin_for(&api, &broker, StatusCode::NOT_FOUND)?;
     let invalid = |m: &str| ApiError::bad_request("invalid_state", m.to_owned());
     // A broker that glues its own query onto the callback's (`state=S?code=...`) still leaves the
     // state first.
@@ -255,7 +257,6 @@ pub async fn callback(
         tracing::warn!(account = %key, callback = %broker, "assisted-login state used on another broker's callback; refused");
         return Err(invalid("this login state was issued for another broker"));
     }
-    let (plugin, _) = plugin_for(&api, &broker, StatusCode::NOT_FOUND)?;
     let (account, credentials) = load(&api, key.clone()).await?;
     let request = wire::AssistedFinishRequest {
         v: wire::WIRE_VERSION,

@@ -13,7 +13,7 @@ use super::ApiState;
 use super::auth::{Caller, ServiceKey, UserJwt};
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
 use super::integration::{RefreshSummaryDoc, run_refresh};
-use super::users::BrokerQuery;
+use super::users::{BrokerQuery, unknown_in_body};
 use super::views::{AttemptOut, broker_id, iso, user_id};
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger};
@@ -124,10 +124,12 @@ pub struct RefreshBody {
     request_body(content = Option<RefreshBody>, description = "Optional; an empty body refreshes every account of the caller"),
     responses(
         (status = 200, description = "The outcome per account", body = RefreshSummaryDoc),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or an invalid broker id", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
         (status = 404, description = "No account (at that broker)", body = ErrorBody),
-        (status = 422, description = "Wrong types", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json`", body = ErrorBody),
+        (status = 422, description = "Wrong types, or an unknown broker", body = ErrorBody),
     ),
     security(("jwt" = []))
 )]
@@ -137,6 +139,7 @@ pub async fn refresh_mine(
     OptionalJson(body): OptionalJson<RefreshBody>,
 ) -> Result<Json<RefreshSummary>, ApiError> {
     let broker = broker_id(body.broker)?;
+    let named = broker.clone();
     run_refresh(
         &api,
         Selection {
@@ -146,6 +149,10 @@ pub async fn refresh_mine(
         Trigger::Api,
     )
     .await
+    .map_err(|e| match &named {
+        Some(b) => unknown_in_body(&api, b.as_str(), e),
+        None => e,
+    })
     .map(Json)
 }
 
@@ -249,6 +256,7 @@ pub struct LogsOut {
     params(("userId" = String, Path, description = "The platform's user id"), LogsQuery),
     responses(
         (status = 200, description = "Recent login attempts, newest first", body = LogsOut),
+        (status = 400, description = "Invalid user id, `broker` or `limit`", body = ErrorBody),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
         (status = 403, description = "A user's token for another user", body = ErrorBody),
         (status = 404, description = "The user has no account (at that broker)", body = ErrorBody),

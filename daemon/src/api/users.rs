@@ -101,6 +101,19 @@ pub(super) fn plugin_for(
     Ok((plugin, id))
 }
 
+/// The answer to a request naming `broker` in its body that found no account: 422
+/// `unknown_broker` when no strategy has that id (an unknown broker is 422 in a body), else `miss`
+/// itself. Only a miss is turned, so an account whose strategy was removed can still be changed.
+pub(super) fn unknown_in_body(api: &ApiState, broker: &str, miss: ApiError) -> ApiError {
+    if miss.code() != "no_account" {
+        return miss;
+    }
+    match plugin_for(api, broker, StatusCode::UNPROCESSABLE_ENTITY) {
+        Err(unknown) => unknown,
+        Ok(_) => miss,
+    }
+}
+
 /// Store an account from provisioned fields. Whether it was created (not replaced), and its view.
 pub(super) async fn store_account(
     api: &Arc<ApiState>,
@@ -165,6 +178,7 @@ impl ProvisionBody {
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown broker", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "Wrong types, or fields the broker does not take or needs", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -208,9 +222,11 @@ pub async fn provision(
     request_body = FlagsBody,
     responses(
         (status = 200, description = "Changed", body = AccountView),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or an invalid id", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "Wrong types, or nothing to change", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -283,6 +299,7 @@ pub(super) async fn delete_account(
     ),
     responses(
         (status = 200, description = "Removed with its credentials, token and attempts", body = DeletedOut),
+        (status = 400, description = "Invalid user or broker id", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
     ),
@@ -305,6 +322,7 @@ pub async fn remove(
     params(BrokerQuery),
     responses(
         (status = 200, description = "Every account with its state; no secrets", body = AccountsOut),
+        (status = 400, description = "Invalid `broker`", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
     ),
     security(("api_key" = []))
