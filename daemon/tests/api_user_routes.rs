@@ -507,4 +507,11 @@ fn audit_batches_keep_their_order_and_the_retention_limit() {
         [5, 4, 3],
         "newest first, the oldest beyond 3 dropped"
     );
+    // A batch straddling the retention line: only its newest entries are still read.
+    assert_eq!(vault.append_audits(&[entry(6), entry(7)]).unwrap(), 7);
+    let times: Vec<i64> = vault.audit(10).unwrap().iter().map(|e| e.time_ms).collect();
+    assert_eq!(times, [7, 6, 5]);
+    let times: Vec<i64> = vault.audit(2).unwrap().iter().map(|e| e.time_ms).collect();
+    assert_eq!(times, [7, 6]);
+    assert!(vault.verify().unwrap().failures.is_empty());
 }

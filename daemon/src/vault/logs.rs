@@ -9,7 +9,7 @@ use super::model::{
     OutboxStatus, UserId,
 };
 use super::records::{from_plain_json, from_secret_json, to_secret_json};
-use super::{RecordKeys, Vault, VaultError, describe, next_seq, seal, unseal};
+use super::{RecordKeys, Vault, VaultError, describe, next_seq, seal, seq_of, unseal};
 
 const SEQ_ATTEMPT: &[u8] = b"seq/attempt";
 const SEQ_AUDIT: &[u8] = b"seq/audit";
@@ -199,23 +199,17 @@ impl Vault {
 
     /// Record a token read, dropping the oldest entries beyond the configured number.
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<u64, VaultError> {
-        let keep = self.options.audit_keep.max(1);
-        self.write_log(|tx, _| {
-            let seq = next_seq(tx, SEQ_AUDIT)?;
-            tx.put(
-                Table::Audit,
-                &seq.to_be_bytes(),
-                &serde_json::to_vec(entry).expect("audit entries serialise"),
-            )?;
-            if seq > keep {
-                tx.delete(Table::Audit, &(seq - keep).to_be_bytes())?;
-            }
-            Ok(seq)
-        })
+        self.append_audits(std::slice::from_ref(entry))
     }
 
     /// Record several token reads in one durable transaction (the API's group commit: concurrent
     /// reads share one fsync). Returns the sequence number of the last entry (0 for none).
+    ///
+    /// The batch is one record, keyed by its last sequence number, so it covers the numbers
+    /// after the previous record's key up to its own: a write costs one insert and, past the
+    /// retention, about one delete per batch instead of one each per read (per-entry records
+    /// took ~13% of the CPU of a loaded token-read benchmark). Records wholly older than the
+    /// newest `audit_keep` entries are deleted; readers cut the one that straddles the line.
     pub fn append_audits(&self, entries: &[AuditEntry]) -> Result<u64, VaultError> {
         let keep = self.options.audit_keep.max(1);
         if entries.is_empty() {
@@ -229,27 +223,43 @@ impl Vault {
             if last != first {
                 tx.put(Table::Meta, SEQ_AUDIT, &last.to_be_bytes())?;
             }
-            for (seq, entry) in (first..).zip(entries) {
-                tx.put(
-                    Table::Audit,
-                    &seq.to_be_bytes(),
-                    &serde_json::to_vec(entry).expect("audit entries serialise"),
-                )?;
-                if seq > keep {
-                    tx.delete(Table::Audit, &(seq - keep).to_be_bytes())?;
+            let batch = serde_json::to_vec(entries).expect("audit entries serialise");
+            tx.put(Table::Audit, &last.to_be_bytes(), &batch)?;
+            let cutoff = last.saturating_sub(keep);
+            while let Some((oldest, _)) = tx.scan(Table::Audit, &[], false, 1)?.pop() {
+                match seq_of(&oldest) {
+                    Some(seq) if seq <= cutoff => {
+                        tx.delete(Table::Audit, &oldest)?;
+                    }
+                    _ => break,
                 }
             }
             Ok(last)
         })
     }
 
-    /// Audit entries, newest first, at most `limit`.
+    /// Audit entries, newest first, at most `limit` (and at most the newest `audit_keep`).
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, VaultError> {
+        let keep = self.options.audit_keep.max(1);
         self.read(|tx, _| {
-            tx.scan(Table::Audit, &[], true, limit)?
-                .iter()
-                .map(|(k, v)| from_plain_json(Table::Audit, k, v))
-                .collect()
+            // Every record holds at least one entry: `limit` records are enough.
+            let records = tx.scan(Table::Audit, &[], true, limit)?;
+            let Some(newest) = records.first().and_then(|(k, _)| seq_of(k)) else {
+                return Ok(Vec::new());
+            };
+            let cutoff = newest.saturating_sub(keep);
+            let mut out = Vec::new();
+            for (key, value) in &records {
+                let last = seq_of(key).unwrap_or_default();
+                let batch = audit_batch(key, value)?;
+                for (n, entry) in batch.into_iter().rev().enumerate() {
+                    if out.len() == limit || last.saturating_sub(n as u64) <= cutoff {
+                        return Ok(out);
+                    }
+                    out.push(entry);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -287,4 +297,22 @@ impl Vault {
     pub fn outbox_len(&self) -> Result<u64, VaultError> {
         self.read(|tx, _| tx.len(Table::Outbox))
     }
+}
+
+/// An audit record: a batch (a JSON array), or one entry as records were written before batches.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AuditRecord {
+    Batch(Vec<AuditEntry>),
+    One(AuditEntry),
+}
+
+/// The entries of the audit record at `key`, oldest first.
+pub(crate) fn audit_batch(key: &[u8], value: &[u8]) -> Result<Vec<AuditEntry>, VaultError> {
+    Ok(
+        match from_plain_json::<AuditRecord>(Table::Audit, key, value)? {
+            AuditRecord::Batch(entries) => entries,
+            AuditRecord::One(entry) => vec![entry],
+        },
+    )
 }

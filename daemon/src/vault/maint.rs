@@ -6,7 +6,7 @@ use std::path::Path;
 use super::engine::{self, Mode, Table};
 use super::key::KdfRecord;
 use super::logs::{open_outbox, parse_attempt};
-use super::model::{Account, AccountKey, AuditEntry, VerifyFailure, VerifyReport};
+use super::model::{Account, AccountKey, VerifyFailure, VerifyReport};
 use super::records::{from_plain_json, open_credentials, open_token};
 use super::{
     Engine, KeyMaterial, META_KEY_CHECK, RecordKeys, Vault, VaultError, describe, read_kdf,
@@ -88,7 +88,7 @@ impl Vault {
                 }
             }
             for (k, v) in tx.scan(Table::Audit, &[], false, usize::MAX)? {
-                if let Err(e) = from_plain_json::<AuditEntry>(Table::Audit, &k, &v) {
+                if let Err(e) = super::logs::audit_batch(&k, &v) {
                     failures.push(fail(Table::Audit, &k, e.to_string()));
                 }
             }

@@ -448,7 +448,6 @@ fn write_key_records(
 
 /// A printable name for a record key: ids and sequence numbers only.
 fn describe(table: Table, key: &[u8]) -> String {
-    let seq = |b: &[u8]| b.try_into().map(u64::from_be_bytes).ok();
     match table {
         Table::Meta => String::from_utf8_lossy(key).into_owned(),
         Table::Accounts | Table::Credentials | Table::Tokens => {
@@ -458,10 +457,12 @@ fn describe(table: Table, key: &[u8]) -> String {
             }
         }
         Table::Attempts => match AccountKey::decode_prefix(key) {
-            Some((k, rest)) if rest.len() == 8 => format!("{k}#{}", seq(rest).unwrap_or_default()),
+            Some((k, rest)) if rest.len() == 8 => {
+                format!("{k}#{}", seq_of(rest).unwrap_or_default())
+            }
             _ => format!("(undecodable key of {} bytes)", key.len()),
         },
-        Table::Audit | Table::Outbox => match seq(key) {
+        Table::Audit | Table::Outbox => match seq_of(key) {
             Some(n) => format!("#{n}"),
             None => format!("(undecodable key of {} bytes)", key.len()),
         },
@@ -488,6 +489,11 @@ fn unseal(
 }
 
 /// Next value of the counter `name` in the meta table (starts at 1).
+/// The sequence number a log key (8 bytes, big-endian) holds.
+fn seq_of(key: &[u8]) -> Option<u64> {
+    key.try_into().map(u64::from_be_bytes).ok()
+}
+
 fn next_seq(tx: &mut dyn WriteTx, name: &[u8]) -> Result<u64, VaultError> {
     let current = match tx.get(Table::Meta, name)? {
         Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
