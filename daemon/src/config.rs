@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Data, Env, Format, Serialized, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -433,8 +433,26 @@ impl Config {
                 "file not found",
             ));
         }
+        Self::load_layered(Toml::file(path), env)
+    }
+
+    /// Parse `toml` as the configuration file's text, with the same layering (defaults, this text,
+    /// `TOKENBOT_*` of the process environment, then `env` for the Node names and `PORT`) and
+    /// validation as [`Config::load_with_env`].
+    pub fn from_toml_str(
+        toml: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Self::load_layered(Toml::string(toml), env)
+    }
+
+    /// Defaults, then `file`, then the environment; then validation.
+    fn load_layered(
+        file: Data<Toml>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(path))
+            .merge(file)
             // Every setting lives in a section, so only nested names (`TOKENBOT_SERVER__LISTEN`) are
             // configuration; `TOKENBOT_CONFIG`, `TOKENBOT_API_KEY`, ... are read elsewhere.
             .merge(
@@ -686,6 +704,22 @@ mod tests {
             err.contains("mirror.postgres.url") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn toml_text_loads_like_the_file() {
+        let toml = "[server]\nlisten = \"0.0.0.0:1\"\n[refresh]\nmax_attempts = 5\n";
+        let env = |k: &str| (k == "PORT").then(|| "4000".to_owned());
+        let text = Config::from_toml_str(toml, env).unwrap();
+        let file = load(toml, &[("PORT", "4000")]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&text).unwrap(),
+            serde_json::to_value(&file).unwrap()
+        );
+        let err = Config::from_toml_str("[refresh]\nmax_attempts = 0\n", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refresh.max_attempts"), "{err}");
     }
 
     #[test]

@@ -383,19 +383,31 @@ impl Plugin {
         if out.overflowed() {
             return Err(CallError::OutputTooLarge);
         }
-        match status {
-            Status::OK => {
-                serde_json::from_slice(out.bytes()).map_err(|e| CallError::BadOutput(e.to_string()))
-            }
-            Status::ERROR => match serde_json::from_slice::<ErrorOutput>(out.bytes()) {
-                Ok(error) => Err(CallError::Failed(error)),
-                Err(e) => Err(CallError::BadOutput(e.to_string())),
-            },
-            Status::PANIC => Err(CallError::Panicked),
-            Status::UNSUPPORTED => Err(CallError::Unsupported(what)),
-            Status::TOO_LARGE => Err(CallError::OutputTooLarge),
-            other => Err(CallError::Status(other.0)),
+        decode_output(status, out.bytes(), what)
+    }
+}
+
+/// Turn what a plugin function returned (its status and the bytes it wrote into the sink) into the
+/// call's result: `Out` for [`Status::OK`], the plugin's [`ErrorOutput`] for [`Status::ERROR`],
+/// and a [`CallError`] for anything else. `what` names the function for
+/// [`CallError::Unsupported`]. Plugin output is untrusted: this never panics (`daemon/fuzz`).
+pub fn decode_output<Out: DeserializeOwned>(
+    status: Status,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<Out, CallError> {
+    match status {
+        Status::OK => {
+            serde_json::from_slice(bytes).map_err(|e| CallError::BadOutput(e.to_string()))
         }
+        Status::ERROR => match serde_json::from_slice::<ErrorOutput>(bytes) {
+            Ok(error) => Err(CallError::Failed(error)),
+            Err(e) => Err(CallError::BadOutput(e.to_string())),
+        },
+        Status::PANIC => Err(CallError::Panicked),
+        Status::UNSUPPORTED => Err(CallError::Unsupported(what)),
+        Status::TOO_LARGE => Err(CallError::OutputTooLarge),
+        other => Err(CallError::Status(other.0)),
     }
 }
 

@@ -34,7 +34,7 @@ pub enum TotpSecretError {
 pub fn parse_secret(input: &str) -> Result<Zeroizing<Vec<u8>>, TotpSecretError> {
     let input = input.trim();
     let base32: Zeroizing<String> =
-        if input.len() >= 10 && input[..10].eq_ignore_ascii_case("otpauth://") {
+        if input.len() >= 10 && input.as_bytes()[..10].eq_ignore_ascii_case(b"otpauth://") {
             let url = url::Url::parse(input).map_err(|_| TotpSecretError::Unparseable)?;
             let secret = url
                 .query_pairs()
@@ -211,6 +211,11 @@ mod tests {
             parse_secret("GEZDGNBV"),
             Err(TotpSecretError::TooShort(5))
         ));
+        // Found by `daemon/fuzz`: a character across byte 10 made the `otpauth://` check panic.
+        assert_eq!(
+            parse_secret("GEZDGNBVGé"),
+            Err(TotpSecretError::Unparseable)
+        );
     }
 
     #[test]
