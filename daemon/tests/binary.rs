@@ -40,11 +40,12 @@ fn tokenbot(dir: &Path) -> Command {
 
 /// Start `serve`; return the child, its address, and the log lines read up to "listening".
 fn serve(dir: &Path) -> (Child, String, Vec<String>) {
-    let mut child = tokenbot(dir)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    serve_with(tokenbot(dir).arg("serve"))
+}
+
+/// As [`serve`], with a command of the caller's (JSON logs required).
+fn serve_with(command: &mut Command) -> (Child, String, Vec<String>) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     let addr = loop {
@@ -117,27 +118,12 @@ fn serve_with_the_shipped_config_on_a_fresh_checkout_creates_a_dev_key_and_stops
         dir.path().join("tokenbot.toml"),
     )
     .unwrap();
-    let mut child = tokenbot(dir.path())
-        .arg("serve")
-        .env("TOKENBOT_SERVER__LISTEN", "127.0.0.1:0")
-        .env("TOKENBOT_LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let addr = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("serve exited before listening: {seen:#?}"))
-            .unwrap();
-        seen.push(line.clone());
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if json["fields"]["message"] == "listening" {
-            break json["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, addr, seen) = serve_with(
+        tokenbot(dir.path())
+            .arg("serve")
+            .env("TOKENBOT_SERVER__LISTEN", "127.0.0.1:0")
+            .env("TOKENBOT_LOG__FORMAT", "json"),
+    );
     assert!(
         seen.iter()
             .any(|l| l.contains("created a NEW DEVELOPMENT MASTER KEY")),
