@@ -683,6 +683,20 @@ mod tests {
 
     #[test]
     fn mirror_template_with_an_unknown_parameter_is_refused_at_start() {
+        // Found by `daemon/fuzz`: tokio-postgres reads a mistyped scheme as key=value pairs and
+        // quoted the URL up to its first `=` as an unknown option, password included.
+        for url in [
+            "postgress://u:hunter2@h/db?sslmode=require",
+            "POSTGRES://u:hunter2@h/db?sslmode=require",
+        ] {
+            let err = load(&format!("[mirror.postgres]\nurl = \"{url}\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("mirror.postgres.url") && !err.contains("hunter2"),
+                "{err}"
+            );
+        }
         let err = load(
             "[mirror.postgres]\nurl = \"postgres://u:pw@h/db\"\n\
              upsert_sql = \"UPDATE t SET a = $tokn WHERE id = $user_id\"\n",

@@ -201,7 +201,7 @@ fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConfigError> {
         if let Some(source) = std::error::Error::source(&e) {
             text.push_str(&format!(": {source}"));
         }
-        MirrorConfigError::Url(redact(&text, &[raw, &url]))
+        MirrorConfigError::Url(redact(&hide_odd_option(&text), &[raw, &url]))
     })?;
     if pg.get_application_name().is_none() {
         pg.application_name("tokenbot");
@@ -254,6 +254,32 @@ fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConfigError> {
         #[cfg(feature = "postgres-tls")]
         tls,
     })
+}
+
+/// tokio-postgres reads what is not a `postgres://` URL as key=value pairs, and quotes a key it
+/// does not know. For a mistyped URL (`postgress://u:pw@h/db?sslmode=require`) that "key" is the
+/// URL up to its first `=`, password included: a quoted key that is not a word is not repeated.
+fn hide_odd_option(message: &str) -> String {
+    const UNKNOWN: &str = "unknown option `";
+    let Some(start) = message.find(UNKNOWN) else {
+        return message.to_owned();
+    };
+    let key = start + UNKNOWN.len();
+    match message.rfind('`') {
+        Some(end)
+            if end >= key
+                && !message[key..end]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            format!(
+                "{}neither a postgres:// URL nor key=value pairs{}",
+                &message[..start],
+                &message[end + 1..]
+            )
+        }
+        _ => message.to_owned(),
+    }
 }
 
 /// `message` with every one of `secrets` replaced.
