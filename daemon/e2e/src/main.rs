@@ -182,6 +182,15 @@ struct Row {
     figures: String,
 }
 
+/// A scenario's row that also fails when the daemon did not survive it.
+fn row_alive(scenario: &'static str, pass: bool, figures: String, alive: bool) -> Row {
+    if alive {
+        row(scenario, pass, figures)
+    } else {
+        row(scenario, false, format!("the daemon died; {figures}"))
+    }
+}
+
 fn row(scenario: &'static str, pass: bool, figures: impl Into<String>) -> Row {
     let figures = figures.into();
     eprintln!(
@@ -439,15 +448,11 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             Duration::from_secs(args.load_secs),
         )
         .await;
-        let alive = daemon.alive();
-        rows.push(row(
+        rows.push(row_alive(
             "load",
-            report.pass() && alive,
-            if alive {
-                report.figures()
-            } else {
-                format!("the daemon died; {}", report.figures())
-            },
+            report.pass(),
+            report.figures(),
+            daemon.alive(),
         ));
     }
 
@@ -462,15 +467,11 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             header_read_timeout_secs,
         )
         .await;
-        let alive = daemon.alive();
-        rows.push(row(
+        rows.push(row_alive(
             "slowloris",
-            report.pass() && alive,
-            if alive {
-                report.figures()
-            } else {
-                format!("the daemon died; {}", report.figures())
-            },
+            report.pass(),
+            report.figures(),
+            daemon.alive(),
         ));
     }
 
