@@ -4,12 +4,18 @@ use std::fmt::Debug;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use futures::future::BoxFuture;
+
 /// A source of time that can also wait.
 pub trait Clock: Send + Sync + Debug {
     /// Now, in Unix milliseconds.
     fn now_ms(&self) -> i64;
     /// Block the calling thread for `ms` milliseconds of this clock's time.
     fn sleep_ms(&self, ms: u64);
+    /// Wait `ms` milliseconds of this clock's time without holding a thread.
+    fn wait_ms(&self, ms: u64) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms)))
+    }
 }
 
 /// The system clock.
@@ -72,5 +78,10 @@ impl Clock for ManualClock {
             .unwrap_or_else(|e| e.into_inner())
             .push(ms);
         self.advance(ms);
+    }
+
+    fn wait_ms(&self, ms: u64) -> BoxFuture<'static, ()> {
+        self.sleep_ms(ms);
+        Box::pin(std::future::ready(()))
     }
 }

@@ -530,3 +530,58 @@ async fn a_new_process_does_not_reuse_the_totp_step_an_earlier_one_used() {
             .all(|u| u.accepted)
     );
 }
+
+/// A second login within one TOTP step needs the next step. The refresher waits for it before
+/// the login starts, so the password is sent once per login and the code needs no wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_right_after_a_login_waits_for_the_next_step_before_the_password() {
+    let w = world(morning(), |_| {}).await;
+    account(&w, 70, KiteBehaviour::Happy, None);
+    for _ in 0..2 {
+        let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+        assert_eq!((summary.successful, summary.results[0].attempts), (1, 1));
+    }
+    // morning() is 20 s before the next step; the fake's requests take no manual-clock time.
+    assert_eq!(w.clock.sleeps(), vec![20_000]);
+    assert_eq!(w.kite.recorder().passwords("ZK0070").len(), 2);
+    let uses = w.kite.recorder().totp_uses("ZK0070");
+    assert_eq!(uses.len(), 2);
+    assert!(uses.iter().all(|u| u.accepted), "{uses:?}");
+}
+
+/// With a login timeout shorter than the wait for an unused step, the login could only fail at
+/// its TOTP step, after the password. It is not started; the failures reserve no step, so the
+/// account logs in at once when the step comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_totp_step_beyond_the_login_timeout_fails_without_sending_the_password() {
+    let w = world(morning(), |c| c.refresh.login_timeout_secs = 3).await;
+    let key = account(&w, 71, KiteBehaviour::Happy, None);
+    let first = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+    assert_eq!(first.successful, 1);
+    for _ in 0..3 {
+        let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+        let result = &summary.results[0];
+        assert_eq!(
+            (summary.failed, result.attempts, result.error_class.as_deref()),
+            (1, 3, Some("network"))
+        );
+        let message = result.message.as_deref().unwrap_or_default();
+        assert!(message.contains("broker was not contacted"), "{message}");
+    }
+    assert_eq!(w.kite.recorder().passwords("ZK0071").len(), 1);
+    // Each retry waited for the step to come within reach (20 s away, 3 s of budget).
+    let sleeps = w.sleeps.lock().unwrap().clone();
+    assert_eq!(sleeps.len(), 6, "{sleeps:?}");
+    assert!(sleeps.iter().all(|d| *d >= Duration::from_secs(17)), "{sleeps:?}");
+    // A network failure is not the account's fault; no step was burned, so once the next step
+    // starts the account logs in with no wait at all.
+    assert_eq!(
+        w.vault.get_account(&key).unwrap().unwrap().state(),
+        AccountState::Active
+    );
+    w.clock.advance(20_000);
+    let later = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+    assert_eq!((later.successful, later.results[0].attempts), (1, 1));
+    assert!(w.clock.sleeps().is_empty(), "{:?}", w.clock.sleeps());
+    assert_eq!(w.kite.recorder().passwords("ZK0071").len(), 2);
+}

@@ -724,8 +724,9 @@ const SCHEMATHESIS_VAULT: &str = "vault-schemathesis.redb";
 ///
 /// - `refresh.login_timeout_secs = 3`: each login of an account needs a TOTP step it has not
 ///   used; a refresh repeated within one 30 s step would wait for the next one (up to 35 s, which
-///   is correct behaviour) and schemathesis repeats refreshes dozens of times. With 3 s, such a
-///   login fails at once with the timeout error instead, which is answered like any failed login.
+///   is correct behaviour) and schemathesis repeats refreshes dozens of times. With 3 s, the
+///   refresher fails such a login at once, before it contacts the broker (class `network`), which
+///   is answered like any failed login.
 /// - `server.public_url`: set, as in a deployment that offers assisted login; without it
 ///   `GET /api/login/{broker}/{userId}/url` answers 503 `public_url_not_configured` by design.
 fn schemathesis_env(work: &Path, schema: &str) -> Vec<(String, String)> {

@@ -94,27 +94,50 @@ pub struct Reservation {
 impl StepGuard {
     /// Reserve the step whose code to hand out for `account` at `now_ms`: the current one if
     /// enough of it remains and it was never handed out, else the first later one that qualifies.
-    /// Reserving before waiting means two concurrent callers never get the same step.
-    pub fn reserve(&self, account: &str, now_ms: i64) -> Reservation {
-        let current = (now_ms / STEP_MS) as u64;
-        let remaining = STEP_MS - now_ms.rem_euclid(STEP_MS);
-        let mut step = if remaining < MIN_REMAINING_MS {
-            current + 1
-        } else {
-            current
-        };
+    /// Reserving before waiting means two concurrent callers never get the same step. A step that
+    /// starts more than `max_wait_ms` from now is not reserved (`Err` with its wait): a caller that
+    /// cannot wait for it must not push every later login's step further out.
+    pub fn reserve(
+        &self,
+        account: &str,
+        now_ms: i64,
+        max_wait_ms: u64,
+    ) -> Result<Reservation, u64> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&used) = last.get(account)
-            && used >= step
-        {
-            step = used + 1;
+        let next = next_step(last.get(account).copied(), now_ms);
+        if next.wait_ms > max_wait_ms {
+            return Err(next.wait_ms);
         }
-        last.insert(account.to_owned(), step);
-        let start_ms = step as i64 * STEP_MS;
-        Reservation {
-            step,
-            wait_ms: (start_ms - now_ms).max(0) as u64,
-        }
+        last.insert(account.to_owned(), next.step);
+        Ok(next)
+    }
+
+    /// How long a login of `account` starting at `now_ms` would wait for its code, reserving
+    /// nothing. The refresher waits this out before it sends a password.
+    pub fn wait_ms(&self, account: &str, now_ms: i64) -> u64 {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        next_step(last.get(account).copied(), now_ms).wait_ms
+    }
+}
+
+/// The first step at or after `now_ms` with enough validity left that comes after `used`.
+fn next_step(used: Option<u64>, now_ms: i64) -> Reservation {
+    let current = (now_ms / STEP_MS) as u64;
+    let remaining = STEP_MS - now_ms.rem_euclid(STEP_MS);
+    let mut step = if remaining < MIN_REMAINING_MS {
+        current + 1
+    } else {
+        current
+    };
+    if let Some(used) = used
+        && used >= step
+    {
+        step = used + 1;
+    }
+    let start_ms = step as i64 * STEP_MS;
+    Reservation {
+        step,
+        wait_ms: (start_ms - now_ms).max(0) as u64,
     }
 }
 
@@ -139,8 +162,7 @@ impl StepGuard {
 }
 
 /// Hand out a code for `account`, waiting on `clock` when the rules require it, but never longer
-/// than `max_wait_ms` (then `Err` with the wait that would have been needed; the reserved step is
-/// simply skipped).
+/// than `max_wait_ms` (then `Err` with the wait that would have been needed, and nothing reserved).
 pub fn fresh_code(
     guard: &StepGuard,
     clock: &dyn Clock,
@@ -148,10 +170,7 @@ pub fn fresh_code(
     secret: &[u8],
     max_wait_ms: u64,
 ) -> Result<FreshCode, u64> {
-    let reservation = guard.reserve(account, clock.now_ms());
-    if reservation.wait_ms > max_wait_ms {
-        return Err(reservation.wait_ms);
-    }
+    let reservation = guard.reserve(account, clock.now_ms(), max_wait_ms)?;
     if reservation.wait_ms > 0 {
         clock.sleep_ms(reservation.wait_ms);
     }
@@ -242,10 +261,29 @@ mod tests {
         assert_eq!(steps.len(), 4, "{steps:?}");
         // A step marked as used elsewhere (an earlier process) is skipped too.
         guard.mark_used("w/kite", 33_333_334);
-        assert!(guard.reserve("w/kite", 1_000_000_000_000).step > 33_333_334);
+        let reserved = guard.reserve("w/kite", 1_000_000_000_000, 60_000).unwrap();
+        assert!(reserved.step > 33_333_334);
         // Another account is independent: its current step is fine.
         let before = clock.sleeps().len();
         fresh_code(&guard, &clock, "v/kite", b"12345678901234567890", 60_000).unwrap();
         assert_eq!(clock.sleeps().len(), before);
+    }
+
+    #[test]
+    fn a_step_out_of_reach_is_not_reserved() {
+        // Step 100 was used; at 3_000_000 + 1 s (step 100 itself) the next is 29 s away.
+        let now = 100 * STEP_MS + 1_000;
+        let guard = StepGuard::default();
+        guard.mark_used("u/kite", 100);
+        assert_eq!(guard.wait_ms("u/kite", now), 29_000);
+        // A caller that can wait 3 s is refused, repeatedly, without pushing the step out.
+        for _ in 0..5 {
+            assert_eq!(guard.reserve("u/kite", now, 3_000), Err(29_000));
+        }
+        assert_eq!(guard.wait_ms("u/kite", now), 29_000);
+        let reserved = guard.reserve("u/kite", now, 30_000).unwrap();
+        assert_eq!((reserved.step, reserved.wait_ms), (101, 29_000));
+        // Once reserved, the wait for the next login moves to step 102.
+        assert_eq!(guard.wait_ms("u/kite", now), 59_000);
     }
 }

@@ -14,6 +14,7 @@ mod summary;
 pub use summary::{AccountResult, RefreshSummary};
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -395,10 +396,39 @@ impl Refresher {
         self.seed_totp_guard(key, &account_label).await;
         let broker_config = self.broker_config(key.broker.as_str());
         let limits = self.limits(&plugin);
-        let max_attempts = self.config.refresh.max_attempts;
         let mut attempt = 0;
+        let login_timeout_ms = self.config.refresh.login_timeout_secs.saturating_mul(1000);
         loop {
             attempt += 1;
+            // The code is asked for after the password was sent. If this account's next unused
+            // TOTP step is still ahead, wait for it here, holding no login slot, so that the
+            // login gets its code without waiting; if it is further ahead than a whole login may
+            // take, do not send the password at all.
+            let totp_wait = match totp_secret {
+                Some(_) => {
+                    (self.services.steps).wait_ms(&account_label, self.services.clock.now_ms())
+                }
+                None => 0,
+            };
+            if totp_wait > login_timeout_ms {
+                let message = format!(
+                    "the account's next unused TOTP step starts in {totp_wait} ms, later than \
+                     login_timeout_secs allows; the broker was not contacted"
+                );
+                let started_ms = self.services.clock.now_ms();
+                let result = Err(CallError::Failed(wire::ErrorOutput {
+                    retry_after_ms: Some(totp_wait - login_timeout_ms),
+                    ..wire::ErrorOutput::new(ErrorClass::Network, message)
+                }));
+                let record = attempt_record(started_ms, trigger, attempt, Duration::ZERO);
+                match self.settle(key, record, result).await {
+                    ControlFlow::Break(done) => return done,
+                    ControlFlow::Continue(()) => continue,
+                }
+            }
+            if totp_wait > 0 {
+                self.services.clock.wait_ms(totp_wait).await;
+            }
             let permits = (
                 self.global.clone().acquire_owned().await,
                 limits.logins.clone().acquire_owned().await,
@@ -454,58 +484,70 @@ impl Refresher {
                 .fetch_add(duration.as_millis() as u64, Ordering::Relaxed);
             metrics::histogram!("tokenbot_login_duration_seconds", "broker" => key.broker.as_str().to_owned())
                 .record(duration.as_secs_f64());
-            let mut record = Attempt {
-                time_ms: started_ms,
-                trigger,
-                attempt,
-                duration_ms: duration.as_millis() as u64,
-                outcome: Outcome::Success,
-                error_class: None,
-                message: None,
-            };
-            let (class, message, retry_after) = match result {
-                Ok(output) => {
-                    let stored = self.store_token(key, output).await;
-                    if let Err(e) = &stored {
-                        record.outcome = Outcome::Failed;
-                        record.error_class = Some("internal".into());
-                        record.message = Some(e.clone());
-                    }
-                    self.log_attempt(key, record).await;
-                    return match stored {
-                        Ok(()) => {
-                            self.successes.fetch_add(1, Ordering::Relaxed);
-                            count(key, "success", "");
-                            AccountResult::new(key, Outcome::Success, attempt)
-                        }
-                        Err(e) => {
-                            count(key, "failed", "internal");
-                            AccountResult::failed(key, "internal", e, attempt)
-                        }
-                    };
-                }
-                Err(CallError::Failed(e)) => (e.class, e.message, e.retry_after_ms),
-                // The plugin itself misbehaved: it is a strategy bug, never retried.
-                Err(other) => (ErrorClass::Protocol, other.to_string(), None),
-            };
-            record.outcome = Outcome::Failed;
-            record.error_class = Some(class.as_str().to_owned());
-            record.message = Some(message.clone());
-            self.log_attempt(key, record).await;
-            count(key, "failed", class.as_str());
-            tracing::warn!(
-                account = %format!("{}/{}", key.user.as_str(), key.broker.as_str()),
-                attempt, class = class.as_str(), %message, "login failed"
-            );
-            if class.is_retryable() && attempt < max_attempts {
-                (self.sleep)(self.backoff(attempt, retry_after)).await;
-                continue;
+            let record = attempt_record(started_ms, trigger, attempt, duration);
+            match self.settle(key, record, result).await {
+                ControlFlow::Break(done) => return done,
+                ControlFlow::Continue(()) => {}
             }
-            if class.is_retryable() {
-                return AccountResult::failed(key, class.as_str(), message, attempt);
-            }
-            return self.give_up(key, class, &message, attempt).await;
         }
+    }
+
+    /// Record one attempt's outcome (attempt log, metrics, the warning) and decide: done with a
+    /// result, or (after the backoff) try again.
+    async fn settle(
+        &self,
+        key: &AccountKey,
+        mut record: Attempt,
+        result: Result<wire::LoginOutput, CallError>,
+    ) -> ControlFlow<AccountResult> {
+        let attempt = record.attempt;
+        let (class, message, retry_after) = match result {
+            Ok(output) => {
+                let stored = self.store_token(key, output).await;
+                if let Err(e) = &stored {
+                    record.outcome = Outcome::Failed;
+                    record.error_class = Some("internal".into());
+                    record.message = Some(e.clone());
+                }
+                self.log_attempt(key, record).await;
+                return ControlFlow::Break(match stored {
+                    Ok(()) => {
+                        self.successes.fetch_add(1, Ordering::Relaxed);
+                        count(key, "success", "");
+                        AccountResult::new(key, Outcome::Success, attempt)
+                    }
+                    Err(e) => {
+                        count(key, "failed", "internal");
+                        AccountResult::failed(key, "internal", e, attempt)
+                    }
+                });
+            }
+            Err(CallError::Failed(e)) => (e.class, e.message, e.retry_after_ms),
+            // The plugin itself misbehaved: it is a strategy bug, never retried.
+            Err(other) => (ErrorClass::Protocol, other.to_string(), None),
+        };
+        record.outcome = Outcome::Failed;
+        record.error_class = Some(class.as_str().to_owned());
+        record.message = Some(message.clone());
+        self.log_attempt(key, record).await;
+        count(key, "failed", class.as_str());
+        tracing::warn!(
+            account = %format!("{}/{}", key.user.as_str(), key.broker.as_str()),
+            attempt, class = class.as_str(), error = %message, "login failed"
+        );
+        if class.is_retryable() && attempt < self.config.refresh.max_attempts {
+            (self.sleep)(self.backoff(attempt, retry_after)).await;
+            return ControlFlow::Continue(());
+        }
+        if class.is_retryable() {
+            return ControlFlow::Break(AccountResult::failed(
+                key,
+                class.as_str(),
+                message,
+                attempt,
+            ));
+        }
+        ControlFlow::Break(self.give_up(key, class, &message, attempt).await)
     }
 
     /// The TOTP guard lives in memory; an earlier process (the CLI, a daemon before a restart)
@@ -615,6 +657,19 @@ impl Refresher {
             .into_iter()
             .map(|s| (s.broker.clone(), s.next_after(now)))
             .collect()
+    }
+}
+
+/// The log record of an attempt, taken as a success until [`Refresher::settle`] learns otherwise.
+fn attempt_record(time_ms: i64, trigger: Trigger, attempt: u32, duration: Duration) -> Attempt {
+    Attempt {
+        time_ms,
+        trigger,
+        attempt,
+        duration_ms: duration.as_millis() as u64,
+        outcome: Outcome::Success,
+        error_class: None,
+        message: None,
     }
 }
 
