@@ -23,9 +23,31 @@ const NODE_ENV: &[(&str, &str)] = &[
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The sources could not be read or did not fit the schema (figment names key, value and source).
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
+    /// The sources did not fit the schema: key, value (unless the key holds a secret) and source.
+    /// Deliberately not the error's `source()`: an error chain printed with it would show
+    /// figment's own text, values of secret keys included.
+    #[error("configuration: {}", describe(.0))]
+    Load(Box<figment::Error>),
+    /// The file is not TOML. Only the position is quoted: the line may hold a secret.
+    #[error("configuration: {origin} is not valid TOML: {message} at line {line}, column {column}")]
+    Syntax {
+        /// The file, or "the configuration text".
+        origin: String,
+        /// 1-based.
+        line: usize,
+        /// 1-based, in characters.
+        column: usize,
+        /// What the parser expected (no quotation of the text).
+        message: String,
+    },
+    /// The file exists but cannot be read.
+    #[error("configuration: cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
     /// A value has the right type but is not acceptable.
     #[error("configuration: key `{key}` = {value:?}: {reason}")]
     Invalid {
@@ -36,6 +58,58 @@ pub enum ConfigError {
         /// Why it is refused.
         reason: String,
     },
+}
+
+/// Keys whose values are secrets: an error about one never shows the value.
+const SECRET_KEYS: &[&str] = &[
+    "vault.encryption_key",
+    "vault.passphrase",
+    "auth.jwt_secret",
+    "auth.api_key",
+    "mirror.postgres.url",
+];
+
+/// figment's errors, each with its key and source; for a secret key the value is left out.
+fn describe(errors: &figment::Error) -> String {
+    let mut lines = Vec::new();
+    for e in errors.clone() {
+        let key = e.path.join(".");
+        let text = if SECRET_KEYS.contains(&key.as_str()) {
+            let source = e.metadata.as_ref().map(|m| match &m.source {
+                Some(path) => format!(" in {path} {}", m.name),
+                None => format!(" in {}", m.name),
+            });
+            let source = source.unwrap_or_default();
+            format!("invalid value for key `{key}`{source} (a secret: its value is not shown)")
+        } else {
+            e.to_string()
+        };
+        lines.push(text);
+    }
+    lines.join("; ")
+}
+
+/// Refuse text that is not TOML with the parser's position and reason, never the line itself
+/// (figment's own error quotes it, and the line may hold a secret).
+fn check_syntax(text: &str, source: &str) -> Result<(), ConfigError> {
+    let Err(e) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    let start = e.span().map_or(0, |span| span.start).min(text.len());
+    let before = text.get(..start).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Err(ConfigError::Syntax {
+        origin: source.to_owned(),
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+        message: e.message().trim().to_owned(),
+    })
+}
+
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(e: Box<figment::Error>) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 impl ConfigError {
@@ -433,6 +507,16 @@ impl Config {
                 "file not found",
             ));
         }
+        match std::fs::read_to_string(path) {
+            Ok(text) => check_syntax(&text, &path.display().to_string())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         Self::load_layered(Toml::file(path), env)
     }
 
@@ -443,6 +527,7 @@ impl Config {
         toml: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        check_syntax(toml, "the configuration text")?;
         Self::load_layered(Toml::string(toml), env)
     }
 
@@ -734,6 +819,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("refresh.max_attempts"), "{err}");
+    }
+
+    /// The error as `main` prints it: with every `source()` in the chain.
+    fn chain(err: ConfigError) -> String {
+        format!("{:#}", anyhow::Error::new(err))
+    }
+
+    #[test]
+    fn a_syntax_error_gives_its_position_but_not_the_line() {
+        let text = "[vault]\npath = \"v.redb\"\n[auth]\njwt_secret = \"hunter2-very-secret\n";
+        let err = load(text, &[]).map(|_| ()).map_err(chain).unwrap_err();
+        assert!(
+            err.contains("not valid TOML")
+                && err.contains("line 4, column ")
+                && err.contains("tokenbot.toml"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = Config::from_toml_str(text, |_| None)
+            .map_err(chain)
+            .unwrap_err();
+        assert!(err.contains("line 4") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_named_but_not_shown() {
+        for (section, key) in [
+            ("vault", "encryption_key"),
+            ("vault", "passphrase"),
+            ("auth", "jwt_secret"),
+            ("auth", "api_key"),
+        ] {
+            let err = load(&format!("[{section}]\n{key} = 987654321987\n"), &[])
+                .map_err(chain)
+                .unwrap_err();
+            assert!(
+                err.contains(&format!("{section}.{key}")) && !err.contains("987654321987"),
+                "{err}"
+            );
+        }
+        let err = load(
+            "[mirror.postgres]\nurl = [\"postgres://u:hunter2@h/db\"]\n",
+            &[],
+        )
+        .map_err(chain)
+        .unwrap_err();
+        assert!(
+            err.contains("mirror.postgres.url") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]

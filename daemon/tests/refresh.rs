@@ -562,7 +562,11 @@ async fn a_totp_step_beyond_the_login_timeout_fails_without_sending_the_password
         let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
         let result = &summary.results[0];
         assert_eq!(
-            (summary.failed, result.attempts, result.error_class.as_deref()),
+            (
+                summary.failed,
+                result.attempts,
+                result.error_class.as_deref()
+            ),
             (1, 3, Some("network"))
         );
         let message = result.message.as_deref().unwrap_or_default();
@@ -572,7 +576,10 @@ async fn a_totp_step_beyond_the_login_timeout_fails_without_sending_the_password
     // Each retry waited for the step to come within reach (20 s away, 3 s of budget).
     let sleeps = w.sleeps.lock().unwrap().clone();
     assert_eq!(sleeps.len(), 6, "{sleeps:?}");
-    assert!(sleeps.iter().all(|d| *d >= Duration::from_secs(17)), "{sleeps:?}");
+    assert!(
+        sleeps.iter().all(|d| *d >= Duration::from_secs(17)),
+        "{sleeps:?}"
+    );
     // A network failure is not the account's fault; no step was burned, so once the next step
     // starts the account logs in with no wait at all.
     assert_eq!(
