@@ -857,6 +857,28 @@ async fn every_route_refuses_bad_requests_with_the_documented_error() {
                 )
                 .await;
             }
+            // Past the failed-authentication limit, one address is refused with 429 even with
+            // good credentials.
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let peer = std::net::SocketAddr::from(([10, 10, (n >> 8) as u8, n as u8], 40000));
+            for _ in 0..tokenbot::api::auth::MAX_FAILURES {
+                let r = t
+                    .send_from(
+                        peer,
+                        request(row.method.clone(), row.path, &As::Nobody, None),
+                    )
+                    .await;
+                assert_eq!(r.status.as_u16(), 401, "{route}: {}", r.text);
+            }
+            let req = request(row.method.clone(), row.path, &good_who, good_body.clone());
+            let r = t.send_from(peer, req).await;
+            let what = format!("{route}: good credentials after too many failures");
+            assert_eq!(r.status.as_u16(), 429, "{what}: {}", r.text);
+            assert_error_shape(&r, &what);
+            assert_eq!(r.code(), "too_many_failed_authentications", "{what}");
+            if !documented(429) {
+                undocumented.borrow_mut().insert(format!("429: {what}"));
+            }
         }
         if row.guard == Guard::KeyOrJwt && row.template.contains("{userId}") {
             expect(

@@ -5,7 +5,11 @@ use std::sync::OnceLock;
 
 use axum::http::header::{CONTENT_TYPE, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref};
 use utoipa::{Modify, OpenApi};
 
 use super::{credentials, error, health, integration, login, metrics, tokens, users, views};
@@ -49,6 +53,51 @@ impl Modify for Security {
     }
 }
 
+/// Every authenticated operation can answer 429: past the per-IP limit on failed
+/// authentications (`super::auth`), even good credentials are refused until the window ends.
+struct FailedAuthLimit;
+
+impl Modify for FailedAuthLimit {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let response = ResponseBuilder::new()
+            .description(
+                "Too many failed authentications from this address \
+                 (`too_many_failed_authentications`); retry after `Retry-After` seconds",
+            )
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(1)),
+                    ))
+                    .description(Some("Seconds until this address may authenticate again"))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    (operation.responses.responses)
+                        .insert("429".to_owned(), response.clone().into());
+                }
+            }
+        }
+    }
+}
+
 /// The API's OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
@@ -79,7 +128,7 @@ impl Modify for Security {
         metrics::metrics,
     ),
     components(schemas(error::ErrorBody, views::AccountView)),
-    modifiers(&Security),
+    modifiers(&Security, &FailedAuthLimit),
     tags(
         (name = "service", description = "Health, metrics, this document"),
         (name = "credentials", description = "A user's own accounts (JWT)"),
