@@ -28,7 +28,9 @@ pub struct ProvisionBody {
     /// Login password.
     #[schema(value_type = Option<String>, format = Password)]
     pub password: Option<SecretString>,
-    /// API (app) key.
+    /// API (app) key. Never returned, with one exception: Kite's browser login URL carries it
+    /// (`api_key=`, in the address bar of whoever logs in), so
+    /// `GET /api/login/{broker}/{userId}/url` answers it to the account's user or a service key.
     #[schema(value_type = Option<String>, format = Password)]
     pub api_key: Option<SecretString>,
     /// API (app) secret.
