@@ -416,12 +416,14 @@ impl Refresher {
                      login_timeout_secs allows; the broker was not contacted"
                 );
                 let started_ms = self.services.clock.now_ms();
-                let result = Err(CallError::Failed(wire::ErrorOutput {
-                    retry_after_ms: Some(totp_wait - login_timeout_ms),
-                    ..wire::ErrorOutput::new(ErrorClass::Network, message)
-                }));
+                let result = Err(CallError::Failed(wire::ErrorOutput::new(
+                    ErrorClass::Network,
+                    message,
+                )));
                 let record = attempt_record(started_ms, trigger, attempt, Duration::ZERO);
-                match self.settle(key, record, result).await {
+                // Not retried now: backing off until the step is in reach would hold the caller
+                // for up to 30 s per attempt. The next refresh finds the step closer.
+                match self.settle(key, record, result, false).await {
                     ControlFlow::Break(done) => return done,
                     ControlFlow::Continue(()) => continue,
                 }
@@ -485,7 +487,7 @@ impl Refresher {
             metrics::histogram!("tokenbot_login_duration_seconds", "broker" => key.broker.as_str().to_owned())
                 .record(duration.as_secs_f64());
             let record = attempt_record(started_ms, trigger, attempt, duration);
-            match self.settle(key, record, result).await {
+            match self.settle(key, record, result, true).await {
                 ControlFlow::Break(done) => return done,
                 ControlFlow::Continue(()) => {}
             }
@@ -499,6 +501,7 @@ impl Refresher {
         key: &AccountKey,
         mut record: Attempt,
         result: Result<wire::LoginOutput, CallError>,
+        may_retry: bool,
     ) -> ControlFlow<AccountResult> {
         let attempt = record.attempt;
         let (class, message, retry_after) = match result {
@@ -535,7 +538,7 @@ impl Refresher {
             account = %format!("{}/{}", key.user.as_str(), key.broker.as_str()),
             attempt, class = class.as_str(), error = %message, "login failed"
         );
-        if class.is_retryable() && attempt < self.config.refresh.max_attempts {
+        if may_retry && class.is_retryable() && attempt < self.config.refresh.max_attempts {
             (self.sleep)(self.backoff(attempt, retry_after)).await;
             return ControlFlow::Continue(());
         }
