@@ -404,23 +404,22 @@ impl Refresher {
             // TOTP step is still ahead, wait for it here, holding no login slot, so that the
             // login gets its code without waiting; if it is further ahead than a whole login may
             // take, do not send the password at all.
-            let totp_wait = match totp_secret {
-                Some(_) => {
-                    (self.services.steps).wait_ms(&account_label, self.services.clock.now_ms())
-                }
-                None => 0,
+            let now_ms = self.services.clock.now_ms();
+            let totp_wait = if totp_secret.is_some() {
+                self.services.steps.wait_ms(&account_label, now_ms)
+            } else {
+                0
             };
             if totp_wait > login_timeout_ms {
                 let message = format!(
                     "the account's next unused TOTP step starts in {totp_wait} ms, later than \
                      login_timeout_secs allows; the broker was not contacted"
                 );
-                let started_ms = self.services.clock.now_ms();
                 let result = Err(CallError::Failed(wire::ErrorOutput::new(
                     ErrorClass::Network,
                     message,
                 )));
-                let record = attempt_record(started_ms, trigger, attempt, Duration::ZERO);
+                let record = attempt_record(now_ms, trigger, attempt, Duration::ZERO);
                 // Not retried now: backing off until the step is in reach would hold the caller
                 // for up to 30 s per attempt. The next refresh finds the step closer.
                 match self.settle(key, record, result, false).await {
