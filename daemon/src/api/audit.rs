@@ -2,7 +2,7 @@
 //! full, so no read goes unrecorded in memory) and answers; a dedicated thread writes everything
 //! queued in one durable vault transaction. Waiting for each entry's fsync before answering cost
 //! a factor of 2–3 in throughput (benches/api.rs) for what it buys: after a crash, the entries of
-//! the last few milliseconds of reads may be missing. The queue is drained and written when the
+//! the last 10-20 ms of reads (one gathering plus one commit) may be missing. The queue is drained and written when the
 //! router is dropped (after graceful shutdown); a failed write is logged with the entries'
 //! accounts and key names.
 
@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use crate::vault::{AuditEntry, Vault};
 
-/// How long the writer lets entries gather before a commit.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long the writer lets entries gather before a commit. Each commit has a fixed cost (fsync,
+/// page writes, checksums) that a longer gathering spreads over more entries.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 /// Entries written per transaction at most.
 const MAX_BATCH: usize = 4096;
 /// Entries waiting for the writer at most; beyond, readers wait for room.

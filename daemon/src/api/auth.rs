@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,8 +47,12 @@ pub struct Auth {
     /// (name, SHA-256 of the key).
     keys: Vec<(String, [u8; 32])>,
     /// Failed authentications per peer IP: (window start, count). Touched by every failed
-    /// authentication and checked before every authentication.
+    /// authentication; checked before an authentication while some IP may be blocked.
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// When the last block of any IP ends, in ms since `created`: while it is past, nobody is
+    /// blocked and the check before every authentication needs no lock.
+    blocks_end_ms: AtomicU64,
+    created: Instant,
 }
 
 impl std::fmt::Debug for Auth {
@@ -91,6 +96,8 @@ impl Auth {
             user_claim: config.user_claim.clone(),
             keys,
             failures: Mutex::new(HashMap::new()),
+            blocks_end_ms: AtomicU64::new(0),
+            created: Instant::now(),
         }
     }
 
@@ -131,6 +138,9 @@ impl Auth {
     }
 
     fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        if self.ms_since_created() >= self.blocks_end_ms.load(Ordering::Relaxed) {
+            return None;
+        }
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let (start, count) = failures.get(&ip)?;
         let elapsed = start.elapsed();
@@ -153,8 +163,15 @@ impl Auth {
         }
         entry.1 += 1;
         if entry.1 == MAX_FAILURES {
+            let ends = entry.0.duration_since(self.created) + FAILURE_WINDOW;
+            self.blocks_end_ms
+                .fetch_max(ends.as_millis() as u64 + 1, Ordering::Relaxed);
             tracing::warn!(%ip, failures = MAX_FAILURES, "authentication failures: blocking this IP for the rest of the window");
         }
+    }
+
+    fn ms_since_created(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64
     }
 }
 

@@ -5,22 +5,22 @@
 //! Logs name the route template (`/api/tokens/{userId}`), never the raw path or query: the
 //! assisted-login callback's query carries the broker's single-use request token.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::{
     CACHE_CONTROL, HeaderName, HeaderValue, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY,
     X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::Instrument;
-
-use super::ApiState;
 
 /// The request id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,34 +48,125 @@ fn acceptable_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// Middleware: request id, span, metrics, log line, security headers.
-pub async fn observe(State(api): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = match req.headers().get(&REQUEST_ID) {
-        Some(v) if acceptable_id(v) => v.clone(),
-        _ => {
-            let id = next_request_id();
-            req.headers_mut().insert(REQUEST_ID, id.clone());
-            id
+/// The layer of [`Observe`]: request id, span, metrics, log line, security headers, and the JSON
+/// error shape for responses made outside handlers.
+#[derive(Debug, Clone, Copy)]
+pub struct ObserveLayer {
+    /// Send `Strict-Transport-Security` (`server.public_url` is https).
+    pub hsts: bool,
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            hsts: self.hsts,
         }
-    };
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let span = tracing::info_span!(
-        "request",
-        id = id.to_str().unwrap_or("-"),
-        method = %method,
-        route = route.as_deref().unwrap_or("(unmatched)"),
-    );
-    let response = next.run(req).instrument(span.clone()).await;
+    }
+}
+
+/// Wraps every route (and the fallback), so the matched route template is known. A hand-written
+/// service rather than `axum::middleware::from_fn`: that boxes each request's future and clones
+/// the inner service twice, which was a tenth of a token read's CPU (benches/api.rs).
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    hsts: bool,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let started = Instant::now();
+        let id = match req.headers().get(&REQUEST_ID) {
+            Some(v) if acceptable_id(v) => v.clone(),
+            _ => {
+                let id = next_request_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let method = req.method().clone();
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .and_then(|p| super::route_template(p.as_str()));
+        let span = tracing::info_span!(
+            "request",
+            id = id.to_str().unwrap_or("-"),
+            method = %method,
+            route = route.unwrap_or("(unmatched)"),
+        );
+        let inner = span.in_scope(|| self.inner.call(req));
+        ObserveFuture {
+            inner,
+            done: Some(Done {
+                span,
+                started,
+                id,
+                method,
+                route,
+                hsts: self.hsts,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Observe`]: polls the route inside the request's span, then
+    /// finishes the response.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        done: Option<Done>,
+    }
+}
+
+/// What [`ObserveFuture`] needs once the route has answered.
+struct Done {
+    span: tracing::Span,
+    started: Instant,
+    id: HeaderValue,
+    method: Method,
+    route: Option<&'static str>,
+    hsts: bool,
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for ObserveFuture<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(done) = this.done.as_ref() else {
+            panic!("ObserveFuture polled after completion");
+        };
+        let Ok(response) = ready!(done.span.in_scope(|| this.inner.poll(cx)));
+        let done = this.done.take().expect("checked above");
+        Poll::Ready(Ok(finish(done, response)))
+    }
+}
+
+/// Headers, metrics and the log line of an answered request.
+fn finish(done: Done, response: Response) -> Response {
     let mut response = super::error::json_error_shape(response);
     let status = response.status();
-    super::metrics::record_http(&method, route.as_deref(), status);
+    super::metrics::record_http(&done.method, done.route, status);
     let headers = response.headers_mut();
-    headers.insert(REQUEST_ID, id);
+    // Room for the headers below at once, rather than growing the map twice.
+    headers.reserve(6);
+    headers.insert(REQUEST_ID, done.id);
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -83,14 +174,14 @@ pub async fn observe(State(api): State<Arc<ApiState>>, mut req: Request, next: N
         // Tokens and account states must not sit in shared caches.
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    if api.hsts {
+    if done.hsts {
         headers.insert(
             STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         );
     }
-    let _enter = span.enter();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let _enter = done.span.enter();
+    let ms = done.started.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {
         tracing::warn!(status = status.as_u16(), ms, "request failed");
     } else if status == StatusCode::TOO_MANY_REQUESTS {

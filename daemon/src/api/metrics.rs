@@ -6,6 +6,8 @@
 //! A process has one global recorder, installed on first use and shared by every router (tests
 //! build many): a `OnceLock` holds its handle.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
@@ -74,7 +76,15 @@ fn describe() {
 
 /// Count one answered request. `route` is the matched template; unmatched requests share one
 /// label so that scanning for paths cannot grow the series without bound.
-pub fn record_http(method: &Method, route: Option<&str>, status: StatusCode) {
+///
+/// Each worker thread keeps the counter handles it has used, so a request costs one small map
+/// lookup instead of building a labelled key and looking it up in the recorder's registry (6% of
+/// a token read's CPU). The map is bounded by the label combinations: methods x routes x statuses.
+pub fn record_http(method: &Method, route: Option<&'static str>, status: StatusCode) {
+    type Labels = (&'static str, &'static str, &'static str);
+    thread_local! {
+        static COUNTERS: RefCell<HashMap<Labels, metrics::Counter>> = RefCell::new(HashMap::new());
+    }
     if HANDLE.get().is_none_or(Option::is_none) {
         return;
     }
@@ -88,13 +98,29 @@ pub fn record_http(method: &Method, route: Option<&str>, status: StatusCode) {
         Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
     };
-    metrics::counter!(
-        "tokenbot_http_requests_total",
-        "method" => method,
-        "route" => route.unwrap_or("(unmatched)").to_owned(),
-        "status" => status.as_u16().to_string(),
-    )
-    .increment(1);
+    let labels = (method, route.unwrap_or("(unmatched)"), status_label(status));
+    COUNTERS.with_borrow_mut(|counters| {
+        counters
+            .entry(labels)
+            .or_insert_with(|| {
+                let (method, route, status) = labels;
+                metrics::counter!(
+                    "tokenbot_http_requests_total",
+                    "method" => method,
+                    "route" => route,
+                    "status" => status,
+                )
+            })
+            .increment(1);
+    });
+}
+
+/// `"200"` for 200: the three digits of every status code, made once.
+fn status_label(status: StatusCode) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..1000).map(|n| n.to_string()).collect());
+    // StatusCode holds 100 to 999 only.
+    &labels[usize::from(status.as_u16())]
 }
 
 /// Token figures at one instant.

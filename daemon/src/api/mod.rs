@@ -208,6 +208,11 @@ pub const ROUTES: &[Route] = &[
     },
 ];
 
+/// The template in [`ROUTES`] of a matched path (`MatchedPath`), as a `&'static str`.
+fn route_template(matched: &str) -> Option<&'static str> {
+    ROUTES.iter().map(|r| r.path).find(|path| *path == matched)
+}
+
 /// The router of the whole API.
 pub fn app(state: Arc<AppState>) -> Router {
     metrics::handle();
@@ -226,9 +231,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         router = router.layer(cors);
     }
     router
-        .layer(axum::middleware::from_fn_with_state(
-            api.clone(),
-            layers::observe,
-        ))
+        .layer(layers::ObserveLayer { hsts: api.hsts })
         .with_state(api)
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -18,17 +19,18 @@ use super::views::{AttemptOut, broker_id, iso, user_id};
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger};
 
-/// A token handed to the trading backend. The only body that carries a secret.
+/// A token handed to the trading backend. The only body that carries a secret. Borrows from the
+/// vault's cached record: serialised straight into the response, never copied.
 #[derive(Serialize, ToSchema)]
-pub struct TokenOut {
+pub struct TokenOut<'a> {
     /// The platform's user id.
-    pub user_id: String,
+    pub user_id: &'a str,
     /// Broker id.
-    pub broker: String,
+    pub broker: &'a str,
     /// The user's id at the broker.
-    pub broker_user_id: String,
+    pub broker_user_id: &'a str,
     /// The broker's access token.
-    pub access_token: String,
+    pub access_token: &'a str,
     /// When it was issued.
     pub issued_at: String,
     /// When it stops working.
@@ -54,7 +56,7 @@ pub async fn read(
     ServiceKey(key_name): ServiceKey,
     ApiPath(user): ApiPath<String>,
     ApiQuery(q): ApiQuery<BrokerQuery>,
-) -> Result<Json<TokenOut>, ApiError> {
+) -> Result<Response, ApiError> {
     let user = user_id(user)?;
     let broker = broker_id(q.broker)?;
     let now = api.now_ms();
@@ -99,13 +101,14 @@ pub async fn read(
         })
         .await?;
     Ok(Json(TokenOut {
-        user_id: account.user.as_str().to_owned(),
-        broker: account.broker.as_str().to_owned(),
-        broker_user_id: account.broker_user_id.clone(),
-        access_token: token.access_token.expose_secret().to_owned(),
+        user_id: account.user.as_str(),
+        broker: account.broker.as_str(),
+        broker_user_id: &account.broker_user_id,
+        access_token: token.access_token.expose_secret(),
         issued_at: iso(token.issued_at_ms),
         expires_at: iso(token.expires_at_ms),
-    }))
+    })
+    .into_response())
 }
 
 /// `{"broker"?}`

@@ -10,15 +10,29 @@ use zeroize::Zeroizing;
 
 use super::error::VaultError;
 
-/// The platform's user id (e.g. `28748327` or a UUID). Not secret.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// The platform's user id (e.g. `28748327` or a UUID). Not secret. Serialised as its string
+/// (without a copy: every audit entry carries one); deserialised through [`UserId::new`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct UserId(String);
 
-/// A broker (strategy) id such as `kite` or `iifl-xts`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// A broker (strategy) id such as `kite` or `iifl-xts`. Serialised as its string; deserialised
+/// through [`BrokerId::new`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct BrokerId(String);
+
+impl Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl Serialize for BrokerId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl UserId {
     /// Up to 128 bytes, printable, no whitespace.
