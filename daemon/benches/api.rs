@@ -4,11 +4,17 @@
 //! and the ratio.
 //!
 //! `cargo bench -p tokenbot --bench api` (needs `wrk`: `apt-get install wrk`).
-//! `BENCH_SECS` sets the duration of each run (default 10).
+//! `BENCH_SECS` sets the duration of each run (default 5), `BENCH_ROUNDS` the rounds (default 5).
+//!
+//! This machine's speed drifts (a VM with neighbours: the ceiling alone measured 80k to 160k
+//! req/s from one minute to the next), so one run of each says little: each round runs the
+//! ceiling and then the daemon back to back, and the figures are medians over the rounds, the
+//! ratio the median of the rounds' ratios.
 //!
 //! Both servers run in this process on one 2-worker tokio runtime, the daemon's real accept loop
 //! (`tokenbot::run`), 1,000 accounts with a valid token each, requests spread over them by a wrk
-//! Lua script. No tracing subscriber is installed (as with `[log] level = "warn"`).
+//! Lua script: each user is read again every few milliseconds, so nearly every read is answered
+//! from the API's body cache, as when a backend polls its users' tokens. No tracing subscriber is installed (as with `[log] level = "warn"`).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -24,6 +30,10 @@ use tokenbot::vault::{
     AccountKey, Credentials, Engine, KeyMaterial, MasterKey, NewAccount, NewToken, SecretJson,
     Vault, VaultOptions,
 };
+
+/// The daemon's allocator (src/main.rs), so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ACCOUNTS: usize = 1_000;
 const CONNECTIONS: usize = 64;
@@ -76,8 +86,19 @@ fn setup_vault(dir: &Path) -> Vault {
     vault
 }
 
-/// Run wrk; (requests/s, p99 in ms, the raw output).
-fn wrk(url: &str, script: &Path, secs: u64) -> (f64, f64, String) {
+/// One wrk run against one server.
+struct Run {
+    rps: f64,
+    p99_ms: f64,
+    /// CPU time of this process (both servers, only one loaded at a time) per request, in µs:
+    /// steadier than requests/s on a machine whose speed drifts.
+    cpu_us: f64,
+    raw: String,
+}
+
+/// Run wrk for `secs` against `url`.
+fn wrk(url: &str, script: &Path, secs: u64) -> Run {
+    let cpu_before = cpu_secs();
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -90,19 +111,51 @@ fn wrk(url: &str, script: &Path, secs: u64) -> (f64, f64, String) {
         .arg(url)
         .output()
         .expect("running wrk");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "wrk failed: {text}");
-    let rps = text
+    let cpu = cpu_secs() - cpu_before;
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk failed: {raw}");
+    let rps = raw
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    let p99 = text
+    let p99_ms = raw
         .lines()
         .find_map(|l| l.trim().strip_prefix("99%"))
         .map(|v| to_ms(v.trim()))
         .unwrap_or(f64::NAN);
-    (rps, p99, text)
+    let requests: f64 = raw
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_owned())
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    Run {
+        rps,
+        p99_ms,
+        cpu_us: cpu * 1e6 / requests,
+        raw,
+    }
+}
+
+/// User and system CPU time of this process so far, in seconds (`/proc/self/stat`, in units of
+/// USER_HZ, which Linux fixes at 100 per second).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
 }
 
 fn to_ms(v: &str) -> f64 {
@@ -124,7 +177,12 @@ fn main() {
     let secs: u64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(5);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     let dir = tempfile::tempdir().unwrap();
     let vault = Arc::new(setup_vault(dir.path()));
     let audit_vault = vault.clone();
@@ -206,41 +264,81 @@ fn main() {
     .unwrap();
 
     println!(
-        "GET /api/tokens/:userId, {CONNECTIONS} keep-alive connections, wrk -t2, {secs} s per run, body {body_len} bytes, {} cores",
+        "GET /api/tokens/:userId, {CONNECTIONS} keep-alive connections, wrk -t2, {rounds} rounds of {secs} s each, body {body_len} bytes, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // Warm both up (connection set-up, page cache, allocator).
     wrk(&format!("http://{ceiling_addr}"), &script, 2);
     wrk(&format!("http://{api_addr}"), &script, 2);
-    let (ceiling_rps, ceiling_p99, ceiling_raw) =
-        wrk(&format!("http://{ceiling_addr}"), &script, secs);
-    let (api_rps, api_p99, api_raw) = wrk(&format!("http://{api_addr}"), &script, secs);
-    if std::env::var_os("BENCH_VERBOSE").is_some() {
-        println!("--- ceiling ---\n{ceiling_raw}\n--- api ---\n{api_raw}");
-    }
-    for (what, raw) in [("ceiling", &ceiling_raw), ("api", &api_raw)] {
-        if let Some(errors) = raw
-            .lines()
-            .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        {
-            println!("{what}: {}", errors.trim());
+    let mut ceiling: Vec<Run> = Vec::new();
+    let mut api: Vec<Run> = Vec::new();
+    for round in 1..=rounds {
+        let c = wrk(&format!("http://{ceiling_addr}"), &script, secs);
+        let a = wrk(&format!("http://{api_addr}"), &script, secs);
+        for (what, run) in [("ceiling", &c), ("api", &a)] {
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                println!("--- {what}, round {round} ---\n{}", run.raw);
+            }
+            if let Some(errors) = run
+                .raw
+                .lines()
+                .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+            {
+                println!("{what}, round {round}: {}", errors.trim());
+            }
         }
+        println!(
+            "round {round}: ceiling {:>7.0} req/s p99 {:.2} ms {:.1} µs CPU/req; tokenbot {:>7.0} req/s p99 {:.2} ms {:.1} µs CPU/req; ratio {:.2}",
+            c.rps,
+            c.p99_ms,
+            c.cpu_us,
+            a.rps,
+            a.p99_ms,
+            a.cpu_us,
+            a.rps / c.rps
+        );
+        ceiling.push(c);
+        api.push(a);
+    }
+    let ratios: Vec<f64> = api
+        .iter()
+        .zip(&ceiling)
+        .map(|(a, c)| a.rps / c.rps)
+        .collect();
+    for (what, runs) in [
+        ("minimal hyper server (ceiling)", &ceiling),
+        ("tokenbot GET /api/tokens/:userId", &api),
+    ] {
+        println!(
+            "{what:<34} {:>8.0} req/s   p99 {:>6.3} ms (worst {:.3})   server CPU {:>5.1} µs/req",
+            median(runs.iter().map(|r| r.rps)),
+            median(runs.iter().map(|r| r.p99_ms)),
+            runs.iter().map(|r| r.p99_ms).fold(0.0, f64::max),
+            median(runs.iter().map(|r| r.cpu_us)),
+        );
     }
     println!(
-        "{:<44} {:>12.0} req/s   p99 {:>8.3} ms",
-        "minimal hyper server (ceiling)", ceiling_rps, ceiling_p99
+        "ratio {:.2} of the ceiling (median of {rounds} rounds; {:.2} to {:.2})",
+        median(ratios.iter().copied()),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max)
     );
-    println!(
-        "{:<44} {:>12.0} req/s   p99 {:>8.3} ms",
-        "tokenbot GET /api/tokens/:userId", api_rps, api_p99
-    );
-    println!("ratio {:.2} of the ceiling", api_rps / ceiling_rps);
     println!(
         "router + handler alone (oneshot, no socket, one thread): {in_process:.1} µs per request"
     );
     let audited = audit_vault.audit(usize::MAX).map_or(0, |a| a.len());
     println!("audit entries in the vault afterwards: {audited} (kept: the newest 100,000)");
     drop(runtime);
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Mean time of one token read through the router without a socket, on a current-thread runtime.

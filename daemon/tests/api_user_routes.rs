@@ -6,6 +6,7 @@ mod api_support;
 use api_support::*;
 use axum::http::Method;
 use serde_json::json;
+use tokenbot::clock::Clock;
 use tokenbot::vault::{Attempt, AttemptScope, Outcome, Trigger};
 
 #[tokio::test]
@@ -114,6 +115,65 @@ async fn token_read_refuses_expired_tokens_and_asks_for_a_broker_when_ambiguous(
         .await;
     r.expect(200);
     assert_eq!(r.json["access_token"], "tok-u2-iifl");
+}
+
+/// Reads are served from a cached body: it must follow every change a fresh read would see.
+#[tokio::test]
+async fn repeated_token_reads_follow_new_tokens_other_brokers_and_expiry() {
+    let t = TestApi::new();
+    let key = t.seed("u1", "kite", Some(HOUR));
+    let read = |path: &'static str| t.send(request(Method::GET, path, &KEY, None));
+    for _ in 0..2 {
+        let r = read("/api/tokens/u1").await;
+        r.expect(200);
+        assert_eq!(r.json["access_token"], "tok-u1-kite");
+    }
+    let now = t.clock.now_ms();
+    t.vault()
+        .put_token(
+            &key,
+            &tokenbot::vault::NewToken {
+                access_token: "tok-u1-kite-2".into(),
+                issued_at_ms: now,
+                expires_at_ms: now + 2 * HOUR,
+                extras: tokenbot::vault::SecretJson::empty(),
+            },
+        )
+        .unwrap();
+    let r = read("/api/tokens/u1").await;
+    r.expect(200);
+    assert_eq!(r.json["access_token"], "tok-u1-kite-2", "a new token");
+    let r = read("/api/tokens/u1?broker=kite").await;
+    r.expect(200);
+    assert_eq!(r.json["access_token"], "tok-u1-kite-2");
+
+    t.seed("u1", "iifl", Some(HOUR));
+    read("/api/tokens/u1")
+        .await
+        .expect_error(400, "broker_required");
+    assert_eq!(
+        read("/api/tokens/u1?broker=kite").await.json["access_token"],
+        "tok-u1-kite-2"
+    );
+
+    // Past the iifl token's expiry the kite one is the only valid token again; past its own,
+    // none is.
+    t.clock.advance(HOUR as u64);
+    let r = read("/api/tokens/u1").await;
+    r.expect(200);
+    assert_eq!(r.json["access_token"], "tok-u1-kite-2", "iifl expired");
+    t.clock.advance(HOUR as u64);
+    read("/api/tokens/u1")
+        .await
+        .expect_error(404, "no_valid_token");
+    read("/api/tokens/u1?broker=kite")
+        .await
+        .expect_error(404, "no_valid_token");
+    assert_eq!(
+        audited(&t, 6).await.len(),
+        6,
+        "every answered read is audited"
+    );
 }
 
 #[tokio::test]

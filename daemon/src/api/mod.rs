@@ -50,6 +50,8 @@ pub struct ApiState {
     pub assisted: StateStore<AccountKey>,
     /// Writes the audit log of token reads (group commit).
     audit: audit::AuditWriter,
+    /// Serialised token read bodies (see [`tokens::BodyCache`]).
+    bodies: tokens::BodyCache,
     /// Send `Strict-Transport-Security`: `server.public_url` is https.
     hsts: bool,
     /// When the router was built, for the uptime in `/health/detailed`.
@@ -71,6 +73,7 @@ impl ApiState {
             auth: auth::Auth::from_config(&app.config.auth),
             assisted: StateStore::new(ASSISTED_STATE_TTL, ASSISTED_MAX_PENDING),
             audit: audit::AuditWriter::start(app.vault.clone()),
+            bodies: tokens::BodyCache::default(),
             hsts: app
                 .config
                 .server

@@ -1,14 +1,18 @@
 //! Tokens: the service read (`X-API-Key`, audited), a user's refresh and status (JWT), and the
 //! attempt log (key or the user's own JWT).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use zeroize::Zeroizing;
 
 use super::ApiState;
 use super::auth::{Caller, ServiceKey, UserJwt};
@@ -17,7 +21,7 @@ use super::integration::{RefreshSummaryDoc, run_refresh};
 use super::users::{BrokerQuery, unknown_in_body};
 use super::views::{AttemptOut, broker_id, iso, user_id};
 use crate::refresh::{RefreshSummary, Selection};
-use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger};
+use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger, UserId, UserTokens};
 
 /// A token handed to the trading backend. The only body that carries a secret. Borrows from the
 /// vault's cached record: serialised straight into the response, never copied.
@@ -60,55 +64,161 @@ pub async fn read(
     let user = user_id(user)?;
     let broker = broker_id(q.broker)?;
     let now = api.now_ms();
-    // The hot path of the trading backend, run inline: usually a memory read from the vault's
-    // cache, at worst two short reads (an account prefix scan and one token). A hop to the
-    // blocking pool costs two thread wake-ups per request, more than the reads themselves on two
-    // cores (benches/api.rs); the audit write, which fsyncs, goes to its own thread.
-    let pairs = api.app.vault.user_tokens(&user)?;
-    let mut valid: Vec<_> = pairs
-        .iter()
-        .filter(|(a, _)| broker.as_ref().is_none_or(|b| &a.broker == b))
-        .filter_map(|(a, t)| t.as_ref().filter(|t| t.expires_at_ms > now).map(|t| (a, t)))
-        .collect();
-    let (account, token) = match valid.len() {
-        0 => {
-            return Err(ApiError::not_found(
-                "no_valid_token",
-                format!("no valid token for user {user}"),
-            ));
-        }
-        1 => valid.pop().expect("one"),
-        _ => {
-            return Err(ApiError::bad_request(
-                "broker_required",
-                format!(
-                    "user {user} has valid tokens at several brokers ({}); say which with ?broker=",
-                    valid
-                        .iter()
-                        .map(|(a, _)| a.broker.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+    // The hot path of the trading backend, run inline: usually two memory reads (the vault's
+    // cached record, then the body made from it), at worst two short vault reads (an account
+    // prefix scan and one token). A hop to the blocking pool costs two thread wake-ups per
+    // request, more than the reads themselves on two cores (benches/api.rs); the audit write,
+    // which fsyncs, goes to its own thread.
+    let record = api.app.vault.user_tokens(&user)?;
+    let key = (user, broker);
+    let (body, user, broker) = match api.bodies.get(&key, &record, now) {
+        Some(hit) => hit,
+        None => {
+            let made = answer(&key.0, key.1.as_ref(), &record, now)?;
+            let hit = made.hit();
+            api.bodies.put(key, made);
+            hit
         }
     };
     api.audit
         .record(AuditEntry {
             time_ms: now,
             api_key_name: key_name,
-            user: account.user.clone(),
-            broker: account.broker.clone(),
+            user,
+            broker,
         })
         .await?;
-    Ok(Json(TokenOut {
-        user_id: account.user.as_str(),
-        broker: account.broker.as_str(),
-        broker_user_id: &account.broker_user_id,
-        access_token: token.access_token.expose_secret(),
-        issued_at: iso(token.issued_at_ms),
-        expires_at: iso(token.expires_at_ms),
-    })
-    .into_response())
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
+}
+
+/// The answer to a token read from the user's record: the one valid token (at `broker`, when
+/// named) as a body, or why there is none.
+fn answer(
+    user: &UserId,
+    broker: Option<&BrokerId>,
+    record: &Arc<UserTokens>,
+    now: i64,
+) -> Result<CachedBody, ApiError> {
+    let valid: Vec<_> = record
+        .iter()
+        .filter(|(a, _)| broker.is_none_or(|b| &a.broker == b))
+        .filter_map(|(a, t)| t.as_ref().filter(|t| t.expires_at_ms > now).map(|t| (a, t)))
+        .collect();
+    match valid.as_slice() {
+        [] => Err(ApiError::not_found(
+            "no_valid_token",
+            format!("no valid token for user {user}"),
+        )),
+        [(account, token)] => {
+            let mut body = Zeroizing::new(Vec::with_capacity(512));
+            serde_json::to_writer(
+                &mut *body,
+                &TokenOut {
+                    user_id: account.user.as_str(),
+                    broker: account.broker.as_str(),
+                    broker_user_id: &account.broker_user_id,
+                    access_token: token.access_token.expose_secret(),
+                    issued_at: iso(token.issued_at_ms),
+                    expires_at: iso(token.expires_at_ms),
+                },
+            )
+            .map_err(|e| ApiError::internal(format!("token body not serialised: {e}")))?;
+            Ok(CachedBody {
+                record: Arc::downgrade(record),
+                until_ms: token.expires_at_ms,
+                user: account.user.clone(),
+                broker: account.broker.clone(),
+                body,
+            })
+        }
+        several => Err(ApiError::bad_request(
+            "broker_required",
+            format!(
+                "user {user} has valid tokens at several brokers ({}); say which with ?broker=",
+                several
+                    .iter()
+                    .map(|(a, _)| a.broker.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Token read bodies by user and `?broker=`, so that repeated reads skip the serialisation (a
+/// third of the handler's CPU, benches/api.rs). An entry is served only while the vault hands out
+/// the very record it was made from (no write since: the vault makes a new one after every
+/// write) and its token has not expired, so it never answers what a fresh read would not.
+/// Bodies hold access tokens: zeroised when dropped; never logged. Bounded like the vault's cache.
+#[derive(Default)]
+pub struct BodyCache {
+    entries: Mutex<HashMap<(UserId, Option<BrokerId>), CachedBody>>,
+}
+
+/// One cached answer.
+struct CachedBody {
+    /// The vault record it was made from. Weak: the record's tokens go when the vault drops it,
+    /// and the allocation (so its address) stays while this is held, so an address match is
+    /// that record.
+    record: Weak<UserTokens>,
+    /// When its token expires: from then on the answer is another.
+    until_ms: i64,
+    /// The account it names, for the audit entry.
+    user: UserId,
+    broker: BrokerId,
+    body: Zeroizing<Vec<u8>>,
+}
+
+impl CachedBody {
+    fn hit(&self) -> (Bytes, UserId, BrokerId) {
+        (
+            Bytes::copy_from_slice(&self.body),
+            self.user.clone(),
+            self.broker.clone(),
+        )
+    }
+}
+
+/// Entries at most; the cache starts over past this (as the vault's does).
+const BODY_CACHE_MAX: usize = 100_000;
+
+impl BodyCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, Option<BrokerId>), CachedBody>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The body for `key` if it was made from `record` and is still valid at `now`.
+    fn get(
+        &self,
+        key: &(UserId, Option<BrokerId>),
+        record: &Arc<UserTokens>,
+        now: i64,
+    ) -> Option<(Bytes, UserId, BrokerId)> {
+        let entries = self.lock();
+        let cached = entries.get(key)?;
+        (std::ptr::eq(cached.record.as_ptr(), Arc::as_ptr(record)) && now < cached.until_ms)
+            .then(|| cached.hit())
+    }
+
+    fn put(&self, key: (UserId, Option<BrokerId>), body: CachedBody) {
+        let mut entries = self.lock();
+        if entries.len() >= BODY_CACHE_MAX && !entries.contains_key(&key) {
+            entries.clear();
+        }
+        entries.insert(key, body);
+    }
+}
+
+impl std::fmt::Debug for BodyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyCache")
+            .field("entries", &self.lock().len())
+            .finish()
+    }
 }
 
 /// `{"broker"?}`
