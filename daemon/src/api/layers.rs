@@ -68,8 +68,8 @@ impl<S> Layer<S> for ObserveLayer {
 }
 
 /// Wraps every route (and the fallback), so the matched route template is known. A hand-written
-/// service rather than `axum::middleware::from_fn`: that boxes each request's future and clones
-/// the inner service twice, which was a tenth of a token read's CPU (benches/api.rs).
+/// service rather than `axum::middleware::from_fn`, which boxes each request's future and clones
+/// the inner service twice per request.
 #[derive(Debug, Clone)]
 pub struct Observe<S> {
     inner: S,
