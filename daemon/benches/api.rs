@@ -31,10 +31,6 @@ use tokenbot::vault::{
     Vault, VaultOptions,
 };
 
-/// The daemon's allocator (src/main.rs), so that the figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const ACCOUNTS: usize = 1_000;
 const CONNECTIONS: usize = 64;
 const KEY: &str = "bench-service-key-0123456789abcdef";

@@ -18,10 +18,6 @@ use tokenbot::vault::{
     VaultOptions,
 };
 
-/// The daemon's allocator (src/main.rs), so the figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn totp_secret(n: u32) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     (0..32u32)

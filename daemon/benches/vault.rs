@@ -12,10 +12,6 @@ use tokenbot::vault::{
     Vault, VaultOptions,
 };
 
-/// The daemon's allocator (src/main.rs), so the figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const ACCOUNTS: usize = 10_000;
 const OPENS: usize = 10;
 const READS: usize = 10_000;
