@@ -24,7 +24,7 @@ use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger, UserId, UserTokens};
 
 /// A token handed to the trading backend. The only body that carries a secret. Borrows from the
-/// vault's cached record: serialised straight into the response, never copied.
+/// vault's record: serialised once into the [`BodyCache`], with no copy of the strings.
 #[derive(Serialize, ToSchema)]
 pub struct TokenOut<'a> {
     /// The platform's user id.
