@@ -79,7 +79,8 @@ fn describe() {
 ///
 /// Each worker thread keeps the counter handles it has used, so a request costs one small map
 /// lookup instead of building a labelled key and looking it up in the recorder's registry (6% of
-/// a token read's CPU, measured through the router without a socket). The map is bounded by the label combinations: methods x routes x statuses.
+/// a token read's CPU, measured through the router without a socket). The map is bounded by the
+/// label combinations: methods x routes x statuses.
 pub fn record_http(method: &Method, route: Option<&'static str>, status: StatusCode) {
     type Labels = (&'static str, &'static str, &'static str);
     thread_local! {

@@ -22,18 +22,6 @@ pub struct UserId(String);
 #[serde(try_from = "String")]
 pub struct BrokerId(String);
 
-impl Serialize for UserId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl Serialize for BrokerId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
 impl UserId {
     /// Up to 128 bytes, printable, no whitespace.
     pub fn new(id: impl Into<String>) -> Result<UserId, VaultError> {
@@ -108,6 +96,12 @@ macro_rules! id_traits {
         impl From<$t> for String {
             fn from(id: $t) -> String {
                 id.0
+            }
+        }
+        // As its string, without the copy `#[serde(into = "String")]` makes.
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
         impl std::str::FromStr for $t {
