@@ -370,3 +370,7 @@ fn in_process_cost(state: Arc<AppState>) -> f64 {
         run(20_000).await
     })
 }
+
+/// The daemon's allocator (src/main.rs), so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -156,3 +156,7 @@ fn main() {
         );
     });
 }
+
+/// The daemon's allocator (src/main.rs), so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -145,3 +145,7 @@ fn main() {
         bench(Engine::Sled, dir.path());
     }
 }
+
+/// The daemon's allocator (src/main.rs), so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -160,7 +160,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
-    /// Time allowed for a client to send request headers, in seconds.
+    /// Time allowed for a client to send a request's headers, in seconds, from its connection or
+    /// the answer to its previous request; a connection with no request for that long is closed.
     pub header_read_timeout_secs: u64,
 }
 

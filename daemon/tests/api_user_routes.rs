@@ -557,7 +557,7 @@ fn audit_batches_keep_their_order_and_the_retention_limit() {
         user: UserId::new("u1").unwrap(),
         broker: BrokerId::new("kite").unwrap(),
     };
-    assert_eq!(vault.append_audits(&[]).unwrap(), 0);
+    assert_eq!(vault.append_audits::<AuditEntry>(&[]).unwrap(), 0);
     assert_eq!(vault.append_audits(&[entry(1), entry(2)]).unwrap(), 2);
     assert_eq!(vault.append_audit(&entry(3)).unwrap(), 3);
     assert_eq!(vault.append_audits(&[entry(4), entry(5)]).unwrap(), 5);

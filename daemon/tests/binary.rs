@@ -236,6 +236,28 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let closed = slow.read_to_end(&mut rest).is_ok();
     assert!(closed, "the slow connection was still open after 30 s");
     assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    // A connection that sends nothing at all is closed too, and so is a keep-alive connection
+    // idle after its request.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut nothing = Vec::new();
+    assert!(
+        silent.read_to_end(&mut nothing).is_ok() && nothing.is_empty(),
+        "the silent connection was still open after 30 s"
+    );
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answered = Vec::new();
+    assert!(
+        idle.read_to_end(&mut answered).is_ok(),
+        "the idle keep-alive connection was still open after 30 s"
+    );
+    assert!(String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"));
     // Others are served meanwhile and after.
     assert_eq!(get(&addr, "/health").0, 200);
     sigterm(&child);

@@ -148,8 +148,8 @@ impl LoadReport {
 }
 
 /// `connections` keep-alive connections, one task each, reading random users' tokens for
-/// `duration` once all are connected. Any I/O error or non-200 answer is an error (the connection
-/// is then replaced).
+/// `duration` once all are connected (until then, one untimed read a second each). Any I/O error
+/// or non-200 answer is an error (the connection is then replaced).
 pub async fn keep_alive(
     target: &Target,
     pid: u32,
@@ -186,15 +186,31 @@ pub async fn keep_alive(
             if sender.is_some() {
                 connected.fetch_add(1, Ordering::SeqCst);
             }
+            let mut rng = Rng::new();
+            // Until the window opens, a read every second, not timed: the daemon closes a
+            // connection that sends nothing for its header read timeout, and opening 10,000
+            // takes longer than that.
             let deadline = loop {
                 if let Some(at) = *start_rx.borrow_and_update() {
                     break at;
                 }
-                if start_rx.changed().await.is_err() {
-                    return (latencies, errors);
+                if let Some(s) = sender.as_mut() {
+                    let user = &target.users[rng.below(target.users.len())];
+                    if let Err(kind) = read_token(&target, s, user).await {
+                        let kind = kind.split(':').next().unwrap_or("").to_owned();
+                        *errors
+                            .entry(format!("{kind} (before the window)"))
+                            .or_default() += 1;
+                        sender = None;
+                    }
+                }
+                tokio::select! {
+                    changed = start_rx.changed() => if changed.is_err() {
+                        return (latencies, errors);
+                    },
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             };
-            let mut rng = Rng::new();
             while Instant::now() < deadline {
                 let s = match sender.as_mut() {
                     Some(s) => s,

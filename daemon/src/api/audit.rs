@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use crate::vault::{AuditEntry, Vault};
+use crate::vault::{AuditRead, Vault};
 
 /// How long the writer lets entries gather before a commit. Each commit has a fixed cost (fsync,
 /// page writes, checksums) that a longer gathering spreads over more entries.
@@ -26,18 +26,18 @@ const QUEUE: usize = 16_384;
 /// write what is left.
 #[derive(Debug)]
 pub struct AuditWriter {
-    tx: Option<mpsc::Sender<AuditEntry>>,
+    tx: Option<mpsc::Sender<AuditRead>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl AuditWriter {
     /// Start the writer thread for `vault`.
     pub fn start(vault: Arc<Vault>) -> AuditWriter {
-        let (tx, mut rx) = mpsc::channel::<AuditEntry>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<AuditRead>(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                let mut batch: Vec<AuditEntry> = Vec::with_capacity(256);
+                let mut batch: Vec<AuditRead> = Vec::with_capacity(256);
                 while let Some(first) = rx.blocking_recv() {
                     // Let the reads of the next few milliseconds gather: under load, one commit
                     // per few milliseconds instead of one per read keeps the writer's CPU small.
@@ -52,7 +52,7 @@ impl AuditWriter {
                     if let Err(e) = vault.append_audits(&batch) {
                         for entry in &batch {
                             tracing::error!(
-                                user = %entry.user, broker = %entry.broker, key = %entry.api_key_name,
+                                user = %entry.account.user, broker = %entry.account.broker, key = %entry.api_key_name,
                                 time_ms = entry.time_ms, "token read not written to the audit log"
                             );
                         }
@@ -76,7 +76,7 @@ impl AuditWriter {
     }
 
     /// Queue `entry`; waits only for room in the queue.
-    pub async fn record(&self, entry: AuditEntry) -> Result<(), ApiError> {
+    pub async fn record(&self, entry: AuditRead) -> Result<(), ApiError> {
         let tx = self
             .tx
             .as_ref()

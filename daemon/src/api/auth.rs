@@ -40,12 +40,16 @@ const MAX_TRACKED_IPS: usize = 100_000;
 /// The header of service keys.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
+/// The name of an API key (a key of `[auth.api_keys]`, or `env`). Shared, not copied: every token
+/// read carries it to the audit log.
+pub type KeyName = Arc<str>;
+
 /// Compiled `[auth]`: the JWT key and the API key digests. Built once per router.
 pub struct Auth {
     jwt: Option<(DecodingKey, Validation)>,
     user_claim: String,
     /// (name, SHA-256 of the key).
-    keys: Vec<(String, [u8; 32])>,
+    keys: Vec<(KeyName, [u8; 32])>,
     /// Failed authentications per peer IP: (window start, count). Touched by every failed
     /// authentication; checked before an authentication while some IP may be blocked.
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -82,14 +86,14 @@ impl Auth {
         for (name, hex_digest) in &config.api_keys {
             let mut digest = [0u8; 32];
             match hex::decode_to_slice(hex_digest, &mut digest) {
-                Ok(()) => keys.push((name.clone(), digest)),
+                Ok(()) => keys.push((KeyName::from(name.as_str()), digest)),
                 Err(_) => {
                     tracing::error!(key = %name, "auth.api_keys entry is not a SHA-256 hex digest; ignored")
                 }
             }
         }
         if let Some(key) = &config.api_key {
-            keys.push(("env".to_owned(), sha256(key.expose_secret())));
+            keys.push((KeyName::from("env"), sha256(key.expose_secret())));
         }
         Auth {
             jwt,
@@ -102,13 +106,13 @@ impl Auth {
     }
 
     /// The name of the API key `presented`, if it is one.
-    pub fn key_name(&self, presented: &str) -> Option<&str> {
+    pub fn key_name(&self, presented: &str) -> Option<&KeyName> {
         let digest = sha256(presented);
         let mut found = None;
         for (name, stored) in &self.keys {
             // Every digest is compared; only the result of each comparison is branched on.
             if bool::from(stored.ct_eq(&digest)) {
-                found = Some(name.as_str());
+                found = Some(name);
             }
         }
         found
@@ -237,11 +241,11 @@ fn authenticate<T>(
     }
 }
 
-fn check_key(auth: &Auth, presented: Option<&str>) -> Attempted<String> {
+fn check_key(auth: &Auth, presented: Option<&str>) -> Attempted<KeyName> {
     match presented {
         None => Attempted::Failed("an API key is required (X-API-Key)", "no API key presented"),
         Some(key) => match auth.key_name(key) {
-            Some(name) => Attempted::Ok(name.to_owned()),
+            Some(name) => Attempted::Ok(name.clone()),
             None => Attempted::Failed("invalid API key", "unknown API key"),
         },
     }
@@ -262,7 +266,7 @@ fn check_jwt(auth: &Auth, presented: Option<&str>) -> Attempted<UserId> {
 
 /// A service authenticated by `X-API-Key`; holds the key's name (for the audit log).
 #[derive(Debug, Clone)]
-pub struct ServiceKey(pub String);
+pub struct ServiceKey(pub KeyName);
 
 impl FromRequestParts<Arc<ApiState>> for ServiceKey {
     type Rejection = ApiError;
@@ -281,7 +285,7 @@ impl FromRequestParts<Arc<ApiState>> for ServiceKey {
 /// A service on an `/api/integration` route: `X-API-Key`, or `Authorization: Bearer <api key>` as
 /// the IIFL job's callers send it.
 #[derive(Debug, Clone)]
-pub struct IntegrationKey(pub String);
+pub struct IntegrationKey(pub KeyName);
 
 impl FromRequestParts<Arc<ApiState>> for IntegrationKey {
     type Rejection = ApiError;
@@ -316,7 +320,7 @@ impl FromRequestParts<Arc<ApiState>> for UserJwt {
 #[derive(Debug, Clone)]
 pub enum Caller {
     /// A service, by key name.
-    Service(String),
+    Service(KeyName),
     /// A user.
     User(UserId),
 }
@@ -376,8 +380,8 @@ mod tests {
     #[test]
     fn keys_are_found_by_digest_and_named() {
         let auth = auth();
-        assert_eq!(auth.key_name("backend-key"), Some("backend"));
-        assert_eq!(auth.key_name("env-key"), Some("env"));
+        assert_eq!(auth.key_name("backend-key").map(|n| &**n), Some("backend"));
+        assert_eq!(auth.key_name("env-key").map(|n| &**n), Some("env"));
         assert_eq!(auth.key_name("backend-kez"), None);
         assert_eq!(auth.key_name(""), None);
     }

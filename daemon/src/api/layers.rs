@@ -25,17 +25,24 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 /// The request id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Request ids: a per-process random prefix and a counter, so they are unique, short and cheap.
+/// Request ids: a per-process random prefix and a counter, so they are unique, short and cheap
+/// (written on the stack; the header value is the one allocation).
 fn next_request_id() -> HeaderValue {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    use std::io::Write;
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {
         let mut bytes = [0u8; 4];
         let _ = getrandom::fill(&mut bytes);
-        hex::encode(bytes)
+        u32::from_ne_bytes(bytes)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{prefix}-{n:x}")).unwrap_or(HeaderValue::from_static("-"))
+    // 8 + 1 + at most 16 hex digits.
+    let mut buf = [0u8; 25];
+    let mut out = &mut buf[..];
+    let _ = write!(out, "{prefix:08x}-{n:x}");
+    let len = 25 - out.len();
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// A client's id is kept when it is 1 to 64 of `A-Z a-z 0-9 - _ .`; anything else is replaced.
@@ -88,15 +95,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, req: Request) -> Self::Future {
         let started = Instant::now();
         let id = match req.headers().get(&REQUEST_ID) {
             Some(v) if acceptable_id(v) => v.clone(),
-            _ => {
-                let id = next_request_id();
-                req.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
+            _ => next_request_id(),
         };
         let method = req.method().clone();
         let route = req

@@ -2,7 +2,8 @@
 //! attempt log (key or the user's own JWT).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,7 +22,7 @@ use super::integration::{RefreshSummaryDoc, run_refresh};
 use super::users::{BrokerQuery, unknown_in_body};
 use super::views::{AttemptOut, broker_id, iso, user_id};
 use crate::refresh::{RefreshSummary, Selection};
-use crate::vault::{AccountKey, AttemptScope, AuditEntry, BrokerId, Trigger, UserId, UserTokens};
+use crate::vault::{AccountKey, AttemptScope, AuditRead, BrokerId, Trigger, UserId, UserTokens};
 
 /// A token handed to the trading backend. The only body that carries a secret. Borrows from the
 /// vault's record: serialised once into the [`BodyCache`], with no copy of the strings.
@@ -64,28 +65,34 @@ pub async fn read(
     let user = user_id(user)?;
     let broker = broker_id(q.broker)?;
     let now = api.now_ms();
-    // The hot path of the trading backend, run inline: usually two memory reads (the vault's
-    // cached record, then the body made from it), at worst two short vault reads (an account
-    // prefix scan and one token). A hop to the blocking pool costs two thread wake-ups per
-    // request, more than the reads themselves on two cores (benches/api.rs); the audit write,
-    // which fsyncs, goes to its own thread.
-    let record = api.app.vault.user_tokens(&user)?;
+    // The hot path of the trading backend, run inline: usually one memory read (the body made
+    // from the vault's current record), else the vault's cached record and the body made from
+    // it, at worst two short vault reads (an account prefix scan and one token). A hop to the
+    // blocking pool costs two thread wake-ups per request, more than the reads themselves on two
+    // cores (benches/api.rs); the audit write, which fsyncs, goes to its own thread.
+    let vault = &api.app.vault;
+    let epoch = vault.epoch();
     let key = (user, broker);
-    let (body, user, broker) = match api.bodies.get(&key, &record, now) {
+    let (body, account) = match api.bodies.current(&key, epoch, now) {
         Some(hit) => hit,
         None => {
-            let made = answer(&key.0, key.1.as_ref(), &record, now)?;
-            let hit = made.hit();
-            api.bodies.put(key, made);
-            hit
+            let record = vault.user_tokens(&key.0)?;
+            match api.bodies.made_from(&key, &record, epoch, now) {
+                Some(hit) => hit,
+                None => {
+                    let made = answer(&key.0, key.1.as_ref(), &record, epoch, now)?;
+                    let hit = made.hit();
+                    api.bodies.put(key, made);
+                    hit
+                }
+            }
         }
     };
     api.audit
-        .record(AuditEntry {
+        .record(AuditRead {
             time_ms: now,
             api_key_name: key_name,
-            user,
-            broker,
+            account,
         })
         .await?;
     Ok((
@@ -95,12 +102,13 @@ pub async fn read(
         .into_response())
 }
 
-/// The answer to a token read from the user's record: the one valid token (at `broker`, when
-/// named) as a body, or why there is none.
+/// The answer to a token read from the user's record (read at `epoch`): the one valid token (at
+/// `broker`, when named) as a body, or why there is none.
 fn answer(
     user: &UserId,
     broker: Option<&BrokerId>,
     record: &Arc<UserTokens>,
+    epoch: u64,
     now: i64,
 ) -> Result<CachedBody, ApiError> {
     let valid: Vec<_> = record
@@ -129,10 +137,11 @@ fn answer(
             .map_err(|e| ApiError::internal(format!("token body not serialised: {e}")))?;
             Ok(CachedBody {
                 record: Arc::downgrade(record),
+                epoch: AtomicU64::new(epoch),
                 until_ms: token.expires_at_ms,
-                user: account.user.clone(),
-                broker: account.broker.clone(),
-                body,
+                account: Arc::new(account.key()),
+                // Zeroised when the last response holding it is gone.
+                body: Bytes::from_owner(body),
             })
         }
         several => Err(ApiError::bad_request(
@@ -150,13 +159,15 @@ fn answer(
 }
 
 /// Token read bodies by user and `?broker=`, so that repeated reads skip the serialisation (a
-/// third of the handler's CPU, benches/api.rs). An entry is served only while the vault hands out
-/// the very record it was made from (no write since: the vault makes a new one after every
-/// write) and its token has not expired, so it never answers what a fresh read would not.
-/// Bodies hold access tokens: zeroised when dropped; never logged. Bounded like the vault's cache.
+/// third of the handler's CPU, benches/api.rs) and, while the vault's epoch stays, the vault's
+/// cache too. An entry is served only while the vault hands out the very record it was made
+/// from (the vault makes a new one after every write: either its epoch is the one the entry was
+/// last checked at, or the vault's record is that record) and its token has not expired, so it
+/// never answers what a fresh read would not. Bodies hold access tokens: zeroised when the entry
+/// and the last response sharing it are gone; never logged. Bounded like the vault's cache.
 #[derive(Default)]
 pub struct BodyCache {
-    entries: Mutex<HashMap<(UserId, Option<BrokerId>), CachedBody>>,
+    entries: RwLock<HashMap<(UserId, Option<BrokerId>), CachedBody>>,
 }
 
 /// One cached answer.
@@ -165,47 +176,60 @@ struct CachedBody {
     /// and the allocation (so its address) stays while this is held, so an address match is
     /// that record.
     record: Weak<UserTokens>,
+    /// The vault's epoch when `record` was last seen to be the vault's current one.
+    epoch: AtomicU64,
     /// When its token expires: from then on the answer is another.
     until_ms: i64,
     /// The account it names, for the audit entry.
-    user: UserId,
-    broker: BrokerId,
-    body: Zeroizing<Vec<u8>>,
+    account: Arc<AccountKey>,
+    body: Bytes,
 }
 
 impl CachedBody {
-    fn hit(&self) -> (Bytes, UserId, BrokerId) {
-        (
-            Bytes::copy_from_slice(&self.body),
-            self.user.clone(),
-            self.broker.clone(),
-        )
+    fn hit(&self) -> (Bytes, Arc<AccountKey>) {
+        (self.body.clone(), self.account.clone())
     }
 }
 
 /// Entries at most; the cache starts over past this (as the vault's does).
 const BODY_CACHE_MAX: usize = 100_000;
 
+type BodyKey = (UserId, Option<BrokerId>);
+
 impl BodyCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, Option<BrokerId>), CachedBody>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BodyKey, CachedBody>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The body for `key` if it was made from `record` and is still valid at `now`.
-    fn get(
-        &self,
-        key: &(UserId, Option<BrokerId>),
-        record: &Arc<UserTokens>,
-        now: i64,
-    ) -> Option<(Bytes, UserId, BrokerId)> {
-        let entries = self.lock();
+    /// The body for `key` if the vault's epoch is still `epoch`, the one its record was last
+    /// seen current at, and it is valid at `now`.
+    fn current(&self, key: &BodyKey, epoch: u64, now: i64) -> Option<(Bytes, Arc<AccountKey>)> {
+        let entries = self.read();
         let cached = entries.get(key)?;
-        (std::ptr::eq(cached.record.as_ptr(), Arc::as_ptr(record)) && now < cached.until_ms)
+        (cached.epoch.load(Ordering::Acquire) == epoch && now < cached.until_ms)
             .then(|| cached.hit())
     }
 
-    fn put(&self, key: (UserId, Option<BrokerId>), body: CachedBody) {
-        let mut entries = self.lock();
+    /// The body for `key` if it was made from `record` (the vault's current one, read at
+    /// `epoch`) and is valid at `now`; it is then tagged with `epoch`.
+    fn made_from(
+        &self,
+        key: &BodyKey,
+        record: &Arc<UserTokens>,
+        epoch: u64,
+        now: i64,
+    ) -> Option<(Bytes, Arc<AccountKey>)> {
+        let entries = self.read();
+        let cached = entries.get(key)?;
+        if !std::ptr::eq(cached.record.as_ptr(), Arc::as_ptr(record)) || now >= cached.until_ms {
+            return None;
+        }
+        cached.epoch.fetch_max(epoch, Ordering::AcqRel);
+        Some(cached.hit())
+    }
+
+    fn put(&self, key: BodyKey, body: CachedBody) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= BODY_CACHE_MAX && !entries.contains_key(&key) {
             entries.clear();
         }
@@ -216,7 +240,7 @@ impl BodyCache {
 impl std::fmt::Debug for BodyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodyCache")
-            .field("entries", &self.lock().len())
+            .field("entries", &self.read().len())
             .finish()
     }
 }

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{ReadTx, Table, WriteTx};
 use super::model::{
-    Account, AccountKey, Attempt, AuditEntry, BrokerId, LoggedAttempt, NewToken, OutboxRecord,
-    OutboxStatus, UserId,
+    Account, AccountKey, Attempt, AuditEntry, AuditRecord, BrokerId, LoggedAttempt, NewToken,
+    OutboxRecord, OutboxStatus, UserId,
 };
 use super::records::{from_plain_json, from_secret_json, to_secret_json};
 use super::{RecordKeys, Vault, VaultError, describe, next_seq, seal, seq_of, unseal};
@@ -210,7 +210,7 @@ impl Vault {
     /// retention, about one delete per batch instead of one each per read (per-entry records
     /// took ~13% of the CPU of a loaded token-read benchmark). Records wholly older than the
     /// newest `audit_keep` entries are deleted; readers cut the one that straddles the line.
-    pub fn append_audits(&self, entries: &[AuditEntry]) -> Result<u64, VaultError> {
+    pub fn append_audits<E: AuditRecord>(&self, entries: &[E]) -> Result<u64, VaultError> {
         let keep = self.options.audit_keep.max(1);
         if entries.is_empty() {
             return Ok(0);
@@ -302,7 +302,7 @@ impl Vault {
 /// An audit record: a batch (a JSON array), or one entry as records were written before batches.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum AuditRecord {
+enum StoredAudit {
     Batch(Vec<AuditEntry>),
     One(AuditEntry),
 }
@@ -310,9 +310,9 @@ enum AuditRecord {
 /// The entries of the audit record at `key`, oldest first.
 pub(crate) fn audit_batch(key: &[u8], value: &[u8]) -> Result<Vec<AuditEntry>, VaultError> {
     Ok(
-        match from_plain_json::<AuditRecord>(Table::Audit, key, value)? {
-            AuditRecord::Batch(entries) => entries,
-            AuditRecord::One(entry) => vec![entry],
+        match from_plain_json::<StoredAudit>(Table::Audit, key, value)? {
+            StoredAudit::Batch(entries) => entries,
+            StoredAudit::One(entry) => vec![entry],
         },
     )
 }

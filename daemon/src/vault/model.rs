@@ -453,6 +453,49 @@ pub struct AuditEntry {
     pub broker: BrokerId,
 }
 
+/// A token read as the API queues it for the audit log: [`AuditEntry`]'s fields, shared with the
+/// API's key table and body cache rather than copied for each read. Stored as an [`AuditEntry`].
+#[derive(Debug, Clone)]
+pub struct AuditRead {
+    /// When, Unix ms.
+    pub time_ms: i64,
+    /// Name of the API key used.
+    pub api_key_name: std::sync::Arc<str>,
+    /// Whose token, at which broker.
+    pub account: std::sync::Arc<AccountKey>,
+}
+
+impl Serialize for AuditRead {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// [`AuditEntry`]'s fields, borrowed.
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            time_ms: i64,
+            api_key_name: &'a str,
+            user: &'a UserId,
+            broker: &'a BrokerId,
+        }
+        Shape {
+            time_ms: self.time_ms,
+            api_key_name: &self.api_key_name,
+            user: &self.account.user,
+            broker: &self.account.broker,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// What the audit log stores: an [`AuditEntry`], or an [`AuditRead`] (which serialises as one).
+pub trait AuditRecord: Serialize + sealed::Sealed {}
+impl AuditRecord for AuditEntry {}
+impl AuditRecord for AuditRead {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::AuditEntry {}
+    impl Sealed for super::AuditRead {}
+}
+
 /// Status of an outbox record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -590,6 +633,30 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && !shown.contains("tok-123") && !shown.contains("rt-456"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_audit_read_is_stored_as_an_audit_entry() {
+        let read = AuditRead {
+            time_ms: 1_733_000_000_123,
+            api_key_name: std::sync::Arc::from("backend"),
+            account: std::sync::Arc::new(AccountKey::parse("user-1", "kite").unwrap()),
+        };
+        let entry: AuditEntry =
+            serde_json::from_slice(&serde_json::to_vec(&read).unwrap()).unwrap();
+        assert_eq!(
+            entry,
+            AuditEntry {
+                time_ms: 1_733_000_000_123,
+                api_key_name: "backend".into(),
+                user: UserId::new("user-1").unwrap(),
+                broker: BrokerId::new("kite").unwrap(),
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&read).unwrap(),
+            serde_json::to_string(&entry).unwrap()
         );
     }
 }
