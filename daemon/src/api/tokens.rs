@@ -167,8 +167,11 @@ fn answer(
 /// and the last response sharing it are gone; never logged. Bounded like the vault's cache.
 #[derive(Default)]
 pub struct BodyCache {
-    entries: RwLock<HashMap<(UserId, Option<BrokerId>), CachedBody>>,
+    entries: RwLock<HashMap<BodyKey, CachedBody>>,
 }
+
+/// A user, and the broker a read named.
+type BodyKey = (UserId, Option<BrokerId>);
 
 /// One cached answer.
 struct CachedBody {
@@ -193,8 +196,6 @@ impl CachedBody {
 
 /// Entries at most; the cache starts over past this (as the vault's does).
 const BODY_CACHE_MAX: usize = 100_000;
-
-type BodyKey = (UserId, Option<BrokerId>);
 
 impl BodyCache {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BodyKey, CachedBody>> {
