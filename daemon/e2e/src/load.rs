@@ -72,6 +72,11 @@ async fn connect(addr: SocketAddr) -> Result<Sender, &'static str> {
     Ok(sender)
 }
 
+/// The kind of a `read_token` error, for counting: its text up to the first `:`.
+fn error_kind(error: &str) -> &str {
+    error.split(':').next().unwrap_or("")
+}
+
 /// One token read on `sender`: Ok on 200 with a body, else what went wrong.
 async fn read_token(target: &Target, sender: &mut Sender, user: &str) -> Result<(), String> {
     sender.ready().await.map_err(|_| "connection closed")?;
@@ -197,9 +202,8 @@ pub async fn keep_alive(
                 if let Some(s) = sender.as_mut() {
                     let user = &target.users[rng.below(target.users.len())];
                     if let Err(kind) = read_token(&target, s, user).await {
-                        let kind = kind.split(':').next().unwrap_or("").to_owned();
                         *errors
-                            .entry(format!("{kind} (before the window)"))
+                            .entry(format!("{} (before the window)", error_kind(&kind)))
                             .or_default() += 1;
                         sender = None;
                     }
@@ -228,8 +232,7 @@ pub async fn keep_alive(
                 let result = read_token(&target, s, user).await;
                 latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 if let Err(kind) = result {
-                    let kind = kind.split(':').next().unwrap_or("").to_owned();
-                    *errors.entry(kind).or_default() += 1;
+                    *errors.entry(error_kind(&kind).to_owned()).or_default() += 1;
                     sender = None;
                 }
             }
