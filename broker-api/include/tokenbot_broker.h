@@ -1,5 +1,5 @@
 /*
- * tokenbot broker plugin ABI, version 1.0.
+ * tokenbot broker plugin ABI, version 1.1.
  *
  * The C view of broker-api/src/abi.rs; a test compiles this header and compares every size,
  * offset and constant with the Rust definitions, so the two cannot drift apart.
@@ -29,7 +29,7 @@ extern "C" {
 #define TOKENBOT_HOST_MAGIC 0x48424B54u   /* "TKBH" little-endian */
 #define TOKENBOT_PLUGIN_MAGIC 0x50424B54u /* "TKBP" little-endian */
 #define TOKENBOT_ABI_MAJOR 1
-#define TOKENBOT_ABI_MINOR 0
+#define TOKENBOT_ABI_MINOR 1
 
 typedef int32_t tokenbot_status;
 #define TOKENBOT_STATUS_OK 0
@@ -73,14 +73,20 @@ typedef tokenbot_status (*tokenbot_http_fn)(tokenbot_call *call, tokenbot_bytes 
 typedef void (*tokenbot_log_fn)(tokenbot_call *call, int32_t level, tokenbot_bytes message);
 typedef int64_t (*tokenbot_now_fn)(tokenbot_call *call);
 typedef tokenbot_status (*tokenbot_totp_fn)(tokenbot_call *call, tokenbot_bytes request, tokenbot_sink out);
+/* ABI 1.1: sleep on the host's clock; TOKENBOT_STATUS_TIMEOUT at once if the call's deadline would
+ * pass first. */
+typedef tokenbot_status (*tokenbot_sleep_fn)(tokenbot_call *call, uint64_t ms);
 
 typedef struct tokenbot_host_table {
     tokenbot_header header; /* magic == TOKENBOT_HOST_MAGIC */
     tokenbot_http_fn http;
     tokenbot_log_fn log;
     tokenbot_now_fn now_unix_ms;
-    tokenbot_totp_fn totp;
+    tokenbot_totp_fn totp;   /* ABI 1.0 ends here: TOKENBOT_HOST_TABLE_MIN_SIZE */
+    tokenbot_sleep_fn sleep_ms; /* ABI 1.1: read only if header.struct_size covers it */
 } tokenbot_host_table;
+
+#define TOKENBOT_HOST_TABLE_MIN_SIZE (offsetof(tokenbot_host_table, sleep_ms))
 
 typedef tokenbot_status (*tokenbot_plugin_fn)(const tokenbot_host_table *host, tokenbot_call *call,
                                               tokenbot_bytes input, tokenbot_sink out);

@@ -17,7 +17,7 @@ pub const PLUGIN_MAGIC: u32 = u32::from_le_bytes(*b"TKBP");
 /// Incompatible changes bump the major; a host refuses any other major.
 pub const ABI_MAJOR: u16 = 1;
 /// Appended fields bump the minor; readers check `struct_size` before reading them.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 
 /// Leading part of every table that crosses the boundary.
 #[repr(C)]
@@ -124,6 +124,10 @@ pub type LogFn = unsafe extern "C" fn(call: *mut CallCtx, level: i32, message: B
 pub type NowFn = unsafe extern "C" fn(call: *mut CallCtx) -> i64;
 /// `totp(call, request JSON, out) -> status`: a fresh TOTP code for the call's account.
 pub type TotpFn = unsafe extern "C" fn(call: *mut CallCtx, request: Bytes, out: Sink) -> Status;
+/// `sleep_ms(call, ms)`: block the calling thread for `ms` milliseconds of the host's clock.
+/// Returns [`Status::TIMEOUT`] at once, without sleeping, when the call's deadline would pass
+/// first. Added in ABI 1.1: read it only when the host table's `struct_size` covers it.
+pub type SleepFn = unsafe extern "C" fn(call: *mut CallCtx, ms: u64) -> Status;
 
 /// Functions the host offers to plugins. Owned by the host, valid for the life of the process.
 #[repr(C)]
@@ -139,6 +143,8 @@ pub struct HostTable {
     pub now_unix_ms: NowFn,
     /// A TOTP code for the account of this call.
     pub totp: TotpFn,
+    /// Sleep on the host's clock within the call's deadline (ABI 1.1; see [`SleepFn`]).
+    pub sleep_ms: SleepFn,
 }
 
 /// A plugin function: `(host, call, input JSON, out) -> status`.
@@ -177,7 +183,13 @@ pub const PLUGIN_TABLE_MIN_SIZE: usize =
     std::mem::offset_of!(PluginTable, login) + std::mem::size_of::<Option<PluginFn>>();
 
 /// Smallest host table a plugin may rely on: ABI 1.0's four callbacks.
-pub const HOST_TABLE_MIN_SIZE: usize = std::mem::size_of::<HostTable>();
+pub const HOST_TABLE_MIN_SIZE: usize = std::mem::offset_of!(HostTable, sleep_ms);
+
+/// Whether a host table whose header says `struct_size` has the field that ends at `end` (the
+/// field's offset plus its size): how a reader checks for a callback added after ABI 1.0.
+pub const fn table_has(struct_size: u32, end: usize) -> bool {
+    struct_size as usize >= end
+}
 
 /// Signature of the entry symbol: returns the plugin's table, or null to refuse this host.
 pub type EntryFn = unsafe extern "C" fn(host: *const HostTable) -> *const PluginTable;

@@ -99,10 +99,44 @@ impl std::fmt::Display for HostCallError {
 
 impl std::error::Error for HostCallError {}
 
+/// The host's callbacks, copied field by field out of a host table that may be shorter than
+/// this crate's [`HostTable`] (an older host): no reference to a whole table is ever made.
+#[derive(Clone, Copy)]
+struct HostFns {
+    http: abi::HttpFn,
+    log: abi::LogFn,
+    now_unix_ms: abi::NowFn,
+    totp: abi::TotpFn,
+    /// ABI 1.1; `None` from a 1.0 host.
+    sleep_ms: Option<abi::SleepFn>,
+}
+
+impl HostFns {
+    /// # Safety
+    /// `host` must point at a host table for which [`host_is_compatible`] holds.
+    unsafe fn read(host: *const HostTable) -> HostFns {
+        // SAFETY: the caller checked the table covers ABI 1.0's fields; `sleep_ms` is read only
+        // when the header's size covers it. Each read is of one field, through the raw pointer.
+        unsafe {
+            let size = (*host).header.struct_size;
+            let sleep_end =
+                std::mem::offset_of!(HostTable, sleep_ms) + std::mem::size_of::<abi::SleepFn>();
+            HostFns {
+                http: (*host).http,
+                log: (*host).log,
+                now_unix_ms: (*host).now_unix_ms,
+                totp: (*host).totp,
+                sleep_ms: abi::table_has(size, sleep_end).then(|| (*host).sleep_ms),
+            }
+        }
+    }
+}
+
 /// The host's services for the duration of one plugin call.
 pub struct Host<'a> {
-    table: &'a HostTable,
+    table: HostFns,
     call: *mut CallCtx,
+    _host: std::marker::PhantomData<&'a HostTable>,
 }
 
 impl Host<'_> {
@@ -114,6 +148,40 @@ impl Host<'_> {
     /// A TOTP code for this call's account, from a step never used before for it.
     pub fn totp(&self) -> Result<TotpCode, HostCallError> {
         self.call_json(self.table.totp, &TotpRequest { v: WIRE_VERSION })
+    }
+
+    /// Wait `ms` milliseconds on the host's clock. `Err` with status `TIMEOUT` when the call's
+    /// deadline would pass first (nothing was waited), or `UNSUPPORTED` from a host older than
+    /// ABI 1.1: either way the strategy stops retrying.
+    pub fn sleep(&self, ms: u64) -> Result<(), HostCallError> {
+        let Some(sleep_ms) = self.table.sleep_ms else {
+            return Err(HostCallError {
+                status: Status::UNSUPPORTED,
+                error: HostError {
+                    v: WIRE_VERSION,
+                    kind: "unsupported".into(),
+                    message: "the host has no sleep (ABI 1.0)".into(),
+                },
+            });
+        };
+        // SAFETY: the callback and call context come from the host for this call.
+        let status = unsafe { sleep_ms(self.call, ms) };
+        if status.is_ok() {
+            return Ok(());
+        }
+        Err(HostCallError {
+            status,
+            error: HostError {
+                v: WIRE_VERSION,
+                kind: if status == Status::TIMEOUT {
+                    "timeout"
+                } else {
+                    "error"
+                }
+                .into(),
+                message: format!("the host did not sleep {ms} ms (status {})", status.0),
+            },
+        })
     }
 
     /// The host's clock, in Unix milliseconds.
@@ -235,8 +303,9 @@ where
         }
         // SAFETY: checked non-null and compatible above; the host keeps it alive.
         let host = Host {
-            table: unsafe { &*host },
+            table: unsafe { HostFns::read(host) },
             call,
+            _host: std::marker::PhantomData,
         };
         // SAFETY: the host passes bytes valid for this call.
         let req: Req = match serde_json::from_slice(unsafe { input.as_slice() }) {

@@ -150,6 +150,10 @@ pub struct Manifest {
     pub token_validity: String,
     /// Default base URLs by name (e.g. `web_url`, `api_url`); the operator may override each.
     pub base_urls: BTreeMap<String, String>,
+    /// Settings the operator may change in `[brokers.<id>]`, with their defaults: choices the
+    /// broker's protocol leaves open (ABI 1.1). Values are strings; the strategy parses them.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
     /// Hosts the strategy may reach; hosts of operator-configured base URLs are added by the host.
     pub allowed_hosts: Vec<String>,
     /// Logins in flight at once for this broker.
@@ -196,6 +200,10 @@ pub struct LoginRequest {
     pub credentials: Credentials,
     /// Effective base URLs (configured, else the manifest's defaults).
     pub base_urls: BTreeMap<String, String>,
+    /// Effective settings: the manifest's [`Manifest::settings`] overridden by the operator's
+    /// `[brokers.<id>]` keys (ABI 1.1; empty from an older host).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
     /// 1 for the first attempt of a refresh, 2 for a retry, ...
     #[serde(default = "default_attempt")]
     pub attempt: u32,
@@ -241,17 +249,32 @@ pub struct ErrorOutput {
     /// For `rate_limited`: how long to wait before retrying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Whether the login may have sent the password or PIN before it failed (ABI 1.1). The host
+    /// never starts another login in the same refresh after such a failure, whatever its class:
+    /// a password is sent at most once per refresh. Absent (a 1.0 plugin) means it may have.
+    #[serde(default = "default_true")]
+    pub credentials_sent: bool,
 }
 
 impl ErrorOutput {
-    /// A failure of the given class.
+    /// A failure of the given class, after which the password may have been sent: the safe
+    /// assumption. Failures before any credential left the strategy say so with
+    /// [`ErrorOutput::before_credentials`].
     pub fn new(class: ErrorClass, message: impl Into<String>) -> ErrorOutput {
         ErrorOutput {
             v: WIRE_VERSION,
             class,
             message: message.into(),
             retry_after_ms: None,
+            credentials_sent: true,
         }
+    }
+
+    /// The same failure, marked as happening before the password or PIN was sent, so that the
+    /// host may retry the whole login when the class allows it.
+    pub fn before_credentials(mut self) -> ErrorOutput {
+        self.credentials_sent = false;
+        self
     }
 }
 
@@ -270,6 +293,10 @@ pub struct VerifyRequest {
     pub credentials: Credentials,
     /// Effective base URLs.
     pub base_urls: BTreeMap<String, String>,
+    /// Effective settings: the manifest's [`Manifest::settings`] overridden by the operator's
+    /// `[brokers.<id>]` keys (ABI 1.1; empty from an older host).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// Output of `verify`.
@@ -301,6 +328,10 @@ pub struct AssistedUrlRequest {
     pub redirect_url: String,
     /// Effective base URLs.
     pub base_urls: BTreeMap<String, String>,
+    /// Effective settings: the manifest's [`Manifest::settings`] overridden by the operator's
+    /// `[brokers.<id>]` keys (ABI 1.1; empty from an older host).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// Output of `assisted_url`.
@@ -329,6 +360,10 @@ pub struct AssistedFinishRequest {
     pub query: BTreeMap<String, String>,
     /// Effective base URLs.
     pub base_urls: BTreeMap<String, String>,
+    /// Effective settings: the manifest's [`Manifest::settings`] overridden by the operator's
+    /// `[brokers.<id>]` keys (ABI 1.1; empty from an older host).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// One HTTP exchange requested by a plugin.

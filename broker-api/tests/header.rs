@@ -46,6 +46,8 @@ int main(void) {
     P("host.log", offsetof(tokenbot_host_table, log));
     P("host.now_unix_ms", offsetof(tokenbot_host_table, now_unix_ms));
     P("host.totp", offsetof(tokenbot_host_table, totp));
+    P("host.sleep_ms", offsetof(tokenbot_host_table, sleep_ms));
+    P("HOST_TABLE_MIN_SIZE", TOKENBOT_HOST_TABLE_MIN_SIZE);
     P("sizeof plugin", sizeof(tokenbot_plugin_table));
     P("plugin.header", offsetof(tokenbot_plugin_table, header));
     P("plugin.id", offsetof(tokenbot_plugin_table, id));
@@ -95,6 +97,8 @@ fn expected() -> BTreeMap<String, String> {
         ("host.log", n(offset_of!(HostTable, log))),
         ("host.now_unix_ms", n(offset_of!(HostTable, now_unix_ms))),
         ("host.totp", n(offset_of!(HostTable, totp))),
+        ("host.sleep_ms", n(offset_of!(HostTable, sleep_ms))),
+        ("HOST_TABLE_MIN_SIZE", n(HOST_TABLE_MIN_SIZE)),
         ("sizeof plugin", n(size_of::<PluginTable>())),
         ("plugin.header", n(offset_of!(PluginTable, header))),
         ("plugin.id", n(offset_of!(PluginTable, id))),

@@ -58,6 +58,7 @@ fn main() {
         let kite = FakeKite::start_with(FakeOptions {
             now: Arc::new(move || fake_clock.now_ms()),
             latency,
+            ..Default::default()
         })
         .await;
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! finishes the login. A replayed, forged or stale callback finds no state and is refused, so a
 //! browser redirect can never attach a token to an account it was not issued for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,6 +19,12 @@ pub enum StateError {
     /// Too many logins pending at once.
     #[error("too many assisted logins pending")]
     Full,
+    /// This user asked for too many login URLs lately.
+    #[error("too many assisted logins asked for; try again in {} s", (retry_ms + 999) / 1000)]
+    TooMany {
+        /// When the next one may be issued.
+        retry_ms: i64,
+    },
     /// The OS random source failed.
     #[error("no randomness available: {0}")]
     Random(String),
@@ -29,11 +35,25 @@ struct Pending<K> {
     expires_ms: i64,
 }
 
-/// Pending assisted logins, by state. Shared by the URL and callback handlers; each entry is taken
-/// out by the first `consume`, whatever its outcome.
+/// Most states one user may be issued per [`ISSUE_WINDOW_MS`].
+pub const ISSUES_PER_USER: usize = 20;
+/// The window of [`ISSUES_PER_USER`].
+pub const ISSUE_WINDOW_MS: i64 = 600_000;
+
+/// The pending states and who asked for them.
+struct Inner<K> {
+    /// By state.
+    pending: HashMap<String, Pending<K>>,
+    /// The one pending state of each account: a new one replaces it, so no account, and no
+    /// user, can hold more than one state per account.
+    by_key: HashMap<K, String>,
+    /// When each user was issued states within the window, oldest first.
+    issued: HashMap<String, VecDeque<i64>>,
+}
+
+/// Issued states, each bound to one account (`K`), single use, expiring after a TTL.
 pub struct StateStore<K> {
-    /// state -> (account, expiry). Expired entries are purged whenever a state is issued.
-    pending: Mutex<HashMap<String, Pending<K>>>,
+    inner: Mutex<Inner<K>>,
     ttl_ms: i64,
     max_pending: usize,
 }
@@ -47,26 +67,55 @@ impl<K> std::fmt::Debug for StateStore<K> {
     }
 }
 
-impl<K: Clone> StateStore<K> {
-    /// A store whose states live `ttl` and of which at most `max_pending` are outstanding.
+impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
+    /// A store whose states live `ttl`, at most `max_pending` at once.
     pub fn new(ttl: Duration, max_pending: usize) -> StateStore<K> {
         StateStore {
-            pending: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner {
+                pending: HashMap::new(),
+                by_key: HashMap::new(),
+                issued: HashMap::new(),
+            }),
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
             max_pending,
         }
     }
 
-    /// A fresh state (256 random bits, hex) bound to `key` until `now_ms + ttl`.
-    pub fn issue(&self, key: K, now_ms: i64) -> Result<String, StateError> {
+    /// Issue a fresh state for `key` on behalf of `user`, replacing the account's pending one.
+    pub fn issue(&self, key: K, user: &str, now_ms: i64) -> Result<String, StateError> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| StateError::Random(e.to_string()))?;
         let state = hex::encode(bytes);
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|_, p| p.expires_ms > now_ms);
-        if pending.len() >= self.max_pending {
-            return Err(StateError::Full);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Inner {
+            pending,
+            by_key,
+            issued,
+        } = &mut *inner;
+        let times = issued.entry(user.to_owned()).or_default();
+        while times
+            .front()
+            .is_some_and(|&t| t <= now_ms - ISSUE_WINDOW_MS)
+        {
+            times.pop_front();
         }
+        if times.len() >= ISSUES_PER_USER {
+            let retry_ms = times.front().map_or(0, |&t| t + ISSUE_WINDOW_MS - now_ms);
+            return Err(StateError::TooMany { retry_ms });
+        }
+        if let Some(old) = by_key.remove(&key) {
+            pending.remove(&old);
+        }
+        if pending.len() >= self.max_pending {
+            pending.retain(|_, p| p.expires_ms > now_ms);
+            by_key.retain(|_, state| pending.contains_key(state));
+            issued.retain(|_, t| t.back().is_some_and(|&t| t > now_ms - ISSUE_WINDOW_MS));
+            if pending.len() >= self.max_pending {
+                return Err(StateError::Full);
+            }
+        }
+        issued.entry(user.to_owned()).or_default().push_back(now_ms);
+        by_key.insert(key.clone(), state.clone());
         pending.insert(
             state.clone(),
             Pending {
@@ -77,14 +126,11 @@ impl<K: Clone> StateStore<K> {
         Ok(state)
     }
 
-    /// The account `state` was issued for; the state is gone afterwards (single use).
     pub fn consume(&self, state: &str, now_ms: i64) -> Result<K, StateError> {
-        let entry = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(state)
-            .ok_or(StateError::Unknown)?;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = inner.pending.remove(state).ok_or(StateError::Unknown)?;
+        inner.by_key.remove(&entry.key);
+        drop(inner);
         if entry.expires_ms <= now_ms {
             return Err(StateError::Expired);
         }
@@ -93,7 +139,11 @@ impl<K: Clone> StateStore<K> {
 
     /// States outstanding (expired ones included until the next `issue`).
     pub fn len(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .len()
     }
 
     /// Whether no state is outstanding.
@@ -115,9 +165,43 @@ mod tests {
     }
 
     #[test]
+    fn a_new_state_for_an_account_replaces_its_pending_one() {
+        let s = store();
+        let first = s.issue(account("u1"), "u1", 0).unwrap();
+        let second = s.issue(account("u1"), "u1", 1).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.consume(&first, 2), Err(StateError::Unknown));
+        assert_eq!(s.consume(&second, 2), Ok(account("u1")));
+        // One user cannot fill the store: three accounts' worth at most here.
+        for n in 0..100 {
+            s.issue(account("u1"), "u1", 3 + n % 5).ok();
+        }
+        assert!(s.len() <= 1);
+    }
+
+    #[test]
+    fn a_user_asking_for_too_many_states_is_told_when_to_come_back() {
+        let s = StateStore::new(Duration::from_secs(600), 10_000);
+        for n in 0..ISSUES_PER_USER {
+            s.issue(account(&format!("a{n}")), "u1", n as i64).unwrap();
+        }
+        assert_eq!(
+            s.issue(account("late"), "u1", 1_000),
+            Err(StateError::TooMany {
+                retry_ms: ISSUE_WINDOW_MS - 1_000
+            })
+        );
+        assert!(
+            s.issue(account("other"), "u2", 1_000).is_ok(),
+            "other users are not held"
+        );
+        assert!(s.issue(account("late"), "u1", ISSUE_WINDOW_MS).is_ok());
+    }
+
+    #[test]
     fn a_state_is_consumed_once() {
         let s = store();
-        let state = s.issue(account("u1"), 1_000).unwrap();
+        let state = s.issue(account("u1"), "u1", 1_000).unwrap();
         assert_eq!(state.len(), 64);
         assert_eq!(s.consume(&state, 2_000), Ok(account("u1")));
         assert_eq!(
@@ -130,7 +214,7 @@ mod tests {
     #[test]
     fn forged_states_are_refused() {
         let s = store();
-        let state = s.issue(account("u1"), 0).unwrap();
+        let state = s.issue(account("u1"), "u1", 0).unwrap();
         assert_eq!(s.consume("0000", 1), Err(StateError::Unknown));
         assert_eq!(
             s.consume(&state.to_uppercase(), 1),
@@ -146,7 +230,7 @@ mod tests {
     #[test]
     fn states_expire_and_are_gone_after_a_late_callback() {
         let s = store();
-        let state = s.issue(account("u1"), 0).unwrap();
+        let state = s.issue(account("u1"), "u1", 0).unwrap();
         assert_eq!(s.consume(&state, 600_000), Err(StateError::Expired));
         assert_eq!(s.consume(&state, 600_001), Err(StateError::Unknown));
     }
@@ -154,8 +238,8 @@ mod tests {
     #[test]
     fn states_are_distinct_and_bound_to_their_account() {
         let s = store();
-        let a = s.issue(account("u1"), 0).unwrap();
-        let b = s.issue(account("u2"), 0).unwrap();
+        let a = s.issue(account("u1"), "u1", 0).unwrap();
+        let b = s.issue(account("u2"), "u2", 0).unwrap();
         assert_ne!(a, b);
         assert_eq!(s.consume(&b, 1), Ok(account("u2")));
         assert_eq!(s.consume(&a, 1), Ok(account("u1")));
@@ -165,11 +249,11 @@ mod tests {
     fn pending_states_are_bounded_and_expired_ones_purged() {
         let s = store();
         for u in ["a", "b", "c"] {
-            s.issue(account(u), 0).unwrap();
+            s.issue(account(u), u, 0).unwrap();
         }
-        assert_eq!(s.issue(account("d"), 1), Err(StateError::Full));
+        assert_eq!(s.issue(account("d"), "d", 1), Err(StateError::Full));
         // Once the first three expired, issuing purges them.
-        assert!(s.issue(account("d"), 600_000).is_ok());
+        assert!(s.issue(account("d"), "d", 600_000).is_ok());
         assert_eq!(s.len(), 1);
     }
 }

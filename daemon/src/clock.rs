@@ -90,3 +90,11 @@ impl Clock for ManualClock {
         Box::pin(std::future::ready(()))
     }
 }
+
+/// Unix ms as RFC 3339 UTC with milliseconds, as the API, the CLI and log messages show times.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}

@@ -205,6 +205,11 @@ pub struct VaultConfig {
     /// Passphrase stretched with argon2id (`TOKENBOT_PASSPHRASE`).
     #[serde(skip_serializing)]
     pub passphrase: Option<SecretString>,
+    /// Allow two platform users to register the same broker account (broker and
+    /// `broker_user_id`). Off: the second is refused (409), since each would spend the broker's
+    /// few wrong-password attempts on its own. On: a wrong password or a lock found through one
+    /// of them stops the logins of all of them.
+    pub allow_shared_broker_accounts: bool,
 }
 
 impl Default for VaultConfig {
@@ -215,6 +220,7 @@ impl Default for VaultConfig {
             key_file: None,
             encryption_key: None,
             passphrase: None,
+            allow_shared_broker_accounts: false,
         }
     }
 }
@@ -263,6 +269,11 @@ pub struct RefreshConfig {
     /// Called (POST, JSON) when an account enters `needs_attention`, e.g. after
     /// `automation_blocked`, with the assisted-login URL when `server.public_url` is set.
     pub webhook_url: Option<url::Url>,
+    /// Wait after a refresh that ended in a retryable failure before scheduled and catch-up
+    /// logins try the account again, in seconds; doubles with each such refresh in a row.
+    pub retry_after_failure_secs: u64,
+    /// Longest such wait, in seconds.
+    pub retry_after_failure_max_secs: u64,
 }
 
 impl Default for RefreshConfig {
@@ -274,6 +285,8 @@ impl Default for RefreshConfig {
             backoff_max_ms: 60_000,
             login_timeout_secs: 90,
             webhook_url: None,
+            retry_after_failure_secs: 120,
+            retry_after_failure_max_secs: 1_800,
         }
     }
 }
@@ -294,11 +307,32 @@ pub struct BrokerConfig {
     pub concurrency: Option<u32>,
     /// Force IPv4 egress (brokers that allow-list one static IPv4 address).
     pub ipv4_only: bool,
+    /// Consecutive `broker_unavailable` refreshes, of distinct accounts, that pause this broker's
+    /// scheduled and catch-up logins (default 5).
+    pub breaker_threshold: Option<u32>,
+    /// How long such a pause lasts, in seconds (default 300).
+    pub breaker_cooldown_secs: Option<u64>,
     /// Extra hosts the strategy may reach.
     pub allowed_hosts: Vec<String>,
     /// Base URLs by name (`web_url`, `api_url`, `portal_url`, ...): every other key ending in `_url`.
     #[serde(flatten)]
     pub urls: BTreeMap<String, String>,
+    /// The strategy's settings (every other key not ending in `_url`, e.g. IIFL's
+    /// `totp_auth_header`), moved out of `urls` when the configuration is loaded. Names the
+    /// strategy's manifest does not declare fail its logins with a message naming the key.
+    #[serde(skip)]
+    pub settings: BTreeMap<String, String>,
+}
+
+impl BrokerConfig {
+    /// Move the keys that are not base URLs from `urls` into `settings`.
+    fn split_settings(&mut self) {
+        let (urls, settings) = std::mem::take(&mut self.urls)
+            .into_iter()
+            .partition(|(name, _)| name.ends_with("_url"));
+        self.urls = urls;
+        self.settings.extend(settings);
+    }
 }
 
 /// `[mirror]`
@@ -552,6 +586,9 @@ impl Config {
             }
         }
         let mut config: Config = figment.extract().map_err(Box::new)?;
+        for broker in config.brokers.values_mut() {
+            broker.split_settings();
+        }
         if let Some(port) = env("PORT") {
             let port = port
                 .parse::<u16>()
@@ -583,6 +620,20 @@ impl Config {
                 "refresh.backoff_initial_ms",
                 self.refresh.backoff_initial_ms.to_string(),
                 "must not exceed refresh.backoff_max_ms",
+            ));
+        }
+        if self.refresh.retry_after_failure_secs == 0 {
+            return Err(ConfigError::invalid(
+                "refresh.retry_after_failure_secs",
+                "0",
+                "must be at least 1: without a wait, a broker outage means a login every minute",
+            ));
+        }
+        if self.refresh.retry_after_failure_secs > self.refresh.retry_after_failure_max_secs {
+            return Err(ConfigError::invalid(
+                "refresh.retry_after_failure_secs",
+                self.refresh.retry_after_failure_secs.to_string(),
+                "must not exceed refresh.retry_after_failure_max_secs",
             ));
         }
         if self.vault.engine == Engine::Sled && !cfg!(feature = "sled") {
@@ -654,13 +705,6 @@ impl BrokerConfig {
             ));
         }
         for (name, value) in &self.urls {
-            if !name.ends_with("_url") {
-                return Err(ConfigError::invalid(
-                    key(name),
-                    value,
-                    "unknown key (base URLs end in `_url`)",
-                ));
-            }
             let url = url::Url::parse(value)
                 .map_err(|e| ConfigError::invalid(key(name), value, e.to_string()))?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -758,13 +802,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("brokers.kite.api_url"), "{err}");
-        let err = load("[brokers.kite]\nfrobnicate = \"1\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("brokers.kite.frobnicate") && err.contains("unknown key"),
-            "{err}"
-        );
+        // Other keys are the strategy's settings, checked against its manifest at start.
+        let config = load("[brokers.kite]\nfrobnicate = \"1\"\n", &[]).unwrap();
+        let kite = &config.brokers["kite"];
+        assert_eq!(kite.settings["frobnicate"], "1");
+        assert!(!kite.urls.contains_key("frobnicate"));
     }
 
     #[test]

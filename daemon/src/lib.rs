@@ -40,26 +40,38 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for `config` on the system clock: opens the configured vault, creating it (and, when
-    /// no key is configured, the development key file `vault.key` beside it) on a fresh checkout.
-    pub fn open(config: Config) -> Result<AppState, StartError> {
+    /// State for `config` on the system clock: opens the configured vault. Only with `create`
+    /// (`serve --dev`) does a missing vault get created (and, when no key is configured, the
+    /// development key file `vault.key` beside it).
+    pub fn open(config: Config, create: bool) -> Result<AppState, StartError> {
+        // Settings are checked against the strategies before the vault is touched, so a typo
+        // creates nothing, not even with --dev.
+        let plugins = Arc::new(Registry::load(&config.plugins));
+        let unknown = plugins.unknown_settings(&config.brokers);
+        if !unknown.is_empty() {
+            return Err(StartError::Config(unknown.join("; ")));
+        }
         let (vault, _origin) =
-            vault::Vault::open_configured(&config.vault, vault::VaultOptions::default(), true)
+            vault::Vault::open_configured(&config.vault, vault::VaultOptions::default(), create)
                 .map_err(|source| StartError::Vault {
                     path: config.vault.path.clone(),
                     source,
                 })?;
-        Ok(AppState::with_vault(config, Arc::new(vault)))
+        Ok(AppState::with_registry(config, Arc::new(vault), plugins))
     }
 
     /// State for `config` around an already open vault (tests, tools).
     pub fn with_vault(config: Config, vault: Arc<vault::Vault>) -> AppState {
+        let plugins = Arc::new(Registry::load(&config.plugins));
+        AppState::with_registry(config, vault, plugins)
+    }
+
+    fn with_registry(config: Config, vault: Arc<vault::Vault>, plugins: Arc<Registry>) -> AppState {
         let settings = CallSettings {
             timeout: std::time::Duration::from_secs(config.refresh.login_timeout_secs),
             ..CallSettings::default()
         };
         let services = Arc::new(Services::new(Arc::new(clock::SystemClock), settings));
-        let plugins = Arc::new(Registry::load(&config.plugins));
         AppState::from_parts(Arc::new(config), vault, plugins, services)
     }
 
@@ -102,13 +114,16 @@ impl AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The vault could not be opened or created.
-    #[error("vault {}: {source}", path.display())]
+    #[error("vault {}", path.display())]
     Vault {
         /// The vault's path.
         path: std::path::PathBuf,
         /// Why.
         source: vault::VaultError,
     },
+    /// A configured key fits no loaded strategy.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Why the daemon stopped with an error.
@@ -173,11 +188,16 @@ pub async fn run(
         let task = m.spawn();
         (m, task)
     });
+    let refresher = state.refresher.clone();
     api::serve::serve(listener, api::app(state), options, shutdown).await;
-    if tokio::time::timeout(login_timeout, scheduler)
-        .await
-        .is_err()
-    {
+    // Logins started by the API outlive their requests (a caller may have gone away): they
+    // finish too, within one login's time, so no TOTP step or password is left half-used.
+    let finished = tokio::time::timeout(login_timeout, async {
+        let _ = scheduler.await;
+        refresher.drain(login_timeout).await
+    })
+    .await;
+    if finished != Ok(true) {
         tracing::warn!("logins still in flight at shutdown were abandoned");
     }
     // The mirror stops last, so tokens from logins that finished during shutdown may still go out.

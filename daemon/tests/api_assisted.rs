@@ -202,3 +202,66 @@ async fn the_login_url_route_checks_caller_broker_account_and_configuration() {
         .await
         .expect_error(503, "public_url_not_configured");
 }
+
+/// An assisted login shows that a person can log in, not that the stored password or TOTP
+/// secret is right: it clears automation_blocked, twofa_unavailable and app_not_authorized, and
+/// leaves a wrong password or a locked account needing attention (the next morning would send
+/// the same wrong password again). The operator's explicit clear works for any class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assisted_login_clears_only_the_attention_it_resolves() {
+    let (t, fake) = setup().await;
+    let key = AccountKey::parse("u1", "kite").unwrap();
+    let state = |t: &TestApi| t.vault().get_account(&key).unwrap().unwrap().state();
+    for (class, cleared) in [
+        ("invalid_credentials", false),
+        ("account_locked", false),
+        ("twofa_rejected", false),
+        ("automation_blocked", true),
+        ("twofa_unavailable", true),
+        ("app_not_authorized", true),
+    ] {
+        t.vault()
+            .set_attention(
+                &key,
+                tokenbot::vault::Attention {
+                    class: class.into(),
+                    message: "m".into(),
+                    since_ms: MORNING,
+                },
+            )
+            .unwrap();
+        let r = t
+            .send(request(Method::GET, "/api/login/kite/u1/url", &KEY, None))
+            .await;
+        let url = r.json["url"].as_str().unwrap().to_owned();
+        let callback = local(&fake.browser_login(&url, "AB1").unwrap());
+        t.send(request(Method::GET, &callback, &As::Nobody, None))
+            .await
+            .expect(200);
+        let expected = if cleared {
+            tokenbot::vault::AccountState::Active
+        } else {
+            tokenbot::vault::AccountState::NeedsAttention
+        };
+        assert_eq!(state(&t), expected, "{class}");
+    }
+    t.vault()
+        .set_attention(
+            &key,
+            tokenbot::vault::Attention {
+                class: "invalid_credentials".into(),
+                message: "m".into(),
+                since_ms: MORNING,
+            },
+        )
+        .unwrap();
+    t.send(request(
+        Method::PATCH,
+        "/api/users/u1/accounts/kite",
+        &KEY,
+        Some(serde_json::json!({"clear_attention": true})),
+    ))
+    .await
+    .expect(200);
+    assert_eq!(state(&t), tokenbot::vault::AccountState::Active);
+}

@@ -27,7 +27,7 @@ fn serve(dir: &Path, fake: &FakeKite) -> (Child, String) {
     .unwrap();
     let mut child = Command::new(BIN)
         .current_dir(dir)
-        .arg("serve")
+        .args(["serve", "--dev"])
         .env_remove("TOKENBOT_CONFIG")
         .env_remove("ENCRYPTION_KEY")
         .env_remove("PORT")
@@ -69,6 +69,7 @@ fn kite_user(n: u32) -> (KiteUser, Value) {
     let secret = [
         "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
         "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+        "KRSXG5CTMVRXEZLUKN2XAZLSKNSWG4TF",
     ][n as usize - 1];
     let fields = json!({
         "broker_user_id": format!("AB000{n}"),
@@ -204,4 +205,48 @@ async fn provision_refresh_read_against_the_fake_kite_and_drain_on_sigterm() {
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["successful"], 1, "{summary}");
     assert!(wait_exit(&mut child).success());
+}
+
+/// A login started through the API whose caller went away (a client timeout) keeps running; on
+/// SIGTERM the daemon waits for it, so its token is stored and no step is left half-used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_caller_went_away_still_finishes_before_the_daemon_exits() {
+    let fake = FakeKite::start().await;
+    let (user, fields) = kite_user(3);
+    fake.add_user(user);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve(dir.path(), &fake);
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{base}/api/users/u3/accounts/kite"))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .body(fields.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The first catch-up may already have logged it in: wait for it, then take a fresh login.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = fake.recorder().requests("/user/profile");
+    fake.recorder().set_latency(Duration::from_millis(400));
+    let gone = http
+        .post(format!("{base}/api/integration/tokens/refresh/u3"))
+        .header("x-api-key", KEY)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the caller gave up before the login ended");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut child).success());
+    assert_eq!(
+        fake.recorder().requests("/user/profile"),
+        before + 1,
+        "the login ran to its verification before the daemon exited"
+    );
 }

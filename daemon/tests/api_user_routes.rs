@@ -575,3 +575,57 @@ fn audit_batches_keep_their_order_and_the_retention_limit() {
     assert_eq!(times, [7, 6]);
     assert!(vault.verify().unwrap().failures.is_empty());
 }
+
+/// Two platform users with the same broker account would each spend the broker's few
+/// wrong-password attempts; the second registration is refused, naming neither user.
+#[tokio::test]
+async fn a_second_user_registering_the_same_broker_account_is_refused_with_409() {
+    let t = TestApi::new();
+    t.send(request(
+        Method::PUT,
+        "/api/users/u1/accounts/kite",
+        &KEY,
+        Some(kite_fields("7")),
+    ))
+    .await
+    .expect(201);
+    // The same user re-saving is fine.
+    t.send(request(
+        Method::PUT,
+        "/api/users/u1/accounts/kite",
+        &KEY,
+        Some(kite_fields("7")),
+    ))
+    .await
+    .expect(200);
+    // Another user, the same broker_user_id in another case.
+    let mut fields = kite_fields("7");
+    fields["broker_user_id"] = "ab7".into();
+    let r = t
+        .send(request(
+            Method::PUT,
+            "/api/users/u2/accounts/kite",
+            &KEY,
+            Some(fields.clone()),
+        ))
+        .await;
+    r.expect_error(409, "broker_account_taken");
+    assert!(!r.text.contains("u1"), "{}", r.text);
+    assert!(
+        t.vault()
+            .user_accounts(&"u2".parse().unwrap())
+            .unwrap()
+            .is_empty()
+    );
+    // Another broker with that user id is another account.
+    let mut iifl = fields.clone();
+    iifl["broker_user_id"] = "AB7".into();
+    t.send(request(
+        Method::PUT,
+        "/api/users/u2/accounts/iifl",
+        &KEY,
+        Some(iifl),
+    ))
+    .await
+    .expect(201);
+}

@@ -40,7 +40,7 @@ fn tokenbot(dir: &Path) -> Command {
 
 /// Start `serve`; return the child, its address, and the log lines read up to "listening".
 fn serve(dir: &Path) -> (Child, String, Vec<String>) {
-    serve_with(tokenbot(dir).arg("serve"))
+    serve_with(tokenbot(dir).args(["serve", "--dev"]))
 }
 
 /// As [`serve`], with a command of the caller's (JSON logs required).
@@ -120,7 +120,7 @@ fn serve_with_the_shipped_config_on_a_fresh_checkout_creates_a_dev_key_and_stops
     .unwrap();
     let (mut child, addr, seen) = serve_with(
         tokenbot(dir.path())
-            .arg("serve")
+            .args(["serve", "--dev"])
             .env("TOKENBOT_SERVER__LISTEN", "127.0.0.1:0")
             .env("TOKENBOT_LOG__FORMAT", "json"),
     );
@@ -197,7 +197,15 @@ fn a_kite_plugin_replaces_the_bundled_kite() {
         .expect("a kite row");
     assert!(kite.contains(&installed.display().to_string()), "{kite}");
     assert!(kite.contains(&digest), "{kite}");
-    assert!(kite.split_whitespace().nth(2) == Some("1.0"), "{kite}");
+    let abi = format!(
+        "{}.{}",
+        broker_api::abi::ABI_MAJOR,
+        broker_api::abi::ABI_MINOR
+    );
+    assert!(
+        kite.split_whitespace().nth(2) == Some(abi.as_str()),
+        "{kite}"
+    );
     let bundled = stdout.lines().filter(|l| l.contains(" bundled ")).count();
     assert_eq!(bundled, 2, "iifl and iifl-xts stay bundled:\n{stdout}");
     assert!(stderr.contains("replaces an earlier strategy"), "{stderr}");
@@ -216,6 +224,23 @@ fn bad_config_is_refused_with_key_value_and_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("brokers.kite.timezone") && stderr.contains("Mars/Olympus"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_broker_setting_its_strategy_does_not_declare_is_refused_at_start() {
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = workdir(plugins.path());
+    let path = dir.path().join("tokenbot.toml");
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str("[brokers.iifl]\ntotp_auth_headr = \"plain\"\n");
+    std::fs::write(&path, config).unwrap();
+    let output = tokenbot(dir.path()).arg("serve").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("brokers.iifl.totp_auth_headr") && stderr.contains("totp_auth_header"),
         "{stderr}"
     );
 }

@@ -35,7 +35,7 @@ async fn serve_with_broken_mirror(mirror_url: &str, schema: &str) -> String {
     mirror.backoff_max_ms = 200;
     config.mirror.postgres = Some(mirror);
     config.validate().unwrap();
-    let state = Arc::new(AppState::open(config).unwrap());
+    let state = Arc::new(AppState::open(config, true).unwrap());
     let key = add_account(&state.vault, "u1", "kite");
     put_token(&state.vault, &key, 1);
 

@@ -60,7 +60,7 @@ fn serve(dir: &Path, logs: &Arc<Mutex<Vec<String>>>) -> (Child, String) {
         .env_remove("ENCRYPTION_KEY")
         .env_remove("PORT")
         .env_remove("DATABASE_URL")
-        .arg("serve")
+        .args(["serve", "--dev"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

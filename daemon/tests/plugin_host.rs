@@ -159,6 +159,7 @@ fn request(user: &str, api_url: &str) -> LoginRequest {
             api_secret: None,
         },
         base_urls: BTreeMap::from([("api_url".to_owned(), api_url.to_owned())]),
+        settings: BTreeMap::new(),
         attempt: 1,
         redirect_url: None,
     }
@@ -317,6 +318,18 @@ async fn plugins_that_misbehave_during_login_get_typed_errors() {
     assert_eq!(fake.hits.load(Ordering::SeqCst), hits_before);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_error_text_is_redacted_like_its_log_lines() {
+    let (url, _fake) = fake_broker().await;
+    match login(load(&rust_plugin()), &url, "leaky").await {
+        Err(CallError::Failed(e)) => {
+            assert!(!e.message.contains(PASSWORD), "{}", e.message);
+            assert!(e.message.contains("[redacted]"), "{}", e.message);
+        }
+        other => panic!("expected a typed failure, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_directory_of_broken_plugins_leaves_the_rest_loaded() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,4 +381,25 @@ fn rescan_loads_new_plugins_and_skips_unchanged_ones() {
         Arc::ptr_eq(&first, &registry.get("c-example").unwrap()),
         "an unchanged file is not reloaded"
     );
+}
+
+/// A plugin runs with the daemon's rights: a file its group or others may write is refused, and
+/// the bytes that were hashed are the ones loaded (one descriptor for both).
+#[test]
+fn a_plugin_file_others_could_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = support::install(&rust_plugin(), dir.path(), "example.so");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let err = Plugin::load_file(&path, &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("writable by its group or others"),
+        "{err}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let plugin = Plugin::load_file(&path, &[]).unwrap();
+    let on_disk = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(&path).unwrap(),
+    ));
+    assert_eq!(plugin.sha256.as_deref(), Some(on_disk.as_str()));
 }

@@ -196,6 +196,33 @@ async fn broker_unavailable_is_tried_three_times_with_growing_delays_then_fails(
 /// With two sleeps the jitter ranges touch (50-100 ms, then 100-200 ms), so a constant backoff
 /// would pass the test above; over five attempts the ranges are disjoint and only a doubling one
 /// passes, until `backoff_max_ms` caps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_password_is_never_retried_by_a_new_login_in_the_same_refresh() {
+    // S5 answers 500 to every try: retryable, but only at that step. Before ABI 1.1 the whole
+    // login was tried three times, posting the password three times.
+    let w = world(morning(), |_| {}).await;
+    let key = account(&w, 5, KiteBehaviour::ServerError, None);
+    let summary = w.refresher.refresh(Selection::all(), Trigger::Api).await;
+    let result = &summary.results[0];
+    assert_eq!(summary.failed, 1);
+    assert_eq!(result.attempts, 1, "{result:?}");
+    assert_eq!(result.error_class.as_deref(), Some("broker_unavailable"));
+    assert_eq!(w.kite.recorder().passwords("ZK0005").len(), 1);
+    assert!(
+        w.kite.recorder().requests("/session/token") > 1,
+        "S5 itself was retried"
+    );
+    assert!(
+        w.sleeps.lock().unwrap().is_empty(),
+        "no new login was scheduled"
+    );
+    // An outage, not the account's fault: the next refresh may try again.
+    assert_eq!(
+        w.vault.get_account(&key).unwrap().unwrap().state(),
+        AccountState::Active
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backoff_doubles_with_each_attempt_up_to_the_cap() {
     let w = world(morning(), |c| c.refresh.max_attempts = 6).await;
@@ -256,6 +283,7 @@ async fn summary_counts_success_failure_and_skips_exactly() {
             Flags {
                 managed_externally: Some(true),
                 auto_refresh: None,
+                clear_attention: false,
             },
         )
         .unwrap();
@@ -265,6 +293,7 @@ async fn summary_counts_success_failure_and_skips_exactly() {
             Flags {
                 auto_refresh: Some(false),
                 managed_externally: None,
+                clear_attention: false,
             },
         )
         .unwrap();
@@ -586,4 +615,91 @@ async fn a_totp_step_beyond_the_login_timeout_fails_without_sending_the_password
     assert_eq!((later.successful, later.results[0].attempts), (1, 1));
     assert!(w.clock.sleeps().is_empty(), "{:?}", w.clock.sleeps());
     assert_eq!(w.kite.recorder().passwords("ZK0071").len(), 2);
+}
+
+/// An HTML 403 wall at the password step for ten catch-up periods: one refresh's worth of
+/// password posts, then none until the backoff (120 s, doubling) expires. Before, catch-up sent
+/// the password every minute (three times a minute with its retries) for as long as it lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_wall_gets_one_password_per_backoff_not_one_per_catch_up() {
+    let w = world(morning(), |_| {}).await;
+    let key = account(&w, 7, KiteBehaviour::LoginWaf403, None);
+    let start = w.clock.now_ms();
+    let mut scheduler = Scheduler::new(w.refresher.clone(), start);
+    let mut posts = Vec::new();
+    for _minute in 0..10 {
+        scheduler.tick(w.clock.now_ms()).await;
+        posts.push(w.kite.recorder().passwords("ZK0007").len());
+        w.clock.advance(60_000);
+    }
+    // Minute 0: one post. The backoff is 120-132 s, then 240-264 s, then 480-528 s: the second
+    // refresh comes at minute 2 or 3, the third 4 or 5 minutes later, no fourth before minute 10.
+    assert_eq!(&posts[..2], &[1, 1], "{posts:?}");
+    assert!(posts[3] == 2, "{posts:?}");
+    assert_eq!(posts[9], 3, "{posts:?}");
+    let account = w.vault.get_account(&key).unwrap().unwrap();
+    assert_eq!(
+        account.state(),
+        AccountState::Active,
+        "an outage is not the account's fault"
+    );
+    assert_eq!(account.backoff.unwrap().failures, 3);
+
+    // Asked for by name, the account is not held by its backoff.
+    let summary = w
+        .refresher
+        .refresh(Selection::account(key.clone()), Trigger::Api)
+        .await;
+    assert_eq!(summary.results[0].attempts, 1);
+    assert_eq!(w.kite.recorder().passwords("ZK0007").len(), 4);
+
+    // A stored token ends the backoff.
+    w.kite.set_behaviour("ZK0007", KiteBehaviour::Happy);
+    w.clock.advance(3_600_000);
+    let summary = w
+        .refresher
+        .refresh(Selection::all(), Trigger::Schedule)
+        .await;
+    assert_eq!(summary.successful, 1, "{summary:?}");
+    assert_eq!(w.vault.get_account(&key).unwrap().unwrap().backoff, None);
+}
+
+/// Five accounts in a row finding the broker unavailable open its breaker: scheduled logins of
+/// the broker's other accounts wait for the cooldown; a refresh by name does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_unavailable_accounts_in_a_row_pause_the_brokers_scheduled_logins() {
+    let w = world(morning(), |_| {}).await;
+    for n in 10..15 {
+        account(&w, n, KiteBehaviour::LoginWaf403, None);
+    }
+    let summary = w
+        .refresher
+        .refresh(Selection::all(), Trigger::Schedule)
+        .await;
+    assert_eq!(summary.failed, 5, "{summary:?}");
+    let breaker = &w.refresher.breakers()["kite"];
+    assert!(breaker.open, "{breaker:?}");
+    assert_eq!(breaker.open_until_ms, w.clock.now_ms() + 300_000);
+
+    let healthy = account(&w, 20, KiteBehaviour::Happy, None);
+    let summary = w
+        .refresher
+        .refresh(Selection::all(), Trigger::Schedule)
+        .await;
+    assert_eq!(summary.skipped, 6, "{summary:?}");
+    let held = summary
+        .results
+        .iter()
+        .find(|r| r.user_id == "user-20")
+        .unwrap();
+    assert_eq!(held.error_class.as_deref(), Some("breaker_open"));
+    assert!(w.kite.recorder().passwords("ZK0020").is_empty());
+
+    let by_name = w
+        .refresher
+        .refresh(Selection::account(healthy.clone()), Trigger::Api)
+        .await;
+    assert_eq!(by_name.successful, 1, "{by_name:?}");
+    w.clock.advance(300_000);
+    assert!(!w.refresher.breakers()["kite"].open);
 }

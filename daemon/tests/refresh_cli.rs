@@ -1,8 +1,8 @@
-//! `tokenbot refresh` (the real binary) on a vault no daemon holds, against the fake Kite.
+//! `tokenbot refresh` (the real binary) on a vault no daemon holds, against the fake brokers.
 
 use std::process::Command;
 
-use fake_brokers::{FakeKite, KiteUser};
+use fake_brokers::{FakeIifl, FakeKite, FakeXts, IiflUser, KiteUser, XtsUser};
 use secrecy::SecretString;
 use tokenbot::vault::{
     AccountKey, Credentials, Engine, KeyMaterial, MasterKey, NewAccount, Vault, VaultOptions,
@@ -211,4 +211,180 @@ async fn refresh_goes_through_a_running_daemon_that_holds_the_vault() {
             "missing {expected:?} in\n{stdout}"
         );
     }
+}
+
+/// What a new user does: `init`, `user add --from-json` for a Kite, an IIFL and an IIFL-XTS
+/// account, then `refresh --user --broker` for each, against the realistic fakes (HTML bodies on
+/// redirects, JSON as `text/plain`, chunked and gzip bodies, cookies with real attributes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_user_logs_in_kite_iifl_and_xts_accounts_from_the_command_line() {
+    const TOTP: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+    let (kite, iifl, xts) = (
+        FakeKite::start().await,
+        FakeIifl::start().await,
+        FakeXts::start().await,
+    );
+    kite.add_user(KiteUser::new(
+        "ZR1234",
+        "kite-pw-1",
+        "kitekey1",
+        "kite-secret-1",
+        TOTP,
+    ));
+    iifl.add_user(IiflUser::new(
+        "CL0042",
+        "Iifl#pw1",
+        "iiflkey1",
+        "iifl-secret-1",
+        TOTP,
+    ));
+    xts.add_user(XtsUser::new("XT0007", "xtskey1", "xts-secret-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let (k, i, x) = (kite.base_urls(), iifl.base_urls(), xts.base_urls());
+    std::fs::write(
+        dir.path().join("tokenbot.toml"),
+        format!(
+            "[vault]\npath = \"vault.redb\"\n\
+             [brokers.kite]\nweb_url = {:?}\napi_url = {:?}\n\
+             [brokers.iifl]\nportal_url = {:?}\napi_url = {:?}\n\
+             [brokers.iifl-xts]\napi_url = {:?}\n",
+            k["web_url"], k["api_url"], i["portal_url"], i["api_url"], x["api_url"]
+        ),
+    )
+    .unwrap();
+    let accounts = [
+        (
+            "kite",
+            r#"{"broker_user_id":"ZR1234","password":"kite-pw-1","api_key":"kitekey1","api_secret":"kite-secret-1","totp_secret":"JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}"#,
+        ),
+        (
+            "iifl",
+            r#"{"broker_user_id":"CL0042","password":"Iifl#pw1","api_key":"iiflkey1","api_secret":"iifl-secret-1","totp_secret":"JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}"#,
+        ),
+        (
+            "iifl-xts",
+            r#"{"broker_user_id":"XT0007","api_key":"xtskey1","api_secret":"xts-secret-1"}"#,
+        ),
+    ];
+    for (broker, json) in accounts {
+        std::fs::write(dir.path().join(format!("{broker}.json")), json).unwrap();
+    }
+    let workdir = dir.path().to_owned();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_tokenbot"))
+                .current_dir(&workdir)
+                .env("ENCRYPTION_KEY", hex::encode([KEY_BYTE; 32]))
+                .env_remove("TOKENBOT_CONFIG")
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned()
+                    + &String::from_utf8_lossy(&output.stderr),
+            )
+        };
+        let mut outputs = vec![run(&["init"])];
+        for (broker, _) in accounts {
+            let file = format!("{broker}.json");
+            outputs.push(run(&[
+                "user",
+                "add",
+                "u1",
+                "--broker",
+                broker,
+                "--from-json",
+                &file,
+            ]));
+        }
+        for (broker, _) in accounts {
+            outputs.push(run(&[
+                "refresh",
+                "--verbose",
+                "--user",
+                "u1",
+                "--broker",
+                broker,
+            ]));
+        }
+        outputs
+    })
+    .await
+    .unwrap();
+    for (code, text) in &outputs[..4] {
+        assert_eq!(*code, Some(0), "{text}");
+    }
+    for ((code, text), (broker, _)) in outputs[4..].iter().zip(accounts) {
+        assert_eq!(*code, Some(0), "{broker}: {text}");
+        assert!(
+            text.contains(&format!("u1/{broker}: success (1 attempt)")),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l == "Successful: 1"), "{text}");
+    }
+    assert_eq!(kite.recorder().passwords("ZR1234").len(), 1);
+    assert_eq!(iifl.recorder().passwords("CL0042").len(), 1);
+}
+
+/// The process dies (SIGKILL) after the broker saw a TOTP code but before anything else of the
+/// login was recorded. The next process must not send a code of that step again: the step was
+/// written to the vault before the code left the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_right_after_the_code_was_sent_never_reuses_its_step() {
+    let kite = FakeKite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault_path = dir.path().join("vault.redb");
+    {
+        let key = KeyMaterial::Key(MasterKey::from_bytes([KEY_BYTE; 32]));
+        let vault =
+            Vault::create(&vault_path, Engine::Redb, &key, VaultOptions::default()).unwrap();
+        add(&vault, &kite, 5, "pw-5");
+    }
+    let urls = kite.base_urls();
+    std::fs::write(
+        dir.path().join("tokenbot.toml"),
+        format!(
+            "[vault]\npath = {:?}\n[brokers.kite]\nweb_url = {:?}\napi_url = {:?}\nrate_limit_per_sec = 1000.0\n",
+            vault_path.display().to_string(),
+            urls["web_url"],
+            urls["api_url"]
+        ),
+    )
+    .unwrap();
+    let workdir = dir.path().to_owned();
+    let cli = move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenbot"));
+        cmd.current_dir(&workdir)
+            .env("ENCRYPTION_KEY", hex::encode([KEY_BYTE; 32]))
+            .env_remove("TOKENBOT_CONFIG")
+            .args(["refresh", "--user", "user-5"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    // Every request takes 1.5 s, so the login is still running well after the code arrived.
+    kite.recorder()
+        .set_latency(std::time::Duration::from_millis(1_500));
+    let mut child = cli().spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while kite.recorder().totp_uses("CL005").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no TOTP code arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    kite.recorder().set_latency(std::time::Duration::ZERO);
+
+    let status = tokio::task::spawn_blocking(move || cli().status().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let uses = kite.recorder().totp_uses("CL005");
+    assert_eq!(uses.len(), 2, "{uses:?}");
+    assert_ne!(
+        uses[0].step, uses[1].step,
+        "a step was sent again after the crash"
+    );
+    assert!(uses[1].accepted);
 }

@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use broker_api::wire::ErrorClass;
-use fake_brokers::{FakeIifl, IiflBehaviour, IiflUser, ist};
+use fake_brokers::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser, ist};
 use strategies_common::*;
 use tokenbot::assisted::{StateError, StateStore};
 use tokenbot::clock::Clock;
@@ -84,6 +84,97 @@ async fn login_end_to_end_yields_a_session_the_fake_accepts() {
             .valid
     );
     assert!(captured_log().contains("iifl: headless login"));
+    assert_no_secret_logged();
+}
+
+/// iifl.md: the body with `vendor` goes with `Authorization: Bearer <userId> WEB <token>`, and a
+/// wrong form is answered EC003, which looks retryable but is not. The strategy used to send
+/// `Bearer <userId> <token>` and retried the whole login on EC003: three passwords per refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_totp_step_sends_the_web_authorization_form_and_the_other_is_a_setting() {
+    let h = Harness::new(three_am());
+    let fake = FakeIifl::start_with(h.fake_options()).await;
+    let (acct, user) = account(30);
+    fake.add_user(user);
+    let out = h.login("iifl", &acct, &fake.base_urls()).await.unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+    assert_one_password_distinct_steps(fake.recorder(), &acct.broker_user_id);
+
+    // A portal that wants the plain form: EC003, not retried, the setting named.
+    fake.set_totp_auth(IiflTotpAuth::Plain);
+    let (acct, user) = account(31);
+    fake.add_user(user);
+    let result = h.login("iifl", &acct, &fake.base_urls()).await;
+    assert_eq!(class_of(&result), ErrorClass::Protocol, "{result:?}");
+    let Err(tokenbot::plugins::CallError::Failed(e)) = &result else {
+        unreachable!()
+    };
+    assert!(
+        e.message.contains("EC003") && e.message.contains("totp_auth_header"),
+        "{}",
+        e.message
+    );
+    assert!(e.credentials_sent);
+    assert_eq!(fake.recorder().passwords(&acct.broker_user_id).len(), 1);
+    assert_eq!(
+        fake.recorder().requests("/omk/auth/access/topt/verify"),
+        2,
+        "one TOTP try for each of the two logins"
+    );
+
+    h.set_setting("totp_auth_header", "plain");
+    let (acct, user) = account(32);
+    fake.add_user(user);
+    let out = h.login("iifl", &acct, &fake.base_urls()).await.unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+    assert_one_password_distinct_steps(fake.recorder(), &acct.broker_user_id);
+
+    h.set_setting("totp_auth_header", "bearer");
+    let (acct, user) = account(33);
+    fake.add_user(user);
+    let result = h.login("iifl", &acct, &fake.base_urls()).await;
+    assert_eq!(class_of(&result), ErrorClass::Protocol);
+    assert!(
+        fake.recorder().passwords(&acct.broker_user_id).is_empty(),
+        "a bad setting stops the login before the portal"
+    );
+    assert_no_secret_logged();
+}
+
+/// Once the portal accepted the password, a 5xx is retried at its step: the TOTP step on a fresh
+/// code, `getusersession` with the same authCode. The password is posted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_password_a_5xx_is_retried_at_its_step_not_by_a_new_login() {
+    let h = Harness::new(three_am());
+    let fake = FakeIifl::start_with(h.fake_options()).await;
+    for (n, behaviour, route) in [
+        (
+            40,
+            IiflBehaviour::PortalTotpUnavailable,
+            "/omk/auth/access/topt/verify",
+        ),
+        (
+            41,
+            IiflBehaviour::UserSessionUnavailable,
+            "/v1/getusersession",
+        ),
+    ] {
+        let (acct, user) = account(n);
+        fake.add_user(user.with_behaviour(behaviour.clone()));
+        let out = h
+            .login("iifl", &acct, &fake.base_urls())
+            .await
+            .unwrap_or_else(|e| panic!("{behaviour:?}: {e:?}"));
+        assert!(fake.token_is_valid(out.access_token.expose()));
+        let r = fake.recorder();
+        assert_eq!(r.passwords(&acct.broker_user_id).len(), 1, "{behaviour:?}");
+        assert_one_password_distinct_steps(r, &acct.broker_user_id);
+        assert!(
+            r.requests(route) >= 2,
+            "{behaviour:?}: {:?}",
+            r.requests_by_route()
+        );
+    }
     assert_no_secret_logged();
 }
 
@@ -234,7 +325,11 @@ async fn assisted_login_url_then_redirect_query_then_session() {
     .enumerate()
     {
         let state = states
-            .issue((acct.user_id.clone(), "iifl".into()), h.clock.now_ms())
+            .issue(
+                (acct.user_id.clone(), "iifl".into()),
+                &acct.user_id,
+                h.clock.now_ms(),
+            )
             .unwrap();
         let url = h
             .assisted_url("iifl", &acct, &urls, &state, callback)

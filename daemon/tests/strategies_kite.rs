@@ -184,6 +184,126 @@ async fn every_error_class_comes_from_its_behaviour() {
     assert_no_secret_logged();
 }
 
+/// The S1 redirect a real server sends: `302`, a `Location`, and a small HTML body as
+/// `text/html` (Go's `http.Redirect`, nginx). Before the fidelity fix every login ended here as
+/// `broker_unavailable` ("an HTML page instead of JSON").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s1_redirect_with_an_html_body_reaches_the_password_step() {
+    let h = Harness::new(morning());
+    let fake = FakeKite::start_with(h.fake_options()).await;
+    let (acct, user) = account(20);
+    fake.add_user(user);
+    // What the fake sends is what the independent check's server sent.
+    let s1 = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}/connect/login?v=3&api_key={}",
+            fake.web_url(),
+            acct.api_key
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s1.status(), 302);
+    assert!(
+        s1.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(s1.headers().get("location").is_some());
+    assert!(s1.text().await.unwrap().contains("Found</a>"));
+
+    let out = h.login("kite", &acct, &fake.base_urls()).await.unwrap();
+    assert!(fake.token_is_valid(&acct.api_key, out.access_token.expose()));
+    assert_eq!(fake.recorder().passwords(&acct.broker_user_id).len(), 1);
+    assert_no_secret_logged();
+}
+
+/// Each risk of kite.md against the realistic fake: its documented class (or a token), and never
+/// a second password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kite_md_curveball_ends_in_its_class_with_the_password_sent_once() {
+    let h = Harness::new(morning());
+    let fake = FakeKite::start_with(h.fake_options()).await;
+    let cases: [(KiteBehaviour, Option<ErrorClass>); 9] = [
+        // The 2026 anti-bot refusal after a correct code.
+        (
+            KiteBehaviour::SessionExpiredAfterTwofa,
+            Some(ErrorClass::AutomationBlocked),
+        ),
+        (
+            KiteBehaviour::AppCodeOnly,
+            Some(ErrorClass::TwofaUnavailable),
+        ),
+        (
+            KiteBehaviour::AuthorizeHop,
+            Some(ErrorClass::AppNotAuthorized),
+        ),
+        (KiteBehaviour::Blocked, Some(ErrorClass::AccountLocked)),
+        // Relative hops, and the old redirect format with request_token first.
+        (KiteBehaviour::ExtraHop, None),
+        // A 429 at S5 for 5 s, no Retry-After: retried at S5, not by a new login.
+        (KiteBehaviour::SessionTokenRateLimited, None),
+        // A 429 at S5 that outlasts the login's deadline.
+        (
+            KiteBehaviour::SessionTokenAlwaysRateLimited,
+            Some(ErrorClass::RateLimited),
+        ),
+        // An nginx 503 page at S6, twice.
+        (KiteBehaviour::ProfileUnavailable, None),
+        // A WAF's HTML 403 where /api/login's JSON was expected.
+        (
+            KiteBehaviour::LoginWaf403,
+            Some(ErrorClass::BrokerUnavailable),
+        ),
+    ];
+    for (n, (behaviour, expected)) in cases.into_iter().enumerate() {
+        let (acct, user) = account(200 + n as u32);
+        fake.add_user(user.with_behaviour(behaviour));
+        let result = h.login("kite", &acct, &fake.base_urls()).await;
+        let r = fake.recorder();
+        match expected {
+            Some(class) => {
+                assert_eq!(class_of(&result), class, "{behaviour:?}: {result:?}");
+                let Err(tokenbot::plugins::CallError::Failed(e)) = &result else {
+                    unreachable!()
+                };
+                assert!(
+                    e.credentials_sent,
+                    "{behaviour:?}: a new login may not follow"
+                );
+            }
+            None => {
+                let out = result.unwrap_or_else(|e| panic!("{behaviour:?}: {e:?}"));
+                assert!(fake.token_is_valid(&acct.api_key, out.access_token.expose()));
+            }
+        }
+        assert_eq!(
+            r.passwords(&acct.broker_user_id).len(),
+            1,
+            "{behaviour:?}: the password is posted exactly once"
+        );
+        assert_one_password_distinct_steps(r, &acct.broker_user_id);
+        let totp = r.totp_uses(&acct.broker_user_id).len();
+        match behaviour {
+            KiteBehaviour::AppCodeOnly => assert_eq!(totp, 0, "no code for an app_code account"),
+            KiteBehaviour::SessionExpiredAfterTwofa => assert!(totp <= 2, "{totp}"),
+            _ => {}
+        }
+    }
+    let r = fake.recorder();
+    assert!(
+        r.requests_with_status("/session/token", 429) >= 2,
+        "{:?}",
+        r.requests_by_route_and_status()
+    );
+    assert!(r.requests_with_status("/user/profile", 503) >= 2);
+    assert_no_secret_logged();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_first_code_is_retried_once_on_a_fresh_step() {
     let h = Harness::new(morning());
@@ -248,7 +368,11 @@ async fn assisted_login_url_then_redirect_query_then_token() {
     let states: StateStore<(String, String)> =
         StateStore::new(std::time::Duration::from_secs(600), 100);
     let state = states
-        .issue((acct.user_id.clone(), "kite".into()), h.clock.now_ms())
+        .issue(
+            (acct.user_id.clone(), "kite".into()),
+            &acct.user_id,
+            h.clock.now_ms(),
+        )
         .unwrap();
 
     let url = h

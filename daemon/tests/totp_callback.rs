@@ -1,5 +1,5 @@
-//! The host's `totp` callback, called exactly as a plugin calls it: through the host table with a
-//! call context, JSON in, sink out, under a fixed clock.
+//! The host's `totp` and `sleep_ms` callbacks, called exactly as a plugin calls them: through the
+//! host table with a call context, JSON in, sink out, under a fixed clock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -118,4 +118,55 @@ async fn a_wait_past_the_login_deadline_is_refused() {
     let (status, error) = totp(&context(&services, "u/kite", Some(RFC_SECRET))).unwrap_err();
     assert_eq!(status, Status::TIMEOUT, "{error:?}");
     assert!(clock.sleeps().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sleep_waits_on_the_hosts_clock_and_refuses_to_pass_the_login_deadline() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let services = Services::new(
+        clock.clone(),
+        CallSettings {
+            timeout: std::time::Duration::from_secs(10),
+            ..CallSettings::default()
+        },
+    );
+    let ctx = context(&services, "u/kite", None);
+    // SAFETY: the context is live for the calls, as during a plugin call.
+    let sleep = |ms| unsafe { (HOST_TABLE.sleep_ms)(ctx.as_ptr(), ms) };
+    assert_eq!(sleep(4_000), Status::OK);
+    assert_eq!(sleep(4_000), Status::OK);
+    assert_eq!(clock.sleeps(), vec![4_000, 4_000]);
+    // 8 s of the 10 s are gone: a third 4 s wait would end after the deadline.
+    assert_eq!(sleep(4_000), Status::TIMEOUT);
+    assert_eq!(clock.sleeps(), vec![4_000, 4_000], "nothing was waited");
+    assert_eq!(sleep(1_000), Status::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_is_recorded_before_its_code_leaves_and_withheld_if_it_cannot_be() {
+    let step = 40_000_000u64;
+    let clock = Arc::new(ManualClock::new(step as i64 * 30_000 + 1_000));
+    let services = services(&clock);
+    let mut ctx = context(&services, "u/kite", Some(RFC_SECRET));
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = recorded.clone();
+    ctx.step_log = Some(Arc::new(move |s| {
+        log.lock().unwrap().push(s);
+        Ok(())
+    }));
+    let got = totp(&ctx).unwrap();
+    assert_eq!(*recorded.lock().unwrap(), vec![got.step]);
+
+    // A vault that cannot record it: no code, and the step stays burned in memory.
+    ctx.step_log = Some(Arc::new(|_| Err("disk full".into())));
+    let (status, error) = totp(&ctx).unwrap_err();
+    assert_eq!(status, Status::ERROR);
+    assert_eq!(error.kind, "step_not_recorded");
+    assert!(error.message.contains("disk full"));
+    ctx.step_log = None;
+    assert_eq!(
+        totp(&ctx).unwrap().step,
+        step + 2,
+        "the withheld step is not handed out later"
+    );
 }

@@ -675,12 +675,34 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
-fn serve_on_a_fresh_checkout_creates_the_vault_and_holds_it() {
+fn plain_serve_with_no_vault_refuses_and_creates_no_key() {
+    let s = Sandbox::new();
+    std::fs::remove_dir(s.path("data")).unwrap();
+    s.run(&["serve"], &[("PORT", &free_port().to_string())], None)
+        .assert_fails_with("tokenbot init");
+    s.run(&["serve"], &[("PORT", &free_port().to_string())], None)
+        .assert_fails_with("serve --dev");
+    assert!(!s.path("data").exists(), "no key, no vault, no directory");
+    // With a key but no vault (a missing volume, another working directory): refused too.
+    s.run(
+        &["serve"],
+        &[
+            ("PORT", &free_port().to_string()),
+            ("ENCRYPTION_KEY", &"ab".repeat(32)),
+        ],
+        None,
+    )
+    .assert_fails_with("no vault at");
+    assert!(!s.vault().exists());
+}
+
+#[test]
+fn serve_dev_on_a_fresh_checkout_creates_a_private_vault_and_holds_it() {
     let s = Sandbox::new();
     std::fs::remove_dir(s.path("data")).unwrap();
     let port = free_port().to_string();
     let server = s
-        .command(&["serve"], &[("PORT", &port)])
+        .command(&["serve", "--dev"], &[("PORT", &port)])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -701,6 +723,13 @@ fn serve_on_a_fresh_checkout_creates_the_vault_and_holds_it() {
     let health = health.expect("serve never answered");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(s.vault().is_file() && s.path("data/vault.key").is_file());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&s.vault()), 0o600, "the vault file");
+        assert_eq!(mode(&s.path("data/vault.key")), 0o600, "the key file");
+        assert_eq!(mode(&s.path("data")), 0o700, "the vault's directory");
+    }
     // The daemon holds the vault: the CLI says so instead of failing obscurely.
     s.run(&["user", "list"], &[], None)
         .assert_fails_with("in use by another process");

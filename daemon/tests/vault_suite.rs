@@ -170,6 +170,7 @@ fn round_trips(engine: Engine) {
             Flags {
                 auto_refresh: Some(false),
                 managed_externally: None,
+                clear_attention: false,
             },
         )
         .unwrap();
@@ -206,6 +207,7 @@ fn round_trips(engine: Engine) {
             Flags {
                 auto_refresh: Some(true),
                 managed_externally: Some(true),
+                clear_attention: false,
             },
         )
         .unwrap();
@@ -791,6 +793,7 @@ fn cached_reads_follow_every_write(engine: Engine) {
             Flags {
                 auto_refresh: Some(false),
                 managed_externally: None,
+                clear_attention: false,
             },
         )
         .unwrap();
@@ -807,6 +810,154 @@ fn cached_reads_follow_every_write(engine: Engine) {
     );
     assert!(vault.delete_account(&key).unwrap());
     assert_eq!(tokens(&vault), [("iifl".to_owned(), None)]);
+}
+
+fn attention(class: &str) -> Attention {
+    Attention {
+        class: class.into(),
+        message: "from the broker".into(),
+        since_ms: 1,
+    }
+}
+
+/// Re-saving an account (periodic provisioning, a form sent twice) must not re-arm a password the
+/// broker called wrong: attention is cleared only by a change of a field its class depends on.
+fn attention_survives_saves_that_cannot_fix_it(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::create(
+        &vault_path(dir.path(), engine),
+        engine,
+        &raw_key(9),
+        options(),
+    )
+    .unwrap();
+    let account = new_account("u1", "kite", 1);
+    let key = account.key.clone();
+    vault.put_account(&account).unwrap();
+    let state = |v: &Vault| v.get_account(&key).unwrap().unwrap().state();
+
+    vault
+        .set_attention(&key, attention("invalid_credentials"))
+        .unwrap();
+    vault.put_account(&account).unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::NeedsAttention,
+        "identical re-save"
+    );
+    vault.put_accounts(std::slice::from_ref(&account)).unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::NeedsAttention,
+        "identical import"
+    );
+    let mut new_totp = account.clone();
+    new_totp.credentials.totp_secret = Some("another totp secret".into());
+    vault.put_account(&new_totp).unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::NeedsAttention,
+        "a TOTP change fixes no password"
+    );
+    vault
+        .update_credentials(&key, &new_totp.credentials)
+        .unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::NeedsAttention,
+        "same again, through update"
+    );
+    let mut new_password = new_totp.clone();
+    new_password.credentials.password = Some("a new password".into());
+    vault.put_account(&new_password).unwrap();
+    assert_eq!(state(&vault), AccountState::Active, "a new password");
+
+    vault
+        .set_attention(&key, attention("twofa_rejected"))
+        .unwrap();
+    let mut password_again = new_password.clone();
+    password_again.credentials.password = Some("yet another password".into());
+    vault
+        .update_credentials(&key, &password_again.credentials)
+        .unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::NeedsAttention,
+        "a password fixes no TOTP secret"
+    );
+    let mut totp_again = password_again.clone();
+    totp_again.credentials.totp_secret = Some("the right totp secret".into());
+    vault
+        .update_credentials(&key, &totp_again.credentials)
+        .unwrap();
+    assert_eq!(state(&vault), AccountState::Active, "a new TOTP secret");
+
+    vault
+        .set_attention(&key, attention("automation_blocked"))
+        .unwrap();
+    let mut everything = totp_again.clone();
+    everything.credentials.password = Some("p4".into());
+    vault.put_account(&everything).unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::NeedsAttention,
+        "no credential fixes a block"
+    );
+    vault
+        .set_flags(
+            &key,
+            Flags {
+                clear_attention: true,
+                ..Flags::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::Active,
+        "the operator's explicit clear"
+    );
+}
+
+/// With sharing allowed, a wrong password found through one user's account stops the others'
+/// logins of the same broker account; with it refused (the default), the second is refused.
+fn shared_broker_accounts_share_a_wrong_password(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault_path(dir.path(), engine);
+    let vault = Vault::create(&path, engine, &raw_key(10), options()).unwrap();
+    let first = new_account("u1", "kite", 1);
+    vault.put_account(&first).unwrap();
+    let mut second = new_account("u2", "kite", 1);
+    second.broker_user_id = second.broker_user_id.to_ascii_lowercase();
+    assert!(matches!(
+        vault.put_account(&second),
+        Err(VaultError::BrokerAccountTaken { .. })
+    ));
+    assert!(matches!(
+        vault.put_accounts(std::slice::from_ref(&second)),
+        Err(VaultError::BrokerAccountTaken { .. })
+    ));
+    drop(vault);
+
+    let shared = VaultOptions {
+        allow_shared_broker_accounts: true,
+        ..options()
+    };
+    let vault = Vault::open(&path, engine, &raw_key(10), shared).unwrap();
+    vault.put_account(&second).unwrap();
+    let other = new_account("u3", "kite", 3);
+    vault.put_account(&other).unwrap();
+    vault
+        .set_attention(&second.key, attention("invalid_credentials"))
+        .unwrap();
+    let state = |k: &AccountKey| vault.get_account(k).unwrap().unwrap().state();
+    assert_eq!(state(&first.key), AccountState::NeedsAttention);
+    assert_eq!(state(&second.key), AccountState::NeedsAttention);
+    assert_eq!(
+        state(&other.key),
+        AccountState::Active,
+        "another broker account"
+    );
 }
 
 macro_rules! suite {
@@ -847,6 +998,16 @@ macro_rules! suite {
             #[test]
             fn one_vault_serves_many_threads() {
                 shared_across_threads($engine)
+            }
+
+            #[test]
+            fn resaving_identical_credentials_keeps_needs_attention() {
+                attention_survives_saves_that_cannot_fix_it($engine)
+            }
+
+            #[test]
+            fn one_broker_account_for_two_users_is_refused_or_shares_its_attention() {
+                shared_broker_accounts_share_a_wrong_password($engine)
             }
 
             #[test]

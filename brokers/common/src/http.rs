@@ -6,6 +6,7 @@
 use broker_api::abi::Status;
 use broker_api::guest::HostCallError;
 use broker_api::wire::{ErrorClass, ErrorOutput, HttpResponse};
+use broker_api::{Host, Level};
 
 /// Wait suggested after a 429 that names no `Retry-After`.
 pub const DEFAULT_RETRY_AFTER_MS: u64 = 2_000;
@@ -24,8 +25,22 @@ pub fn host_failure(broker: &str, step: &str, e: &HostCallError) -> ErrorOutput 
     )
 }
 
-/// Whether the response is an HTML page (a login page, an error page, a Cloudflare challenge).
+/// Whether the response is a redirect: a 3xx with a `Location`, whatever its body and content
+/// type (Go's `http.Redirect` and nginx send a small HTML page with every redirect).
+pub fn is_redirect(resp: &HttpResponse) -> bool {
+    (300..400).contains(&resp.status)
+        && resp
+            .header("location")
+            .is_some_and(|l| !l.trim().is_empty())
+}
+
+/// Whether the response is an HTML page (a login page, an error page, a WAF or Cloudflare
+/// challenge) rather than data. A body that parses as JSON is data whatever its content type:
+/// brokers send JSON as `text/html` and `text/plain` too.
 pub fn is_html(resp: &HttpResponse) -> bool {
+    if json(resp).is_some() {
+        return false;
+    }
     resp.header("content-type")
         .is_some_and(|ct| ct.to_ascii_lowercase().contains("html"))
         || resp.body.trim_start().starts_with('<')
@@ -38,9 +53,13 @@ pub fn retry_after_ms(resp: &HttpResponse, default_ms: u64) -> u64 {
         .map_or(default_ms, |s| s.saturating_mul(1000))
 }
 
-/// The classes every broker shares: 429 is `rate_limited`; an HTML page or a 5xx is
-/// `broker_unavailable`. `None` when the strategy should read the body itself.
+/// The classes every broker shares, for a step that expects data: 429 is `rate_limited`; an HTML
+/// page or a 5xx is `broker_unavailable`. `None` when the strategy should read the answer itself,
+/// which includes every redirect (the step decides whether a redirect is what it expected).
 pub fn triage(broker: &str, step: &str, resp: &HttpResponse) -> Option<ErrorOutput> {
+    if is_redirect(resp) {
+        return None;
+    }
     if resp.status == 429 {
         let mut e = ErrorOutput::new(
             ErrorClass::RateLimited,
@@ -80,12 +99,13 @@ pub fn triage(broker: &str, step: &str, resp: &HttpResponse) -> Option<ErrorOutp
     None
 }
 
-/// The body as JSON, if it is JSON.
+/// The body as JSON, if it is JSON (a leading byte-order mark is tolerated).
 pub fn json(resp: &HttpResponse) -> Option<serde_json::Value> {
-    serde_json::from_str(&resp.body).ok()
+    serde_json::from_str(resp.body.trim_start_matches('\u{feff}')).ok()
 }
 
-/// The body as a JSON object, else a `protocol` error.
+/// The body as a JSON object. A redirect where data was expected is `broker_unavailable` (a WAF
+/// or maintenance page sends its challenge that way); any other body is a `protocol` error.
 pub fn json_object(
     broker: &str,
     step: &str,
@@ -93,6 +113,20 @@ pub fn json_object(
 ) -> Result<serde_json::Value, ErrorOutput> {
     match json(resp) {
         Some(v) if v.is_object() => Ok(v),
+        _ if is_redirect(resp) => Err(ErrorOutput::new(
+            ErrorClass::BrokerUnavailable,
+            format!(
+                "{broker}: {step}: HTTP {} redirect where JSON was expected",
+                resp.status
+            ),
+        )),
+        _ if resp.body.trim().is_empty() => Err(ErrorOutput::new(
+            ErrorClass::Protocol,
+            format!(
+                "{broker}: {step}: HTTP {} with an empty body where JSON was expected",
+                resp.status
+            ),
+        )),
         _ => Err(ErrorOutput::new(
             ErrorClass::Protocol,
             format!(
@@ -100,6 +134,102 @@ pub fn json_object(
                 resp.status
             ),
         )),
+    }
+}
+
+/// First wait between retries of one step.
+pub const STEP_BACKOFF_FIRST_MS: u64 = 500;
+/// Longest wait between retries of one step.
+pub const STEP_BACKOFF_MAX_MS: u64 = 8_000;
+
+/// Retries of one step after the password was accepted ("retry the step, not the login"): each
+/// wait doubles from [`STEP_BACKOFF_FIRST_MS`] to [`STEP_BACKOFF_MAX_MS`], is at least the
+/// broker's `Retry-After`, and is taken on the host's clock only while it fits in the login's
+/// deadline.
+#[derive(Debug)]
+pub struct StepRetry {
+    next_ms: u64,
+}
+
+impl Default for StepRetry {
+    fn default() -> Self {
+        StepRetry {
+            next_ms: STEP_BACKOFF_FIRST_MS,
+        }
+    }
+}
+
+impl StepRetry {
+    /// Whether `error` may be retried at its step: a retryable class, and a wait the deadline
+    /// still allows (the wait is done here). `false` means: give up with `error`.
+    pub fn wait(&mut self, host: &Host<'_>, broker: &str, step: &str, error: &ErrorOutput) -> bool {
+        if !error.class.is_retryable() {
+            return false;
+        }
+        let ms = self.next_ms.max(error.retry_after_ms.unwrap_or(0));
+        self.next_ms = (self.next_ms * 2).min(STEP_BACKOFF_MAX_MS);
+        if host.sleep(ms).is_err() {
+            return false;
+        }
+        host.log(
+            Level::Info,
+            &format!(
+                "{broker}: {step}: {} answer; retried this step after {ms} ms, not the login",
+                error.class.as_str()
+            ),
+        );
+        true
+    }
+
+    /// [`StepRetry::run`] for a step whose input is single use (an `authCode`, a
+    /// `request_token`): a refusal after a retry may only mean that the failed try used the input
+    /// up, so the earlier, retryable failure is reported (with the later text), never a
+    /// credential error that would stop the account's logins.
+    pub fn run_single_use<T>(
+        host: &Host<'_>,
+        broker: &str,
+        step: &str,
+        mut f: impl FnMut() -> Result<T, ErrorOutput>,
+    ) -> Result<T, ErrorOutput> {
+        let mut retry = StepRetry::default();
+        let mut first: Option<ErrorOutput> = None;
+        loop {
+            match f() {
+                Ok(out) => return Ok(out),
+                Err(e) if retry.wait(host, broker, step, &e) => {
+                    first.get_or_insert(e);
+                }
+                Err(e) => {
+                    return Err(match first {
+                        Some(mut earlier) if !e.class.is_retryable() => {
+                            earlier.message.push_str(&format!(
+                                "; retried at this step, then refused (the failed try may have \
+                                 used the single-use code up): {}",
+                                e.message
+                            ));
+                            earlier
+                        }
+                        _ => e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Run `f` until it succeeds or fails in a way that is not retried (see [`StepRetry::wait`]).
+    pub fn run<T>(
+        host: &Host<'_>,
+        broker: &str,
+        step: &str,
+        mut f: impl FnMut() -> Result<T, ErrorOutput>,
+    ) -> Result<T, ErrorOutput> {
+        let mut retry = StepRetry::default();
+        loop {
+            match f() {
+                Err(e) if retry.wait(host, broker, step, &e) => {}
+                other => return other,
+            }
+        }
     }
 }
 
@@ -180,6 +310,50 @@ mod tests {
         assert_eq!(r.class, ErrorClass::BrokerUnavailable);
         assert!(r.message.contains("OMS down"));
         assert!(triage("b", "s", &resp(403, "application/json", "{}")).is_none());
+    }
+
+    #[test]
+    fn a_redirect_with_an_html_body_is_a_redirect_not_a_wall() {
+        let mut r = resp(
+            302,
+            "text/html; charset=utf-8",
+            "<a href=\"/next\">Found</a>.\n",
+        );
+        r.headers.push(["location".into(), "/next".into()]);
+        assert!(is_redirect(&r));
+        assert!(triage("b", "s", &r).is_none());
+        let e = json_object("b", "s", &r).unwrap_err();
+        assert_eq!(e.class, ErrorClass::BrokerUnavailable);
+    }
+
+    #[test]
+    fn json_served_as_html_or_text_is_data() {
+        for ct in [
+            "text/html;charset=UTF-8",
+            "text/plain",
+            "application/json; charset=utf-8",
+        ] {
+            let r = resp(
+                200,
+                ct,
+                "\u{feff} {\"status\":\"Not_Ok\",\"code\":\"EC016\"}",
+            );
+            assert!(!is_html(&r), "{ct}");
+            assert!(triage("b", "s", &r).is_none(), "{ct}");
+            assert!(json_object("b", "s", &r).is_ok(), "{ct}");
+        }
+        let r = resp(403, "text/html", "<html><body>Access Denied</body></html>");
+        assert_eq!(
+            triage("b", "s", &r).unwrap().class,
+            ErrorClass::BrokerUnavailable
+        );
+        let empty = resp(200, "application/json", "");
+        assert!(
+            json_object("b", "s", &empty)
+                .unwrap_err()
+                .message
+                .contains("empty body")
+        );
     }
 
     #[test]

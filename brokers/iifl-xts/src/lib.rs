@@ -109,6 +109,90 @@ fn classify(step: &str, status: u16, code: &str, description: &str) -> ErrorOutp
     out
 }
 
+/// `POST /interactive/user/session`, then the token checked with the profile call.
+fn open_session(host: &Host<'_>, req: LoginRequest) -> Result<LoginOutput, ErrorOutput> {
+    let missing = |f: &str| {
+        ErrorOutput::new(
+            ErrorClass::InvalidCredentials,
+            format!("iifl-xts: the account has no {f}"),
+        )
+    };
+    let key = req
+        .credentials
+        .api_key
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| missing("api_key"))?;
+    let secret = req
+        .credentials
+        .api_secret
+        .as_ref()
+        .map(|s| s.expose())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| missing("api_secret"))?;
+    let api = api_url(&req.base_urls)?;
+    host.log(
+        Level::Info,
+        &format!(
+            "iifl-xts: opening an interactive session (attempt {})",
+            req.attempt
+        ),
+    );
+    let mut body =
+        serde_json::json!({"appKey": key, "secretKey": secret, "source": "WebAPI"}).to_string();
+    let mut request = HttpRequest::new("POST", http::join(api, SESSION_STEP))
+        .header("Accept", "application/json")
+        .body("application/json", body.as_str());
+    body.zeroize();
+    let resp = host.http(&request);
+    request.body.zeroize();
+    let resp = resp.map_err(|e| http::host_failure("iifl-xts", SESSION_STEP, &e))?;
+    let result = match envelope(SESSION_STEP, &resp)? {
+        Ok(result) => result,
+        Err((code, description)) => {
+            return Err(classify(SESSION_STEP, resp.status, &code, &description));
+        }
+    };
+    let token =
+        str_field(&result, "token").ok_or_else(|| protocol(SESSION_STEP, "no result.token"))?;
+    let user =
+        str_field(&result, "userID").ok_or_else(|| protocol(SESSION_STEP, "no result.userID"))?;
+    if !req.broker_user_id.is_empty() && !user.eq_ignore_ascii_case(&req.broker_user_id) {
+        return Err(ErrorOutput::new(
+            ErrorClass::InvalidCredentials,
+            format!(
+                "iifl-xts: the app key belongs to {user}, not to the account's {}",
+                req.broker_user_id
+            ),
+        ));
+    }
+    let issued = host.now_unix_ms();
+    let midnight = ist::next_ist_midnight(issued);
+    let expires = match jwt_exp_ms(token) {
+        Some(exp) => exp.min(midnight),
+        None => {
+            host.log(
+                Level::Warn,
+                "iifl-xts: the token is not a readable JWT; using the 00:00 IST rule alone",
+            );
+            midnight
+        }
+    };
+    let mut extras = BTreeMap::new();
+    if let Some(codes) = result.get("clientCodes") {
+        extras.insert("client_codes".into(), codes.clone());
+    }
+    host.log(Level::Info, "iifl-xts: session opened");
+    Ok(LoginOutput {
+        v: WIRE_VERSION,
+        access_token: Sensitive::new(token),
+        broker_user_id: user.to_owned(),
+        issued_at_ms: issued,
+        expires_at_ms: expires,
+        extras,
+    })
+}
+
 impl Strategy for IiflXts {
     const ID: &'static str = "iifl-xts";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -139,6 +223,7 @@ impl Strategy for IiflXts {
             timezone: "Asia/Kolkata".into(),
             token_validity: "the earlier of the JWT exp and the next 00:00 Asia/Kolkata".into(),
             base_urls: BTreeMap::from([("api_url".into(), "https://ttblaze.iifl.com".into())]),
+            settings: BTreeMap::new(),
             allowed_hosts: vec!["ttblaze.iifl.com".into()],
             max_concurrency: 8,
             rate_limit_per_sec: 5.0,
@@ -146,86 +231,9 @@ impl Strategy for IiflXts {
     }
 
     fn login(host: &Host<'_>, req: LoginRequest) -> Result<LoginOutput, ErrorOutput> {
-        let missing = |f: &str| {
-            ErrorOutput::new(
-                ErrorClass::InvalidCredentials,
-                format!("iifl-xts: the account has no {f}"),
-            )
-        };
-        let key = req
-            .credentials
-            .api_key
-            .as_deref()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| missing("api_key"))?;
-        let secret = req
-            .credentials
-            .api_secret
-            .as_ref()
-            .map(|s| s.expose())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| missing("api_secret"))?;
-        let api = api_url(&req.base_urls)?;
-        host.log(
-            Level::Info,
-            &format!(
-                "iifl-xts: opening an interactive session (attempt {})",
-                req.attempt
-            ),
-        );
-        let mut body =
-            serde_json::json!({"appKey": key, "secretKey": secret, "source": "WebAPI"}).to_string();
-        let mut request = HttpRequest::new("POST", http::join(api, SESSION_STEP))
-            .header("Accept", "application/json")
-            .body("application/json", body.as_str());
-        body.zeroize();
-        let resp = host.http(&request);
-        request.body.zeroize();
-        let resp = resp.map_err(|e| http::host_failure("iifl-xts", SESSION_STEP, &e))?;
-        let result = match envelope(SESSION_STEP, &resp)? {
-            Ok(result) => result,
-            Err((code, description)) => {
-                return Err(classify(SESSION_STEP, resp.status, &code, &description));
-            }
-        };
-        let token =
-            str_field(&result, "token").ok_or_else(|| protocol(SESSION_STEP, "no result.token"))?;
-        let user = str_field(&result, "userID")
-            .ok_or_else(|| protocol(SESSION_STEP, "no result.userID"))?;
-        if !req.broker_user_id.is_empty() && !user.eq_ignore_ascii_case(&req.broker_user_id) {
-            return Err(ErrorOutput::new(
-                ErrorClass::InvalidCredentials,
-                format!(
-                    "iifl-xts: the app key belongs to {user}, not to the account's {}",
-                    req.broker_user_id
-                ),
-            ));
-        }
-        let issued = host.now_unix_ms();
-        let midnight = ist::next_ist_midnight(issued);
-        let expires = match jwt_exp_ms(token) {
-            Some(exp) => exp.min(midnight),
-            None => {
-                host.log(
-                    Level::Warn,
-                    "iifl-xts: the token is not a readable JWT; using the 00:00 IST rule alone",
-                );
-                midnight
-            }
-        };
-        let mut extras = BTreeMap::new();
-        if let Some(codes) = result.get("clientCodes") {
-            extras.insert("client_codes".into(), codes.clone());
-        }
-        host.log(Level::Info, "iifl-xts: session opened");
-        Ok(LoginOutput {
-            v: WIRE_VERSION,
-            access_token: Sensitive::new(token),
-            broker_user_id: user.to_owned(),
-            issued_at_ms: issued,
-            expires_at_ms: expires,
-            extras,
-        })
+        // XTS sends no password or PIN (appKey and secretKey only), so a retryable failure may
+        // start a new session within the refresh's attempts, as before ABI 1.1.
+        open_session(host, req).map_err(ErrorOutput::before_credentials)
     }
 
     fn verify(host: &Host<'_>, req: VerifyRequest) -> Result<VerifyOutput, ErrorOutput> {

@@ -152,6 +152,13 @@ pub fn classify(step: Step, e: &IiflError) -> ErrorOutput {
             ErrorClass::AppNotAuthorized,
             "register this server's static IPv4 address with the app, or set ipv4_only = true for this broker",
         ),
+        // iifl.md: at topt/verify EC003 answers a wrong Authorization form; it looks retryable
+        // but is not, and a retry would burn a TOTP step for nothing.
+        Some("EC003") if step == Step::Totp => (
+            ErrorClass::Protocol,
+            "at this step EC003 most likely means the portal wants the other Authorization \
+             form: set [brokers.iifl] totp_auth_header = \"plain\" (or back to \"web\")",
+        ),
         Some("EC003") => (ErrorClass::BrokerUnavailable, "IIFL asks to retry"),
         Some(_) => (
             ErrorClass::Protocol,

@@ -26,7 +26,7 @@ use broker_api::wire::{
     VerifyOutput, VerifyRequest, WIRE_VERSION,
 };
 use broker_api::{Host, Level, Strategy};
-use broker_common::http::{self, str_field};
+use broker_common::http::{self, StepRetry, str_field};
 use broker_common::ist;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
@@ -92,6 +92,7 @@ fn missing(field: &str) -> ErrorOutput {
         ErrorClass::InvalidCredentials,
         format!("iifl: the account has no {field}"),
     )
+    .before_credentials()
 }
 
 fn app_key(c: &Credentials) -> Result<&str, ErrorOutput> {
@@ -177,15 +178,26 @@ fn exchange(
             serde_json::json!({ "checkSum": sum }).to_string(),
         );
     sum.zeroize();
-    let resp = host.http(&req);
+    let body = StepRetry::run_single_use(host, "iifl", step.name(), || {
+        let resp = host
+            .http(&req)
+            .map_err(|e| http::host_failure("iifl", step.name(), &e))?;
+        errors::ok_body(step, &resp)
+    });
     req.body.zeroize();
-    let resp = resp.map_err(|e| http::host_failure("iifl", step.name(), &e))?;
-    let body = errors::ok_body(step, &resp)?;
+    let body = body?;
     let mut session = str_field(&body, "userSession")
         .ok_or_else(|| protocol(step, "no userSession"))?
         .to_owned();
     let issued = host.now_unix_ms();
-    let confirmed = match profile(host, api, &session) {
+    let mut retry = StepRetry::default();
+    let verified = loop {
+        match profile(host, api, &session) {
+            Err(Err(e)) if retry.wait(host, "iifl", Step::Profile.name(), &e) => {}
+            other => break other,
+        }
+    };
+    let confirmed = match verified {
         Ok(id) => id,
         Err(Ok(refused)) => {
             session.zeroize();
@@ -244,6 +256,7 @@ impl Strategy for Iifl {
             schedule: "0 3 * * *".into(),
             timezone: "Asia/Kolkata".into(),
             token_validity: "until the next 00:00 Asia/Kolkata after login".into(),
+            settings: BTreeMap::from([(portal::TotpAuthHeader::SETTING.into(), "web".into())]),
             base_urls: BTreeMap::from([
                 (
                     "portal_url".into(),
@@ -273,13 +286,16 @@ impl Strategy for Iifl {
         if req.broker_user_id.is_empty() {
             return Err(missing("broker_user_id"));
         }
-        let urls = portal::PortalUrls::new(&req.base_urls)?;
-        let api = api_url(&req.base_urls)?;
+        let urls =
+            portal::PortalUrls::new(&req.base_urls).map_err(ErrorOutput::before_credentials)?;
+        let api = api_url(&req.base_urls).map_err(ErrorOutput::before_credentials)?;
+        let auth_form = portal::TotpAuthHeader::from_settings(&req.settings)?;
         host.log(
             Level::Info,
             &format!("iifl: headless login (attempt {})", req.attempt),
         );
-        let code = portal::headless_auth_code(host, &urls, &req.broker_user_id, password, key)?;
+        let code =
+            portal::headless_auth_code(host, &urls, &req.broker_user_id, password, key, auth_form)?;
         let out = exchange(host, api, &req.broker_user_id, &code, secret)?;
         host.log(
             Level::Info,

@@ -6,14 +6,21 @@
 //! 1. `client/verify {"userId"}` -> `result[0].isExist == "Yes"`
 //! 2. `client/enckey {"userId"}` -> `result[0].encKey`
 //! 3. `v1/pwd/validate {"userId","userData":AES(password, encKey),"source":"WEB"}` -> `result[0].token`
-//! 4. `topt/verify {"userId","totp","source":"WEB","vendor":appKey}` with
-//!    `Authorization: Bearer <userId> <token>` -> `result[0].redirectUrl` carrying `authCode`.
+//! 4. `topt/verify {"userId","totp","source":"WEB","vendor":appKey}` with the step 3 token in
+//!    `Authorization` -> `result[0].redirectUrl` carrying `authCode`. The header's form is not
+//!    documented: third-party code shows `Bearer <userId> WEB <token>` beside `vendor` (the
+//!    default) and `Bearer <userId> <token>` (setting `totp_auth_header = "plain"`). A wrong form
+//!    is answered EC003, which is therefore not retried at this step.
+//!
+//! Steps 1 and 2 send no credential: their failures may start a new login. From step 3 on the
+//! password may have been sent: failures are retried at their step within the deadline, never by
+//! sending the password again.
 
 use std::collections::BTreeMap;
 
 use broker_api::wire::{ErrorClass, ErrorOutput, HttpRequest};
 use broker_api::{Host, Level};
-use broker_common::http::{self, str_field};
+use broker_common::http::{self, StepRetry, str_field};
 use serde_json::json;
 use url::Url;
 use zeroize::Zeroize;
@@ -29,6 +36,47 @@ pub const ENCKEY_PATH: &str = "/omk/auth/access/client/enckey";
 pub const PASSWORD_PATH: &str = "/omk/auth/access/v1/pwd/validate";
 /// See [`CLIENT_VERIFY_PATH`].
 pub const TOTP_PATH: &str = "/omk/auth/access/topt/verify";
+
+/// How the step 3 token is sent to `topt/verify` (setting `totp_auth_header`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TotpAuthHeader {
+    /// `Bearer <userId> WEB <token>` (with `vendor` in the body): the default.
+    Web,
+    /// `Bearer <userId> <token>`.
+    Plain,
+}
+
+impl TotpAuthHeader {
+    /// Name of the setting.
+    pub const SETTING: &'static str = "totp_auth_header";
+
+    /// From the effective settings (absent: the default).
+    pub fn from_settings(settings: &BTreeMap<String, String>) -> Result<Self, ErrorOutput> {
+        match settings
+            .get(Self::SETTING)
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => Ok(TotpAuthHeader::Web),
+            Some(v) if v == "web" => Ok(TotpAuthHeader::Web),
+            Some(v) if v == "plain" => Ok(TotpAuthHeader::Plain),
+            Some(v) => Err(ErrorOutput::new(
+                ErrorClass::Protocol,
+                format!(
+                    "iifl: setting {} = {v:?}: must be \"web\" or \"plain\"",
+                    Self::SETTING
+                ),
+            )
+            .before_credentials()),
+        }
+    }
+
+    fn header(self, user_id: &str, token: &str) -> String {
+        match self {
+            TotpAuthHeader::Web => format!("Bearer {user_id} WEB {token}"),
+            TotpAuthHeader::Plain => format!("Bearer {user_id} {token}"),
+        }
+    }
+}
 
 /// The four portal endpoints. Each is `portal_url` + its default path unless the base URLs name it
 /// in full: `portal_client_verify_url`, `portal_enckey_url`, `portal_password_url`,
@@ -109,7 +157,55 @@ pub fn headless_auth_code(
     user_id: &str,
     password: &str,
     app_key: &str,
+    auth_form: TotpAuthHeader,
 ) -> Result<AuthCode, ErrorOutput> {
+    let mut enc_key =
+        before_password(host, urls, user_id).map_err(ErrorOutput::before_credentials)?;
+
+    let step = Step::Password;
+    let user_data = crypto::openssl_encrypt(password.as_bytes(), enc_key.as_bytes()).map_err(|e| {
+        ErrorOutput::new(
+            ErrorClass::Protocol,
+            format!("iifl: no randomness for the salt: {e}"),
+        )
+        .before_credentials()
+    });
+    enc_key.zeroize();
+    let mut user_data = user_data?;
+    let body = json!({"userId": user_id, "userData": user_data, "source": "WEB"});
+    user_data.zeroize();
+    let validated = first_result(step, &post(host, step, &urls.password, &body, None)?)?;
+    let mut token = str_field(&validated, "token")
+        .ok_or_else(|| protocol(step, "no token"))?
+        .to_owned();
+    host.log(Level::Debug, "iifl: password accepted by the portal");
+
+    let step = Step::Totp;
+    let mut auth = auth_form.header(user_id, &token);
+    token.zeroize();
+    let answer = totp_verify(host, urls, user_id, app_key, &auth);
+    auth.zeroize();
+    let result = first_result(step, &answer?)?;
+    let redirect =
+        str_field(&result, "redirectUrl").ok_or_else(|| protocol(step, "no redirectUrl"))?;
+    let base = Url::parse(&urls.portal).map_err(|e| protocol(step, &format!("portal_url: {e}")))?;
+    let redirect = base
+        .join(redirect)
+        .map_err(|_| protocol(step, "an unreadable redirectUrl"))?;
+    let pairs: Vec<(String, String)> = redirect
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    auth_code_from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .ok_or_else(|| protocol(step, "the redirectUrl carries no authCode"))
+}
+
+/// Steps 1 and 2, which send no credential: the client exists, and its `encKey`.
+fn before_password(
+    host: &Host<'_>,
+    urls: &PortalUrls,
+    user_id: &str,
+) -> Result<String, ErrorOutput> {
     let step = Step::ClientVerify;
     let verified = first_result(
         step,
@@ -131,38 +227,29 @@ pub fn headless_auth_code(
         }
         None => return Err(protocol(step, "no isExist")),
     }
-
     let step = Step::EncKey;
     let keyed = first_result(
         step,
         &post(host, step, &urls.enckey, &json!({"userId": user_id}), None)?,
     )?;
-    let mut enc_key = str_field(&keyed, "encKey")
-        .ok_or_else(|| protocol(step, "no encKey"))?
-        .to_owned();
+    str_field(&keyed, "encKey")
+        .map(str::to_owned)
+        .ok_or_else(|| protocol(step, "no encKey"))
+}
 
-    let step = Step::Password;
-    let user_data = crypto::openssl_encrypt(password.as_bytes(), enc_key.as_bytes()).map_err(|e| {
-        ErrorOutput::new(
-            ErrorClass::Protocol,
-            format!("iifl: no randomness for the salt: {e}"),
-        )
-    });
-    enc_key.zeroize();
-    let mut user_data = user_data?;
-    let body = json!({"userId": user_id, "userData": user_data, "source": "WEB"});
-    user_data.zeroize();
-    let validated = first_result(step, &post(host, step, &urls.password, &body, None)?)?;
-    let mut token = str_field(&validated, "token")
-        .ok_or_else(|| protocol(step, "no token"))?
-        .to_owned();
-    host.log(Level::Debug, "iifl: password accepted by the portal");
-
+/// Step 4: a fresh code per try; a refused code gets one more try, a retryable answer is retried
+/// within the deadline (EC003 is not retryable here: see `errors::classify`).
+fn totp_verify(
+    host: &Host<'_>,
+    urls: &PortalUrls,
+    user_id: &str,
+    app_key: &str,
+    auth: &str,
+) -> Result<serde_json::Value, ErrorOutput> {
     let step = Step::Totp;
-    let mut auth = format!("Bearer {user_id} {token}");
-    token.zeroize();
-    let mut answer = None;
-    for attempt in 1..=2 {
+    let mut refused_once = false;
+    let mut retry = StepRetry::default();
+    loop {
         let code = host.totp().map_err(|e| match e.error.kind.as_str() {
             "no_totp_secret" => ErrorOutput::new(
                 ErrorClass::TwofaUnavailable,
@@ -171,39 +258,22 @@ pub fn headless_auth_code(
             _ => http::host_failure("iifl", "TOTP", &e),
         })?;
         let body = json!({"userId": user_id, "totp": code.code.expose(), "source": "WEB", "vendor": app_key});
-        match post(host, step, &urls.totp, &body, Some(&auth)) {
-            Ok(body) => {
-                answer = Some(body);
-                break;
-            }
-            Err(e) if e.class == ErrorClass::TwofaRejected && attempt == 1 => {
+        match post(host, step, &urls.totp, &body, Some(auth)) {
+            Ok(body) => return Ok(body),
+            Err(e) if e.class == ErrorClass::TwofaRejected && !refused_once => {
+                refused_once = true;
                 host.log(
                     Level::Warn,
                     "iifl: the TOTP code was refused; trying once more with the next step's code",
                 );
             }
+            Err(e) if retry.wait(host, "iifl", step.name(), &e) => {}
             Err(mut e) => {
                 if e.class == ErrorClass::TwofaRejected {
                     e.message.push_str(" (refused on two different steps)");
                 }
-                auth.zeroize();
                 return Err(e);
             }
         }
     }
-    auth.zeroize();
-    let answer = answer.ok_or_else(|| protocol(step, "no answer"))?;
-    let result = first_result(step, &answer)?;
-    let redirect =
-        str_field(&result, "redirectUrl").ok_or_else(|| protocol(step, "no redirectUrl"))?;
-    let base = Url::parse(&urls.portal).map_err(|e| protocol(step, &format!("portal_url: {e}")))?;
-    let redirect = base
-        .join(redirect)
-        .map_err(|_| protocol(step, "an unreadable redirectUrl"))?;
-    let pairs: Vec<(String, String)> = redirect
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    auth_code_from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .ok_or_else(|| protocol(step, "the redirectUrl carries no authCode"))
 }

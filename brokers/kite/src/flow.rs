@@ -6,7 +6,7 @@ use broker_api::wire::{
     ErrorClass, ErrorOutput, HttpRequest, HttpResponse, LoginOutput, WIRE_VERSION,
 };
 use broker_api::{Host, Level};
-use broker_common::http::{self, form, query_value, str_field};
+use broker_common::http::{self, StepRetry, form, query_value, str_field};
 use broker_common::ist;
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -94,34 +94,61 @@ impl<'a, 'h> Client<'a, 'h> {
         result.map_err(|e| http::host_failure("kite", step.name(), &e))
     }
 
-    /// S1: `GET /connect/login?v=3&api_key=K` -> 302 whose `Location` carries `sess_id` (and the
-    /// `kf_session` cookie, kept by the host's jar).
+    /// S1: `GET /connect/login?v=3&api_key=K` -> a redirect whose `Location` carries `sess_id`
+    /// (and the `kf_session` cookie, kept by the host's jar).
     pub fn connect_login(&self, api_key: &str) -> Result<String, ErrorOutput> {
         let step = Step::ConnectLogin;
-        let url = self.web_url(&format!(
+        let start = self.web_url(&format!(
             "/connect/login?{}",
             form(&[("v", "3"), ("api_key", api_key)])
         ));
-        let resp = self.send(step, HttpRequest::new("GET", url))?;
-        if let Some(e) = http::triage("kite", step.name(), &resp) {
-            return Err(e);
-        }
-        if (300..400).contains(&resp.status) {
-            let next = location(&resp)
-                .ok_or_else(|| protocol(step, "a redirect without a usable Location"))?;
-            return query_value(&next, "sess_id")
-                .ok_or_else(|| protocol(step, "a redirect without sess_id"));
-        }
-        if let Some(error) = http::json(&resp).and_then(|b| errors::envelope_error(&b, resp.status))
-        {
-            return Err(errors::classify(step, &error));
+        self.follow_until(step, &start, "sess_id")
+    }
+
+    /// `GET start`, then its redirects by hand on the web host (at most [`MAX_HOPS`]), until a
+    /// hop's `Location` carries `param`, whose value is returned. That hop is never fetched: at
+    /// S4 it is the app's redirect URL.
+    fn follow_until(&self, step: Step, start: &str, param: &str) -> Result<String, ErrorOutput> {
+        let mut url = Url::parse(start).map_err(|e| protocol(step, &format!("bad URL: {e}")))?;
+        for _hop in 0..=MAX_HOPS {
+            if url.origin() != self.web.origin() {
+                return Err(protocol(
+                    step,
+                    &format!("a redirect left the web host without a {param}"),
+                ));
+            }
+            if is_authorize(&url) {
+                return Err(not_authorized());
+            }
+            let resp = self.send(step, HttpRequest::new("GET", url.as_str()))?;
+            if http::is_redirect(&resp) {
+                let next = location_from(&url, &resp)
+                    .ok_or_else(|| protocol(step, "a redirect without a usable Location"))?;
+                if let Some(value) = query_value(&next, param).filter(|v| !v.is_empty()) {
+                    return Ok(value);
+                }
+                url = next;
+                continue;
+            }
+            if let Some(e) = http::triage("kite", step.name(), &resp) {
+                return Err(e);
+            }
+            if let Some(error) =
+                http::json(&resp).and_then(|b| errors::envelope_error(&b, resp.status))
+            {
+                return Err(errors::classify(step, &error));
+            }
+            return Err(protocol(
+                step,
+                &format!(
+                    "HTTP {} where a redirect carrying {param} was expected",
+                    resp.status
+                ),
+            ));
         }
         Err(protocol(
             step,
-            &format!(
-                "HTTP {} where a redirect carrying sess_id was expected",
-                resp.status
-            ),
+            &format!("more than {MAX_HOPS} redirects without a {param}"),
         ))
     }
 
@@ -134,7 +161,7 @@ impl<'a, 'h> Client<'a, 'h> {
             ("password", password),
             ("type", "user_id"),
         ]);
-        let req = HttpRequest::new("POST", self.web_url("/api/login"))
+        let req = web_json_request(self.web_url("/api/login"))
             .body("application/x-www-form-urlencoded", body);
         let resp = self.send(step, req)?;
         let data = errors::data(step, &resp)?;
@@ -177,7 +204,8 @@ impl<'a, 'h> Client<'a, 'h> {
     }
 
     /// S3: `POST /api/twofa` with a fresh TOTP code; one more try on a fresh step if the code is
-    /// refused (never the same step twice: the host guarantees it).
+    /// refused (never the same step twice: the host guarantees it). A retryable answer (429,
+    /// 5xx, a WAF page, a timeout) is retried here on a fresh step, within the deadline.
     pub fn twofa(
         &self,
         user_id: &str,
@@ -185,7 +213,9 @@ impl<'a, 'h> Client<'a, 'h> {
         twofa_type: &str,
     ) -> Result<(), ErrorOutput> {
         let step = Step::Twofa;
-        for attempt in 1..=2 {
+        let mut refused_once = false;
+        let mut retry = StepRetry::default();
+        loop {
             let code = self.host.totp().map_err(|e| totp_failure(&e))?;
             let body = form(&[
                 ("user_id", user_id),
@@ -193,21 +223,25 @@ impl<'a, 'h> Client<'a, 'h> {
                 ("twofa_value", code.code.expose()),
                 ("twofa_type", twofa_type),
             ]);
-            let req = HttpRequest::new("POST", self.web_url("/api/twofa"))
+            let req = web_json_request(self.web_url("/api/twofa"))
                 .body("application/x-www-form-urlencoded", body);
-            let resp = self.send(step, req)?;
-            match errors::data(step, &resp) {
+            let result = self
+                .send(step, req)
+                .and_then(|resp| errors::data(step, &resp));
+            match result {
                 Ok(_) => {
                     self.host
                         .log(Level::Debug, &format!("kite: {} ok", step.name()));
                     return Ok(());
                 }
-                Err(e) if e.class == ErrorClass::TwofaRejected && attempt == 1 => {
+                Err(e) if e.class == ErrorClass::TwofaRejected && !refused_once => {
+                    refused_once = true;
                     self.host.log(
                         Level::Warn,
                         "kite: the TOTP code was refused; trying once more with the next step's code",
                     );
                 }
+                Err(e) if retry.wait(self.host, "kite", step.name(), &e) => {}
                 Err(mut e) => {
                     if e.class == ErrorClass::TwofaRejected {
                         e.message.push_str(" (refused on two different steps: check the TOTP secret and the host clock)");
@@ -216,57 +250,16 @@ impl<'a, 'h> Client<'a, 'h> {
                 }
             }
         }
-        unreachable!("the loop returns on its second attempt")
     }
 
     /// S4: `GET /connect/finish`, then its redirects by hand, stopping at the first hop whose
-    /// `Location` carries `request_token` (never fetched: it is the app's redirect URL).
+    /// `Location` carries `request_token`.
     pub fn finish(&self, api_key: &str, sess_id: &str) -> Result<String, ErrorOutput> {
-        let step = Step::Finish;
         let start = self.web_url(&format!(
             "/connect/finish?{}",
             form(&[("api_key", api_key), ("sess_id", sess_id)])
         ));
-        let mut url = Url::parse(&start).map_err(|e| protocol(step, &format!("bad URL: {e}")))?;
-        for _hop in 0..=MAX_HOPS {
-            if let Some(token) = query_value(&url, "request_token").filter(|t| !t.is_empty()) {
-                return Ok(token);
-            }
-            if url.origin() != self.web.origin() {
-                return Err(protocol(
-                    step,
-                    "a redirect left the web host without a request_token",
-                ));
-            }
-            if is_authorize(&url) {
-                return Err(not_authorized());
-            }
-            let resp = self.send(step, HttpRequest::new("GET", url.as_str()))?;
-            if let Some(e) = http::triage("kite", step.name(), &resp) {
-                return Err(e);
-            }
-            if (300..400).contains(&resp.status) {
-                url = location_from(&url, &resp)
-                    .ok_or_else(|| protocol(step, "a redirect without a usable Location"))?;
-                continue;
-            }
-            if let Some(error) =
-                http::json(&resp).and_then(|b| errors::envelope_error(&b, resp.status))
-            {
-                return Err(errors::classify(step, &error));
-            }
-            return Err(protocol(
-                step,
-                &format!(
-                    "HTTP {} where a redirect carrying request_token was expected",
-                    resp.status
-                ),
-            ));
-        }
-        Err(protocol(
-            step,
-            &format!("more than {MAX_HOPS} redirects without a request_token"),
-        ))
+        self.follow_until(Step::Finish, &start, "request_token")
     }
 
     /// S5: `POST /session/token` with the checksum.
@@ -338,12 +331,22 @@ impl<'a, 'h> Client<'a, 'h> {
         request_token: &str,
         broker_user_id: &str,
     ) -> Result<LoginOutput, ErrorOutput> {
-        let session = self.session_token(api_key, request_token, api_secret)?;
+        let session =
+            StepRetry::run_single_use(self.host, "kite", Step::SessionToken.name(), || {
+                self.session_token(api_key, request_token, api_secret)
+            })?;
         self.host.log(
             Level::Debug,
             &format!("kite: {} ok", Step::SessionToken.name()),
         );
-        let confirmed = match self.profile(api_key, &session.access_token) {
+        let mut retry = StepRetry::default();
+        let verified = loop {
+            match self.profile(api_key, &session.access_token) {
+                Err(Err(e)) if retry.wait(self.host, "kite", Step::Profile.name(), &e) => {}
+                other => break other,
+            }
+        };
+        let confirmed = match verified {
             Ok(user) => user,
             Err(Ok(refused)) => {
                 return Err(ErrorOutput::new(
@@ -397,9 +400,12 @@ impl<'a, 'h> Client<'a, 'h> {
     }
 }
 
-fn location(resp: &HttpResponse) -> Option<Url> {
-    let base = Url::parse(&resp.url).ok()?;
-    location_from(&base, resp)
+/// A POST to the web host's JSON API as Kite's own login page makes it: asking for JSON (a server
+/// that picks its answer by `Accept` must not pick a page) and naming the API version.
+fn web_json_request(url: String) -> HttpRequest {
+    HttpRequest::new("POST", url)
+        .header("Accept", "application/json, text/plain, */*")
+        .header("X-Kite-Version", "3")
 }
 
 /// The `Location` of a response resolved against the request URL (it may be relative).

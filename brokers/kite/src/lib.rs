@@ -23,7 +23,7 @@ use broker_api::wire::{
     WIRE_VERSION,
 };
 use broker_api::{Host, Level, Strategy};
-use broker_common::http::form;
+use broker_common::http::{StepRetry, form};
 
 pub use flow::checksum;
 
@@ -35,6 +35,7 @@ fn missing(field: &str) -> ErrorOutput {
         ErrorClass::InvalidCredentials,
         format!("kite: the account has no {field}"),
     )
+    .before_credentials()
 }
 
 fn api_key(c: &Credentials) -> Result<&str, ErrorOutput> {
@@ -83,6 +84,7 @@ impl Strategy for Kite {
                 ("web_url".into(), "https://kite.zerodha.com".into()),
                 ("api_url".into(), "https://api.kite.trade".into()),
             ]),
+            settings: BTreeMap::new(),
             allowed_hosts: vec!["kite.zerodha.com".into(), "api.kite.trade".into()],
             max_concurrency: 8,
             rate_limit_per_sec: 10.0,
@@ -107,10 +109,17 @@ impl Strategy for Kite {
             Level::Info,
             &format!("kite: headless login (attempt {})", req.attempt),
         );
-        let sess_id = client.connect_login(key)?;
+        // Until S2 no credential has left: a failure there may start a new login. From S2 on,
+        // the password may have been sent, so failures are retried at their step, never by a
+        // new login (ErrorOutput::credentials_sent).
+        let sess_id = client
+            .connect_login(key)
+            .map_err(ErrorOutput::before_credentials)?;
         let (request_id, twofa_type) = client.password(&req.broker_user_id, password)?;
         client.twofa(&req.broker_user_id, &request_id, &twofa_type)?;
-        let request_token = client.finish(key, &sess_id)?;
+        let request_token = StepRetry::run(host, "kite", errors::Step::Finish.name(), || {
+            client.finish(key, &sess_id)
+        })?;
         let out = client.complete(key, secret, &request_token, &req.broker_user_id)?;
         host.log(
             Level::Info,

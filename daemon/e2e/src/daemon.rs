@@ -170,7 +170,7 @@ dir = {logs}
         let log_path = self.stderr_dir().join(format!("{label}.log"));
         let mut child = self
             .command()
-            .arg("serve")
+            .args(["serve", "--dev"])
             .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("TOKENBOT_LOG__LEVEL", log_level)
             .stdin(Stdio::null())

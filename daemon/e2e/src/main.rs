@@ -308,6 +308,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     let fake = FakeKite::start_with(FakeOptions {
         now: system_now(),
         latency: Duration::from_millis(args.latency_ms),
+        ..Default::default()
     })
     .await;
     let accounts: Vec<Account> = (0..args.accounts)

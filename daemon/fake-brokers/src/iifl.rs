@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use aes::cipher::{BlockModeDecrypt, KeyIvInit, block_padding::Pkcs7};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,6 +18,7 @@ use base64::Engine;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
+use crate::mess::{self, HostHabits, Realism};
 use crate::record::{Recorder, TotpUse, track};
 use crate::{FakeOptions, NowFn, Server, fake_jwt, ist, random_token, serve, sha256_hex, totp};
 
@@ -54,6 +55,24 @@ pub enum IiflBehaviour {
     ServerError,
     /// `client/enckey` answers without `encKey`.
     UnexpectedShape,
+    /// `getusersession` answers an HTML 503 the first time for the account, then works with the
+    /// same authCode (the failed call does not use it up).
+    UserSessionUnavailable,
+    /// `topt/verify` answers a JSON 500 the first time for the account (before looking at the
+    /// code: no TOTP use is recorded), then works.
+    PortalTotpUnavailable,
+}
+
+/// The `Authorization` form `topt/verify` accepts (fake-wide; iifl.md). Any other form is
+/// answered HTTP 200 `{"status":"Not_Ok","code":"EC003","message":"Something went wrong. Please
+/// try again.","result":[]}`, which counts neither as a TOTP use nor as a failure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IiflTotpAuth {
+    /// `Bearer <userId> WEB <token>`, with `vendor` (the appKey) in the body.
+    #[default]
+    Web,
+    /// `Bearer <userId> <token>`.
+    Plain,
 }
 
 /// A fake IIFL account (one client, one app).
@@ -110,6 +129,10 @@ struct Account {
     password_failures: u32,
     refused_once: bool,
     used_steps: HashSet<u64>,
+    /// `UserSessionUnavailable` answered its 503.
+    session_503_done: bool,
+    /// `PortalTotpUnavailable` answered its 500.
+    totp_500_done: bool,
 }
 
 struct AuthCode {
@@ -133,6 +156,8 @@ struct IiflState {
     inner: Mutex<Inner>,
     now: NowFn,
     recorder: Arc<Recorder>,
+    realism: Realism,
+    totp_auth: Mutex<IiflTotpAuth>,
 }
 
 impl IiflState {
@@ -225,6 +250,8 @@ impl FakeIifl {
             inner: Mutex::default(),
             now: options.now,
             recorder: Arc::new(Recorder::new(options.latency)),
+            realism: options.realism,
+            totp_auth: Mutex::default(),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
         let portal = Router::new()
@@ -241,9 +268,14 @@ impl FakeIifl {
             .route("/v1/profile/logout", post(logout))
             .route_layer(layer)
             .with_state(state.clone());
+        let portal_habits = HostHabits {
+            json_type: "text/plain;charset=UTF-8",
+            foreign_cookie: None,
+            jsessionid: true,
+        };
         FakeIifl {
-            portal: serve(portal).await,
-            api: serve(api).await,
+            portal: serve(mess::apply(portal, options.realism, portal_habits)).await,
+            api: serve(mess::apply(api, options.realism, HostHabits::json())).await,
             state,
         }
     }
@@ -279,6 +311,8 @@ impl FakeIifl {
                 password_failures: 0,
                 refused_once: false,
                 used_steps: HashSet::new(),
+                session_503_done: false,
+                totp_500_done: false,
             },
         );
     }
@@ -293,6 +327,24 @@ impl FakeIifl {
         {
             a.user.behaviour = behaviour;
         }
+    }
+
+    /// The `Authorization` form `topt/verify` accepts from now on (default [`IiflTotpAuth::Web`]).
+    pub fn set_totp_auth(&self, form: IiflTotpAuth) {
+        *self
+            .state
+            .totp_auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = form;
+    }
+
+    /// The `Authorization` form `topt/verify` accepts.
+    pub fn totp_auth(&self) -> IiflTotpAuth {
+        *self
+            .state
+            .totp_auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// What the fake saw (passwords are recorded after decryption).
@@ -463,13 +515,39 @@ async fn pwd_validate(State(s): State<Arc<IiflState>>, Json(body): Json<Value>) 
     portal_ok(json!({"token": token}))
 }
 
+/// Marks `topt/verify`'s success answer (every other answer is an error page in realistic mode).
+#[derive(Clone, Copy)]
+struct TotpVerified;
+
 async fn topt_verify(
     State(s): State<Arc<IiflState>>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let user_id = field(&body, "userId");
-    let code = field(&body, "totp");
+    let mut r = topt_verify_answer(&s, &headers, &body);
+    if s.realism == Realism::Realistic && r.extensions().get::<TotpVerified>().is_none() {
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html;charset=UTF-8"),
+        );
+    }
+    r
+}
+
+/// The `Authorization` of `topt/verify` split as `form` has it: `(userId, token)`.
+fn totp_bearer(auth: &str, form: IiflTotpAuth) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = auth.strip_prefix("Bearer ")?.split(' ').collect();
+    match (form, parts.as_slice()) {
+        (IiflTotpAuth::Web, [user, "WEB", token]) | (IiflTotpAuth::Plain, [user, token]) => {
+            Some((user, token))
+        }
+        _ => None,
+    }
+}
+
+fn topt_verify_answer(s: &IiflState, headers: &HeaderMap, body: &Value) -> Response {
+    let user_id = field(body, "userId");
+    let code = field(body, "totp");
     let now = (s.now)();
     let end = |r: Response| {
         s.recorder.login_end(&user_id);
@@ -488,19 +566,39 @@ async fn topt_verify(
             "Invalid userId or password",
         ));
     };
-    let expected = account
-        .portal_token
-        .as_ref()
-        .map(|t| format!("Bearer {} {t}", account.user.client_id));
-    if expected.as_deref() != Some(auth.as_str()) || field(&body, "source") != "WEB" {
+    let form = *s.totp_auth.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((auth_user, auth_token)) = totp_bearer(&auth, form) else {
         return end(portal_error(
-            StatusCode::UNAUTHORIZED,
-            "EC044",
-            "Token is not valid",
+            StatusCode::OK,
+            "EC003",
+            "Something went wrong. Please try again.",
         ));
+    };
+    if !auth_user.eq_ignore_ascii_case(&account.user.client_id)
+        || account.portal_token.as_deref() != Some(auth_token)
+        || field(body, "source") != "WEB"
+    {
+        let status = match s.realism {
+            Realism::Realistic => StatusCode::OK,
+            Realism::Ideal => StatusCode::UNAUTHORIZED,
+        };
+        return end(portal_error(status, "EC044", "Token is not valid"));
     }
-    if field(&body, "vendor") != account.user.app_key {
+    if field(body, "vendor") != account.user.app_key {
         return end(portal_error(StatusCode::OK, "EC054", "appKey is incorrect"));
+    }
+    if account.user.behaviour == IiflBehaviour::PortalTotpUnavailable && !account.totp_500_done {
+        account.totp_500_done = true;
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({
+                "timestamp": crate::mess::http_date(crate::mess::system_secs()),
+                "status": 500,
+                "error": "Internal Server Error",
+                "path": "/omk/auth/access/topt/verify"
+            })),
+        )
+            .into_response();
     }
     match account.user.behaviour {
         IiflBehaviour::TotpNotEnabled => {
@@ -552,7 +650,11 @@ async fn topt_verify(
             created_ms: now,
         },
     );
-    portal_ok(json!({"redirectUrl": format!("{redirect}?authCode={auth_code}&clientId={client}")}))
+    let mut r = portal_ok(
+        json!({"redirectUrl": format!("{redirect}?authCode={auth_code}&clientId={client}")}),
+    );
+    r.extensions_mut().insert(TotpVerified);
+    r
 }
 
 async fn get_user_session(State(s): State<Arc<IiflState>>, Json(body): Json<Value>) -> Response {
@@ -571,6 +673,13 @@ async fn get_user_session(State(s): State<Arc<IiflState>>, Json(body): Json<Valu
         s.recorder.login_end(&client);
         r
     };
+    if let Some(account) = inner.accounts.get_mut(&client.to_ascii_uppercase())
+        && account.user.behaviour == IiflBehaviour::UserSessionUnavailable
+        && !account.session_503_done
+    {
+        account.session_503_done = true;
+        return html_503();
+    }
     inner.auth_codes.remove(&code);
     if now - created > AUTH_CODE_TTL_MS {
         return end(api_error(

@@ -9,19 +9,24 @@
 //! - issues tokens its verify route accepts (until the broker's expiry rule on the fake's clock);
 //! - records what it saw in a [`Recorder`]: requests per route, passwords per user, TOTP uses,
 //!   logins and requests in flight, requests per second;
-//! - can add latency to every request.
+//! - can add latency to every request;
+//! - by default ([`Realism::Realistic`]) answers with the incidental habits of real servers
+//!   (redirect bodies, chunked and gzip bodies, extra headers and cookies, odd content types; see
+//!   [`Realism`]); [`Realism::Ideal`] gives tidy answers.
 //!
 //! State sits behind short-lived `std::sync::Mutex`es that are never held across an `.await`.
 
 mod iifl;
 mod kite;
+mod mess;
 mod record;
 mod xts;
 
 use std::sync::Arc;
 
-pub use iifl::{FakeIifl, IiflBehaviour, IiflUser};
+pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
+pub use mess::Realism;
 pub use record::{Recorder, TotpUse};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 
@@ -45,6 +50,8 @@ pub struct FakeOptions {
     pub now: NowFn,
     /// Latency added to every request.
     pub latency: std::time::Duration,
+    /// Real servers' habits, or tidy answers.
+    pub realism: Realism,
 }
 
 impl Default for FakeOptions {
@@ -52,6 +59,7 @@ impl Default for FakeOptions {
         FakeOptions {
             now: system_now(),
             latency: std::time::Duration::ZERO,
+            realism: Realism::default(),
         }
     }
 }
@@ -60,6 +68,7 @@ impl std::fmt::Debug for FakeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FakeOptions")
             .field("latency", &self.latency)
+            .field("realism", &self.realism)
             .finish_non_exhaustive()
     }
 }

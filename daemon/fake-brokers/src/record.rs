@@ -22,6 +22,7 @@ pub struct Recorder {
     started: Instant,
     latency_us: AtomicU64,
     routes: Mutex<HashMap<String, u64>>,
+    statuses: Mutex<HashMap<(String, u16), u64>>,
     passwords: Mutex<HashMap<String, Vec<String>>>,
     totp: Mutex<HashMap<String, Vec<TotpUse>>>,
     logins: Mutex<HashSet<String>>,
@@ -37,6 +38,7 @@ impl Recorder {
             started: Instant::now(),
             latency_us: AtomicU64::new(latency.as_micros() as u64),
             routes: Mutex::default(),
+            statuses: Mutex::default(),
             passwords: Mutex::default(),
             totp: Mutex::default(),
             logins: Mutex::default(),
@@ -76,7 +78,13 @@ impl Recorder {
         self.max_requests.fetch_max(now, Ordering::SeqCst);
     }
 
-    pub(crate) fn request_finished(&self) {
+    pub(crate) fn request_finished(&self, route: &str, status: u16) {
+        *self
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route.to_owned(), status))
+            .or_default() += 1;
         self.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -126,6 +134,26 @@ impl Recorder {
     /// Requests per route.
     pub fn requests_by_route(&self) -> BTreeMap<String, u64> {
         self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Requests on `route` answered with HTTP `status` (the handler's status, e.g. 429).
+    pub fn requests_with_status(&self, route: &str, status: u16) -> u64 {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(route.to_owned(), status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answered requests per route and HTTP status.
+    pub fn requests_by_route_and_status(&self) -> BTreeMap<(String, u16), u64> {
+        self.statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -193,6 +221,10 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.passwords
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -228,6 +260,6 @@ pub(crate) async fn track(
         tokio::time::sleep(latency).await;
     }
     let response = next.run(request).await;
-    recorder.request_finished();
+    recorder.request_finished(route, response.status().as_u16());
     response
 }

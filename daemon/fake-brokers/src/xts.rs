@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use crate::mess::{self, HostHabits};
 use crate::record::{Recorder, track};
 use crate::{FakeOptions, NowFn, Server, fake_jwt, serve};
 
@@ -138,7 +139,7 @@ impl FakeXts {
             .route_layer(layer)
             .with_state(state.clone());
         FakeXts {
-            server: serve(router).await,
+            server: serve(mess::apply(router, options.realism, HostHabits::json())).await,
             state,
         }
     }

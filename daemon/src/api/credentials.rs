@@ -75,6 +75,7 @@ pub struct CredentialsStatusOut {
         (status = 201, description = "Stored (created or replaced); no secrets in the answer", body = AccountView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
+        (status = 409, description = "Another user already registered this broker account", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "Wrong types, unknown broker, or fields the broker does not take or needs", body = ErrorBody),
@@ -213,6 +214,7 @@ pub async fn toggle(
         Flags {
             auto_refresh: Some(body.auto_refresh),
             managed_externally: None,
+            clear_attention: false,
         },
     )
     .await

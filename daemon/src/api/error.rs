@@ -131,6 +131,9 @@ impl From<VaultError> for ApiError {
                 format!("no account for user {} at broker {}", key.user, key.broker),
             ),
             e @ VaultError::InvalidId { .. } => ApiError::bad_request("invalid_id", e.to_string()),
+            e @ VaultError::BrokerAccountTaken { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "broker_account_taken", e.to_string())
+            }
             e @ VaultError::ReadOnly => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_only", e.to_string())
             }

@@ -139,6 +139,19 @@ fn base_urls(api: &ApiState, plugin: &Plugin) -> BTreeMap<String, String> {
     plugin.base_urls(&configured)
 }
 
+fn settings(api: &ApiState, plugin: &Plugin) -> Result<BTreeMap<String, String>, ApiError> {
+    let configured = api
+        .app
+        .config
+        .brokers
+        .get(&plugin.id)
+        .map(|b| b.settings.clone())
+        .unwrap_or_default();
+    plugin.settings(&configured).map_err(|message| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
+    })
+}
+
 /// `GET /api/login/{broker}/{userId}/url`
 #[utoipa::path(
     get,
@@ -149,7 +162,7 @@ fn base_urls(api: &ApiState, plugin: &Plugin) -> BTreeMap<String, String> {
         ("userId" = String, Path, description = "The platform's user id"),
     ),
     responses(
-        (status = 200, description = "The broker's login URL, bound to this account for 10 minutes", body = LoginUrlOut),
+        (status = 200, description = "The broker's login URL, bound to this account for 10 minutes; it replaces the account's previous one", body = LoginUrlOut),
         (status = 400, description = "The broker has no assisted login", body = ErrorBody),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
         (status = 403, description = "A user's token for another user", body = ErrorBody),
@@ -183,13 +196,24 @@ pub async fn url(
     let key = AccountKey::new(user, broker);
     let (account, credentials) = load(&api, key.clone()).await?;
     let now = api.now_ms();
-    let state = api.assisted.issue(key.clone(), now).map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "assisted_login_unavailable",
-            e.to_string(),
-        )
-    })?;
+    let state = api
+        .assisted
+        .issue(key.clone(), key.user.as_str(), now)
+        .map_err(|e| match e {
+            crate::assisted::StateError::TooMany { retry_ms } => {
+                let secs = (retry_ms.max(1000) + 999) / 1000;
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+                    .with_header(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from(secs),
+                    )
+            }
+            e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "assisted_login_unavailable",
+                e.to_string(),
+            ),
+        })?;
     let redirect_url = format!(
         "{}/callback/{}",
         public_url.as_str().trim_end_matches('/'),
@@ -202,6 +226,7 @@ pub async fn url(
         state,
         redirect_url: redirect_url.clone(),
         base_urls: base_urls(&api, &plugin),
+        settings: settings(&api, &plugin)?,
     };
     let ctx = context(&api, &plugin, &key, &credentials);
     let out = run_blocking(plugin, ctx, move |p, c| {
@@ -265,6 +290,7 @@ pub async fn callback(
         credentials: wire_credentials(&credentials),
         query,
         base_urls: base_urls(&api, &plugin),
+        settings: settings(&api, &plugin)?,
     };
     let ctx = context(&api, &plugin, &key, &credentials);
     let started = Instant::now();
@@ -312,10 +338,13 @@ pub async fn callback(
             };
             blocking(move || {
                 vault.put_token(&k, &token)?;
-                if vault
-                    .get_account(&k)?
-                    .is_some_and(|a| a.attention.is_some())
-                {
+                // A person logging in shows the broker lets a person in, not that the stored
+                // password or TOTP secret is right: only the classes that says fixes are cleared.
+                if vault.get_account(&k)?.is_some_and(|a| {
+                    a.attention
+                        .as_ref()
+                        .is_some_and(|a| a.resolved_by_assisted_login())
+                }) {
                     vault.clear_attention(&k)?;
                 }
                 vault.append_attempt(&k, &attempt)?;

@@ -53,6 +53,10 @@ pub struct FlagsBody {
     pub auto_refresh: Option<bool>,
     /// Logged in by another system.
     pub managed_externally: Option<bool>,
+    /// `true`: clear needs-attention, the operator's word that its cause is fixed. Logins send
+    /// the stored password again after this: clear it only when the account was unlocked or the
+    /// password is known to be right.
+    pub clear_attention: Option<bool>,
 }
 
 /// `?broker=`
@@ -179,6 +183,7 @@ impl ProvisionBody {
         (status = 400, description = "Malformed JSON or an invalid user id", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown broker", body = ErrorBody),
+        (status = 409, description = "Another user already registered this broker account", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "Wrong types, or fields the broker does not take or needs", body = ErrorBody),
@@ -240,10 +245,11 @@ pub async fn change(
     ApiJson(body): ApiJson<FlagsBody>,
 ) -> Result<Json<AccountView>, ApiError> {
     let key = AccountKey::new(user_id(user)?, BrokerId::new(broker)?);
-    if body.auto_refresh.is_none() && body.managed_externally.is_none() {
+    let clear_attention = body.clear_attention == Some(true);
+    if body.auto_refresh.is_none() && body.managed_externally.is_none() && !clear_attention {
         return Err(ApiError::unprocessable(
             "nothing_to_change",
-            "give `auto_refresh` and/or `managed_externally`",
+            "give `auto_refresh`, `managed_externally` and/or `clear_attention: true`",
         ));
     }
     set_flags(
@@ -252,6 +258,7 @@ pub async fn change(
         Flags {
             auto_refresh: body.auto_refresh,
             managed_externally: body.managed_externally,
+            clear_attention,
         },
     )
     .await

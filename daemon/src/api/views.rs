@@ -11,13 +11,7 @@ use super::ApiState;
 use super::error::{ApiError, blocking};
 use crate::vault::{Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, VaultError};
 
-/// Unix ms as RFC 3339 UTC with milliseconds.
-pub fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
-        || ms.to_string(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    )
-}
+pub use crate::clock::iso;
 
 /// Why an account waits for an operator.
 #[derive(Debug, Serialize, ToSchema)]

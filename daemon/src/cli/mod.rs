@@ -35,8 +35,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon.
-    Serve,
+    /// Run the daemon on an existing vault (`tokenbot init` creates one).
+    Serve {
+        /// Development: create the vault, and a key file beside it when no key is configured,
+        /// if there is none. Never use it in production: a missing ENCRYPTION_KEY or another
+        /// working directory would silently start an empty vault.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Create the vault (and, when no key is configured, the development key file beside it).
     Init(vault::InitArgs),
     /// Accounts: a user's credentials at one broker.
@@ -108,7 +114,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config, explicit)?;
     let _log_guards = crate::logging::init(&config.log)?;
     match cli.command {
-        Command::Serve => serve(config),
+        Command::Serve { dev } => serve(config, dev),
         Command::Init(args) => vault::init(&config, &args),
         Command::User { command } => user::run(&config, command),
         Command::Vault { command } => vault::run(&config, command),
@@ -148,13 +154,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<ExitCode> {
+fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
-        let state = Arc::new(crate::AppState::open(config)?);
+        let state = Arc::new(crate::AppState::open(config, dev)?);
         crate::run(state, listener, crate::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -11,11 +11,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::vault::{UserId, VaultError};
 
-fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+use crate::clock::iso;
 
 /// How a read ended: a JSON document, or "nothing there" (exit status 1).
 enum Found {

@@ -72,6 +72,10 @@ pub(super) enum UserCommand {
         /// Logged in by another system: never logged in here.
         #[arg(long)]
         managed_externally: Option<Switch>,
+        /// Clear needs-attention without new credentials (the account was unlocked, the broker
+        /// fixed): the stored password is sent again at the next login.
+        #[arg(long)]
+        clear_attention: bool,
     },
 }
 
@@ -111,10 +115,12 @@ pub(super) fn run(config: &Config, command: UserCommand) -> anyhow::Result<ExitC
             broker,
             auto_refresh,
             managed_externally,
+            clear_attention,
         } => {
-            if auto_refresh.is_none() && managed_externally.is_none() {
+            if auto_refresh.is_none() && managed_externally.is_none() && !clear_attention {
                 bail!(
-                    "nothing to set: give --auto-refresh on|off and/or --managed-externally on|off"
+                    "nothing to set: give --auto-refresh on|off, --managed-externally on|off \
+                     and/or --clear-attention"
                 );
             }
             let key = AccountKey::parse(&user_id, &broker)?;
@@ -122,6 +128,7 @@ pub(super) fn run(config: &Config, command: UserCommand) -> anyhow::Result<ExitC
             let flags = Flags {
                 auto_refresh: auto_refresh.map(Switch::on),
                 managed_externally: managed_externally.map(Switch::on),
+                clear_attention,
             };
             let account = vault.set_flags(&key, flags)?;
             println!(

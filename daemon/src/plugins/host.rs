@@ -27,6 +27,7 @@ pub static HOST_TABLE: HostTable = HostTable {
     log: host_log,
     now_unix_ms: host_now,
     totp: host_totp,
+    sleep_ms: host_sleep,
 };
 
 /// Most redirects followed for one request that asked to follow them.
@@ -49,8 +50,14 @@ pub struct CallContext {
     pub totp_secret: Option<Zeroizing<Vec<u8>>>,
     /// Steps already handed out, process-wide.
     pub steps: Arc<StepGuard>,
+    /// Records a step durably before its code is handed out (the vault, for logins the
+    /// refresher runs). `None`: the step lives in `steps` alone.
+    pub step_log: Option<StepLog>,
     /// When the whole call must be over.
     pub deadline: Instant,
+    /// The same deadline on [`CallContext::clock`], which a test's manual clock moves: a
+    /// plugin's sleeps end the call on either.
+    pub clock_deadline_ms: i64,
     /// Strings replaced by `[redacted]` in plugin log lines; grows with every TOTP code handed out
     /// and every token-like value seen in a response.
     pub redactor: Redactor,
@@ -72,6 +79,9 @@ pub struct Egress {
     /// (each redirect hop included) waits for a slot.
     pub limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
+
+/// Durable record of a TOTP step handed out for this call's account; `Err` (why) withholds it.
+pub type StepLog = Arc<dyn Fn(u64) -> Result<(), String> + Send + Sync>;
 
 /// Replaces known secrets in text.
 #[derive(Debug, Default)]
@@ -171,6 +181,23 @@ unsafe extern "C" fn host_now(call: *mut CallCtx) -> i64 {
     .unwrap_or(0)
 }
 
+unsafe extern "C" fn host_sleep(call: *mut CallCtx, ms: u64) -> Status {
+    guarded(None, || {
+        // SAFETY: the plugin passes back the pointer of its current call.
+        let Some(ctx) = (unsafe { context(call) }) else {
+            return Status::BAD_INPUT;
+        };
+        let wanted = Duration::from_millis(ms);
+        let in_time = ctx.remaining().is_some_and(|left| left > wanted)
+            && ctx.clock.now_ms().saturating_add_unsigned(ms) < ctx.clock_deadline_ms;
+        if !in_time {
+            return Status::TIMEOUT;
+        }
+        ctx.clock.sleep_ms(ms);
+        Status::OK
+    })
+}
+
 unsafe extern "C" fn host_log(call: *mut CallCtx, level: i32, message: Bytes) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the plugin passes back its call pointer and bytes valid for this call.
@@ -216,6 +243,18 @@ unsafe extern "C" fn host_totp(call: *mut CallCtx, request: Bytes, out: Sink) ->
         let budget = ctx.remaining().unwrap_or_default().as_millis() as u64;
         match fresh_code(&ctx.steps, ctx.clock.as_ref(), &ctx.account, secret, budget) {
             Ok(fresh) => {
+                // Written before the code leaves: after a crash, the next process knows the
+                // step was used even if the broker saw the code and nothing else was recorded.
+                if let Some(log) = &ctx.step_log
+                    && let Err(why) = log(fresh.step)
+                {
+                    return fail(
+                        out,
+                        Status::ERROR,
+                        "step_not_recorded",
+                        format!("the TOTP step could not be recorded, so it was not used: {why}"),
+                    );
+                }
                 ctx.redactor.add(&fresh.code);
                 write_json(
                     out,
@@ -293,6 +332,7 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(ctx.http.default_timeout);
+    let origin = url.origin();
     for _hop in 0..=MAX_REDIRECTS {
         allowed(ctx, &url)?;
         let remaining = ctx.remaining().ok_or((
@@ -322,8 +362,14 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
             .client
             .request(method.clone(), url.clone())
             .timeout(timeout);
+        // A redirect to another origin gets none of the plugin's credentials.
+        let same_origin = url.origin() == origin;
         for [name, value] in &request.headers {
-            if name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("host") {
+            let name_lower = name.to_ascii_lowercase();
+            if matches!(name_lower.as_str(), "cookie" | "host")
+                || (!same_origin
+                    && matches!(name_lower.as_str(), "authorization" | "proxy-authorization"))
+            {
                 continue;
             }
             builder = builder.header(name.as_str(), value.as_str());
@@ -366,10 +412,7 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
             }
             Err(e) => return Err((Status::ERROR, "network", describe(&e))),
         };
-        ctx.http.jar.set_cookies(
-            &mut headers.get_all(reqwest::header::SET_COOKIE).iter(),
-            &url,
-        );
+        store_cookies(&ctx.http.jar, &headers, &url);
         let location = headers
             .get(reqwest::header::LOCATION)
             .and_then(|l| l.to_str().ok())
@@ -378,6 +421,13 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
             && status.is_redirection()
             && let Some(next) = location
         {
+            if url.scheme() == "https" && next.scheme() != "https" {
+                return Err((
+                    Status::DENIED,
+                    "denied",
+                    format!("a redirect from https to {} was refused", next.scheme()),
+                ));
+            }
             if !matches!(status.as_u16(), 307 | 308) {
                 method = reqwest::Method::GET;
                 body = None;
@@ -409,6 +459,30 @@ fn exchange(ctx: &CallContext, request: HttpRequest) -> Result<HttpResponse, Htt
         "too_many_redirects",
         format!("more than {MAX_REDIRECTS} redirects"),
     ))
+}
+
+/// Keep a response's cookies in this login's jar. A `Domain` attribute that does not cover the
+/// host that sent it (a login host behind another name, a fake on loopback) makes the cookie
+/// host-only instead of dropping it: the jar lives for one login and reaches only allowed hosts,
+/// and a lost session cookie fails the login later with a misleading error.
+fn store_cookies(jar: &reqwest::cookie::Jar, headers: &reqwest::header::HeaderMap, url: &url::Url) {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    for value in headers.get_all(reqwest::header::SET_COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        let Ok(mut cookie) = cookie::Cookie::parse(text) else {
+            continue;
+        };
+        if let Some(domain) = cookie.domain() {
+            let domain = domain.trim_start_matches('.').to_ascii_lowercase();
+            let covers = host == domain
+                || (host.parse::<std::net::IpAddr>().is_err()
+                    && host.ends_with(&format!(".{domain}")));
+            if !covers {
+                cookie.unset_domain();
+            }
+        }
+        jar.add_cookie_str(&cookie.to_string(), url);
+    }
 }
 
 /// Error text without the URL's query (which may carry tokens).
@@ -458,5 +532,61 @@ fn learn_tokens(redactor: &Redactor, body: &str, headers: &reqwest::header::Head
         {
             redactor.add(value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies_after(set_cookie: &[&str], url: &str) -> String {
+        let jar = reqwest::cookie::Jar::default();
+        let url = url::Url::parse(url).unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        for value in set_cookie {
+            headers.append(reqwest::header::SET_COOKIE, value.parse().unwrap());
+        }
+        store_cookies(&jar, &headers, &url);
+        jar.cookies(&url)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn session_cookies_with_real_attributes_come_back_on_loopback() {
+        let sent = cookies_after(
+            &[
+                "kf_session=s1; Domain=127.0.0.1; Path=/; Expires=Wed, 21 Oct 2099 07:28:00 GMT; HttpOnly; Secure; SameSite=None",
+                "AWSALB=lb; Expires=Wed, 21 Oct 2099 07:28:00 GMT; Path=/",
+                "enctoken=e1; Domain=kite.zerodha.com; Path=/; Secure; SameSite=None",
+                "_cfuvid=c1; Domain=.zerodha.com; Path=/; HttpOnly; Secure",
+            ],
+            "http://127.0.0.1:4000/api/login",
+        );
+        for pair in ["kf_session=s1", "AWSALB=lb", "enctoken=e1", "_cfuvid=c1"] {
+            assert!(sent.contains(pair), "{pair} missing from {sent:?}");
+        }
+    }
+
+    #[test]
+    fn a_cookie_for_a_covering_domain_stays_domain_wide_and_paths_hold() {
+        let sent = cookies_after(
+            &["a=1; Domain=.example.com; Path=/", "b=2; Path=/only"],
+            "https://login.example.com/x",
+        );
+        assert_eq!(sent, "a=1");
+        let jar_url = "https://api.example.com/y";
+        let jar = reqwest::cookie::Jar::default();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.append(
+            reqwest::header::SET_COOKIE,
+            "a=1; Domain=example.com; Path=/".parse().unwrap(),
+        );
+        store_cookies(
+            &jar,
+            &headers,
+            &url::Url::parse("https://login.example.com/").unwrap(),
+        );
+        assert!(jar.cookies(&url::Url::parse(jar_url).unwrap()).is_some());
     }
 }

@@ -45,6 +45,9 @@ pub enum LoadError {
     /// The file's SHA-256 is not in `[plugins] sha256_allowlist`.
     #[error("sha256 {0} is not in the allowlist")]
     NotAllowed(String),
+    /// Someone other than this process's user or root could change the file.
+    #[error("refused: {0}")]
+    Unsafe(String),
     /// The library does not export `tokenbot_broker_v1`.
     #[error("no entry symbol `{}`", abi::ENTRY_SYMBOL)]
     NoEntrySymbol,
@@ -134,7 +137,9 @@ pub struct Plugin {
     pub sha256: Option<String>,
     /// Parsed manifest.
     pub manifest: Manifest,
-    table: &'static PluginTable,
+    /// A copy of the plugin's table: the bytes its header declares, the rest zero (no function,
+    /// empty bytes), so a table shorter than this build's is never read past its end.
+    table: PluginTable,
 }
 
 // SAFETY: the table is immutable, points only into the plugin's static data and at functions, and
@@ -165,6 +170,32 @@ pub struct LoadFailure {
 
 fn as_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+/// A plugin runs with the daemon's rights: its file must be owned by this process's user or
+/// root, and writable by no one else.
+fn check_owner(meta: &std::fs::Metadata) -> Result<(), LoadError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if meta.mode() & 0o022 != 0 {
+            return Err(LoadError::Unsafe(format!(
+                "the file is writable by its group or others (mode {:o}); chmod go-w it",
+                meta.mode() & 0o777
+            )));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(LoadError::Unsafe(format!(
+                "the file is owned by uid {}, neither this process's user ({me}) nor root",
+                meta.uid()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    Ok(())
 }
 
 /// Read a text field of a plugin table.
@@ -210,9 +241,20 @@ impl Plugin {
                 min: PLUGIN_TABLE_MIN_SIZE,
             });
         }
-        // SAFETY: the table is at least as long as ABI 1.0's; fields past `login` are read only when
-        // the declared size covers them (see `optional`). The library is never unloaded.
-        let table: &'static PluginTable = unsafe { &*table };
+        let mut copy = std::mem::MaybeUninit::<PluginTable>::zeroed();
+        let declared = (header.struct_size as usize).min(std::mem::size_of::<PluginTable>());
+        // SAFETY: the plugin declares `struct_size` readable bytes at `table` (at least ABI 1.0's,
+        // checked above), and at most a whole `PluginTable` is copied. All-zero bytes are a valid
+        // `PluginTable`: a zero header, null-and-empty `Bytes`, and `None` for every
+        // `Option<fn>`; the copied prefix holds what the plugin put there.
+        let table: PluginTable = unsafe {
+            std::ptr::copy_nonoverlapping(
+                table.cast::<u8>(),
+                copy.as_mut_ptr().cast::<u8>(),
+                declared,
+            );
+            copy.assume_init()
+        };
         // SAFETY: the fields point into the plugin's static data.
         let (id, version, manifest) = unsafe {
             (
@@ -239,16 +281,35 @@ impl Plugin {
     }
 
     /// Load a `.so`. The library is leaked: never unloaded.
+    ///
+    /// The file is opened once: its owner and mode are checked, it is hashed, and it is loaded,
+    /// all through the same descriptor (`/proc/self/fd/N`), so what was checked and hashed is
+    /// what runs even if the path is replaced meanwhile.
     pub fn load_file(path: &Path, allowlist: &[String]) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Open(e.to_string()))?;
+        let open = |e: std::io::Error| LoadError::Open(e.to_string());
+        let mut file = std::fs::File::open(path).map_err(open)?;
+        check_owner(&file.metadata().map_err(open)?)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(open)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if !allowlist.is_empty() && !allowlist.iter().any(|a| a.eq_ignore_ascii_case(&sha256)) {
             return Err(LoadError::NotAllowed(sha256));
         }
+        #[cfg(target_os = "linux")]
+        let load_path = {
+            use std::os::fd::AsRawFd;
+            PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        };
+        #[cfg(not(target_os = "linux"))]
+        let load_path = path.to_owned();
         // SAFETY: loading runs the library's initialisers; the operator chose this directory
         // (and, optionally, pinned the digests).
-        let library = unsafe { libloading::Library::new(path) }
+        let library = unsafe { libloading::Library::new(&load_path) }
             .map_err(|e| LoadError::Open(e.to_string()))?;
+        // The loader knows the library by the name `/proc/self/fd/N` and would hand the same
+        // library back for a later file opened as the same N: the descriptor stays open, like the
+        // library, for the life of the process.
+        std::mem::forget(file);
         let library: &'static libloading::Library = Box::leak(Box::new(library));
         // SAFETY: the symbol is declared by the ABI with the `EntryFn` signature.
         let entry = unsafe { library.get::<EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) }
@@ -262,6 +323,32 @@ impl Plugin {
         let mut urls = self.manifest.base_urls.clone();
         urls.extend(configured.iter().map(|(k, v)| (k.clone(), v.clone())));
         urls
+    }
+
+    /// The effective settings: the manifest's defaults overridden by configuration. `Err` names
+    /// a configured key the strategy does not declare (a typo must not pass for a choice).
+    pub fn settings(
+        &self,
+        configured: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let mut settings = self.manifest.settings.clone();
+        for (name, value) in configured {
+            if !settings.contains_key(name) {
+                let known: Vec<&str> = self.manifest.settings.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "brokers.{}.{name}: unknown key: neither a base URL (names end in `_url`) nor a \
+                     setting of this strategy (settings: {})",
+                    self.id,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+            settings.insert(name.clone(), value.clone());
+        }
+        Ok(settings)
     }
 
     /// Hosts the plugin may reach: those it declares plus those of configured URLs and extras.
@@ -383,7 +470,15 @@ impl Plugin {
         if out.overflowed() {
             return Err(CallError::OutputTooLarge);
         }
-        decode_output(status, out.bytes(), what)
+        // A strategy's error text reaches logs, the attempt log and API answers: it gets the
+        // redaction its log lines get.
+        decode_output(status, out.bytes(), what).map_err(|e| match e {
+            CallError::Failed(mut failure) => {
+                failure.message = ctx.redactor.redact(&failure.message);
+                CallError::Failed(failure)
+            }
+            other => other,
+        })
     }
 }
 
@@ -558,6 +653,18 @@ impl Registry {
             .cloned()
     }
 
+    /// Every configured setting that its broker's strategy does not declare, as messages.
+    /// Brokers with no loaded strategy are left alone (their logins already fail clearly).
+    pub fn unknown_settings(
+        &self,
+        brokers: &BTreeMap<String, crate::config::BrokerConfig>,
+    ) -> Vec<String> {
+        brokers
+            .iter()
+            .filter_map(|(id, broker)| self.get(id)?.settings(&broker.settings).err())
+            .collect()
+    }
+
     /// Every loaded strategy, by id.
     pub fn all(&self) -> Arc<BTreeMap<String, Arc<Plugin>>> {
         self.plugins
@@ -690,7 +797,11 @@ impl Services {
             clock: self.clock.clone(),
             totp_secret: target.totp_secret,
             steps: self.steps.clone(),
+            step_log: None,
             deadline: deadline(&self.settings),
+            clock_deadline_ms: self.clock.now_ms().saturating_add(
+                i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX),
+            ),
             redactor,
         }
     }

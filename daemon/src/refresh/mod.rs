@@ -8,6 +8,7 @@
 //! credentials change: retrying a wrong password locks real accounts. (`twofa_rejected` already
 //! had its one retry on a fresh TOTP step inside the strategy, without resending the password.)
 
+pub mod backoff;
 pub mod schedule;
 mod summary;
 
@@ -102,6 +103,8 @@ pub struct Refresher {
     /// awaits the first one's result instead of logging in again. The login runs in its own task
     /// and removes its entry when done, so a caller that goes away cancels nothing.
     inflight: Mutex<HashMap<AccountKey, SharedResult>>,
+    /// Per-broker circuit breakers over `broker_unavailable` results (`backoff`).
+    breakers: backoff::Breakers,
     /// Caps logins in flight across all brokers (`[refresh] concurrency`).
     global: Arc<Semaphore>,
     /// Per-broker limits, built on first use from `[brokers.<id>]` or the strategy's manifest.
@@ -167,6 +170,7 @@ impl Refresher {
             services,
             config,
             inflight: Mutex::default(),
+            breakers: backoff::Breakers::default(),
             brokers: Mutex::default(),
             sleep,
             on_token: None,
@@ -254,6 +258,29 @@ impl Refresher {
         RefreshSummary::from_results(futures::future::join_all(runs).await)
     }
 
+    /// Wait until no login is in flight, whoever started it (the scheduler, the API, a caller
+    /// that has gone away), for at most `timeout`. Whether all finished.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let all_done = async {
+            loop {
+                let running: Vec<SharedResult> = self
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                if running.is_empty() {
+                    return;
+                }
+                futures::future::join_all(running).await;
+                // The tasks remove their entries right after their results are ready.
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(timeout, all_done).await.is_ok()
+    }
+
     /// Log in one account, joining a login already in flight for it.
     pub async fn refresh_account(
         self: &Arc<Self>,
@@ -270,6 +297,7 @@ impl Refresher {
                     let task_key = key.clone();
                     let task = tokio::spawn(async move {
                         let result = me.login_account(&task_key, trigger, explicit).await;
+                        me.after_refresh(&task_key, &result).await;
                         me.inflight
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -367,6 +395,9 @@ impl Refresher {
             }
             _ => {}
         }
+        if !explicit && let Some(held) = self.held(key, &account) {
+            return held;
+        }
         let Some(plugin) = self.plugins.get(key.broker.as_str()) else {
             return AccountResult::failed(
                 key,
@@ -395,6 +426,10 @@ impl Refresher {
         let account_label = format!("{}/{}", key.user.as_str(), key.broker.as_str());
         self.seed_totp_guard(key, &account_label).await;
         let broker_config = self.broker_config(key.broker.as_str());
+        let settings = match plugin.settings(&broker_config.settings) {
+            Ok(settings) => settings,
+            Err(message) => return AccountResult::failed(key, "protocol", message, 0),
+        };
         let limits = self.limits(&plugin);
         let mut attempt = 0;
         let login_timeout_ms = self.config.refresh.login_timeout_secs.saturating_mul(1000);
@@ -447,6 +482,7 @@ impl Refresher {
                     api_secret: secret(&credentials.api_secret),
                 },
                 base_urls: plugin.base_urls(&broker_config.urls),
+                settings: settings.clone(),
                 attempt,
                 redirect_url: None,
             };
@@ -472,6 +508,13 @@ impl Refresher {
                 secrets,
             });
             ctx.http.limiter = Some(limits.requests.clone());
+            let (vault, k) = (self.vault.clone(), key.clone());
+            ctx.step_log = Some(Arc::new(move |step| {
+                vault
+                    .record_totp_step(&k, step)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }));
             let started_ms = self.services.clock.now_ms();
             let started = Instant::now();
             let result = run_blocking(plugin.clone(), ctx, move |p, c| {
@@ -493,6 +536,74 @@ impl Refresher {
         }
     }
 
+    /// Why a scheduled or catch-up login of this account waits: its backoff after retryable
+    /// failures, or its broker's open breaker.
+    fn held(&self, key: &AccountKey, account: &crate::vault::Account) -> Option<AccountResult> {
+        let now = self.services.clock.now_ms();
+        if let Some(b) = account.backoff.filter(|b| b.until_ms > now) {
+            return Some(AccountResult::skipped(
+                key,
+                "backing_off",
+                format!(
+                    "{} refreshes in a row ended in a retryable failure; scheduled logins wait \
+                     until {}",
+                    b.failures,
+                    crate::clock::iso(b.until_ms)
+                ),
+            ));
+        }
+        let until = self.breakers.open_until(key.broker.as_str(), now)?;
+        Some(AccountResult::skipped(
+            key,
+            "breaker_open",
+            format!(
+                "the broker was unavailable to several accounts in a row; scheduled logins wait \
+                 until {}",
+                crate::clock::iso(until)
+            ),
+        ))
+    }
+
+    /// After a refresh's last attempt: its broker's breaker.
+    async fn after_refresh(&self, key: &AccountKey, result: &AccountResult) {
+        let now = self.services.clock.now_ms();
+        let class = result.error_class.as_deref();
+        let broker = self.broker_config(key.broker.as_str());
+        self.breakers.record(
+            key,
+            class == Some("broker_unavailable") && result.attempts > 0,
+            result.outcome == Outcome::Success,
+            now,
+            broker
+                .breaker_threshold
+                .unwrap_or(backoff::BREAKER_THRESHOLD),
+            broker
+                .breaker_cooldown_secs
+                .unwrap_or(backoff::BREAKER_COOLDOWN_SECS),
+        );
+    }
+
+    /// A refresh that contacted the broker ended in a retryable failure: scheduled and catch-up
+    /// logins of the account wait longer (`backoff::next_backoff`).
+    async fn back_off(&self, key: &AccountKey) {
+        let now = self.services.clock.now_ms();
+        let (vault, k, config) = (self.vault.clone(), key.clone(), self.config.clone());
+        let stored = blocking(move || {
+            let previous = vault.get_account(&k)?.and_then(|a| a.backoff);
+            let next = backoff::next_backoff(previous, now, &config.refresh);
+            vault.set_backoff(&k, Some(next))
+        })
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot record the account's backoff");
+        }
+    }
+
+    /// The per-broker breakers, as shown to operators.
+    pub fn breakers(&self) -> std::collections::BTreeMap<String, backoff::BreakerView> {
+        self.breakers.views(self.services.clock.now_ms())
+    }
+
     /// Record one attempt's outcome (attempt log, metrics, the warning) and decide: done with a
     /// result, or (after the backoff) try again.
     async fn settle(
@@ -503,7 +614,7 @@ impl Refresher {
         may_retry: bool,
     ) -> ControlFlow<AccountResult> {
         let attempt = record.attempt;
-        let (class, message, retry_after) = match result {
+        let (class, message, retry_after, credentials_sent) = match result {
             Ok(output) => {
                 let stored = self.store_token(key, output).await;
                 if let Err(e) = &stored {
@@ -524,9 +635,9 @@ impl Refresher {
                     }
                 });
             }
-            Err(CallError::Failed(e)) => (e.class, e.message, e.retry_after_ms),
+            Err(CallError::Failed(e)) => (e.class, e.message, e.retry_after_ms, e.credentials_sent),
             // The plugin itself misbehaved: it is a strategy bug, never retried.
-            Err(other) => (ErrorClass::Protocol, other.to_string(), None),
+            Err(other) => (ErrorClass::Protocol, other.to_string(), None, true),
         };
         record.outcome = Outcome::Failed;
         record.error_class = Some(class.as_str().to_owned());
@@ -537,11 +648,20 @@ impl Refresher {
             account = %format!("{}/{}", key.user.as_str(), key.broker.as_str()),
             attempt, class = class.as_str(), error = %message, "login failed"
         );
-        if may_retry && class.is_retryable() && attempt < self.config.refresh.max_attempts {
+        // A password is sent at most once per refresh: once a login may have sent it, only the
+        // strategy's own retries of later steps remain, never a new login.
+        if may_retry
+            && !credentials_sent
+            && class.is_retryable()
+            && attempt < self.config.refresh.max_attempts
+        {
             (self.sleep)(self.backoff(attempt, retry_after)).await;
             return ControlFlow::Continue(());
         }
         if class.is_retryable() {
+            if may_retry {
+                self.back_off(key).await;
+            }
             return ControlFlow::Break(AccountResult::failed(
                 key,
                 class.as_str(),
@@ -556,6 +676,13 @@ impl Refresher {
     /// may have used this account's current step. Its last attempt says until when it may have:
     /// mark every step up to that instant as used.
     async fn seed_totp_guard(&self, key: &AccountKey, account_label: &str) {
+        let (vault, k) = (self.vault.clone(), key.clone());
+        // Every step a strategy was handed is recorded before the code left the host.
+        if let Ok(Some(step)) =
+            blocking(move || Ok(vault.get_account(&k)?.and_then(|a| a.last_totp_step))).await
+        {
+            self.services.steps.mark_used(account_label, step);
+        }
         let (vault, k) = (self.vault.clone(), key.clone());
         if let Ok(Some(last)) =
             blocking(move || vault.attempts(&k, 1).map(|a| a.into_iter().next())).await

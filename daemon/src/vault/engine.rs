@@ -121,13 +121,48 @@ pub(crate) fn open(
         }
         _ => {}
     }
-    match engine {
+    if mode == Mode::Create
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        create_private_dir(dir).map_err(|e| VaultError::Storage(e.to_string()))?;
+    }
+    let store = match engine {
         Engine::Redb => RedbStore::open(path, mode),
         #[cfg(feature = "sled")]
         Engine::Sled => super::sled_engine::SledStore::open(path, mode),
         #[cfg(not(feature = "sled"))]
         Engine::Sled => Err(VaultError::EngineUnavailable("sled")),
+    }?;
+    if mode == Mode::Create {
+        restrict_to_owner(path).map_err(|e| VaultError::Storage(e.to_string()))?;
     }
+    Ok(store)
+}
+
+/// `dir` and its missing parents, those it creates readable by the owner only (0700). An existing
+/// directory is left as it is.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// A new vault readable by its owner only: a file 0600, a directory (sled) 0700.
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if path.is_dir() { 0o700 } else { 0o600 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// The smallest key greater than every key starting with `prefix`; none when there is no such key.

@@ -8,8 +8,26 @@ use super::model::AccountKey;
 /// Why a vault operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
+    /// Another user's account already holds this broker account (`[vault]
+    /// allow_shared_broker_accounts` is off). The other user is not named: the caller may be a
+    /// platform user, who must not learn who else trades through that account.
+    #[error(
+        "this {broker} account ({broker_user_id}) is already registered to another user; each \
+         would spend the broker's few wrong-password attempts on its own (an operator may allow it \
+         with [vault] allow_shared_broker_accounts)"
+    )]
+    BrokerAccountTaken {
+        /// Broker id.
+        broker: String,
+        /// The broker-side user id.
+        broker_user_id: String,
+    },
     /// No vault at the path (and the operation does not create one).
-    #[error("no vault at {0} (run `tokenbot init` to create one)")]
+    #[error(
+        "no vault at {0}: create it with `tokenbot init` (or, for development only, start with \
+         `tokenbot serve --dev`); if it exists elsewhere, check [vault] path and the working \
+         directory"
+    )]
     NotFound(PathBuf),
     /// A vault (or something else) already exists where a new one was to be created.
     #[error("{0} already exists; refusing to overwrite it")]

@@ -312,7 +312,7 @@ pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
         source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        super::engine::create_private_dir(dir).map_err(io)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

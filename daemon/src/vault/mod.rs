@@ -62,6 +62,9 @@ pub struct VaultOptions {
     pub audit_keep: u64,
     /// Time for `created_at`/`updated_at` and outbox records.
     pub clock: Arc<dyn Clock>,
+    /// `[vault] allow_shared_broker_accounts`: off, an account whose broker and
+    /// `broker_user_id` another user's account has already is refused.
+    pub allow_shared_broker_accounts: bool,
 }
 
 impl Default for VaultOptions {
@@ -71,6 +74,7 @@ impl Default for VaultOptions {
             attempts_per_account: 200,
             audit_keep: 100_000,
             clock: Arc::new(SystemClock),
+            allow_shared_broker_accounts: false,
         }
     }
 }
@@ -190,6 +194,10 @@ impl Vault {
         options: VaultOptions,
         create: bool,
     ) -> Result<(Vault, KeyOrigin), VaultError> {
+        let options = VaultOptions {
+            allow_shared_broker_accounts: config.allow_shared_broker_accounts,
+            ..options
+        };
         let resolved = key::resolve(config, create)?;
         let vault = if create {
             Vault::open_or_create(&config.path, config.engine, &resolved.material, options)?

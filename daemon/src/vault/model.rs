@@ -176,6 +176,24 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The fields whose value differs from `other`'s (a field set on one side only counts).
+    pub fn changed_fields(&self, other: &Credentials) -> Vec<&'static str> {
+        use secrecy::ExposeSecret;
+        fn value(s: &Option<SecretString>) -> Option<&str> {
+            s.as_ref().map(|s| s.expose_secret())
+        }
+        [
+            ("password", &self.password, &other.password),
+            ("api_key", &self.api_key, &other.api_key),
+            ("api_secret", &self.api_secret, &other.api_secret),
+            ("totp_secret", &self.totp_secret, &other.totp_secret),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| value(a) != value(b))
+        .map(|(name, _, _)| name)
+        .collect()
+    }
+
     /// Names of the secret credential fields, as the CLI, the API and `--from-json` spell them.
     pub const FIELDS: [&'static str; 4] = ["password", "api_key", "api_secret", "totp_secret"];
 
@@ -213,6 +231,35 @@ pub struct Attention {
     pub message: String,
     /// Since when, Unix ms.
     pub since_ms: i64,
+}
+
+impl Attention {
+    /// Whether new credentials can fix what this attention is about: `changed` names the fields
+    /// (`broker_user_id` included) whose value changed. A failure is fixed only by the fields its
+    /// class depends on: re-saving the same password, or a new TOTP secret after a wrong
+    /// password, must not send a password the broker called wrong again.
+    pub fn cleared_by(&self, changed: &[&str]) -> bool {
+        let fixes: &[&str] = match self.class.as_str() {
+            "invalid_credentials" => &["broker_user_id", "password", "api_key", "api_secret"],
+            // Unlocking needs a credential reset at the broker, which means a new password.
+            "account_locked" => &["broker_user_id", "password"],
+            "twofa_rejected" | "twofa_unavailable" => &["totp_secret"],
+            "app_not_authorized" => &["api_key"],
+            // automation_blocked, protocol, anything else: no credential fixes these; an
+            // assisted login or an operator's explicit clear does.
+            _ => &[],
+        };
+        fixes.iter().any(|f| changed.contains(f))
+    }
+
+    /// Whether a successful assisted (browser) login resolves it: it shows that a person can log
+    /// in, not that the stored password or TOTP secret is right.
+    pub fn resolved_by_assisted_login(&self) -> bool {
+        matches!(
+            self.class.as_str(),
+            "automation_blocked" | "twofa_unavailable" | "app_not_authorized"
+        )
+    }
 }
 
 /// The state an account is shown in, derived from its flags and attention.
@@ -256,10 +303,27 @@ pub struct Account {
     pub managed_externally: bool,
     /// Set when a login failed for a reason retrying cannot fix; cleared by new credentials.
     pub attention: Option<Attention>,
+    /// Set while scheduled and catch-up logins wait after refreshes that ended in a retryable
+    /// failure; cleared by a stored token or new credentials. Kept here so a restart remembers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// The last TOTP step handed to a strategy for this account, recorded before the code left
+    /// the host: no process, before or after a crash, hands out that step or an earlier one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_totp_step: Option<u64>,
     /// Created, Unix ms.
     pub created_at_ms: i64,
     /// Last changed, Unix ms.
     pub updated_at_ms: i64,
+}
+
+/// The wait after refreshes that ended in a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// Refreshes in a row that ended in a retryable failure.
+    pub failures: u32,
+    /// No scheduled or catch-up login before this instant, Unix ms.
+    pub until_ms: i64,
 }
 
 impl Account {
@@ -304,6 +368,9 @@ pub struct Flags {
     pub auto_refresh: Option<bool>,
     /// New `managed_externally`.
     pub managed_externally: Option<bool>,
+    /// Clear needs-attention: the operator's word that the cause is fixed (an unlocked account,
+    /// a broker fixed by a new plugin), which no credential change shows.
+    pub clear_attention: bool,
 }
 
 /// Broker-specific JSON that may hold secrets (refresh tokens, session cookies). Zeroized on drop,
@@ -600,6 +667,8 @@ mod tests {
             auto_refresh: true,
             managed_externally: false,
             attention: None,
+            backoff: None,
+            last_totp_step: None,
             created_at_ms: 0,
             updated_at_ms: 0,
         };

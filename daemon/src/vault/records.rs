@@ -7,8 +7,8 @@ use zeroize::Zeroizing;
 use super::engine::{ReadTx, Table, WriteTx};
 use super::logs::enqueue;
 use super::model::{
-    Account, AccountKey, Attention, Credentials, Flags, NewAccount, NewToken, OutboxStatus,
-    SecretJson, Token, UserId,
+    Account, AccountKey, Attention, Backoff, Credentials, Flags, NewAccount, NewToken,
+    OutboxStatus, SecretJson, Token, UserId,
 };
 use super::{
     RecordKeys, USER_CACHE_MAX, UserTokens, Vault, VaultError, describe, next_seq, seal, unseal,
@@ -185,6 +185,56 @@ fn revoke_token(
     Ok(true)
 }
 
+/// The credential fields `new` changes against what the vault holds under `k`.
+fn changed_credentials(
+    tx: &dyn ReadTx,
+    keys: &RecordKeys,
+    k: &[u8],
+    new: &Credentials,
+) -> Result<Vec<&'static str>, VaultError> {
+    Ok(match tx.get(Table::Credentials, k)? {
+        Some(sealed) => new.changed_fields(&open_credentials(keys, k, &sealed)?),
+        None => Credentials::FIELDS.to_vec(),
+    })
+}
+
+/// Who holds each broker account: `(broker, lowercase broker_user_id)` to user ids (several
+/// where sharing was allowed when they were saved).
+type Holders = std::collections::HashMap<(String, String), std::collections::HashSet<String>>;
+
+fn broker_account_holders(tx: &dyn ReadTx) -> Result<Holders, VaultError> {
+    let mut holders = Holders::new();
+    for (k, v) in tx.scan(Table::Accounts, &[], false, usize::MAX)? {
+        let a: Account = from_plain_json(Table::Accounts, &k, &v)?;
+        holders
+            .entry((
+                a.broker.as_str().to_owned(),
+                a.broker_user_id.to_ascii_lowercase(),
+            ))
+            .or_default()
+            .insert(a.user.as_str().to_owned());
+    }
+    Ok(holders)
+}
+
+/// Refuse `new` if only other users' accounts hold the same broker account; else record it.
+fn claim_broker_account(holders: &mut Holders, new: &NewAccount) -> Result<(), VaultError> {
+    let users = holders
+        .entry((
+            new.key.broker.as_str().to_owned(),
+            new.broker_user_id.to_ascii_lowercase(),
+        ))
+        .or_default();
+    if !users.is_empty() && !users.contains(new.key.user.as_str()) {
+        return Err(VaultError::BrokerAccountTaken {
+            broker: new.key.broker.as_str().to_owned(),
+            broker_user_id: new.broker_user_id.clone(),
+        });
+    }
+    users.insert(new.key.user.as_str().to_owned());
+    Ok(())
+}
+
 fn put_account_in(
     tx: &mut dyn WriteTx,
     keys: &RecordKeys,
@@ -193,13 +243,28 @@ fn put_account_in(
 ) -> Result<Account, VaultError> {
     let k = new.key.encode();
     let old = load_account(tx, &new.key)?;
+    let (attention, backoff) = match &old {
+        Some(old) => {
+            let mut changed = changed_credentials(tx, keys, &k, &new.credentials)?;
+            if old.broker_user_id != new.broker_user_id {
+                changed.push("broker_user_id");
+            }
+            (
+                old.attention.clone().filter(|a| !a.cleared_by(&changed)),
+                old.backoff.filter(|_| changed.is_empty()),
+            )
+        }
+        None => (None, None),
+    };
     let account = Account {
         user: new.key.user.clone(),
         broker: new.key.broker.clone(),
         broker_user_id: new.broker_user_id.clone(),
         auto_refresh: new.auto_refresh,
         managed_externally: new.managed_externally,
-        attention: None,
+        attention,
+        backoff,
+        last_totp_step: old.as_ref().and_then(|a| a.last_totp_step),
         created_at_ms: old.as_ref().map_or(now, |a| a.created_at_ms),
         updated_at_ms: now,
     };
@@ -220,24 +285,41 @@ fn put_account_in(
 
 impl Vault {
     /// Create or replace an account with its credentials. A replaced account keeps its creation
-    /// time and its token (dropped if the broker-side user id changed); its attention is cleared.
+    /// time and its token (dropped if the broker-side user id changed); its attention is cleared
+    /// only if the new credentials can fix it ([`Attention::cleared_by`]).
     pub fn put_account(&self, new: &NewAccount) -> Result<Account, VaultError> {
         let now = self.now();
-        self.write(|tx, keys| put_account_in(tx, keys, new, now))
+        let shared = self.options.allow_shared_broker_accounts;
+        self.write(|tx, keys| {
+            if !shared {
+                claim_broker_account(&mut broker_account_holders(tx)?, new)?;
+            }
+            put_account_in(tx, keys, new, now)
+        })
     }
 
     /// [`put_account`](Self::put_account) for many accounts in one transaction (imports).
     pub fn put_accounts(&self, accounts: &[NewAccount]) -> Result<usize, VaultError> {
         let now = self.now();
+        let shared = self.options.allow_shared_broker_accounts;
         self.write(|tx, keys| {
+            let mut holders = if shared {
+                None
+            } else {
+                Some(broker_account_holders(tx)?)
+            };
             for new in accounts {
+                if let Some(holders) = &mut holders {
+                    claim_broker_account(holders, new)?;
+                }
                 put_account_in(tx, keys, new, now)?;
             }
             Ok(accounts.len())
         })
     }
 
-    /// Replace an account's credentials; clears its attention.
+    /// Replace an account's credentials; clears its attention if the change can fix it
+    /// ([`Attention::cleared_by`]).
     pub fn update_credentials(
         &self,
         key: &AccountKey,
@@ -246,10 +328,14 @@ impl Vault {
         let now = self.now();
         self.write(|tx, keys| {
             let mut account = require_account(tx, key)?;
-            account.attention = None;
+            let k = key.encode();
+            let changed = changed_credentials(tx, keys, &k, credentials)?;
+            account.attention = account.attention.filter(|a| !a.cleared_by(&changed));
+            if !changed.is_empty() {
+                account.backoff = None;
+            }
             account.updated_at_ms = now;
             store_account(tx, &account)?;
-            let k = key.encode();
             tx.put(
                 Table::Credentials,
                 &k,
@@ -350,7 +436,7 @@ impl Vault {
         })
     }
 
-    /// Change `auto_refresh` and/or `managed_externally`.
+    /// Change `auto_refresh` and/or `managed_externally`, and/or clear needs-attention.
     pub fn set_flags(&self, key: &AccountKey, flags: Flags) -> Result<Account, VaultError> {
         self.update_account(key, |a| {
             if let Some(v) = flags.auto_refresh {
@@ -359,16 +445,63 @@ impl Vault {
             if let Some(v) = flags.managed_externally {
                 a.managed_externally = v;
             }
+            if flags.clear_attention {
+                a.attention = None;
+            }
         })
     }
 
-    /// Mark the account as needing attention (a login failed in a way retrying cannot fix).
+    /// Mark the account as needing attention (a login failed in a way retrying cannot fix). A
+    /// wrong password or a lock is the broker account's, not the platform user's: other users'
+    /// accounts at the same broker with the same `broker_user_id` (possible only with `[vault]
+    /// allow_shared_broker_accounts`) are marked too, so none of them sends the password again.
     pub fn set_attention(
         &self,
         key: &AccountKey,
         attention: Attention,
     ) -> Result<Account, VaultError> {
-        self.update_account(key, |a| a.attention = Some(attention))
+        let now = self.now();
+        self.write(|tx, _| {
+            let mut account = require_account(tx, key)?;
+            if matches!(
+                attention.class.as_str(),
+                "invalid_credentials" | "account_locked"
+            ) {
+                for (k, v) in tx.scan(Table::Accounts, &[], false, usize::MAX)? {
+                    let mut other: Account = from_plain_json(Table::Accounts, &k, &v)?;
+                    if other.broker == account.broker
+                        && other.user != account.user
+                        && other
+                            .broker_user_id
+                            .eq_ignore_ascii_case(&account.broker_user_id)
+                    {
+                        other.attention = Some(attention.clone());
+                        other.updated_at_ms = now;
+                        store_account(tx, &other)?;
+                    }
+                }
+            }
+            account.attention = Some(attention);
+            account.updated_at_ms = now;
+            store_account(tx, &account)?;
+            Ok(account)
+        })
+    }
+
+    /// Set or clear the account's backoff after retryable failures.
+    pub fn set_backoff(
+        &self,
+        key: &AccountKey,
+        backoff: Option<Backoff>,
+    ) -> Result<Account, VaultError> {
+        self.update_account(key, |a| a.backoff = backoff)
+    }
+
+    /// Record, durably, that `step` is handed out for this account. `Err` means it must not be.
+    pub fn record_totp_step(&self, key: &AccountKey, step: u64) -> Result<Account, VaultError> {
+        self.update_account(key, |a| {
+            a.last_totp_step = Some(a.last_totp_step.map_or(step, |s| s.max(step)));
+        })
     }
 
     /// Clear the account's attention.
@@ -396,7 +529,10 @@ impl Vault {
     pub fn put_token(&self, key: &AccountKey, token: &NewToken) -> Result<u64, VaultError> {
         let now = self.now();
         self.write(|tx, keys| {
-            let account = require_account(tx, key)?;
+            let mut account = require_account(tx, key)?;
+            if account.backoff.take().is_some() {
+                store_account(tx, &account)?;
+            }
             let generation = next_seq(tx, SEQ_GENERATION)?;
             let k = key.encode();
             tx.put(Table::Tokens, &k, &seal_token(keys, &k, token, generation))?;

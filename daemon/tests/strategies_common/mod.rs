@@ -50,6 +50,8 @@ pub struct Harness {
     pub clock: Arc<ManualClock>,
     pub services: Arc<Services>,
     pub registry: Registry,
+    /// Configured settings, as `[brokers.<id>]` would give them.
+    settings: Mutex<BTreeMap<String, String>>,
     _plugins: tempfile::TempDir,
 }
 
@@ -72,6 +74,7 @@ impl Harness {
             services: Arc::new(Services::new(clock.clone(), CallSettings::default())),
             clock,
             registry,
+            settings: Mutex::default(),
             _plugins: dir,
         }
     }
@@ -90,7 +93,20 @@ impl Harness {
         fake_brokers::FakeOptions {
             now: self.now_fn(),
             latency: std::time::Duration::ZERO,
+            ..Default::default()
         }
+    }
+
+    /// Set a `[brokers.<id>]` setting for every later call of this harness.
+    pub fn set_setting(&self, name: &str, value: &str) {
+        self.settings
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), value.to_owned());
+    }
+
+    fn settings(&self, plugin: &Plugin) -> BTreeMap<String, String> {
+        plugin.settings(&self.settings.lock().unwrap()).unwrap()
     }
 
     pub fn plugin(&self, broker: &str) -> Arc<Plugin> {
@@ -137,6 +153,7 @@ impl Harness {
             broker_user_id: account.broker_user_id.clone(),
             credentials: account.credentials(),
             base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
             attempt: 1,
             redirect_url: None,
         };
@@ -163,6 +180,7 @@ impl Harness {
             access_token: Sensitive::new(token),
             credentials: account.credentials(),
             base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
         };
         let ctx = self.context(&plugin, account, urls);
         plugins::run_blocking(plugin, ctx, move |p, ctx| p.verify_blocking(ctx, &req)).await
@@ -184,6 +202,7 @@ impl Harness {
             state: state.into(),
             redirect_url: redirect_url.into(),
             base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
         };
         let ctx = self.context(&plugin, account, urls);
         plugins::run_blocking(plugin, ctx, move |p, ctx| {
@@ -207,6 +226,7 @@ impl Harness {
             credentials: account.credentials(),
             query,
             base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
         };
         let ctx = self.context(&plugin, account, urls);
         let out = plugins::run_blocking(plugin, ctx, move |p, ctx| {

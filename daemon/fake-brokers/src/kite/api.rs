@@ -6,12 +6,72 @@ pub(super) fn kite_version_ok(headers: &HeaderMap) -> bool {
     headers.get("x-kite-version").and_then(|v| v.to_str().ok()) == Some("3")
 }
 
+/// The 429 of `SessionTokenRateLimited` / `SessionTokenAlwaysRateLimited`, if due: judged for the
+/// account of the request token (or else of the api_key), before anything else is checked, as a
+/// gateway's rate limiter would. Nothing is consumed.
+fn session_token_rate_limit(
+    inner: &mut Inner,
+    s: &KiteState,
+    request_token: &str,
+    api_key: &str,
+    now: i64,
+) -> Option<Response> {
+    let key = match inner.request_tokens.get(request_token) {
+        Some(rt) => rt.user.to_ascii_uppercase(),
+        None => inner
+            .accounts
+            .iter()
+            .find(|(_, a)| a.user.api_key == api_key)
+            .map(|(k, _)| k.clone())?,
+    };
+    let account = inner.accounts.get_mut(&key)?;
+    let limited = match account.user.behaviour {
+        KiteBehaviour::SessionTokenAlwaysRateLimited => {
+            s.recorder.login_end(&account.user.user_id);
+            true
+        }
+        KiteBehaviour::SessionTokenRateLimited => {
+            let first = *account.first_session_token_ms.get_or_insert(now);
+            now - first < SESSION_TOKEN_LIMIT_MS
+        }
+        _ => false,
+    };
+    limited.then(|| {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "NetworkException",
+            "Too many requests",
+        )
+    })
+}
+
+/// How long `SessionTokenRateLimited` answers 429, on the fake's clock.
+const SESSION_TOKEN_LIMIT_MS: i64 = 5_000;
+
+/// nginx's own 503 page.
+fn nginx_503() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "text/html")],
+        "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+    )
+        .into_response()
+}
+
 /// S5.
 pub(super) async fn session_token(
     State(s): State<Arc<KiteState>>,
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let (api_key, request_token, checksum) =
+        (get("api_key"), get("request_token"), get("checksum"));
+    let now = (s.now)();
+    let mut inner = s.lock();
+    if let Some(r) = session_token_rate_limit(&mut inner, &s, &request_token, &api_key, now) {
+        return r;
+    }
     if !kite_version_ok(&headers) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -19,11 +79,6 @@ pub(super) async fn session_token(
             "Missing or invalid X-Kite-Version header.",
         );
     }
-    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
-    let (api_key, request_token, checksum) =
-        (get("api_key"), get("request_token"), get("checksum"));
-    let now = (s.now)();
-    let mut inner = s.lock();
     let Some(rt) = inner.request_tokens.get(&request_token) else {
         return error(
             StatusCode::FORBIDDEN,
@@ -150,9 +205,20 @@ pub(super) async fn user_profile(State(s): State<Arc<KiteState>>, headers: Heade
         return refused();
     };
     let now = (s.now)();
-    let inner = s.lock();
+    let mut inner = s.lock();
+    let user = match inner.access.get(token) {
+        Some(a) if a.api_key == api_key && now < a.expires_ms => a.user.to_ascii_uppercase(),
+        _ => return refused(),
+    };
+    if let Some(account) = inner.accounts.get_mut(&user)
+        && account.user.behaviour == KiteBehaviour::ProfileUnavailable
+        && account.profile_503s < 2
+    {
+        account.profile_503s += 1;
+        return nginx_503();
+    }
     match inner.access.get(token) {
-        Some(a) if a.api_key == api_key && now < a.expires_ms => success(json!({
+        Some(a) => success(json!({
             "user_id": a.user,
             "user_name": format!("User {}", a.user),
             "user_shortname": a.user,

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde_json::{Value, json};
 
+use crate::mess::{self, HostHabits, Realism, http_date, system_secs};
 use crate::record::{Recorder, TotpUse, track};
 use crate::{FakeOptions, NowFn, Server, ist, random_token, serve, sha256_hex, totp};
 use api::*;
@@ -50,6 +51,18 @@ pub enum KiteBehaviour {
     /// `/connect/finish` takes a relative extra hop before the redirect, which puts
     /// `request_token` first and omits `type=login` (older style).
     ExtraHop,
+    /// `/session/token` answers 429 NetworkException "Too many requests" (the JSON envelope, no
+    /// `Retry-After`) for 5 s of the fake's clock from the account's first `/session/token`
+    /// request, then works. A 429 does not use up the request token.
+    SessionTokenRateLimited,
+    /// `/session/token` answers that 429 to every call.
+    SessionTokenAlwaysRateLimited,
+    /// `/user/profile` answers nginx's HTML 503 "Service Temporarily Unavailable" to the first 2
+    /// calls with a valid token of the account, then works.
+    ProfileUnavailable,
+    /// `/api/login` answers an Akamai-style HTML 403 "Access Denied" (`Content-Type: text/html`,
+    /// `Server: AkamaiGHost`). The password is recorded as sent, not counted as wrong.
+    LoginWaf403,
 }
 
 /// A fake Kite account (one user, one app).
@@ -110,6 +123,10 @@ struct Account {
     password_failures: u32,
     twofa_failures: u32,
     used_steps: HashSet<u64>,
+    /// The fake-clock time of the first `/session/token` request (`SessionTokenRateLimited`).
+    first_session_token_ms: Option<i64>,
+    /// 503s answered by `/user/profile` so far (`ProfileUnavailable`).
+    profile_503s: u32,
 }
 
 impl Account {
@@ -165,11 +182,53 @@ struct KiteState {
     inner: Mutex<Inner>,
     now: NowFn,
     recorder: Arc<Recorder>,
+    realism: Realism,
 }
 
 impl KiteState {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A session cookie: bare (`Ideal`, with the attributes given), or with real attributes
+    /// (`Realistic`: `Domain` = the request host without its port, `Path=/`, `Expires`/`Max-Age`
+    /// [`COOKIE_HOURS`] ahead, `HttpOnly` if `http_only`, `Secure`, `SameSite=None`).
+    fn cookie(
+        &self,
+        headers: &HeaderMap,
+        name: &str,
+        value: &str,
+        http_only: bool,
+        ideal: &str,
+    ) -> HeaderValue {
+        let cookie = match self.realism {
+            Realism::Ideal => format!("{name}={value}; {ideal}"),
+            Realism::Realistic => {
+                let max_age = COOKIE_HOURS * 3600;
+                format!(
+                    "{name}={value}; Domain={}; Path=/; Expires={}; Max-Age={max_age};{} Secure; SameSite=None",
+                    request_host(headers),
+                    http_date(system_secs() + max_age),
+                    if http_only { " HttpOnly;" } else { "" }
+                )
+            }
+        };
+        HeaderValue::from_str(&cookie).expect("cookie")
+    }
+}
+
+/// Lifetime of the web host's cookies in realistic mode.
+const COOKIE_HOURS: i64 = 8;
+
+/// The request's `Host` without its port (`127.0.0.1` when absent).
+fn request_host(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6).to_owned(),
+        None => host.split(':').next().unwrap_or(host).to_owned(),
     }
 }
 
@@ -253,6 +312,7 @@ impl FakeKite {
             inner: Mutex::default(),
             now: options.now,
             recorder: Arc::new(Recorder::new(options.latency)),
+            realism: options.realism,
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
         let web = Router::new()
@@ -269,9 +329,13 @@ impl FakeKite {
             .route("/user/profile", get(user_profile))
             .route_layer(layer)
             .with_state(state.clone());
+        let habits = HostHabits {
+            foreign_cookie: Some(("_cfuvid", ".zerodha.com")),
+            ..HostHabits::json()
+        };
         FakeKite {
-            web: serve(web).await,
-            api: serve(api).await,
+            web: serve(mess::apply(web, options.realism, habits.clone())).await,
+            api: serve(mess::apply(api, options.realism, habits)).await,
             state,
         }
     }
@@ -305,6 +369,8 @@ impl FakeKite {
                 password_failures: 0,
                 twofa_failures: 0,
                 used_steps: HashSet::new(),
+                first_session_token_ms: None,
+                profile_503s: 0,
             },
         );
     }

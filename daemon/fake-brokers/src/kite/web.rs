@@ -39,6 +39,25 @@ pub(super) fn behaviour_of_app(inner: &Inner, api_key: &str) -> Option<KiteBehav
         .map(|a| a.user.behaviour)
 }
 
+/// An Akamai "Access Denied" page, as a WAF answers before the application sees the request.
+fn waf_403() -> Response {
+    let reference = random_token(8).to_ascii_lowercase();
+    let mut r = (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/html")],
+        format!(
+            "<HTML><HEAD>\n<TITLE>Access Denied</TITLE>\n</HEAD><BODY>\n<H1>Access Denied</H1>\n \n\
+             You don't have permission to access \"http&#58;&#47;&#47;kite&#46;zerodha&#46;com&#47;api&#47;login\" on this server.<P>\n\
+             Reference&#32;&#35;18&#46;{reference}&#46;1765030000&#46;2b4c6d8e\n\
+             <P>https&#58;&#47;&#47;errors&#46;edgesuite&#46;net&#47;18&#46;{reference}\n</BODY>\n</HTML>\n"
+        ),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("AkamaiGHost"));
+    r
+}
+
 /// S1 / S1a.
 pub(super) async fn connect_login(
     State(s): State<Arc<KiteState>>,
@@ -122,10 +141,13 @@ pub(super) async fn connect_login(
     let mut r = redirect(&location);
     r.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "kf_session={cookie}; Path=/; HttpOnly; SameSite=None"
-        ))
-        .expect("cookie"),
+        s.cookie(
+            &headers,
+            "kf_session",
+            &cookie,
+            true,
+            "Path=/; HttpOnly; SameSite=None",
+        ),
     );
     r
 }
@@ -168,6 +190,14 @@ pub(super) async fn api_login(
     s.recorder.login_begin(&user_id);
     s.recorder.password(&user_id, &password);
     let mut inner = s.lock();
+    if inner
+        .accounts
+        .get(&user_id.to_ascii_uppercase())
+        .is_some_and(|a| a.user.behaviour == KiteBehaviour::LoginWaf403)
+    {
+        s.recorder.login_end(&user_id);
+        return waf_403();
+    }
     let Some(sess_id) = session_of(&inner, &headers).map(|(id, _)| id.clone()) else {
         s.recorder.login_end(&user_id);
         return error(
@@ -347,14 +377,17 @@ pub(super) async fn api_twofa(
     }
     let mut r = success(json!({"profile": {}}));
     for cookie in [
-        format!("enctoken={}; Path=/; HttpOnly", random_token(40)),
-        format!("public_token={}; Path=/", random_token(32)),
-        format!("user_id={user}; Path=/"),
+        s.cookie(
+            &headers,
+            "enctoken",
+            &random_token(40),
+            true,
+            "Path=/; HttpOnly",
+        ),
+        s.cookie(&headers, "public_token", &random_token(32), false, "Path=/"),
+        s.cookie(&headers, "user_id", &user, false, "Path=/"),
     ] {
-        r.headers_mut().append(
-            header::SET_COOKIE,
-            HeaderValue::from_str(&cookie).expect("cookie"),
-        );
+        r.headers_mut().append(header::SET_COOKIE, cookie);
     }
     r
 }

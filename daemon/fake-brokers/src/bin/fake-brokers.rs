@@ -1,0 +1,196 @@
+//! Standalone fakes for trying the daemon by hand or checking other clients against them:
+//! a realistic FakeKite, FakeIifl and FakeXts on loopback, on the system clock, with one happy
+//! demo account each.
+//!
+//! ```text
+//! fake-brokers --dir DIR [--ideal]
+//! ```
+//!
+//! Writes into DIR (created if missing):
+//! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]` and `[brokers.iifl-xts]` sections
+//!   pointing at the fakes;
+//! - `kite.json`, `iifl.json`, `iifl-xts.json`: the accounts' credentials (`broker_user_id`,
+//!   `password`, `api_key`, `api_secret`, `totp_secret`; XTS has no password nor TOTP secret).
+//!
+//! Then prints `ready` and serves until SIGTERM or SIGINT. Secrets are random on every start.
+//! `--ideal` starts the fakes with tidy answers instead of real servers' habits.
+
+use std::path::{Path, PathBuf};
+
+use fake_brokers::{
+    FakeIifl, FakeKite, FakeOptions, FakeXts, IiflUser, KiteUser, Realism, XtsUser,
+};
+use serde_json::json;
+
+const USAGE: &str = "usage: fake-brokers --dir DIR [--ideal]";
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("getrandom");
+    b
+}
+
+fn random_alnum(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    random_bytes(n)
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A random 160-bit TOTP secret in base32, as authenticator apps show it.
+fn random_base32_secret() -> String {
+    totp_rs::Secret::new(random_bytes(20).into_boxed_slice()).to_base32()
+}
+
+struct Args {
+    dir: PathBuf,
+    realism: Realism,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut dir, mut realism) = (None, Realism::Realistic);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--dir" => dir = Some(PathBuf::from(args.next().ok_or("--dir needs a value")?)),
+            "--ideal" => realism = Realism::Ideal,
+            "-h" | "--help" => return Err(String::new()),
+            other => match other.strip_prefix("--dir=") {
+                Some(d) => dir = Some(PathBuf::from(d)),
+                None => return Err(format!("unknown argument {other:?}")),
+            },
+        }
+    }
+    Ok(Args {
+        dir: dir.ok_or("--dir is required")?,
+        realism,
+    })
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
+    std::fs::write(dir.join(name), contents)
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string")
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("fake-brokers: {e}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args).await {
+        eprintln!("fake-brokers: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    let options = FakeOptions {
+        realism: args.realism,
+        ..FakeOptions::default()
+    };
+    let kite = FakeKite::start_with(options.clone()).await;
+    let iifl = FakeIifl::start_with(options.clone()).await;
+    let xts = FakeXts::start_with(options).await;
+
+    let kite_user = KiteUser::new(
+        "AB1234",
+        &random_alnum(16),
+        &random_alnum(16).to_ascii_lowercase(),
+        &random_alnum(32).to_ascii_lowercase(),
+        &random_base32_secret(),
+    );
+    let iifl_user = IiflUser::new(
+        "TEST101",
+        &random_alnum(16),
+        &random_alnum(32),
+        &random_alnum(32),
+        &random_base32_secret(),
+    );
+    let xts_user = XtsUser::new("XTS001", &random_alnum(24), &random_alnum(16));
+    kite.add_user(kite_user.clone());
+    iifl.add_user(iifl_user.clone());
+    xts.add_user(xts_user.clone());
+
+    std::fs::create_dir_all(&args.dir)?;
+    write(
+        &args.dir,
+        "tokenbot.toml",
+        &format!(
+            "# Written by fake-brokers: the brokers point at its loopback fakes.\n\n\
+             [brokers.kite]\nweb_url = {}\napi_url = {}\n\n\
+             [brokers.iifl]\nportal_url = {}\napi_url = {}\n\n\
+             [brokers.iifl-xts]\napi_url = {}\n",
+            toml_str(kite.web_url()),
+            toml_str(kite.api_url()),
+            toml_str(&iifl.portal_url()),
+            toml_str(&iifl.api_url()),
+            toml_str(xts.api_url()),
+        ),
+    )?;
+    let credentials = [
+        (
+            "kite.json",
+            json!({
+                "broker_user_id": kite_user.user_id,
+                "password": kite_user.password,
+                "api_key": kite_user.api_key,
+                "api_secret": kite_user.api_secret,
+                "totp_secret": kite_user.totp_secret,
+            }),
+        ),
+        (
+            "iifl.json",
+            json!({
+                "broker_user_id": iifl_user.client_id,
+                "password": iifl_user.password,
+                "api_key": iifl_user.app_key,
+                "api_secret": iifl_user.app_secret,
+                "totp_secret": iifl_user.totp_secret,
+            }),
+        ),
+        (
+            "iifl-xts.json",
+            json!({
+                "broker_user_id": xts_user.user_id,
+                "api_key": xts_user.app_key,
+                "api_secret": xts_user.secret_key,
+            }),
+        ),
+    ];
+    for (name, value) in credentials {
+        let text = serde_json::to_string_pretty(&value).expect("JSON") + "\n";
+        write(&args.dir, name, &text)?;
+    }
+
+    println!("ready");
+    shutdown_signal().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
