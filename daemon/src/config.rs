@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Data, Env, Format, Serialized, Toml};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Names of the Node service's env variables and the keys they set.
@@ -225,13 +225,22 @@ impl Default for VaultConfig {
     }
 }
 
+/// The shortest `auth.jwt_secret` accepted: an HS256 key of fewer bytes can be searched for
+/// offline from one token (RFC 7518 asks for a key as long as the hash, 32 bytes).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// HS256 secret for user JWTs (`JWT_SECRET`). Without it, user routes answer 401.
+    /// HS256 secret for user JWTs (`JWT_SECRET`), at least [`MIN_JWT_SECRET_BYTES`]. Without it,
+    /// user routes answer 401.
     #[serde(skip_serializing)]
     pub jwt_secret: Option<SecretString>,
+    /// If set, a JWT must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// If set, a JWT's `aud` must name this; if not, `aud` is not checked.
+    pub jwt_audience: Option<String>,
     /// JWT claim holding the user id; `sub` falls back to `userId`, then `id`.
     pub user_claim: String,
     /// Named service API keys, each the lowercase hex SHA-256 of the key.
@@ -245,6 +254,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             jwt_secret: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             user_claim: "sub".into(),
             api_keys: BTreeMap::new(),
             api_key: None,
@@ -643,6 +654,7 @@ impl Config {
                 "this build has no sled engine (cargo feature `sled`)",
             ));
         }
+        self.validate_auth()?;
         for (name, hash) in &self.auth.api_keys {
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ConfigError::invalid(
@@ -673,6 +685,38 @@ impl Config {
         }
         if let Some(postgres) = &self.mirror.postgres {
             postgres.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        // An empty `JWT_SECRET=` is a short secret, not an unset one: with an empty HMAC key
+        // anyone can sign a JWT for any user.
+        if let Some(secret) = &self.auth.jwt_secret
+            && secret.expose_secret().len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(ConfigError::invalid(
+                "auth.jwt_secret",
+                "(hidden)",
+                format!(
+                    "must be at least {MIN_JWT_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`); \
+                     leave it and JWT_SECRET unset to accept no JWT"
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("auth.jwt_issuer", &self.auth.jwt_issuer),
+            ("auth.jwt_audience", &self.auth.jwt_audience),
+        ] {
+            if value.as_deref() == Some("") {
+                return Err(ConfigError::invalid(
+                    key,
+                    "",
+                    "must not be empty (leave it out to check no claim)",
+                ));
+            }
         }
         Ok(())
     }
@@ -918,5 +962,44 @@ mod tests {
     fn bad_port_env_is_refused() {
         let err = load("", &[("PORT", "http")]).unwrap_err().to_string();
         assert!(err.contains("PORT") && err.contains("http"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_or_short_jwt_secret_is_refused_at_start_naming_the_key() {
+        let short = "k".repeat(MIN_JWT_SECRET_BYTES - 1);
+        for secret in ["", short.as_str()] {
+            let err = load("", &[("JWT_SECRET", secret)])
+                .map_err(chain)
+                .unwrap_err();
+            assert!(
+                err.contains("auth.jwt_secret") && err.contains("at least 32 bytes"),
+                "{err}"
+            );
+            assert!(secret.is_empty() || !err.contains(secret), "{err}");
+            let err = load(&format!("[auth]\njwt_secret = \"{secret}\"\n"), &[])
+                .map_err(chain)
+                .unwrap_err();
+            assert!(err.contains("auth.jwt_secret"), "{err}");
+        }
+        let long = "k".repeat(MIN_JWT_SECRET_BYTES);
+        let config = load("", &[("JWT_SECRET", &long)]).unwrap();
+        assert!(config.auth.jwt_secret.is_some());
+        assert!(load("", &[]).unwrap().auth.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn an_empty_jwt_issuer_or_audience_is_refused() {
+        for key in ["jwt_issuer", "jwt_audience"] {
+            let err = load(&format!("[auth]\n{key} = \"\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("auth.{key}")), "{err}");
+        }
+        let config = load(
+            "[auth]\njwt_issuer = \"https://id.example.com\"\njwt_audience = \"tokenbot\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.auth.jwt_audience.as_deref(), Some("tokenbot"));
     }
 }

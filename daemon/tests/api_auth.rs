@@ -1,6 +1,7 @@
-//! JWTs and API keys: `alg: none`, expired, another secret, a missing claim, a missing `exp` are
-//! all 401; the user claim falls back from `sub` to `userId` to `id`; a configured claim is used
-//! alone; without a JWT secret no JWT passes.
+//! JWTs and API keys: `alg: none`, expired, not yet valid (`nbf`), another secret, a missing
+//! claim, a missing `exp` are all 401; `iss` and `aud` are checked when configured and `aud` is
+//! ignored when not; the user claim falls back from `sub` to `userId` to `id`; a configured claim
+//! is used alone; without a JWT secret no JWT passes.
 
 mod api_support;
 
@@ -27,6 +28,13 @@ async fn bad_jwts_are_refused_with_401() {
         (
             "expired",
             jwt_with(json!({"sub": "u1", "exp": now_secs() - 3600}), JWT_SECRET),
+        ),
+        (
+            "not valid before an hour from now",
+            jwt_with(
+                json!({"sub": "u1", "exp": exp, "nbf": now_secs() + 3600}),
+                JWT_SECRET,
+            ),
         ),
         (
             "other secret",
@@ -143,4 +151,53 @@ async fn api_keys_by_header_and_bearer_where_allowed() {
     ))
     .await
     .expect_error(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn a_token_carrying_aud_is_accepted_when_no_audience_is_configured() {
+    let t = TestApi::new();
+    let exp = now_secs() + 3600;
+    for aud in [json!("some-other-service"), json!(["a", "b"])] {
+        let token = jwt_with(json!({"sub": "u1", "exp": exp, "aud": aud}), JWT_SECRET);
+        status_as(&t, token).await.expect(200);
+    }
+    let past = jwt_with(
+        json!({"sub": "u1", "exp": exp, "nbf": now_secs() - 60}),
+        JWT_SECRET,
+    );
+    status_as(&t, past).await.expect(200);
+}
+
+#[tokio::test]
+async fn a_configured_issuer_and_audience_are_required_to_match() {
+    let t = TestApi::with(|c| {
+        c.auth.jwt_issuer = Some("https://id.example.com".into());
+        c.auth.jwt_audience = Some("tokenbot".into());
+    });
+    let exp = now_secs() + 3600;
+    let good = json!({"sub": "u1", "exp": exp, "iss": "https://id.example.com", "aud": "tokenbot"});
+    status_as(&t, jwt_with(good.clone(), JWT_SECRET))
+        .await
+        .expect(200);
+    let mut listed = good.clone();
+    listed["aud"] = json!(["billing", "tokenbot"]);
+    status_as(&t, jwt_with(listed, JWT_SECRET))
+        .await
+        .expect(200);
+    for (what, change) in [
+        ("another issuer", ("iss", json!("https://evil.example.com"))),
+        ("another audience", ("aud", json!("billing"))),
+        ("no issuer", ("iss", serde_json::Value::Null)),
+        ("no audience", ("aud", serde_json::Value::Null)),
+    ] {
+        let mut claims = good.clone();
+        match change.1 {
+            serde_json::Value::Null => {
+                claims.as_object_mut().unwrap().remove(change.0);
+            }
+            value => claims[change.0] = value,
+        }
+        let r = status_as(&t, jwt_with(claims, JWT_SECRET)).await;
+        assert_eq!(r.status.as_u16(), 401, "{what}: {}", r.text);
+    }
 }

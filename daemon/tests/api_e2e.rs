@@ -33,7 +33,7 @@ fn serve(dir: &Path, fake: &FakeKite) -> (Child, String) {
         .env_remove("PORT")
         .env_remove("DATABASE_URL")
         .env("TOKENBOT_API_KEY", KEY)
-        .env("JWT_SECRET", "e2e-jwt-secret")
+        .env("JWT_SECRET", "e2e-jwt-secret-0123456789abcdefghij")
         .env("TOKENBOT_BROKERS__KITE__WEB_URL", fake.web_url())
         .env("TOKENBOT_BROKERS__KITE__API_URL", fake.api_url())
         .stderr(Stdio::piped())

@@ -107,7 +107,8 @@ fn secrets_never_echoed(toml: &str, mut env: BTreeMap<&'static str, String>) {
         "JWT_SECRET",
         "TOKENBOT_API_KEY",
     ] {
-        env.insert(name, format!("{MARK}-{name}"));
+        // Long enough for `auth.jwt_secret` (32 bytes), so the checks after it run too.
+        env.insert(name, format!("{MARK}-{name}-0123456789abcdef"));
     }
     // Planting in the text needs it parsed (and written again); a text that does not parse is
     // loaded as it is, with the secrets in the environment only.

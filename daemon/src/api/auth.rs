@@ -1,8 +1,10 @@
 //! Who is calling: a user with an HS256 JWT (`Authorization: Bearer <jwt>`), or a service with a
 //! named API key (`X-API-Key`, and on `/api/integration/*` also `Authorization: Bearer <key>`).
 //!
-//! - JWTs: HS256 only (`alg: none` and every other algorithm refused), `exp` required, the user id
-//!   in `auth.user_claim` (when that is `sub`, falling back to `userId`, then `id`; a string or a
+//! - JWTs: HS256 only (`alg: none` and every other algorithm refused), `exp` required, `nbf`
+//!   checked when present, `iss` and `aud` required to match when `auth.jwt_issuer` and
+//!   `auth.jwt_audience` are set (and not checked when they are not), the user id in
+//!   `auth.user_claim` (when that is `sub`, falling back to `userId`, then `id`; a string or a
 //!   number). Without `auth.jwt_secret` no JWT is accepted.
 //! - API keys are kept as SHA-256 digests only; a presented key is hashed and compared with every
 //!   configured digest in constant time, without stopping at a match.
@@ -27,7 +29,7 @@ use subtle::ConstantTimeEq;
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, MIN_JWT_SECRET_BYTES};
 use crate::vault::UserId;
 
 /// Failed authentications one IP may make per window.
@@ -70,17 +72,19 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// From `[auth]`. Digests that are not 64 hex chars were refused by config validation; any
-    /// that slip through are skipped with an error logged.
+    /// From `[auth]`. Configuration validation refused what is malformed; what slips through (a
+    /// JWT secret under 32 bytes, a digest that is not 64 hex chars) is left out with an error
+    /// logged.
     pub fn from_config(config: &AuthConfig) -> Auth {
-        let jwt = config.jwt_secret.as_ref().map(|secret| {
-            let mut validation = Validation::new(Algorithm::HS256);
-            validation.set_required_spec_claims(&["exp"]);
-            validation.validate_exp = true;
-            (
-                DecodingKey::from_secret(secret.expose_secret().as_bytes()),
-                validation,
-            )
+        let jwt = config.jwt_secret.as_ref().and_then(|secret| {
+            let secret = secret.expose_secret().as_bytes();
+            if secret.len() < MIN_JWT_SECRET_BYTES {
+                tracing::error!(
+                    "auth.jwt_secret is under {MIN_JWT_SECRET_BYTES} bytes; no JWT is accepted"
+                );
+                return None;
+            }
+            Some((DecodingKey::from_secret(secret), jwt_validation(config)))
         });
         let mut keys = Vec::new();
         for (name, hex_digest) in &config.api_keys {
@@ -177,6 +181,29 @@ impl Auth {
     fn ms_since_created(&self) -> u64 {
         self.created.elapsed().as_millis() as u64
     }
+}
+
+/// JWT checks: HS256, `exp` required, `nbf` when present, `iss` and `aud` when configured.
+fn jwt_validation(config: &AuthConfig) -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    let mut required = vec!["exp"];
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    if let Some(issuer) = &config.jwt_issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    // jsonwebtoken refuses every token carrying `aud` when no audience is set: an identity
+    // provider that names its audiences would lock every user out of a daemon told none.
+    match &config.jwt_audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
 }
 
 fn sha256(text: &str) -> [u8; 32] {
@@ -365,9 +392,11 @@ mod tests {
     use super::*;
     use secrecy::SecretString;
 
+    const SECRET: &str = "s3cret-of-thirty-two-bytes-0123456";
+
     fn auth() -> Auth {
         let mut config = AuthConfig {
-            jwt_secret: Some(SecretString::from("s3cret")),
+            jwt_secret: Some(SecretString::from(SECRET)),
             api_key: Some(SecretString::from("env-key")),
             ..AuthConfig::default()
         };
@@ -397,5 +426,21 @@ mod tests {
         auth.record_failure(a);
         assert!(auth.blocked(a).is_some());
         assert!(auth.blocked(b).is_none());
+    }
+
+    #[test]
+    fn a_jwt_secret_under_32_bytes_that_slipped_past_validation_accepts_no_jwt() {
+        let config = AuthConfig {
+            jwt_secret: Some(SecretString::from("")),
+            ..AuthConfig::default()
+        };
+        let auth = Auth::from_config(&config);
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "u1", "exp": 4_102_444_800u64}),
+            &jsonwebtoken::EncodingKey::from_secret(b""),
+        )
+        .unwrap();
+        assert!(auth.jwt_user(&token).is_err());
     }
 }

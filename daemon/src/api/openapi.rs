@@ -27,7 +27,7 @@ impl Modify for Security {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "A user's HS256 JWT (`JWT_SECRET`, `exp` required); the user id is in `auth.user_claim` (default `sub`, then `userId`, then `id`)",
+                        "A user's HS256 JWT (`JWT_SECRET`, `exp` required, `nbf` checked when present, `iss` and `aud` when `auth.jwt_issuer` and `auth.jwt_audience` are set); the user id is in `auth.user_claim` (default `sub`, then `userId`, then `id`)",
                     ))
                     .build(),
             ),

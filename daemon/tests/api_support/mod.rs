@@ -22,7 +22,7 @@ use tokenbot::vault::{
 };
 use tower::ServiceExt;
 
-pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdefghij";
 pub const BACKEND_KEY: &str = "backend-key-0123456789abcdef";
 pub const ENV_KEY: &str = "env-key-fedcba9876543210";
 pub const BODY_LIMIT: usize = 4096;
