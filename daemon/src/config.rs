@@ -163,6 +163,8 @@ pub struct ServerConfig {
     /// Time allowed for a client to send a request's headers, in seconds, from its connection or
     /// the answer to its previous request; a connection with no request for that long is closed.
     pub header_read_timeout_secs: u64,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed for the client's address.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -173,6 +175,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             body_limit_bytes: 64 * 1024,
             header_read_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -654,6 +657,7 @@ impl Config {
                 "this build has no sled engine (cargo feature `sled`)",
             ));
         }
+        self.validate_server()?;
         self.validate_auth()?;
         for (name, hash) in &self.auth.api_keys {
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -691,6 +695,14 @@ impl Config {
 }
 
 impl Config {
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        for proxy in &self.server.trusted_proxies {
+            parse_trusted_proxy(proxy)
+                .map_err(|e| ConfigError::invalid("server.trusted_proxies", proxy, e))?;
+        }
+        Ok(())
+    }
+
     fn validate_auth(&self) -> Result<(), ConfigError> {
         // An empty `JWT_SECRET=` is a short secret, not an unset one: with an empty HMAC key
         // anyone can sign a JWT for any user.
@@ -720,6 +732,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// One entry of `server.trusted_proxies`: a CIDR (`10.0.0.0/8`) or one address.
+pub fn parse_trusted_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| "neither a CIDR (10.0.0.0/8, fd00::/8) nor an IP address".to_owned())
 }
 
 impl BrokerConfig {
@@ -1001,5 +1021,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.auth.jwt_audience.as_deref(), Some("tokenbot"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses_and_refuse_anything_else() {
+        let config = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\"]\n",
+            &[],
+        )
+        .unwrap();
+        let nets: Vec<String> = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|p| parse_trusted_proxy(p).unwrap().to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+        let err = load("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.trusted_proxies") && err.contains("10.0.0.0/33"),
+            "{err}"
+        );
     }
 }

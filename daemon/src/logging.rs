@@ -81,6 +81,52 @@ pub fn init(config: &LogConfig) -> Result<Guards, LogError> {
     Ok(guards)
 }
 
+/// Lets a repeated warning through at most once per period, counting the ones held back: a flood
+/// (failed authentications from many addresses, connections past the limit) then costs one line
+/// per period instead of one per event.
+#[derive(Debug)]
+pub struct Throttle {
+    every_ms: u64,
+    /// When the next line may be written, in ms since `start`.
+    next_ms: std::sync::atomic::AtomicU64,
+    held_back: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+}
+
+impl Throttle {
+    /// At most one line per `every`; the first goes through.
+    pub fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            held_back: std::sync::atomic::AtomicU64::new(0),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// `Some(n)` when the line is to be written now, `n` being how many were held back since the
+    /// last one written; `None` (counted) when it is to be held back.
+    pub fn allow(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.allow_at(now)
+    }
+
+    fn allow_at(&self, now_ms: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let next = self.next_ms.load(Relaxed);
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now_ms.saturating_add(self.every_ms), Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Relaxed));
+        }
+        self.held_back.fetch_add(1, Relaxed);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +164,15 @@ mod tests {
                 .lines()
                 .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
         );
+    }
+
+    #[test]
+    fn a_throttled_line_is_written_once_a_period_with_the_count_held_back() {
+        let throttle = Throttle::new(std::time::Duration::from_secs(60));
+        assert_eq!(throttle.allow_at(5), Some(0));
+        assert_eq!(throttle.allow_at(6), None);
+        assert_eq!(throttle.allow_at(59_000), None);
+        assert_eq!(throttle.allow_at(60_005), Some(2));
+        assert_eq!(throttle.allow_at(60_006), None);
     }
 }

@@ -344,36 +344,70 @@ async fn cors_answers_configured_origins_only() {
 }
 
 #[tokio::test]
-async fn failed_authentications_are_limited_per_ip() {
+async fn past_the_failure_limit_failures_get_429_but_valid_credentials_are_still_served() {
     let t = TestApi::new();
     t.seed("u1", "kite", Some(HOUR));
+    let guess = || request(Method::GET, "/api/tokens/u1", &As::Key("guess"), None);
     for _ in 0..tokenbot::api::auth::MAX_FAILURES {
-        t.send(request(
-            Method::GET,
-            "/api/tokens/u1",
-            &As::Key("guess"),
-            None,
-        ))
-        .await
-        .expect_error(401, "unauthorized");
+        t.send(guess()).await.expect_error(401, "unauthorized");
     }
-    // Blocked now, even with the right key.
-    let r = t
-        .send(request(Method::GET, "/api/tokens/u1", &KEY, None))
-        .await;
+    // Past the limit, a failure is 429 until the window ends...
+    let r = t.send(guess()).await;
     r.expect_error(429, "too_many_failed_authentications");
     assert!(r.headers.contains_key("retry-after"));
-    // Another address is not.
-    t.send_from(
-        "198.51.100.7:4000".parse().unwrap(),
-        request(Method::GET, "/api/tokens/u1", &KEY, None),
-    )
-    .await
-    .expect(200);
+    // ... but the right key from the same address is served: behind a proxy, that address is
+    // every client's.
+    t.send(request(Method::GET, "/api/tokens/u1", &KEY, None))
+        .await
+        .expect(200);
+    t.send(request(Method::GET, "/api/tokens/status", &jwt("u1"), None))
+        .await
+        .expect(200);
+    // Another address still gets 401 for a failure.
+    t.send_from("198.51.100.7:4000".parse().unwrap(), guess())
+        .await
+        .expect_error(401, "unauthorized");
     // Unauthenticated routes stay open.
     t.send(request(Method::GET, "/health", &As::Nobody, None))
         .await
         .expect(200);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_failures_are_counted_per_forwarded_client() {
+    // The test API's peer, 192.0.2.10, is the proxy.
+    let t = TestApi::with(|c| c.server.trusted_proxies = vec!["192.0.2.0/24".into()]);
+    t.seed("u1", "kite", Some(HOUR));
+    let from = |client: &str, who: &As| {
+        let mut req = request(Method::GET, "/api/tokens/u1", who, None);
+        req.headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+        req
+    };
+    let guesser = "203.0.113.66";
+    for _ in 0..tokenbot::api::auth::MAX_FAILURES {
+        t.send(from(guesser, &As::Key("guess")))
+            .await
+            .expect_error(401, "unauthorized");
+    }
+    t.send(from(guesser, &As::Key("guess")))
+        .await
+        .expect_error(429, "too_many_failed_authentications");
+    // The trading backend behind the same proxy is another client.
+    t.send(from("203.0.113.5", &As::Key("wrong")))
+        .await
+        .expect_error(401, "unauthorized");
+    t.send(from("203.0.113.5", &KEY)).await.expect(200);
+    // A peer that is no trusted proxy cannot pick its address: its header is ignored.
+    let outsider: std::net::SocketAddr = "198.51.100.9:4000".parse().unwrap();
+    for n in 0..tokenbot::api::auth::MAX_FAILURES {
+        t.send_from(outsider, from(&format!("203.0.113.{n}"), &As::Key("guess")))
+            .await
+            .expect_error(401, "unauthorized");
+    }
+    t.send_from(outsider, from("203.0.113.200", &As::Key("guess")))
+        .await
+        .expect_error(429, "too_many_failed_authentications");
 }
 
 #[tokio::test]
@@ -857,27 +891,34 @@ async fn every_route_refuses_bad_requests_with_the_documented_error() {
                 )
                 .await;
             }
-            // Past the failed-authentication limit, one address is refused with 429 even with
-            // good credentials.
+            // Past the failed-authentication limit, one address's failures are answered 429,
+            // and its good credentials are still served.
             let n = next.fetch_add(1, Ordering::Relaxed);
             let peer = std::net::SocketAddr::from(([10, 10, (n >> 8) as u8, n as u8], 40000));
+            let anonymous = || request(row.method.clone(), row.path, &As::Nobody, None);
             for _ in 0..tokenbot::api::auth::MAX_FAILURES {
-                let r = t
-                    .send_from(
-                        peer,
-                        request(row.method.clone(), row.path, &As::Nobody, None),
-                    )
-                    .await;
+                let r = t.send_from(peer, anonymous()).await;
                 assert_eq!(r.status.as_u16(), 401, "{route}: {}", r.text);
             }
-            let req = request(row.method.clone(), row.path, &good_who, good_body.clone());
-            let r = t.send_from(peer, req).await;
-            let what = format!("{route}: good credentials after too many failures");
+            let r = t.send_from(peer, anonymous()).await;
+            let what = format!("{route}: a failure after too many failures");
             assert_eq!(r.status.as_u16(), 429, "{what}: {}", r.text);
             assert_error_shape(&r, &what);
             assert_eq!(r.code(), "too_many_failed_authentications", "{what}");
             if !documented(429) {
                 undocumented.borrow_mut().insert(format!("429: {what}"));
+            }
+            // (Only where that changes nothing: the table's requests are not to act.)
+            if row.method == Method::GET {
+                let r = t
+                    .send_from(peer, request(Method::GET, row.path, &good_who, None))
+                    .await;
+                assert!(
+                    ![401, 429].contains(&r.status.as_u16()),
+                    "{route}: good credentials after too many failures: {} {}",
+                    r.status,
+                    r.text
+                );
             }
         }
         if row.guard == Guard::KeyOrJwt && row.template.contains("{userId}") {

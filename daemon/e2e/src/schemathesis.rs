@@ -71,8 +71,8 @@ pub fn run(
         .args(["--generation-database", "none"])
         // Valid credentials only (the terms). With generated ones, the coverage phase
         // sends requests without them, and after 20 failed authentications from 127.0.0.1 within
-        // 60 s the daemon answers 429 to everything from there: the rest of the run would test
-        // the limiter only.
+        // 60 s the daemon answers 429 instead of 401 to each further one: much of the run would
+        // test the limiter.
         .args(["--generation-with-security-parameters", "false"])
         .args(["--report", "har,junit"])
         .arg("--report-dir")

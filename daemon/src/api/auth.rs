@@ -8,13 +8,14 @@
 //!   number). Without `auth.jwt_secret` no JWT is accepted.
 //! - API keys are kept as SHA-256 digests only; a presented key is hashed and compared with every
 //!   configured digest in constant time, without stopping at a match.
-//! - Failed authentications are counted per peer IP: past [`MAX_FAILURES`] in [`FAILURE_WINDOW`]
-//!   the IP gets 429 (even with good credentials) until the window ends.
+//! - Failed authentications are counted per client address (see [`Auth::client_ip`]): past
+//!   [`MAX_FAILURES`] in [`FAILURE_WINDOW`] a further failure is answered 429 instead of 401
+//!   until the window ends. Credentials are always checked first, and valid ones are never
+//!   refused: behind a proxy every client may share one address, and a guesser must not lock
+//!   the trading backend out of its tokens.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -27,17 +28,20 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use quick_cache::sync::{EntryAction, EntryResult};
+
 use super::ApiState;
 use super::error::ApiError;
-use crate::config::{AuthConfig, MIN_JWT_SECRET_BYTES};
+use crate::config::{AuthConfig, MIN_JWT_SECRET_BYTES, parse_trusted_proxy};
 use crate::vault::UserId;
 
 /// Failed authentications one IP may make per window.
 pub const MAX_FAILURES: u32 = 20;
 /// The window of [`MAX_FAILURES`].
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// IPs tracked at once; beyond this, new IPs are not limited (logged) rather than memory growing.
-const MAX_TRACKED_IPS: usize = 100_000;
+/// Client addresses whose failures are counted at once. Past this, the counters the cache finds
+/// least worth keeping (seen once, long ago) are evicted to make room.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
 
 /// The header of service keys.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -46,19 +50,27 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// read carries it to the audit log.
 pub type KeyName = Arc<str>;
 
-/// Compiled `[auth]`: the JWT key and the API key digests. Built once per router.
+/// Compiled `[auth]` and `server.trusted_proxies`: the JWT key, the API key digests, the
+/// failure counters. Built once per router.
 pub struct Auth {
     jwt: Option<(DecodingKey, Validation)>,
     user_claim: String,
     /// (name, SHA-256 of the key).
     keys: Vec<(KeyName, [u8; 32])>,
-    /// Failed authentications per peer IP: (window start, count). Touched by every failed
-    /// authentication; checked before an authentication while some IP may be blocked.
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-    /// When the last block of any IP ends, in ms since `created`: while it is past, nobody is
-    /// blocked and the check before every authentication needs no lock.
-    blocks_end_ms: AtomicU64,
+    /// Peers whose `X-Forwarded-For` is believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
+    failures: FailureCounts,
+}
+
+/// Failed authentications per client, in fixed windows. Touched by failed authentications only.
+/// A bounded, sharded cache (quick_cache) instead of a map under one mutex: a flood of addresses
+/// evicts counters one at a time, O(1) each, and never stops everyone for a sweep of the map.
+struct FailureCounts {
+    /// (window start in ms since `created`, failures in the window), by client (IPv6 by /64).
+    counts: quick_cache::sync::Cache<IpAddr, (u64, u32)>,
     created: Instant,
+    /// The warning of a client reaching the limit: once a window, whatever the number of clients.
+    warn: crate::logging::Throttle,
 }
 
 impl std::fmt::Debug for Auth {
@@ -72,10 +84,10 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// From `[auth]`. Configuration validation refused what is malformed; what slips through (a
-    /// JWT secret under 32 bytes, a digest that is not 64 hex chars) is left out with an error
-    /// logged.
-    pub fn from_config(config: &AuthConfig) -> Auth {
+    /// From `[auth]` and `server.trusted_proxies`. Configuration validation refused what is
+    /// malformed; what slips through (a JWT secret under 32 bytes, a digest that is not 64 hex
+    /// chars, a proxy that is no CIDR) is left out with an error logged.
+    pub fn from_config(config: &AuthConfig, trusted_proxies: &[String]) -> Auth {
         let jwt = config.jwt_secret.as_ref().and_then(|secret| {
             let secret = secret.expose_secret().as_bytes();
             if secret.len() < MIN_JWT_SECRET_BYTES {
@@ -99,13 +111,22 @@ impl Auth {
         if let Some(key) = &config.api_key {
             keys.push((KeyName::from("env"), sha256(key.expose_secret())));
         }
+        let trusted_proxies = trusted_proxies
+            .iter()
+            .filter_map(|proxy| match parse_trusted_proxy(proxy) {
+                Ok(net) => Some(net),
+                Err(e) => {
+                    tracing::error!(%proxy, error = %e, "server.trusted_proxies entry ignored");
+                    None
+                }
+            })
+            .collect();
         Auth {
             jwt,
             user_claim: config.user_claim.clone(),
             keys,
-            failures: Mutex::new(HashMap::new()),
-            blocks_end_ms: AtomicU64::new(0),
-            created: Instant::now(),
+            trusted_proxies,
+            failures: FailureCounts::new(MAX_TRACKED_CLIENTS),
         }
     }
 
@@ -145,41 +166,40 @@ impl Auth {
         UserId::new(id).map_err(|_| "the user claim is not a valid user id")
     }
 
-    fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        if self.ms_since_created() >= self.blocks_end_ms.load(Ordering::Relaxed) {
-            return None;
+    /// The address a request comes from: the peer's, or, when the peer is a trusted proxy, the
+    /// nearest address in `X-Forwarded-For` that is not a trusted proxy (each proxy appends the
+    /// address it was reached from, so everything left of the first untrusted one is the
+    /// client's to invent). An entry that is not an address ends the walk at the last hop known.
+    pub fn client_ip(&self, parts: &Parts) -> IpAddr {
+        let peer = peer_ip(parts).to_canonical();
+        if !self.trusted(peer) {
+            return peer;
         }
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let (start, count) = failures.get(&ip)?;
-        let elapsed = start.elapsed();
-        (*count >= MAX_FAILURES && elapsed < FAILURE_WINDOW).then(|| FAILURE_WINDOW - elapsed)
-    }
-
-    fn record_failure(&self, ip: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if failures.len() >= MAX_TRACKED_IPS && !failures.contains_key(&ip) {
-            failures.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
-            if failures.len() >= MAX_TRACKED_IPS {
-                tracing::warn!(%ip, "too many IPs failing authentication to track them all");
-                return;
+        let mut client = peer;
+        for value in parts.headers.get_all(X_FORWARDED_FOR).iter().rev() {
+            let Ok(value) = value.to_str() else {
+                return client;
+            };
+            for hop in value.rsplit(',') {
+                let hop = hop.trim();
+                let Some(ip) = hop
+                    .parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                else {
+                    return client;
+                };
+                client = ip.to_canonical();
+                if !self.trusted(client) {
+                    return client;
+                }
             }
         }
-        let entry = failures.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= FAILURE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        if entry.1 == MAX_FAILURES {
-            let ends = entry.0.duration_since(self.created) + FAILURE_WINDOW;
-            self.blocks_end_ms
-                .fetch_max(ends.as_millis() as u64 + 1, Ordering::Relaxed);
-            tracing::warn!(%ip, failures = MAX_FAILURES, "authentication failures: blocking this IP for the rest of the window");
-        }
+        client
     }
 
-    fn ms_since_created(&self) -> u64 {
-        self.created.elapsed().as_millis() as u64
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -204,6 +224,69 @@ fn jwt_validation(config: &AuthConfig) -> Validation {
     }
     validation.set_required_spec_claims(&required);
     validation
+}
+
+impl FailureCounts {
+    fn new(capacity: usize) -> FailureCounts {
+        FailureCounts {
+            // Room is made as clients come: most routers (every test's) never count one.
+            counts: quick_cache::sync::Cache::with_weighter(
+                capacity.min(1024),
+                capacity as u64,
+                quick_cache::UnitWeighter,
+            ),
+            created: Instant::now(),
+            warn: crate::logging::Throttle::new(FAILURE_WINDOW),
+        }
+    }
+
+    /// Count a failure of `client`; `Some(wait)` when it is past the limit, until its window
+    /// ends.
+    fn record(&self, client: IpAddr) -> Option<Duration> {
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let window = FAILURE_WINDOW.as_millis() as u64;
+        let key = limit_key(client);
+        let (start, count) = match self.counts.entry(&key, None, |_, (start, count)| {
+            if now.saturating_sub(*start) >= window {
+                (*start, *count) = (now, 0);
+            }
+            *count = count.saturating_add(1);
+            EntryAction::Retain((*start, *count))
+        }) {
+            EntryResult::Retained(counted) => counted,
+            EntryResult::Vacant(slot) => {
+                let _ = slot.insert((now, 1));
+                (now, 1)
+            }
+            // Neither is asked for (no removal, no timeout).
+            _ => (now, 1),
+        };
+        if count <= MAX_FAILURES {
+            return None;
+        }
+        if count == MAX_FAILURES + 1
+            && let Some(others) = self.warn.allow()
+        {
+            tracing::warn!(
+                %client,
+                failures = MAX_FAILURES,
+                others_since_last_warning = others,
+                "authentication failures: this address gets 429 for its failures until the window ends"
+            );
+        }
+        Some(
+            Duration::from_millis((start + window).saturating_sub(now)).max(Duration::from_secs(1)),
+        )
+    }
+}
+
+/// What failures are counted by: the address, and for IPv6 its /64 (one host commonly holds a
+/// whole /64 and could otherwise take a fresh address for every guess).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+    }
 }
 
 fn sha256(text: &str) -> [u8; 32] {
@@ -236,6 +319,8 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
 /// What an authentication attempt produced.
 enum Attempted<T> {
     Ok(T),
@@ -243,27 +328,26 @@ enum Attempted<T> {
     Failed(&'static str, &'static str),
 }
 
-/// Run `check` unless the peer is blocked; count a failure.
+/// Run `check`; count a failure, and answer it 429 past the client's limit.
 fn authenticate<T>(
     api: &ApiState,
     parts: &Parts,
     check: impl FnOnce(&Auth, &HeaderMap) -> Attempted<T>,
 ) -> Result<T, ApiError> {
-    let ip = peer_ip(parts);
-    if let Some(wait) = api.auth.blocked(ip) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failed_authentications",
-            "too many failed authentications from this address; try again later",
-        )
-        .with_header(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1))));
-    }
     match check(&api.auth, &parts.headers) {
         Attempted::Ok(v) => Ok(v),
         Attempted::Failed(message, reason) => {
-            api.auth.record_failure(ip);
-            tracing::debug!(%ip, reason, "authentication failed");
-            Err(ApiError::unauthorized(message))
+            let client = api.auth.client_ip(parts);
+            tracing::debug!(%client, reason, "authentication failed");
+            match api.auth.failures.record(client) {
+                None => Err(ApiError::unauthorized(message)),
+                Some(wait) => Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_failed_authentications",
+                    "too many failed authentications from this address; try again later",
+                )
+                .with_header(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)))),
+            }
         }
     }
 }
@@ -394,7 +478,7 @@ mod tests {
 
     const SECRET: &str = "s3cret-of-thirty-two-bytes-0123456";
 
-    fn auth() -> Auth {
+    fn auth_with(proxies: &[&str]) -> Auth {
         let mut config = AuthConfig {
             jwt_secret: Some(SecretString::from(SECRET)),
             api_key: Some(SecretString::from("env-key")),
@@ -403,7 +487,29 @@ mod tests {
         config
             .api_keys
             .insert("backend".into(), hex::encode(sha256("backend-key")));
-        Auth::from_config(&config)
+        let proxies: Vec<String> = proxies.iter().map(|p| p.to_string()).collect();
+        Auth::from_config(&config, &proxies)
+    }
+
+    fn auth() -> Auth {
+        auth_with(&[])
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Request parts from `peer` with these `X-Forwarded-For` header lines.
+    fn from(peer: &str, forwarded: &[&str]) -> Parts {
+        let mut request = axum::http::Request::builder();
+        for value in forwarded {
+            request = request.header(X_FORWARDED_FOR, *value);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        parts
+            .extensions
+            .insert(ConnectInfo::<SocketAddr>(peer.parse().unwrap()));
+        parts
     }
 
     #[test]
@@ -416,16 +522,48 @@ mod tests {
     }
 
     #[test]
-    fn failures_block_an_ip_only_past_the_limit() {
+    fn failures_past_the_limit_are_answered_429_per_client() {
         let auth = auth();
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        for _ in 0..MAX_FAILURES - 1 {
-            auth.record_failure(a);
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(auth.failures.record(a), None);
         }
-        assert!(auth.blocked(a).is_none());
-        auth.record_failure(a);
-        assert!(auth.blocked(a).is_some());
-        assert!(auth.blocked(b).is_none());
+        let wait = auth.failures.record(a).expect("past the limit");
+        assert!(
+            wait <= FAILURE_WINDOW && wait >= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert_eq!(auth.failures.record(b), None);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_slash_64() {
+        let auth = auth();
+        for n in 0..MAX_FAILURES {
+            assert_eq!(
+                auth.failures.record(ip(&format!("2001:db8:1:2::{n:x}"))),
+                None
+            );
+        }
+        assert!(auth.failures.record(ip("2001:db8:1:2:ffff::1")).is_some());
+        assert_eq!(auth.failures.record(ip("2001:db8:1:3::1")), None);
+    }
+
+    #[test]
+    fn the_failure_counters_hold_a_bounded_number_of_clients() {
+        let counts = FailureCounts::new(1_000);
+        for n in 0..20_000u32 {
+            counts.record(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)));
+        }
+        // quick_cache bounds each shard; the total may pass the capacity by a shard's rounding.
+        assert!(counts.counts.len() <= 1_100, "{}", counts.counts.len());
+        // A client that keeps failing stays counted through the flood of one-off addresses.
+        let persistent = ip("192.0.2.1");
+        for n in 0..20_000u32 {
+            counts.record(persistent);
+            counts.record(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + n)));
+        }
+        assert!(counts.record(persistent).is_some());
     }
 
     #[test]
@@ -434,7 +572,7 @@ mod tests {
             jwt_secret: Some(SecretString::from("")),
             ..AuthConfig::default()
         };
-        let auth = Auth::from_config(&config);
+        let auth = Auth::from_config(&config, &[]);
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(Algorithm::HS256),
             &serde_json::json!({"sub": "u1", "exp": 4_102_444_800u64}),
@@ -442,5 +580,40 @@ mod tests {
         )
         .unwrap();
         assert!(auth.jwt_user(&token).is_err());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let auth = auth_with(&["10.0.0.0/8", "192.0.2.7"]);
+        // Untrusted peer: its header is the client's own invention.
+        assert_eq!(
+            auth.client_ip(&from("198.51.100.1:5000", &["203.0.113.9"])),
+            ip("198.51.100.1")
+        );
+        // Trusted proxy: the nearest untrusted hop, whatever the client put left of it.
+        assert_eq!(
+            auth.client_ip(&from("10.1.2.3:5000", &["6.6.6.6, 203.0.113.9, 192.0.2.7"])),
+            ip("203.0.113.9")
+        );
+        // Header lines read as one list, the last line nearest.
+        assert_eq!(
+            auth.client_ip(&from("10.1.2.3:5000", &["203.0.113.9", "10.9.9.9"])),
+            ip("203.0.113.9")
+        );
+        // No header, or only proxies in it: the last hop known.
+        assert_eq!(auth.client_ip(&from("10.1.2.3:5000", &[])), ip("10.1.2.3"));
+        assert_eq!(
+            auth.client_ip(&from("10.1.2.3:5000", &["10.4.4.4"])),
+            ip("10.4.4.4")
+        );
+        // Garbage stops the walk at the hop before it; ports and mapped addresses are read.
+        assert_eq!(
+            auth.client_ip(&from("10.1.2.3:5000", &["203.0.113.9, unknown"])),
+            ip("10.1.2.3")
+        );
+        assert_eq!(
+            auth.client_ip(&from("[::ffff:10.1.2.3]:5000", &["203.0.113.9:4711"])),
+            ip("203.0.113.9")
+        );
     }
 }

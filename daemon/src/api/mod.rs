@@ -4,7 +4,7 @@
 //! check the list against the OpenAPI document and the router against the list.
 //!
 //! - `error`: `ApiError` (the one JSON error shape) and the extractors whose rejections use it.
-//! - `auth`: JWTs, API keys, the per-IP limit on failed authentications.
+//! - `auth`: JWTs, API keys, the per-client limit on failed authentications.
 //! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
 //! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes.
 //! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
@@ -70,7 +70,7 @@ impl ApiState {
     /// The API's state over the daemon's.
     pub fn new(app: Arc<AppState>) -> ApiState {
         ApiState {
-            auth: auth::Auth::from_config(&app.config.auth),
+            auth: auth::Auth::from_config(&app.config.auth, &app.config.server.trusted_proxies),
             assisted: StateStore::new(ASSISTED_STATE_TTL, ASSISTED_MAX_PENDING),
             audit: audit::AuditWriter::start(app.vault.clone()),
             bodies: tokens::BodyCache::default(),

@@ -53,15 +53,16 @@ impl Modify for Security {
     }
 }
 
-/// Every authenticated operation can answer 429: past the per-IP limit on failed
-/// authentications (`super::auth`), even good credentials are refused until the window ends.
+/// Every authenticated operation can answer 429: past the per-client limit on failed
+/// authentications (`super::auth`), a further failure is answered 429 instead of 401 until the
+/// window ends (good credentials are still served).
 struct FailedAuthLimit;
 
 impl Modify for FailedAuthLimit {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let response = ResponseBuilder::new()
             .description(
-                "Too many failed authentications from this address \
+                "Wrong credentials, and too many failed authentications from this address \
                  (`too_many_failed_authentications`); retry after `Retry-After` seconds",
             )
             .content(
