@@ -148,6 +148,7 @@ async fn provision_refresh_read_against_the_fake_kite_and_drain_on_sigterm() {
 
     let metrics = http
         .get(format!("{base}/metrics"))
+        .header("x-api-key", KEY)
         .send()
         .await
         .unwrap()

@@ -59,7 +59,7 @@ async fn health_detailed_counts_users_accounts_tokens_plugins_and_backlog() {
     t.seed("u1", "iifl", Some(HOUR / 2));
     t.seed("u2", "kite", Some(-HOUR));
     let r = t
-        .send(request(Method::GET, "/health/detailed", &As::Nobody, None))
+        .send(request(Method::GET, "/health/detailed", &KEY, None))
         .await;
     r.expect(200);
     let j = &r.json;
@@ -411,15 +411,69 @@ async fn behind_a_trusted_proxy_failures_are_counted_per_forwarded_client() {
 }
 
 #[tokio::test]
+async fn health_detailed_and_metrics_need_a_service_key_and_health_does_not() {
+    let t = TestApi::new();
+    t.seed("u1", "kite", Some(HOUR));
+    for path in ["/health/detailed", "/metrics"] {
+        t.send(request(Method::GET, path, &As::Nobody, None))
+            .await
+            .expect_error(401, "unauthorized");
+        t.send(request(Method::GET, path, &As::Key("not-a-key"), None))
+            .await
+            .expect_error(401, "unauthorized");
+        t.send(request(Method::GET, path, &jwt("u1"), None))
+            .await
+            .expect_error(401, "unauthorized");
+        t.send(request(Method::GET, path, &KEY, None))
+            .await
+            .expect(200);
+    }
+    // Prometheus sends its credentials as a bearer token.
+    t.send(request(
+        Method::GET,
+        "/metrics",
+        &As::BearerKey(BACKEND_KEY),
+        None,
+    ))
+    .await
+    .expect(200);
+    t.send(request(Method::GET, "/health", &As::Nobody, None))
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn token_figures_are_counted_again_at_most_once_a_second() {
+    let t = TestApi::new();
+    t.seed("u1", "kite", Some(HOUR * 2));
+    let active = || async {
+        let r = t
+            .send(request(Method::GET, "/health/detailed", &KEY, None))
+            .await;
+        r.expect(200);
+        r.json["active_tokens"].as_u64().unwrap()
+    };
+    assert_eq!(active().await, 1);
+    t.seed("u2", "kite", Some(HOUR * 2));
+    // Within the second (on the daemon's clock), the figures counted before are served, to
+    // `/metrics` too (its gauges are process-wide, shared by the tests running beside this one).
+    t.clock.advance(999);
+    assert_eq!(active().await, 1);
+    t.send(request(Method::GET, "/metrics", &KEY, None))
+        .await
+        .expect(200);
+    t.clock.advance(1);
+    assert_eq!(active().await, 2);
+}
+
+#[tokio::test]
 async fn metrics_are_served_in_prometheus_format() {
     let t = TestApi::new();
     t.seed("u1", "kite", Some(HOUR / 2));
     t.send(request(Method::GET, "/health", &As::Nobody, None))
         .await
         .expect(200);
-    let r = t
-        .send(request(Method::GET, "/metrics", &As::Nobody, None))
-        .await;
+    let r = t.send(request(Method::GET, "/metrics", &KEY, None)).await;
     r.expect(200);
     assert!(
         r.headers["content-type"]
@@ -529,12 +583,7 @@ fn rows() -> Vec<Row> {
         .remove("password");
     vec![
         row(Method::GET, "/health", "/health", G::Public),
-        row(
-            Method::GET,
-            "/health/detailed",
-            "/health/detailed",
-            G::Public,
-        ),
+        row(Method::GET, "/health/detailed", "/health/detailed", G::Key),
         Row {
             body: B::Required {
                 good: credentials,
@@ -709,7 +758,7 @@ fn rows() -> Vec<Row> {
             )
         },
         row(Method::GET, "/openapi.json", "/openapi.json", G::Public),
-        row(Method::GET, "/metrics", "/metrics", G::Public),
+        row(Method::GET, "/metrics", "/metrics", G::Integration),
     ]
 }
 

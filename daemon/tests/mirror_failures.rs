@@ -73,6 +73,7 @@ async fn serve_with_broken_mirror(mirror_url: &str, schema: &str) -> String {
     // The error shows in /health/detailed, and the backlog with it.
     let detailed = http
         .get(format!("http://{addr}/health/detailed"))
+        .header("X-API-Key", API_KEY)
         .send()
         .await
         .unwrap()

@@ -47,7 +47,6 @@ impl Capture {
 /// How a request authenticates.
 #[derive(Clone, Copy, Debug)]
 pub enum Auth<'a> {
-    None,
     /// `X-API-Key`.
     Key,
     /// `Authorization: Bearer <JWT>`.
@@ -115,7 +114,6 @@ impl Api {
             .client
             .request(method.clone(), format!("{}{path}", self.base));
         request = match auth {
-            Auth::None => request,
             Auth::Key => request.header("x-api-key", &self.key),
             Auth::Jwt(jwt) => request.header("authorization", format!("Bearer {jwt}")),
         };

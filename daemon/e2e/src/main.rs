@@ -527,7 +527,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     }
 
     // 6. /metrics, a clean stop, the last vault verify (both vaults), the mirror dump.
-    let metrics = api.get("/metrics", Auth::None).await?;
+    let metrics = api.get("/metrics", Auth::Key).await?;
     let mut daemon = daemon;
     let alive = daemon.alive();
     let stopped = daemon.stop();

@@ -393,8 +393,9 @@ impl FromRequestParts<Arc<ApiState>> for ServiceKey {
     }
 }
 
-/// A service on an `/api/integration` route: `X-API-Key`, or `Authorization: Bearer <api key>` as
-/// the IIFL job's callers send it.
+/// A service on an `/api/integration` route or `/metrics`: `X-API-Key`, or
+/// `Authorization: Bearer <api key>` as the IIFL job's callers and Prometheus' `authorization`
+/// send it.
 #[derive(Debug, Clone)]
 pub struct IntegrationKey(pub KeyName);
 

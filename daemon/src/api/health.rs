@@ -1,5 +1,6 @@
-//! `/health` (liveness) and `/health/detailed` (the Node service's figures plus schedules, plugins
-//! and the mirror). Neither needs credentials; neither shows a secret.
+//! `/health` (liveness, open to load balancers) and `/health/detailed` (the Node service's figures
+//! plus schedules, plugins and the mirror; a service key is needed: it tells anyone how many
+//! accounts there are, which plugins run and what the database said). Neither shows a secret.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::auth::ServiceKey;
 use super::error::{ApiError, ErrorBody, blocking};
 use super::views::iso;
 
@@ -87,7 +89,7 @@ pub struct DetailedHealthOut {
     pub users: usize,
     /// Accounts (user × broker).
     pub accounts: usize,
-    /// Tokens valid now.
+    /// Tokens valid now (counted at most once a second).
     pub active_tokens: usize,
     /// Tokens valid now that expire within the hour.
     pub tokens_expiring_within_hour: usize,
@@ -115,10 +117,13 @@ pub struct DetailedHealthOut {
     tag = "service",
     responses(
         (status = 200, description = "Figures of the whole daemon", body = DetailedHealthOut),
+        (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 500, description = "The vault failed", body = ErrorBody),
-    )
+    ),
+    security(("api_key" = []))
 )]
 pub async fn detailed(
+    _: ServiceKey,
     State(api): State<Arc<ApiState>>,
 ) -> Result<Json<DetailedHealthOut>, ApiError> {
     let counts = super::metrics::token_counts(&api).await?;

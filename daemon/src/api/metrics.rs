@@ -1,7 +1,8 @@
 //! `/metrics` in Prometheus text format. The refresher records through the `metrics` facade
 //! (`tokenbot_refresh_total{broker,outcome,class}`, `tokenbot_login_duration_seconds{broker}`);
-//! the API adds `tokenbot_http_requests_total{method,route,status}` and, computed at each scrape,
-//! `tokenbot_tokens_expiring_within_hour`, `tokenbot_tokens_valid` and `tokenbot_mirror_backlog`.
+//! the API adds `tokenbot_http_requests_total{method,route,status}` and, at each scrape,
+//! `tokenbot_tokens_expiring_within_hour`, `tokenbot_tokens_valid` (counted at most once a
+//! second, [`token_counts`]) and `tokenbot_mirror_backlog`. The route needs a service key.
 //!
 //! A process has one global recorder, installed on first use and shared by every router (tests
 //! build many): a `OnceLock` holds its handle.
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::ApiState;
+use super::auth::IntegrationKey;
 use super::error::{ApiError, ErrorBody, blocking};
 
 /// Buckets of the login duration histogram, in seconds (a login takes 1 to 90 s).
@@ -137,10 +139,32 @@ pub struct TokenCounts {
     pub expiring_within_hour: usize,
 }
 
-/// Count accounts, users and tokens (decrypts every token: a few ms for 10,000 accounts).
+/// How long counted figures are served before they are counted again.
+const COUNTS_FRESH_MS: i64 = 1_000;
+
+/// The last [`TokenCounts`] and when they were counted (the daemon's clock, Unix ms).
+#[derive(Debug, Default)]
+pub struct CountsCache(tokio::sync::Mutex<Option<(i64, TokenCounts)>>);
+
+/// Accounts, users and tokens, counted at most once a second: counting decrypts every token (a
+/// few ms for 10,000 accounts), and `/health/detailed` and `/metrics` may be asked for as often
+/// as anyone likes. Callers meanwhile wait for the one count in progress and share it.
 pub async fn token_counts(api: &ApiState) -> Result<TokenCounts, ApiError> {
-    let vault = api.app.vault.clone();
+    let mut cached = api.counts.0.lock().await;
     let now = api.now_ms();
+    if let Some((at, counts)) = *cached
+        && (at..at + COUNTS_FRESH_MS).contains(&now)
+    {
+        return Ok(counts);
+    }
+    let counts = count_tokens(api, now).await?;
+    *cached = Some((now, counts));
+    Ok(counts)
+}
+
+/// Count accounts, users and tokens valid at `now`.
+async fn count_tokens(api: &ApiState, now: i64) -> Result<TokenCounts, ApiError> {
+    let vault = api.app.vault.clone();
     blocking(move || {
         let accounts = vault.list_accounts()?;
         let mut counts = TokenCounts {
@@ -174,10 +198,15 @@ pub async fn token_counts(api: &ApiState) -> Result<TokenCounts, ApiError> {
     tag = "service",
     responses(
         (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"),
+        (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 503, description = "No Prometheus recorder in this process", body = ErrorBody),
-    )
+    ),
+    security(("api_key" = []), ("api_key_bearer" = []))
 )]
-pub async fn metrics(State(api): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+pub async fn metrics(
+    _: IntegrationKey,
+    State(api): State<Arc<ApiState>>,
+) -> Result<Response, ApiError> {
     let Some(handle) = handle() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -52,6 +52,8 @@ pub struct ApiState {
     audit: audit::AuditWriter,
     /// Serialised token read bodies (see [`tokens::BodyCache`]).
     bodies: tokens::BodyCache,
+    /// The token figures of `/health/detailed` and `/metrics` (see [`metrics::token_counts`]).
+    counts: metrics::CountsCache,
     /// Send `Strict-Transport-Security`: `server.public_url` is https.
     hsts: bool,
     /// When the router was built, for the uptime in `/health/detailed`.
@@ -74,6 +76,7 @@ impl ApiState {
             assisted: StateStore::new(ASSISTED_STATE_TTL, ASSISTED_MAX_PENDING),
             audit: audit::AuditWriter::start(app.vault.clone()),
             bodies: tokens::BodyCache::default(),
+            counts: metrics::CountsCache::default(),
             hsts: app
                 .config
                 .server

@@ -45,7 +45,7 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A service API key as a bearer token (the IIFL job's integration routes)",
+                        "A service API key as a bearer token (the IIFL job's integration routes, and `/metrics` for Prometheus' `authorization`)",
                     ))
                     .build(),
             ),
