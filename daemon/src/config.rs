@@ -163,6 +163,8 @@ pub struct ServerConfig {
     /// Time allowed for a client to send a request's headers, in seconds, from its connection or
     /// the answer to its previous request; a connection with no request for that long is closed.
     pub header_read_timeout_secs: u64,
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
     /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed for the client's address.
     pub trusted_proxies: Vec<String>,
 }
@@ -175,6 +177,8 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             body_limit_bytes: 64 * 1024,
             header_read_timeout_secs: 10,
+            // The e2e load phase holds 10,000 keep-alive connections.
+            max_connections: 10_000,
             trusted_proxies: Vec::new(),
         }
     }
@@ -696,6 +700,13 @@ impl Config {
 
 impl Config {
     fn validate_server(&self) -> Result<(), ConfigError> {
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "0",
+                "must be at least 1",
+            ));
+        }
         for proxy in &self.server.trusted_proxies {
             parse_trusted_proxy(proxy)
                 .map_err(|e| ConfigError::invalid("server.trusted_proxies", proxy, e))?;
@@ -1044,5 +1055,14 @@ mod tests {
             err.contains("server.trusted_proxies") && err.contains("10.0.0.0/33"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn max_connections_defaults_to_ten_thousand_and_refuses_zero() {
+        assert_eq!(load("", &[]).unwrap().server.max_connections, 10_000);
+        let err = load("[server]\nmax_connections = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.max_connections"), "{err}");
     }
 }

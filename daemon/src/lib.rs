@@ -165,6 +165,7 @@ pub async fn run(
             state.config.server.header_read_timeout_secs,
         ),
         drain_timeout: std::time::Duration::from_secs(30),
+        max_connections: state.config.server.max_connections,
     };
     // One shutdown signal for the server and the scheduler. The scheduler checks it between
     // ticks, so logins in flight finish before it returns.

@@ -288,3 +288,106 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     sigterm(&child);
     assert!(wait_exit(&mut child).success());
 }
+
+/// Send `GET /health` on `stream` and read the answer's head and body (`{"status":"ok"}`).
+fn health_on(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(r#"{"status":"ok"}"#) {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+#[test]
+fn a_connection_past_server_max_connections_is_closed_at_once() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = workdir_with(plugins.path(), "max_connections = 1");
+    let (mut child, addr, _) = serve(dir.path());
+    // Read timeouts only bound a broken test; nothing below waits for one.
+    let connect = || {
+        let stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    };
+    // A keep-alive connection, answered: it holds the only slot.
+    let mut held = connect();
+    assert!(health_on(&mut held).unwrap().starts_with("HTTP/1.1 200"));
+    // The next is closed without an answer, not left waiting.
+    let mut extra = connect();
+    let mut got = Vec::new();
+    match extra.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection past the limit was not closed: {e}"),
+    }
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    // The held one is still served; once it is gone, its slot serves another.
+    assert!(health_on(&mut held).unwrap().starts_with("HTTP/1.1 200"));
+    drop(held);
+    let mut served = false;
+    for _ in 0..200 {
+        if health_on(&mut connect())
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200")
+        {
+            served = true;
+            break;
+        }
+        // The server notices the close in its own time: until then, the slot is taken.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served, "no connection was served after the held one closed");
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}
+
+/// (soft, hard) of `Max open files` in `/proc/<pid>/limits`.
+#[cfg(target_os = "linux")]
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let figures: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (figures[0], figures[1])
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let (_, hard) = open_file_limits(std::process::id());
+    let soft = (hard / 2).min(512);
+    assert!(soft < hard);
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = workdir(plugins.path());
+    let mut command = Command::new("sh");
+    command
+        .current_dir(dir.path())
+        .args([
+            "-c",
+            &format!("ulimit -Sn {soft} && exec \"$0\" serve"),
+            BIN,
+        ])
+        .env_remove("TOKENBOT_CONFIG")
+        .env_remove("ENCRYPTION_KEY")
+        .env_remove("PORT")
+        .env_remove("DATABASE_URL");
+    let (mut child, _, _) = serve_with(&mut command);
+    assert_eq!(open_file_limits(child.id()), (hard, hard));
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}

@@ -1,6 +1,6 @@
 //! Accept loop on hyper-util, so the server gets what `axum::serve` does not offer: a header read
-//! timeout (slow clients cannot hold connections open for free), the peer address on every request,
-//! and a bounded graceful shutdown.
+//! timeout (slow clients cannot hold connections open for free), a cap on open connections, the
+//! peer address on every request, and a bounded graceful shutdown.
 //!
 //! The header read timeout is this module's, not hyper's: hyper's arms a timer for every request
 //! (a boxed `Sleep` registered in and removed from tokio's timer wheel each time); without it a
@@ -23,8 +23,11 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use crate::logging::Throttle;
 
 /// How the server treats connections.
 #[derive(Debug, Clone)]
@@ -34,6 +37,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get to finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// Connections served at once; past it, a new connection is closed as soon as accepted.
+    pub max_connections: usize,
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves; then stop accepting, let in-flight requests
@@ -46,6 +51,10 @@ pub async fn serve(
 ) {
     let builder = Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(
+        options.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let refusals = Throttle::new(Duration::from_secs(60));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -59,6 +68,21 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        // Past the cap a connection is closed at once, not left unaccepted: in the kernel's
+        // backlog it would wait for a slot that keep-alive connections may hold for minutes,
+        // while closed, its client (or load balancer) knows at once and can go elsewhere.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            if let Some(others) = refusals.allow() {
+                tracing::warn!(
+                    %peer,
+                    max_connections = options.max_connections,
+                    others_since_last_warning = others,
+                    "connection limit reached (server.max_connections): new connections are closed"
+                );
+            }
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -89,6 +113,8 @@ pub async fn serve(
         });
         let timeout = options.header_read_timeout;
         tokio::spawn(async move {
+            // Held while the connection runs: this task ends with it.
+            let _slot = slot;
             let timer = tokio::time::sleep_until(activity.since(0) + timeout);
             tokio::pin!(timer);
             loop {

@@ -155,6 +155,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
+    raise_open_file_limit(config.server.max_connections);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -164,4 +165,29 @@ fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
         crate::run(state, listener, crate::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Descriptors the daemon needs besides its connections: the vault, logs, plugins, outgoing
+/// HTTP and PostgreSQL connections.
+const SPARE_FILES: u64 = 256;
+
+/// Raise the soft limit on open files to the hard one: every connection holds a descriptor, and
+/// the usual soft limit (1,024) is far below `server.max_connections`' default. Past the limit,
+/// `accept` fails and the server backs off (`api::serve`), so the shortfall is only logged.
+fn raise_open_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            if (max_connections as u64).saturating_add(SPARE_FILES) > limit {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections,
+                    "the open-file limit is below server.max_connections plus {SPARE_FILES}: \
+                     connections past it fail to be accepted (raise the hard limit, `ulimit -Hn`)"
+                );
+            } else {
+                tracing::debug!(open_files = limit, "open-file limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "the open-file limit could not be raised"),
+    }
 }
