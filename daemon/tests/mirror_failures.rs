@@ -1,6 +1,7 @@
-//! A Postgres mirror that cannot log in or cannot reach its host never stops the daemon: tokens
-//! are still served over HTTP, and the error shows in the mirror's status and `/health/detailed`.
-//! Runs against the test database's server (`TOKENBOT_TEST_DATABASE_URL`) for the refused login.
+//! A Postgres mirror that cannot log in, cannot reach its host or has its rows refused never stops
+//! the daemon: tokens are still served over HTTP, and the error shows in the mirror's status and
+//! `/health/detailed`, without the password or a token. Runs against the test database's server
+//! (`TOKENBOT_TEST_DATABASE_URL`) for the refused login and the refused row.
 
 mod mirror_support;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use mirror_support::*;
 use secrecy::SecretString;
 use tokenbot::AppState;
-use tokenbot::config::{Config, VaultConfig};
+use tokenbot::config::{Config, PostgresMirrorConfig, VaultConfig};
 
 const PASSWORD: &str = "pw-never-shown-0815";
 const API_KEY: &str = "mirror-test-api-key";
@@ -17,6 +18,15 @@ const API_KEY: &str = "mirror-test-api-key";
 /// Serve a daemon in-process whose mirror points at `mirror_url`, with one account and a valid
 /// token; check the token is served and the mirror's error shows; return that error.
 async fn serve_with_broken_mirror(mirror_url: &str, schema: &str) -> String {
+    let mut mirror = PostgresMirrorConfig::new(SecretString::from(mirror_url.to_owned()));
+    mirror.schema = schema.to_owned();
+    mirror.backoff_initial_ms = 20;
+    mirror.backoff_max_ms = 200;
+    serve_with_failing_mirror(mirror).await
+}
+
+/// [`serve_with_broken_mirror`] with the mirror's whole configuration.
+async fn serve_with_failing_mirror(mirror: PostgresMirrorConfig) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         vault: VaultConfig {
@@ -28,11 +38,6 @@ async fn serve_with_broken_mirror(mirror_url: &str, schema: &str) -> String {
     };
     config.plugins.dir = dir.path().join("plugins");
     config.auth.api_key = Some(SecretString::from(API_KEY.to_owned()));
-    let mut mirror =
-        tokenbot::config::PostgresMirrorConfig::new(SecretString::from(mirror_url.to_owned()));
-    mirror.schema = schema.to_owned();
-    mirror.backoff_initial_ms = 20;
-    mirror.backoff_max_ms = 200;
     config.mirror.postgres = Some(mirror);
     config.validate().unwrap();
     let state = Arc::new(AppState::open(config, true).unwrap());
@@ -81,6 +86,10 @@ async fn serve_with_broken_mirror(mirror_url: &str, schema: &str) -> String {
         .await
         .unwrap();
     let detailed: serde_json::Value = serde_json::from_str(&detailed).unwrap();
+    assert!(
+        !detailed.to_string().contains(&token_text(&key, 1)),
+        "{detailed}"
+    );
     let shown = &detailed["mirror"];
     assert_eq!(shown["enabled"], true, "{detailed}");
     assert_eq!(shown["connected"], false, "{detailed}");
@@ -131,4 +140,38 @@ async fn an_unreachable_host_leaves_tokens_served_and_shows_in_the_status() {
         "{error}"
     );
     assert!(!error.contains(PASSWORD), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_row_shows_its_sqlstate_but_never_the_token_in_health_detailed() {
+    let Some(url) = database_url("a_refused_row_shows_its_sqlstate...") else {
+        return;
+    };
+    // The default table, made in advance with a check no token passes: PostgreSQL then refuses
+    // the row with DETAIL "Failing row contains (u1, kite, ..., <the token>, ...)".
+    let db = TestDb::new(&url, "refused_row").await;
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE {}.tokenbot_tokens (\
+             user_id text NOT NULL, broker text NOT NULL, broker_user_id text NOT NULL, \
+             access_token text CONSTRAINT no_tokens_here CHECK (access_token IS NULL), \
+             issued_at timestamptz, expires_at timestamptz, status text NOT NULL, \
+             generation bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (user_id, broker))",
+            db.schema
+        ))
+        .await
+        .unwrap();
+    let mut mirror = db.mirror_config(&url);
+    // One refusal, then a pause longer than the test: the status holds that error throughout
+    // (a reconnection would clear it until the row is refused again).
+    mirror.backoff_initial_ms = 3_600_000;
+    mirror.backoff_max_ms = 3_600_000;
+    let error = serve_with_failing_mirror(mirror).await;
+    db.drop_schema().await;
+    // check_violation, the constraint's name from the primary message, and nothing of the row.
+    assert!(error.contains("23514"), "{error}");
+    assert!(error.contains("no_tokens_here"), "{error}");
+    assert!(!error.contains("Failing row"), "{error}");
+    assert!(!error.contains("tok-"), "{error}");
 }

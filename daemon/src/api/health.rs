@@ -72,7 +72,8 @@ pub struct MirrorOut {
     pub backlog: u64,
     /// Records delivered since start.
     pub delivered: u64,
-    /// The latest error, until the next success.
+    /// The latest error, until the next success: for an error PostgreSQL reported, its
+    /// severity, SQLSTATE and primary message (never its DETAIL, which may quote a row).
     pub last_error: Option<String>,
     /// When it happened.
     pub last_error_at: Option<String>,

@@ -45,13 +45,44 @@ impl Target {
     }
 
     fn error(&self, context: &str, e: &tokio_postgres::Error) -> PgError {
-        let mut text = format!("{context}: {e}");
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        PgError(self.redact(&text.replace('\n', " ")))
+        self.error_in_batch(context, e, &[])
+    }
+
+    /// The error for the status (served by `/health/detailed`) and the log. For an error
+    /// PostgreSQL reported, its SQLSTATE and primary message only: its DETAIL, HINT and WHERE
+    /// may quote row values (`Failing row contains (..., <token>, ...)`). For any other (I/O,
+    /// protocol, encoding a value), the whole chain. Secrets and the tokens of `batch` (which a
+    /// primary message may quote too: `invalid input syntax for type integer: "<token>"`) are
+    /// redacted.
+    fn error_in_batch(
+        &self,
+        context: &str,
+        e: &tokio_postgres::Error,
+        batch: &[OutboxRecord],
+    ) -> PgError {
+        let text = match e.as_db_error() {
+            Some(db) => format!(
+                "{context}: {} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            ),
+            None => {
+                let mut text = format!("{context}: {e}");
+                let mut source = e.source();
+                while let Some(s) = source {
+                    text.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                text
+            }
+        };
+        let tokens: Vec<&str> = batch
+            .iter()
+            .filter_map(|r| r.access_token.as_ref().map(|t| t.expose_secret()))
+            .collect();
+        let text = super::redact(&text.replace('\n', " "), &tokens);
+        PgError(self.redact(&text))
     }
 }
 
@@ -226,7 +257,8 @@ impl Session {
             let refs: Vec<&(dyn ToSql + Sync)> =
                 values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             let changed = tx.execute(&self.upsert, &refs).await.map_err(|e| {
-                target.error(&format!("upserting {}/{}", record.user, record.broker), &e)
+                let context = format!("upserting {}/{}", record.user, record.broker);
+                target.error_in_batch(&context, &e, batch)
             })?;
             if let Some(notify) = &self.notify
                 && changed > 0
@@ -242,9 +274,10 @@ impl Session {
                     .map_err(|e| target.error("NOTIFY", &e))?;
             }
         }
+        // A deferred constraint fails here, with the rows of the batch.
         tx.commit()
             .await
-            .map_err(|e| target.error("committing", &e))
+            .map_err(|e| target.error_in_batch("committing", &e, batch))
     }
 }
 
