@@ -9,11 +9,12 @@
 //! 1. provisioning (`PUT /api/users/:userId/accounts/kite`, one known set of secrets per account);
 //! 2. chaos (`chaos`): SIGKILL during refresh-all, `vault verify`, restart, check;
 //! 3. load (`load`): keep-alive connections reading tokens;
-//! 4. slowloris (`load`): slow headers while normal requests are served;
+//! 4. slowloris (`load`): slow headers while normal requests are served; then a row the mirror's
+//!    table refuses (a check no token passes), and `/health/detailed` read until it reports that;
 //! 5. schemathesis (`schemathesis`) against `/openapi.json`;
 //! 6. a clean stop and a last `vault verify`;
 //! 7. the secrets audit (`audit`) over logs, the vault file, a dump of the mirror's schema,
-//!    `/metrics` and every response received.
+//!    `/metrics`, that `/health/detailed` and every response received.
 //!
 //! Then it prints one table, scenario | result | figures, and exits 1 if any scenario failed.
 //! Everything runs on 127.0.0.1. `--help` lists the options.
@@ -476,6 +477,8 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         ));
     }
 
+    let refusal = mirror_refusal(&ctx, &ctx.api.at(&daemon.addr)).await;
+
     // 5. Schemathesis, against a daemon of its own (see `schemathesis_daemon`).
     daemon.stop()?;
     let st_accounts: Vec<Account> = (0..3).map(|n| Account::generate('s', n)).collect();
@@ -644,6 +647,17 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             tokens_forbidden: true,
         },
         audit::Place {
+            name: "/health/detailed after a refused row".into(),
+            sources: match &refusal {
+                Ok((detailed, _)) => vec![audit::Source::Bytes(
+                    "/health/detailed".into(),
+                    detailed.body.clone(),
+                )],
+                Err(_) => vec![],
+            },
+            tokens_forbidden: true,
+        },
+        audit::Place {
             name: "API responses".into(),
             sources: responses,
             tokens_forbidden: false,
@@ -674,12 +688,17 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             )
         })
         .collect();
+    let refusal_shown = match &refusal {
+        Ok((_, error)) => format!("the refused row shown as: {error}"),
+        Err(e) => format!("the refused row: FAILED: {e:#}"),
+    };
     rows.push(row(
         "secrets audit",
-        clean && dump_ok,
+        clean && dump_ok && refusal.is_ok(),
         format!(
             "{} secrets and {} access tokens searched; {}; allowed: {allowed} Kite api_keys as \
-             `api_key=` of the Kite login URL that GET /api/login/kite/{{userId}}/url answers{}",
+             `api_key=` of the Kite login URL that GET /api/login/kite/{{userId}}/url answers; \
+             {refusal_shown}{}",
             needles.secrets.len(),
             needles.tokens.len(),
             per_place.join("; "),
@@ -688,6 +707,80 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     ));
     ctx.mirror.drop_schema().await;
     Ok(rows)
+}
+
+/// A row PostgreSQL refuses, for the secrets audit: a check on the mirror's table that no token
+/// passes, one account logged in again, and `/health/detailed` read until the mirror reports the
+/// refusal; the answer and the error it shows. PostgreSQL's DETAIL for it quotes the row, token
+/// included ("Failing row contains (..., <token>, ...)"): the audit searches that answer as a
+/// place where no token may be. The check is then dropped, and the mirror must catch up.
+async fn mirror_refusal(ctx: &Ctx, api: &Api) -> anyhow::Result<(http::Reply, String)> {
+    const CHECK: &str = "e2e_no_new_tokens";
+    let table = format!("{}.tokenbot_tokens", ctx.mirror.schema);
+    ctx.mirror
+        .execute(&format!(
+            "ALTER TABLE {table} ADD CONSTRAINT {CHECK} CHECK (access_token IS NULL) NOT VALID"
+        ))
+        .await?;
+    let shown = async {
+        let user = &ctx.accounts[0].user;
+        // Waits for the account's next TOTP step: up to 30 s.
+        let r = api
+            .post(
+                &format!("/api/integration/tokens/refresh/{user}"),
+                Auth::Key,
+            )
+            .await?;
+        if r.status != 200 || r.json()["successful"] != 1 {
+            bail!("refreshing {user}: {} {}", r.status, r.text());
+        }
+        let t = api.get(&format!("/api/tokens/{user}"), Auth::Key).await?;
+        match t.json()["access_token"].as_str() {
+            Some(token) => ctx.note_token(token),
+            None => bail!(
+                "no token for {user} after its refresh: {} {}",
+                t.status,
+                t.text()
+            ),
+        }
+        let started = Instant::now();
+        loop {
+            let detailed = api.get("/health/detailed", Auth::Key).await?;
+            let error = detailed.json()["mirror"]["last_error"]
+                .as_str()
+                .filter(|e| e.contains(CHECK))
+                .map(str::to_owned);
+            if let Some(error) = error {
+                return Ok((detailed, error));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "/health/detailed did not report the refused row within 30 s: {}",
+                    detailed.text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    .await;
+    ctx.mirror
+        .execute(&format!(
+            "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {CHECK}"
+        ))
+        .await?;
+    let shown = shown?;
+    // Without the check the mirror delivers the record at its next attempt.
+    let started = Instant::now();
+    loop {
+        let detailed = api.get("/health/detailed", Auth::Key).await?.json();
+        if detailed["mirror"]["backlog"] == 0 && detailed["mirror"]["last_error"].is_null() {
+            return Ok(shown);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the mirror did not catch up within 30 s of the check's removal: {detailed}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The one place a provisioned credential may appear in an answer: Kite's login URL carries the

@@ -205,6 +205,11 @@ impl Mirror {
         }
     }
 
+    /// Run `sql` (statements separated by `;`).
+    pub async fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        Ok(self.client.batch_execute(sql).await?)
+    }
+
     pub async fn drop_schema(&self) {
         let _ = self
             .client
