@@ -213,6 +213,18 @@ fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConfigError> {
     if !url.contains("sslmode=") {
         pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
+    // Without TLS, `prefer` is plain TCP that looks as if it asked for encryption. (Absent,
+    // tokio-postgres reads `prefer` too, but then nobody asked.)
+    #[cfg(not(feature = "postgres-tls"))]
+    if url.contains("sslmode=")
+        && matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer)
+    {
+        return Err(MirrorConfigError::Url(
+            "sslmode=prefer: this build has no TLS (cargo feature `postgres-tls`) and would \
+             connect in plain TCP; use sslmode=disable, or a build with TLS and sslmode=require"
+                .into(),
+        ));
+    }
     let mut secrets = vec![
         SecretString::from(raw.to_owned()),
         SecretString::from(url.clone()),
@@ -570,6 +582,34 @@ mod tests {
             (url.as_str(), root.as_deref()),
             ("postgres://u@h/db?sslmode=require", Some("/etc/ca.pem"))
         );
+    }
+
+    #[test]
+    fn sslmode_prefer_is_refused_at_start_in_a_build_without_tls() {
+        let prefer = PostgresMirrorConfig::new("postgres://u:hunter2@h/db?sslmode=prefer".into());
+        if cfg!(feature = "postgres-tls") {
+            validate(&prefer).unwrap();
+        } else {
+            let err = validate(&prefer).unwrap_err().to_string();
+            assert!(
+                err.starts_with("mirror.postgres.url")
+                    && err.contains("postgres-tls")
+                    && !err.contains("hunter2"),
+                "{err}"
+            );
+            let err = validate(&PostgresMirrorConfig::new(
+                "host=h user=u password=hunter2 sslmode=prefer".into(),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("sslmode=prefer") && !err.contains("hunter2"),
+                "{err}"
+            );
+        }
+        for url in ["postgres://u@h/db", "postgres://u@h/db?sslmode=disable"] {
+            validate(&PostgresMirrorConfig::new(url.into())).unwrap();
+        }
     }
 
     #[test]
