@@ -379,7 +379,7 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit() {
         .current_dir(dir.path())
         .args([
             "-c",
-            &format!("ulimit -Sn {soft} && exec \"$0\" serve"),
+            &format!("ulimit -Sn {soft} && exec \"$0\" serve --dev"),
             BIN,
         ])
         .env_remove("TOKENBOT_CONFIG")

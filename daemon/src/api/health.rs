@@ -109,6 +109,20 @@ pub struct DetailedHealthOut {
     pub plugin_failures: Vec<PluginFailureOut>,
     /// The Postgres mirror.
     pub mirror: MirrorOut,
+    /// Per-broker circuit breakers: brokers whose scheduled and catch-up logins pause after
+    /// several accounts in a row found them unavailable. Brokers never tripped are absent.
+    pub breakers: BTreeMap<String, BreakerOut>,
+}
+
+/// One broker's circuit breaker.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerOut {
+    /// Whether scheduled and catch-up logins of this broker pause now.
+    pub open: bool,
+    /// Until when they pause (RFC 3339), if the breaker ever opened.
+    pub open_until: Option<String>,
+    /// Distinct accounts in the current run of `broker_unavailable` refreshes.
+    pub failing_accounts: usize,
 }
 
 /// `GET /health/detailed`
@@ -196,5 +210,17 @@ pub async fn detailed(
         plugins,
         plugin_failures,
         mirror,
+        breakers: refresher
+            .breakers()
+            .into_iter()
+            .map(|(broker, b)| {
+                let out = BreakerOut {
+                    open: b.open,
+                    open_until: (b.open_until_ms > 0).then(|| iso(b.open_until_ms)),
+                    failing_accounts: b.failing_accounts,
+                };
+                (broker, out)
+            })
+            .collect(),
     }))
 }

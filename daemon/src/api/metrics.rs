@@ -74,6 +74,10 @@ fn describe() {
         "tokenbot_mirror_backlog",
         "Token changes waiting for the Postgres mirror"
     );
+    metrics::describe_gauge!(
+        "tokenbot_broker_breaker_open",
+        "1 while a broker's scheduled and catch-up logins pause after repeated unavailability"
+    );
 }
 
 /// Count one answered request. `route` is the matched template; unmatched requests share one
@@ -220,6 +224,10 @@ pub async fn metrics(
     metrics::gauge!("tokenbot_tokens_expiring_within_hour").set(counts.expiring_within_hour as f64);
     metrics::gauge!("tokenbot_tokens_valid").set(counts.valid as f64);
     metrics::gauge!("tokenbot_mirror_backlog").set(backlog as f64);
+    for (broker, breaker) in api.refresher().breakers() {
+        metrics::gauge!("tokenbot_broker_breaker_open", "broker" => broker)
+            .set(f64::from(u8::from(breaker.open)));
+    }
     handle.run_upkeep();
     let mut response = handle.render().into_response();
     response.headers_mut().insert(
