@@ -289,6 +289,17 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(wait_exit(&mut child).success());
 }
 
+/// A daemon killed when dropped: a failing test does not leave it running (holding the test's
+/// output pipe open).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Send `GET /health` on `stream` and read the answer's head and body (`{"status":"ok"}`).
 fn health_on(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
     use std::io::{Read, Write};
@@ -310,7 +321,8 @@ fn a_connection_past_server_max_connections_is_closed_at_once() {
     use std::net::TcpStream;
     let plugins = tempfile::tempdir().unwrap();
     let dir = workdir_with(plugins.path(), "max_connections = 1");
-    let (mut child, addr, _) = serve(dir.path());
+    let (child, addr, _) = serve(dir.path());
+    let mut daemon = Running(child);
     // Read timeouts only bound a broken test; nothing below waits for one.
     let connect = || {
         let stream = TcpStream::connect(&addr).unwrap();
@@ -347,8 +359,8 @@ fn a_connection_past_server_max_connections_is_closed_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(served, "no connection was served after the held one closed");
-    sigterm(&child);
-    assert!(wait_exit(&mut child).success());
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0).success());
 }
 
 /// (soft, hard) of `Max open files` in `/proc/<pid>/limits`.
@@ -386,8 +398,9 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit() {
         .env_remove("ENCRYPTION_KEY")
         .env_remove("PORT")
         .env_remove("DATABASE_URL");
-    let (mut child, _, _) = serve_with(&mut command);
-    assert_eq!(open_file_limits(child.id()), (hard, hard));
-    sigterm(&child);
-    assert!(wait_exit(&mut child).success());
+    let (child, _, _) = serve_with(&mut command);
+    let mut daemon = Running(child);
+    assert_eq!(open_file_limits(daemon.0.id()), (hard, hard));
+    sigterm(&daemon.0);
+    assert!(wait_exit(&mut daemon.0).success());
 }
