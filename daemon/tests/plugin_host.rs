@@ -403,3 +403,72 @@ fn a_plugin_file_others_could_write_is_refused() {
     ));
     assert_eq!(plugin.sha256.as_deref(), Some(on_disk.as_str()));
 }
+
+/// A redirect the host follows for a plugin keeps the plugin's `Authorization` on the same
+/// origin and drops it on another one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_followed_redirect_to_another_origin_gets_no_authorization() {
+    async fn echo(headers: HeaderMap) -> String {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .route(
+            "/same",
+            get(|| async { axum::response::Redirect::temporary("/echo") }),
+        )
+        .route(
+            "/other",
+            get(move || async move {
+                axum::response::Redirect::temporary(&format!("http://localhost:{port}/echo"))
+            }),
+        )
+        .route("/echo", get(echo));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let plugin = load(&rust_plugin());
+    let services = Services::new(
+        Arc::new(ManualClock::new(FIXED_NOW_MS)),
+        CallSettings::default(),
+    );
+    let urls = BTreeMap::from([("api_url".to_owned(), format!("http://127.0.0.1:{port}"))]);
+    let extra = ["localhost".to_owned()];
+    let ctx = services.context(CallTarget {
+        plugin: &plugin,
+        account: "u/example".into(),
+        configured_urls: &urls,
+        extra_hosts: &extra,
+        ipv4_only: false,
+        totp_secret: None,
+        secrets: vec![],
+    });
+    let fetch = move |path: &str| {
+        let request = serde_json::json!({
+            "v": 1, "method": "GET", "url": format!("http://127.0.0.1:{port}{path}"),
+            "headers": [["Authorization", "Bearer plugin-secret"]], "follow_redirects": true,
+        })
+        .to_string();
+        let mut out = broker_api::abi::SinkBuf::with_cap(1 << 20);
+        // SAFETY: the context is live for the call; request and sink outlive it.
+        let status = unsafe {
+            (tokenbot::plugins::host::HOST_TABLE.http)(
+                ctx.as_ptr(),
+                broker_api::abi::Bytes::new(request.as_bytes()),
+                out.sink(),
+            )
+        };
+        assert!(status.is_ok(), "{}", String::from_utf8_lossy(out.bytes()));
+        let response: broker_api::wire::HttpResponse = serde_json::from_slice(out.bytes()).unwrap();
+        response.body
+    };
+    let (same, other) = tokio::task::spawn_blocking(move || (fetch("/same"), fetch("/other")))
+        .await
+        .unwrap();
+    assert_eq!(same, "Bearer plugin-secret");
+    assert_eq!(other, "none");
+}
