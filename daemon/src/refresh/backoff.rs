@@ -8,8 +8,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use super::{AccountResult, Refresher, blocking};
 use crate::config::RefreshConfig;
-use crate::vault::{AccountKey, Backoff};
+use crate::vault::{Account, AccountKey, Backoff, Outcome};
 
 /// Default `[brokers.<id>] breaker_threshold`.
 pub const BREAKER_THRESHOLD: u32 = 5;
@@ -120,6 +121,74 @@ impl Breakers {
                 )
             })
             .collect()
+    }
+}
+
+impl Refresher {
+    /// Why a scheduled or catch-up login of this account waits: its backoff after retryable
+    /// failures, or its broker's open breaker.
+    pub(super) fn held(&self, key: &AccountKey, account: &Account) -> Option<AccountResult> {
+        let now = self.services.clock.now_ms();
+        if let Some(b) = account.backoff.filter(|b| b.until_ms > now) {
+            return Some(AccountResult::skipped(
+                key,
+                "backing_off",
+                format!(
+                    "{} refreshes in a row ended in a retryable failure; scheduled logins wait \
+                     until {}",
+                    b.failures,
+                    crate::clock::iso(b.until_ms)
+                ),
+            ));
+        }
+        let until = self.breakers.open_until(key.broker.as_str(), now)?;
+        Some(AccountResult::skipped(
+            key,
+            "breaker_open",
+            format!(
+                "the broker was unavailable to several accounts in a row; scheduled logins wait \
+                 until {}",
+                crate::clock::iso(until)
+            ),
+        ))
+    }
+
+    /// After a refresh's last attempt: its broker's breaker.
+    pub(super) async fn after_refresh(&self, key: &AccountKey, result: &AccountResult) {
+        let now = self.services.clock.now_ms();
+        let class = result.error_class.as_deref();
+        let broker = self.broker_config(key.broker.as_str());
+        self.breakers.record(
+            key,
+            class == Some("broker_unavailable") && result.attempts > 0,
+            result.outcome == Outcome::Success,
+            now,
+            broker.breaker_threshold.unwrap_or(BREAKER_THRESHOLD),
+            broker
+                .breaker_cooldown_secs
+                .unwrap_or(BREAKER_COOLDOWN_SECS),
+        );
+    }
+
+    /// A refresh that contacted the broker ended in a retryable failure: scheduled and catch-up
+    /// logins of the account wait longer (`next_backoff`).
+    pub(super) async fn back_off(&self, key: &AccountKey) {
+        let now = self.services.clock.now_ms();
+        let (vault, k, config) = (self.vault.clone(), key.clone(), self.config.clone());
+        let stored = blocking(move || {
+            let previous = vault.get_account(&k)?.and_then(|a| a.backoff);
+            let next = next_backoff(previous, now, &config.refresh);
+            vault.set_backoff(&k, Some(next))
+        })
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot record the account's backoff");
+        }
+    }
+
+    /// The per-broker breakers, as shown to operators.
+    pub fn breakers(&self) -> std::collections::BTreeMap<String, BreakerView> {
+        self.breakers.views(self.services.clock.now_ms())
     }
 }
 
