@@ -100,13 +100,7 @@ fn context(
     key: &AccountKey,
     credentials: &Credentials,
 ) -> crate::plugins::host::CallContext {
-    let broker_config = api
-        .app
-        .config
-        .brokers
-        .get(key.broker.as_str())
-        .cloned()
-        .unwrap_or_default();
+    let broker_config = broker_config(api, key.broker.as_str());
     let secrets: Vec<&str> = [
         &credentials.password,
         &credentials.api_secret,
@@ -128,28 +122,26 @@ fn context(
     })
 }
 
-fn base_urls(api: &ApiState, plugin: &Plugin) -> BTreeMap<String, String> {
-    let configured = api
-        .app
+/// `[brokers.<id>]` of this broker (every key optional).
+fn broker_config(api: &ApiState, broker: &str) -> crate::config::BrokerConfig {
+    api.app
         .config
         .brokers
-        .get(&plugin.id)
-        .map(|b| b.urls.clone())
-        .unwrap_or_default();
-    plugin.base_urls(&configured)
+        .get(broker)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn base_urls(api: &ApiState, plugin: &Plugin) -> BTreeMap<String, String> {
+    plugin.base_urls(&broker_config(api, &plugin.id).urls)
 }
 
 fn settings(api: &ApiState, plugin: &Plugin) -> Result<BTreeMap<String, String>, ApiError> {
-    let configured = api
-        .app
-        .config
-        .brokers
-        .get(&plugin.id)
-        .map(|b| b.settings.clone())
-        .unwrap_or_default();
-    plugin.settings(&configured).map_err(|message| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
-    })
+    plugin
+        .settings(&broker_config(api, &plugin.id).settings)
+        .map_err(|message| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
+        })
 }
 
 /// `GET /api/login/{broker}/{userId}/url`
