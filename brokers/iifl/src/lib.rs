@@ -186,7 +186,9 @@ fn exchange(
     });
     req.body.zeroize();
     let body = body?;
+    // iifl.md: `userSession` at the top level; a `result` object holding it is read too.
     let mut session = str_field(&body, "userSession")
+        .or_else(|| body.get("result").and_then(|r| str_field(r, "userSession")))
         .ok_or_else(|| protocol(step, "no userSession"))?
         .to_owned();
     let issued = host.now_unix_ms();

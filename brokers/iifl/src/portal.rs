@@ -141,12 +141,57 @@ fn post(
 }
 
 /// `result[0]` of a portal answer.
+///
+/// The portal's answers are undocumented (iifl.md [UNK]): the vendor's other portals send `result`
+/// as a one-element array, and a `result` object is taken as that element.
 fn first_result(step: Step, body: &serde_json::Value) -> Result<serde_json::Value, ErrorOutput> {
-    body.get("result")
-        .and_then(|r| r.as_array())
-        .and_then(|r| r.first())
-        .cloned()
-        .ok_or_else(|| protocol(step, "no result[0]"))
+    match body.get("result") {
+        Some(serde_json::Value::Array(items)) => items.first().cloned(),
+        Some(object @ serde_json::Value::Object(_)) => Some(object.clone()),
+        _ => None,
+    }
+    .ok_or_else(|| protocol(step, "no result[0]"))
+}
+
+/// `isExist` as `"Yes"`/`"No"` (the vendor's form), `"Y"`/`"N"`, or a JSON boolean.
+fn client_exists(result: &serde_json::Value) -> Option<bool> {
+    match result.get("isExist")? {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "yes" | "y" | "true" => Some(true),
+            "no" | "n" | "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The `authCode` of `topt/verify`'s answer: in its `redirectUrl` (the vendor's form), or, failing
+/// that, as `authCode`/`clientId` fields of the result itself.
+fn auth_code_of(
+    step: Step,
+    portal: &str,
+    result: &serde_json::Value,
+) -> Result<AuthCode, ErrorOutput> {
+    if let Some(redirect) = str_field(result, "redirectUrl") {
+        let base = Url::parse(portal).map_err(|e| protocol(step, &format!("portal_url: {e}")))?;
+        let redirect = base
+            .join(redirect)
+            .map_err(|_| protocol(step, "an unreadable redirectUrl"))?;
+        let pairs: Vec<(String, String)> = redirect
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        return auth_code_from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .ok_or_else(|| protocol(step, "the redirectUrl carries no authCode"));
+    }
+    let fields: Vec<(&str, &str)> = result
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+        .collect();
+    auth_code_from_pairs(fields).ok_or_else(|| protocol(step, "no redirectUrl nor authCode"))
 }
 
 /// Drive the portal headlessly: the password is sent once, TOTP codes come from the host (one more
@@ -186,18 +231,7 @@ pub fn headless_auth_code(
     let answer = totp_verify(host, urls, user_id, app_key, &auth);
     auth.zeroize();
     let result = first_result(step, &answer?)?;
-    let redirect =
-        str_field(&result, "redirectUrl").ok_or_else(|| protocol(step, "no redirectUrl"))?;
-    let base = Url::parse(&urls.portal).map_err(|e| protocol(step, &format!("portal_url: {e}")))?;
-    let redirect = base
-        .join(redirect)
-        .map_err(|_| protocol(step, "an unreadable redirectUrl"))?;
-    let pairs: Vec<(String, String)> = redirect
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    auth_code_from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .ok_or_else(|| protocol(step, "the redirectUrl carries no authCode"))
+    auth_code_of(step, &urls.portal, &result)
 }
 
 /// Steps 1 and 2, which send no credential: the client exists, and its `encKey`.
@@ -217,9 +251,9 @@ fn before_password(
             None,
         )?,
     )?;
-    match str_field(&verified, "isExist") {
-        Some(v) if v.eq_ignore_ascii_case("yes") => {}
-        Some(_) => {
+    match client_exists(&verified) {
+        Some(true) => {}
+        Some(false) => {
             return Err(ErrorOutput::new(
                 ErrorClass::InvalidCredentials,
                 format!("iifl: {}: IIFL does not know client {user_id}", step.name()),
@@ -275,5 +309,49 @@ fn totp_verify(
                 return Err(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_in_the_forms_the_vendors_portals_use_are_read() {
+        let step = Step::ClientVerify;
+        for body in [
+            json!({"status": "Ok", "result": [{"isExist": "Yes"}]}),
+            json!({"status": "Ok", "result": {"isExist": true}}),
+            json!({"status": "Ok", "result": [{"isExist": "Y"}]}),
+        ] {
+            assert_eq!(
+                client_exists(&first_result(step, &body).unwrap()),
+                Some(true),
+                "{body}"
+            );
+        }
+        assert_eq!(client_exists(&json!({"isExist": "No"})), Some(false));
+        assert_eq!(client_exists(&json!({"isExist": "maybe"})), None);
+        assert!(first_result(step, &json!({"result": []})).is_err());
+
+        let step = Step::Totp;
+        let portal = "https://markets.example.com";
+        let code = auth_code_of(
+            step,
+            portal,
+            &json!({"redirectUrl": "/cb?authCode=A1&clientId=C1"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (code.auth_code.as_str(), code.client_id.as_deref()),
+            ("A1", Some("C1"))
+        );
+        let code =
+            auth_code_of(step, portal, &json!({"authCode": "A2", "clientId": "C2"})).unwrap();
+        assert_eq!(
+            (code.auth_code.as_str(), code.client_id.as_deref()),
+            ("A2", Some("C2"))
+        );
+        assert!(auth_code_of(step, portal, &json!({"other": "x"})).is_err());
     }
 }
