@@ -383,6 +383,23 @@ fn rescan_loads_new_plugins_and_skips_unchanged_ones() {
     );
 }
 
+/// A broker fix ships as a new `.so` installed over the old path (copied beside it, then
+/// renamed, as `install` does): the rescan runs the new code, not the library already loaded.
+#[test]
+fn a_plugin_replaced_at_the_same_path_runs_the_new_code_after_a_rescan() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PluginsConfig {
+        dir: dir.path().to_owned(),
+        sha256_allowlist: vec![],
+    };
+    support::install(&c_plugin(None), dir.path(), "c.so");
+    let registry = Registry::load(&config);
+    assert_eq!(registry.get("c-example").unwrap().version, "0.1.0");
+    support::install(&c_plugin(Some("NEW_VERSION")), dir.path(), "c.so");
+    registry.rescan(&config);
+    assert_eq!(registry.get("c-example").unwrap().version, "0.2.0");
+}
+
 /// A plugin runs with the daemon's rights: a file its group or others may write is refused, and
 /// the bytes that were hashed are the ones loaded (one descriptor for both).
 #[test]
