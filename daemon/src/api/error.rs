@@ -134,6 +134,11 @@ impl From<VaultError> for ApiError {
             e @ VaultError::BrokerAccountTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "broker_account_taken", e.to_string())
             }
+            e @ VaultError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vault_unavailable",
+                e.to_string(),
+            ),
             e @ VaultError::ReadOnly => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_only", e.to_string())
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -18,7 +19,7 @@ use super::views::iso;
 /// `{"status":"ok"}`
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthOut {
-    /// Always `ok`.
+    /// `ok`, or `unavailable` while the vault's file cannot be used.
     pub status: String,
 }
 
@@ -27,12 +28,33 @@ pub struct HealthOut {
     get,
     path = "/health",
     tag = "service",
-    responses((status = 200, description = "The daemon is up", body = HealthOut))
+    responses(
+        (status = 200, description = "The daemon is up", body = HealthOut),
+        (status = 503, description = "The vault's file failed and could not be reopened yet", body = HealthOut),
+    )
 )]
-pub async fn health() -> Json<HealthOut> {
-    Json(HealthOut {
-        status: "ok".into(),
-    })
+pub async fn health(State(api): State<Arc<ApiState>>) -> (StatusCode, Json<HealthOut>) {
+    let vault = api.app.vault.clone();
+    // The common case is one atomic load; only a vault already found broken is retried.
+    let available = vault.is_available()
+        || tokio::task::spawn_blocking(move || vault.check_available())
+            .await
+            .unwrap_or(false);
+    if available {
+        (
+            StatusCode::OK,
+            Json(HealthOut {
+                status: "ok".into(),
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthOut {
+                status: "unavailable".into(),
+            }),
+        )
+    }
 }
 
 /// A loaded strategy.

@@ -234,6 +234,9 @@ fn redb_err(e: impl Into<redb::Error>) -> VaultError {
         redb::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             VaultError::Corrupt(e.to_string())
         }
+        // After an I/O error redb refuses every later write (PreviousIo) until it is reopened.
+        redb::Error::Io(e) => VaultError::Io(e.to_string()),
+        redb::Error::PreviousIo => VaultError::Io("an earlier I/O error".into()),
         other => VaultError::Storage(other.to_string()),
     }
 }

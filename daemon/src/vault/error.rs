@@ -131,6 +131,13 @@ pub enum VaultError {
     /// The storage engine failed (I/O and the like).
     #[error("storage: {0}")]
     Storage(String),
+    /// A read or write of the file failed, or the engine refuses to go on after one: the vault is
+    /// reopened before the next operation (see `Vault::write_log`).
+    #[error("storage I/O: {0}")]
+    Io(String),
+    /// The vault's file could not be reopened after an I/O failure; `/health` says 503 until it is.
+    #[error("the vault is unavailable after an I/O failure ({0}); retrying")]
+    Unavailable(String),
 }
 
 impl VaultError {

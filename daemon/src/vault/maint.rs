@@ -113,7 +113,8 @@ impl Vault {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         // Held for writing until the new keys are in place: no read sees new records with old keys.
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let mut tx = self.store.write()?;
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let mut tx = store.write()?;
         for table in SEALED {
             for (k, v) in tx.scan(table, &[], false, usize::MAX)? {
                 let plain = unseal(&keys, table, &k, &v)?;

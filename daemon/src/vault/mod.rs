@@ -87,8 +87,12 @@ const USER_CACHE_MAX: usize = 100_000;
 
 /// An open vault.
 pub struct Vault {
-    /// The engine. Only this module touches it.
-    store: Box<dyn Store>,
+    /// The engine. Only this module touches it. Replaced whole when an I/O failure leaves it
+    /// refusing writes (`reopen`); every transaction holds the read side while it runs.
+    store: RwLock<Box<dyn Store>>,
+    /// Whether the store is usable: false from an I/O failure whose reopen failed until a reopen
+    /// works. `/health` answers 503 meanwhile.
+    available: std::sync::atomic::AtomicBool,
     /// Record keys of the current master key. Every operation that seals or opens records holds it
     /// for reading across its transaction; `rekey` holds it for writing, so no operation ever mixes
     /// records of one key with the keys of another.
@@ -326,7 +330,8 @@ impl Vault {
         read_only: bool,
     ) -> Vault {
         Vault {
-            store,
+            store: RwLock::new(store),
+            available: std::sync::atomic::AtomicBool::new(true),
             keys: RwLock::new(RecordKeys::derive(&unlocked.master)),
             writer: Mutex::new(()),
             read_only,
@@ -363,7 +368,8 @@ impl Vault {
         f: impl FnOnce(&dyn ReadTx, &RecordKeys) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let tx = self.store.read()?;
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let tx = store.read()?;
         f(&*tx, &keys)
     }
 
@@ -388,11 +394,80 @@ impl Vault {
             return Err(VaultError::ReadOnly);
         }
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let mut tx = self.store.write()?;
-        let out = f(&mut *tx, &keys)?;
-        tx.commit()?;
-        Ok(out)
+        let result = {
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+            store.write().and_then(|mut tx| {
+                let out = f(&mut *tx, &keys)?;
+                tx.commit()?;
+                Ok(out)
+            })
+        };
+        if let Err(e @ (VaultError::Io(_) | VaultError::Unavailable(_))) = &result {
+            // This write is lost (the caller sees its error); the next ones must not be.
+            tracing::error!(error = %e, "vault write failed; reopening the vault");
+            self.reopen();
+        }
+        result
+    }
+
+    /// Close the store and open it again, up to [`REOPEN_TRIES`] times: after an I/O failure redb
+    /// refuses every write until then. The writer lock must be held. Whether it worked.
+    fn reopen(&self) -> bool {
+        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        // The engine holds the file's lock: the old store goes before the new one opens.
+        *store = Box::new(Closed);
+        let mut why = String::new();
+        for attempt in 1..=REOPEN_TRIES {
+            match engine::open(self.engine, &self.path, Mode::Write) {
+                Ok(Some(reopened)) => {
+                    *store = reopened;
+                    self.available.store(true, Ordering::Release);
+                    tracing::warn!(attempt, "vault reopened after an I/O failure");
+                    return true;
+                }
+                Ok(None) => why = "the engine asked for a repair".into(),
+                Err(e) => why = e.to_string(),
+            }
+            std::thread::sleep(REOPEN_PAUSE);
+        }
+        self.available.store(false, Ordering::Release);
+        tracing::error!(error = %why, "the vault could not be reopened; /health answers 503");
+        *store = Box::new(Closed);
+        false
+    }
+
+    /// Whether the vault is usable as far as this process knows (no reopen is tried).
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Acquire)
+    }
+
+    /// Whether the vault can be used. When an earlier reopen failed, tries again first.
+    pub fn check_available(&self) -> bool {
+        if self.available.load(Ordering::Acquire) || self.read_only {
+            return true;
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.available.load(Ordering::Acquire) || self.reopen()
+    }
+}
+
+/// Reopens tried after an I/O failure before the vault reports itself unavailable.
+const REOPEN_TRIES: u32 = 3;
+/// Pause between those tries.
+const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The store between closing a failed one and opening its replacement, or after the reopen
+/// failed: every transaction is refused.
+struct Closed;
+
+impl Store for Closed {
+    fn read(&self) -> Result<Box<dyn ReadTx + '_>, VaultError> {
+        Err(VaultError::Unavailable("the vault file is closed".into()))
+    }
+
+    fn write(&self) -> Result<Box<dyn WriteTx + '_>, VaultError> {
+        Err(VaultError::Unavailable("the vault file is closed".into()))
     }
 }
 
@@ -515,4 +590,77 @@ fn next_seq(tx: &mut dyn WriteTx, name: &[u8]) -> Result<u64, VaultError> {
     let next = current + 1;
     tx.put(Table::Meta, name, &next.to_be_bytes())?;
     Ok(next)
+}
+
+#[cfg(test)]
+mod reopen_tests {
+    use super::*;
+
+    /// A store whose next write fails as a full disk would make redb's fail.
+    struct FailNextWrite(Box<dyn Store>);
+
+    impl Store for FailNextWrite {
+        fn read(&self) -> Result<Box<dyn ReadTx + '_>, VaultError> {
+            self.0.read()
+        }
+
+        fn write(&self) -> Result<Box<dyn WriteTx + '_>, VaultError> {
+            Err(VaultError::Io(
+                "No space left on device (os error 28)".into(),
+            ))
+        }
+    }
+
+    fn inject_failure(vault: &Vault) {
+        let mut store = vault.store.write().unwrap();
+        let real = std::mem::replace(&mut *store, Box::new(Closed));
+        *store = Box::new(FailNextWrite(real));
+    }
+
+    #[test]
+    fn after_an_io_failure_the_vault_is_reopened_and_later_writes_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.redb");
+        let key = KeyMaterial::Key(MasterKey::from_bytes([3; 32]));
+        let vault = Vault::create(&path, Engine::Redb, &key, VaultOptions::default()).unwrap();
+        let account = AccountKey::parse("u1", "kite").unwrap();
+        vault
+            .put_account(&NewAccount {
+                key: account.clone(),
+                broker_user_id: "AB1".into(),
+                credentials: Credentials::default(),
+                auto_refresh: true,
+                managed_externally: false,
+            })
+            .unwrap();
+        let pause = |on: bool| Flags {
+            auto_refresh: Some(!on),
+            ..Flags::default()
+        };
+
+        inject_failure(&vault);
+        assert!(matches!(
+            vault.set_flags(&account, pause(true)),
+            Err(VaultError::Io(_))
+        ));
+        assert!(vault.is_available(), "reopened at once");
+        vault.set_flags(&account, pause(true)).unwrap();
+        assert!(!vault.get_account(&account).unwrap().unwrap().auto_refresh);
+
+        // The file is gone when the reopen is tried: unavailable until it is back.
+        inject_failure(&vault);
+        let away = dir.path().join("vault.redb.away");
+        std::fs::rename(&path, &away).unwrap();
+        assert!(vault.set_flags(&account, pause(false)).is_err());
+        assert!(!vault.is_available());
+        assert!(!vault.check_available());
+        assert!(matches!(
+            vault.set_flags(&account, pause(false)),
+            Err(VaultError::Unavailable(_))
+        ));
+        std::fs::rename(&away, &path).unwrap();
+        assert!(vault.check_available());
+        vault.set_flags(&account, pause(false)).unwrap();
+        assert!(vault.get_account(&account).unwrap().unwrap().auto_refresh);
+    }
 }

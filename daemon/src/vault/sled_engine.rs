@@ -34,6 +34,7 @@ fn sled_err(e: sled::Error) -> VaultError {
             VaultError::Locked
         }
         sled::Error::Corruption { .. } => VaultError::Corrupt(e.to_string()),
+        sled::Error::Io(io) => VaultError::Io(io.to_string()),
         other => VaultError::Storage(other.to_string()),
     }
 }
