@@ -39,29 +39,37 @@ fn add(vault: &Vault, kite: &FakeKite, n: u32, stored_password: &str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn refresh_prints_the_summary_and_fails_when_any_account_failed() {
-    let kite = FakeKite::start().await;
+/// A working directory with a vault holding Kite accounts `(n, stored password)` and a
+/// `tokenbot.toml` pointing at `kite`, plus `extra` configuration lines first.
+fn kite_workdir(kite: &FakeKite, accounts: &[(u32, &str)], extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let vault_path = dir.path().join("vault.redb");
     {
         let key = KeyMaterial::Key(MasterKey::from_bytes([KEY_BYTE; 32]));
         let vault =
             Vault::create(&vault_path, Engine::Redb, &key, VaultOptions::default()).unwrap();
-        add(&vault, &kite, 1, "pw-1");
-        add(&vault, &kite, 2, "wrong-password");
+        for (n, password) in accounts {
+            add(&vault, kite, *n, password);
+        }
     }
     let urls = kite.base_urls();
     std::fs::write(
         dir.path().join("tokenbot.toml"),
         format!(
-            "[vault]\npath = {:?}\n[brokers.kite]\nweb_url = {:?}\napi_url = {:?}\nrate_limit_per_sec = 1000.0\n",
+            "{extra}[vault]\npath = {:?}\n[brokers.kite]\nweb_url = {:?}\napi_url = {:?}\nrate_limit_per_sec = 1000.0\n",
             vault_path.display().to_string(),
             urls["web_url"],
             urls["api_url"]
         ),
     )
     .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_prints_the_summary_and_fails_when_any_account_failed() {
+    let kite = FakeKite::start().await;
+    let dir = kite_workdir(&kite, &[(1, "pw-1"), (2, "wrong-password")], "");
     let workdir = dir.path().to_owned();
     let run = move |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_tokenbot"))
@@ -135,31 +143,16 @@ async fn refresh_prints_the_summary_and_fails_when_any_account_failed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_goes_through_a_running_daemon_that_holds_the_vault() {
     let kite = FakeKite::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let vault_path = dir.path().join("vault.redb");
-    {
-        let key = KeyMaterial::Key(MasterKey::from_bytes([KEY_BYTE; 32]));
-        let vault =
-            Vault::create(&vault_path, Engine::Redb, &key, VaultOptions::default()).unwrap();
-        add(&vault, &kite, 3, "pw-3");
-        add(&vault, &kite, 4, "pw-4");
-    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let urls = kite.base_urls();
-    std::fs::write(
-        dir.path().join("tokenbot.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[vault]\npath = {:?}\n[brokers.kite]\nweb_url = {:?}\napi_url = {:?}\nrate_limit_per_sec = 1000.0\n",
-            vault_path.display().to_string(),
-            urls["web_url"],
-            urls["api_url"]
-        ),
-    )
-    .unwrap();
+    let dir = kite_workdir(
+        &kite,
+        &[(3, "pw-3"), (4, "pw-4")],
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     let workdir = dir.path().to_owned();
     let command = move |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenbot"));
@@ -333,25 +326,7 @@ async fn a_new_user_logs_in_kite_iifl_and_xts_accounts_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_right_after_the_code_was_sent_never_reuses_its_step() {
     let kite = FakeKite::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let vault_path = dir.path().join("vault.redb");
-    {
-        let key = KeyMaterial::Key(MasterKey::from_bytes([KEY_BYTE; 32]));
-        let vault =
-            Vault::create(&vault_path, Engine::Redb, &key, VaultOptions::default()).unwrap();
-        add(&vault, &kite, 5, "pw-5");
-    }
-    let urls = kite.base_urls();
-    std::fs::write(
-        dir.path().join("tokenbot.toml"),
-        format!(
-            "[vault]\npath = {:?}\n[brokers.kite]\nweb_url = {:?}\napi_url = {:?}\nrate_limit_per_sec = 1000.0\n",
-            vault_path.display().to_string(),
-            urls["web_url"],
-            urls["api_url"]
-        ),
-    )
-    .unwrap();
+    let dir = kite_workdir(&kite, &[(5, "pw-5")], "");
     let workdir = dir.path().to_owned();
     let cli = move || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenbot"));
