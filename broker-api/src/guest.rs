@@ -389,7 +389,21 @@ pub fn entry<S: Strategy>(
 #[macro_export]
 macro_rules! export_strategy {
     ($strategy:ty) => {
-        /// Entry function of this strategy: the same one the `.so` exports.
+        $crate::define_entry!($strategy);
+
+        #[cfg(feature = "plugin")]
+        $crate::export_plugin!(entry);
+    };
+}
+
+/// Define `pub extern "C" fn entry(host) -> *const PluginTable` for a [`Strategy`] in the calling
+/// module, and export nothing: what a strategy crate the daemon bundles uses, as it must not define
+/// the plugin symbol that every other bundled strategy would define too. Its plugin crate (a
+/// `cdylib` of its own) exports that `entry` with [`export_plugin!`](crate::export_plugin).
+#[macro_export]
+macro_rules! define_entry {
+    ($strategy:ty) => {
+        /// Entry function of this strategy: the same one its plugin exports.
         pub extern "C" fn entry(
             host: *const $crate::abi::HostTable,
         ) -> *const $crate::abi::PluginTable {
@@ -397,14 +411,22 @@ macro_rules! export_strategy {
                 ::std::sync::OnceLock::new();
             $crate::guest::entry::<$strategy>(host, &TABLE)
         }
+    };
+}
 
+/// Export an entry function (one that [`define_entry!`](crate::define_entry) defined) as the
+/// unmangled `tokenbot_broker_v1` symbol, making the calling `cdylib` a drop-in plugin. Call it once
+/// per library.
+#[macro_export]
+macro_rules! export_plugin {
+    ($entry:path) => {
         /// The plugin entry symbol.
-        #[cfg(feature = "plugin")]
+        // SAFETY: the library calls this macro once, so it defines the symbol once.
         #[unsafe(no_mangle)]
         pub extern "C" fn tokenbot_broker_v1(
             host: *const $crate::abi::HostTable,
         ) -> *const $crate::abi::PluginTable {
-            entry(host)
+            $entry(host)
         }
     };
 }

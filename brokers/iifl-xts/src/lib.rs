@@ -267,7 +267,8 @@ impl Strategy for IiflXts {
     }
 }
 
-broker_api::export_strategy!(IiflXts);
+// `entry`, which the daemon bundles; `plugin/` exports it as a drop-in `.so`.
+broker_api::define_entry!(IiflXts);
 
 #[cfg(test)]
 mod tests {

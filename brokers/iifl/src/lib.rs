@@ -366,7 +366,8 @@ impl Strategy for Iifl {
     }
 }
 
-broker_api::export_strategy!(Iifl);
+// `entry`, which the daemon bundles; `plugin/` exports it as a drop-in `.so`.
+broker_api::define_entry!(Iifl);
 
 #[cfg(test)]
 mod tests {

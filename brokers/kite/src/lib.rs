@@ -196,7 +196,8 @@ impl Strategy for Kite {
     }
 }
 
-broker_api::export_strategy!(Kite);
+// `entry`, which the daemon bundles; `plugin/` exports it as a drop-in `.so`.
+broker_api::define_entry!(Kite);
 
 #[cfg(test)]
 mod tests {

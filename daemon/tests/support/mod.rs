@@ -35,9 +35,13 @@ fn run_cargo(args: &[&str], target_dir: &Path) {
     );
 }
 
-/// Build a workspace broker crate (e.g. `broker-kite`) as a drop-in plugin (`--features plugin`)
-/// and return the path of its `.so`.
-pub fn broker_so(package: &str) -> PathBuf {
+/// Build the drop-in plugin of a workspace strategy crate (`broker-kite` is built by its plugin
+/// crate, `tokenbot-plugin-kite` in `brokers/kite/plugin`) and return the path of its `.so`.
+pub fn broker_so(strategy: &str) -> PathBuf {
+    let broker = strategy
+        .strip_prefix("broker-")
+        .unwrap_or_else(|| panic!("{strategy} is not a broker strategy crate"));
+    let package = format!("tokenbot-plugin-{broker}");
     let target = fixtures_target().join("brokers");
     let manifest = workspace_root().join("Cargo.toml");
     run_cargo(
@@ -47,9 +51,7 @@ pub fn broker_so(package: &str) -> PathBuf {
             "--manifest-path",
             manifest.to_str().unwrap(),
             "-p",
-            package,
-            "--features",
-            "plugin",
+            &package,
         ],
         &target,
     );

@@ -1,0 +1,6 @@
+//! The IIFL strategy ([`broker_iifl`]) as a drop-in plugin, `libtokenbot_plugin_iifl.so`.
+//!
+//! The entry symbol lives here, in a `cdylib` of its own, rather than in the strategy crate: the
+//! daemon links every bundled strategy into one binary, where each would define the same symbol.
+
+broker_api::export_plugin!(broker_iifl::entry);
