@@ -18,8 +18,21 @@ pub mod vault;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::plugins::{CallSettings, Registry, Services};
+
+/// Every check of a configuration, in one place: the sections `config` owns, then each section
+/// another module interprets, by that module. `main` runs it right after loading, so a bad value
+/// is refused before anything starts.
+pub fn check_config(config: &Config) -> Result<(), ConfigError> {
+    config.validate()?;
+    vault::check_config(&config.vault)?;
+    refresh::schedule::check_config(&config.brokers)?;
+    if let Some(postgres) = &config.mirror.postgres {
+        mirror::check_config(postgres)?;
+    }
+    Ok(())
+}
 
 /// State shared by every request and background task.
 #[derive(Debug)]
@@ -241,5 +254,92 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C: shutting down");
+    }
+}
+
+#[cfg(test)]
+mod check_config_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// The configuration as `main` loads and checks it.
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenbot.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config = Config::load_with_env(&path, true, |k| env.get(k).cloned())?;
+        check_config(&config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn bad_cron_timezone_and_url_are_refused() {
+        let err = load("[brokers.kite]\nschedule = \"61 8 * * *\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("brokers.kite.schedule") && err.contains("61 8"),
+            "{err}"
+        );
+        let err = load("[brokers.kite]\ntimezone = \"Mars/Base\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("brokers.kite.timezone") && err.contains("Mars/Base"),
+            "{err}"
+        );
+        let err = load("[brokers.kite]\napi_url = \"not a url\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokers.kite.api_url"), "{err}");
+        // Other keys are the strategy's settings, checked against its manifest at start.
+        let config = load("[brokers.kite]\nfrobnicate = \"1\"\n", &[]).unwrap();
+        let kite = &config.brokers["kite"];
+        assert_eq!(kite.settings["frobnicate"], "1");
+        assert!(!kite.urls.contains_key("frobnicate"));
+    }
+
+    #[test]
+    fn mirror_template_with_an_unknown_parameter_is_refused_at_start() {
+        // Found by `daemon/fuzz`: tokio-postgres reads a mistyped scheme as key=value pairs and
+        // quoted the URL up to its first `=` as an unknown option, password included.
+        for url in [
+            "postgress://u:hunter2@h/db?sslmode=require",
+            "POSTGRES://u:hunter2@h/db?sslmode=require",
+        ] {
+            let err = load(&format!("[mirror.postgres]\nurl = \"{url}\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("mirror.postgres.url") && !err.contains("hunter2"),
+                "{err}"
+            );
+        }
+        let err = load(
+            "[mirror.postgres]\nurl = \"postgres://u:pw@h/db\"\n\
+             upsert_sql = \"UPDATE t SET a = $tokn WHERE id = $user_id\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("mirror.postgres.upsert_sql") && err.contains("$tokn"),
+            "{err}"
+        );
+        let err = load(
+            "[mirror.postgres]\nurl = \"postgres://u:hunter2@h:port/db\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("mirror.postgres.url") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 }

@@ -39,7 +39,7 @@ async fn serve_with_failing_mirror(mirror: PostgresMirrorConfig) -> String {
     config.plugins.dir = dir.path().join("plugins");
     config.auth.api_key = Some(SecretString::from(API_KEY.to_owned()));
     config.mirror.postgres = Some(mirror);
-    config.validate().unwrap();
+    tokenbot::check_config(&config).unwrap();
     let state = Arc::new(AppState::open(config, true).unwrap());
     let key = add_account(&state.vault, "u1", "kite");
     put_token(&state.vault, &key, 1);

@@ -112,6 +112,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let explicit = std::env::var_os("TOKENBOT_CONFIG").is_some()
         || cli.config.as_path() != std::path::Path::new("tokenbot.toml");
     let config = Config::load(&cli.config, explicit)?;
+    crate::check_config(&config)?;
     let _log_guards = crate::logging::init(&config.log)?;
     match cli.command {
         Command::Serve { dev } => serve(config, dev),

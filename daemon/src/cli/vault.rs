@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Config, Engine};
+use crate::config::Config;
 use crate::vault::key::{self, KeyOrigin, ResolvedKey};
-use crate::vault::{KeyMaterial, MasterKey, Vault, VaultError, VaultOptions};
+use crate::vault::{Engine, KeyMaterial, MasterKey, Vault, VaultError, VaultOptions};
 
 /// Env variable holding the new master key (64 hex chars) for `vault rekey`.
 pub(super) const NEW_KEY_ENV: &str = "TOKENBOT_NEW_ENCRYPTION_KEY";
@@ -81,7 +81,9 @@ fn resolve_key(config: &Config) -> anyhow::Result<ResolvedKey> {
         Ok(resolved) => Ok(resolved),
         Err(VaultError::NoKey(why))
             if std::io::stdin().is_terminal()
-                && Vault::inspect(&vc.path, vc.engine).is_ok_and(|info| info.passphrase) =>
+                && Engine::configured(vc)
+                    .and_then(|engine| Vault::inspect(&vc.path, engine))
+                    .is_ok_and(|info| info.passphrase) =>
         {
             tracing::debug!("{why}; prompting for the passphrase");
             Ok(ResolvedKey {
@@ -98,10 +100,11 @@ pub(super) fn open_vault(config: &Config, write: bool) -> anyhow::Result<(Vault,
     let vc = &config.vault;
     let resolved = resolve_key(config)?;
     let options = VaultOptions::default();
+    let engine = Engine::configured(vc)?;
     let vault = if write {
-        Vault::open(&vc.path, vc.engine, &resolved.material, options)
+        Vault::open(&vc.path, engine, &resolved.material, options)
     } else {
-        Vault::open_read_only(&vc.path, vc.engine, &resolved.material, options)
+        Vault::open_read_only(&vc.path, engine, &resolved.material, options)
     }
     .with_context(|| format!("vault {} (key from {})", vc.path.display(), resolved.origin))?;
     Ok((vault, resolved))
@@ -121,7 +124,7 @@ pub(super) fn init(config: &Config, args: &InitArgs) -> anyhow::Result<ExitCode>
         let pass = prompt_new_passphrase()?;
         let vault = Vault::create(
             &vc.path,
-            vc.engine,
+            Engine::configured(vc)?,
             &KeyMaterial::Passphrase(pass),
             VaultOptions::default(),
         )

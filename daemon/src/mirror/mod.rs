@@ -27,7 +27,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::config::PostgresMirrorConfig;
+use crate::config::{ConfigError, PostgresMirrorConfig};
 use crate::vault::Vault;
 use postgres::{PgError, Session, Target};
 use template::{Template, TemplateError};
@@ -191,6 +191,52 @@ fn describe(pg: &tokio_postgres::Config) -> String {
 /// any) uses only known parameters.
 pub fn validate(config: &PostgresMirrorConfig) -> Result<(), MirrorConfigError> {
     target(config).map(|_| ())
+}
+
+/// Refuse a `[mirror.postgres]` section that cannot work: a zero size or interval, a backoff
+/// that starts above its maximum, an empty default table name, a URL that does not parse or a
+/// template with unknown parameters ([`validate`]). Checked at start.
+pub fn check_config(config: &PostgresMirrorConfig) -> Result<(), ConfigError> {
+    let positive = [
+        ("batch_size", config.batch_size as u64),
+        ("poll_interval_ms", config.poll_interval_ms),
+        ("backoff_initial_ms", config.backoff_initial_ms),
+        ("connect_timeout_secs", config.connect_timeout_secs),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            return Err(ConfigError::invalid(
+                format!("mirror.postgres.{key}"),
+                "0",
+                "must be at least 1",
+            ));
+        }
+    }
+    if config.backoff_initial_ms > config.backoff_max_ms {
+        return Err(ConfigError::invalid(
+            "mirror.postgres.backoff_initial_ms",
+            config.backoff_initial_ms.to_string(),
+            "must not exceed mirror.postgres.backoff_max_ms",
+        ));
+    }
+    if config.upsert_sql.is_none() {
+        for (key, value) in [("schema", &config.schema), ("table", &config.table)] {
+            if value.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("mirror.postgres.{key}"),
+                    "",
+                    "must not be empty",
+                ));
+            }
+        }
+    }
+    validate(config).map_err(|e| {
+        let value = match e {
+            MirrorConfigError::Url(_) => "(hidden)".to_owned(),
+            MirrorConfigError::Template(_) => config.upsert_sql.clone().unwrap_or_default(),
+        };
+        ConfigError::invalid(e.key(), value, e.reason())
+    })
 }
 
 fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConfigError> {

@@ -534,7 +534,7 @@ fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadErro
     {
         return bad("credential fields must include broker_user_id".into());
     }
-    crate::config::parse_cron(&manifest.schedule)
+    (manifest.schedule.parse::<croner::Cron>())
         .map_err(|e| LoadError::BadManifest(format!("schedule: {e}")))?;
     manifest
         .timezone

@@ -9,6 +9,7 @@
 //! schedule sits after the expiry instant (kite 08:00 after 06:00; iifl 03:00 after 00:00), and
 //! catch-up replaces any token that expired in between.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 
 use super::{RefreshSummary, Refresher, Selection};
-use crate::config::Config;
+use crate::config::{BrokerConfig, Config, ConfigError};
 use crate::plugins::Registry;
 use crate::vault::{AccountKey, AccountState, BrokerId, Trigger};
 
@@ -58,6 +59,27 @@ impl BrokerSchedule {
     }
 }
 
+/// Parse a 5-field cron expression.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    expr.parse::<croner::Cron>().map_err(|e| e.to_string())
+}
+
+/// Refuse a `[brokers.<id>]` schedule that is not a cron expression or a timezone that is not an
+/// IANA name. Checked at start.
+pub fn check_config(brokers: &BTreeMap<String, BrokerConfig>) -> Result<(), ConfigError> {
+    for (id, broker) in brokers {
+        let key = |k: &str| format!("brokers.{id}.{k}");
+        if let Some(schedule) = &broker.schedule {
+            parse_cron(schedule).map_err(|e| ConfigError::invalid(key("schedule"), schedule, e))?;
+        }
+        if let Some(tz) = &broker.timezone {
+            tz.parse::<chrono_tz::Tz>()
+                .map_err(|e| ConfigError::invalid(key("timezone"), tz, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The schedules of every loaded, enabled broker: `[brokers.<id>]` values, else the manifest's.
 pub fn schedules(plugins: &Registry, config: &Config) -> Vec<BrokerSchedule> {
     plugins
@@ -71,7 +93,7 @@ pub fn schedules(plugins: &Registry, config: &Config) -> Vec<BrokerSchedule> {
             let expr = broker.schedule.unwrap_or_else(|| plugin.manifest.schedule.clone());
             let tz = broker.timezone.unwrap_or_else(|| plugin.manifest.timezone.clone());
             // Both were validated (config at start, manifest at load); a failure here is a bug.
-            match (crate::config::parse_cron(&expr), tz.parse::<chrono_tz::Tz>()) {
+            match (parse_cron(&expr), tz.parse::<chrono_tz::Tz>()) {
                 (Ok(cron), Ok(tz)) => Some(BrokerSchedule { broker: plugin.id.clone(), cron, tz }),
                 _ => {
                     tracing::error!(broker = %plugin.id, %expr, %tz, "unusable schedule; broker not scheduled");

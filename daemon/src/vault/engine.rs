@@ -11,7 +11,29 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::error::VaultError;
-use crate::config::Engine;
+
+/// Storage engine of the vault, as `[vault] engine` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// redb (default).
+    #[default]
+    Redb,
+    /// sled (cargo feature `sled`).
+    Sled,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = VaultError;
+
+    /// `redb` or `sled`, as `[vault] engine` spells them.
+    fn from_str(name: &str) -> Result<Engine, VaultError> {
+        match name {
+            "redb" => Ok(Engine::Redb),
+            "sled" => Ok(Engine::Sled),
+            other => Err(VaultError::UnknownEngine(other.to_owned())),
+        }
+    }
+}
 
 /// Key-value pairs, in key order.
 pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;

@@ -125,6 +125,9 @@ pub enum VaultError {
         /// Why.
         reason: &'static str,
     },
+    /// `[vault] engine` names no engine.
+    #[error("unknown engine {0:?} (redb or sled)")]
+    UnknownEngine(String),
     /// This build does not have the requested engine.
     #[error("this build has no {0} engine (cargo feature `{0}`)")]
     EngineUnavailable(&'static str),

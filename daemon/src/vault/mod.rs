@@ -13,6 +13,7 @@
 //!
 //! Only this module knows redb and sled.
 
+mod configured;
 mod crypto;
 mod engine;
 mod error;
@@ -32,7 +33,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use zeroize::Zeroizing;
 
-pub use crate::config::Engine;
+pub use configured::check_config;
+pub use engine::Engine;
 pub use error::VaultError;
 pub use key::{Argon2Params, KeyMaterial, KeyOrigin, MasterKey, ResolvedKey};
 pub use logs::AttemptScope;
@@ -40,7 +42,6 @@ pub use migrate::SCHEMA_VERSION;
 pub use model::*;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::VaultConfig;
 use crypto::RecordKeys;
 use engine::{Mode, ReadTx, Store, Table, WriteTx};
 use key::KdfRecord;
@@ -188,27 +189,6 @@ impl Vault {
         options: VaultOptions,
     ) -> Result<Vault, VaultError> {
         Vault::open_as(path, engine, key, options, Intent::ReadOnly)
-    }
-
-    /// Open the vault `config` describes with the key it configures (see [`key::resolve`]). With
-    /// `create`, a missing vault is created, and with it the default key file when no key is
-    /// configured (logged loudly).
-    pub fn open_configured(
-        config: &VaultConfig,
-        options: VaultOptions,
-        create: bool,
-    ) -> Result<(Vault, KeyOrigin), VaultError> {
-        let options = VaultOptions {
-            allow_shared_broker_accounts: config.allow_shared_broker_accounts,
-            ..options
-        };
-        let resolved = key::resolve(config, create)?;
-        let vault = if create {
-            Vault::open_or_create(&config.path, config.engine, &resolved.material, options)?
-        } else {
-            Vault::open(&config.path, config.engine, &resolved.material, options)?
-        };
-        Ok((vault, resolved.origin))
     }
 
     /// How the vault at `path` is unlocked and its schema version, without a key and without
