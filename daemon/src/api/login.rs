@@ -7,25 +7,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use broker_api::wire::{self, Sensitive};
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, blocking};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::users::plugin_for;
 use super::views::{iso, user_id};
-use crate::plugins::{CallError, CallTarget, Plugin, run_blocking};
-use crate::vault::{
-    Account, AccountKey, Attempt, Credentials, NewToken, Outcome, SecretJson, Trigger, VaultError,
-};
+use crate::plugins::CallError;
+use crate::refresh::{AssistedError, StoreError};
+use crate::vault::AccountKey;
 
 /// Where to send the person.
 #[derive(Debug, Serialize, ToSchema)]
@@ -53,26 +49,19 @@ pub struct CallbackOut {
     pub expires_at: String,
 }
 
-fn wire_credentials(c: &Credentials) -> wire::Credentials {
-    wire::Credentials {
-        // Assisted login never sends the password: the person types it at the broker.
-        password: None,
-        api_key: c.api_key.as_ref().map(|k| k.expose_secret().to_owned()),
-        api_secret: c
-            .api_secret
-            .as_ref()
-            .map(|s| Sensitive::new(s.expose_secret())),
-    }
-}
-
-fn broker_error(e: CallError) -> ApiError {
+/// The answer to an assisted login that could not start or finish.
+fn assisted_error(e: AssistedError) -> ApiError {
     match e {
-        CallError::Failed(out) => ApiError::new(
+        AssistedError::Store(e) => store_error(e),
+        AssistedError::Configuration(message) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
+        }
+        AssistedError::Broker(CallError::Failed(out)) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "login_failed",
             format!("{}: {}", out.class, out.message),
         ),
-        other => ApiError::new(
+        AssistedError::Broker(other) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "plugin_error",
             format!("the broker strategy failed: {other}"),
@@ -80,68 +69,11 @@ fn broker_error(e: CallError) -> ApiError {
     }
 }
 
-/// The account and its credentials, or 404.
-async fn load(api: &ApiState, key: AccountKey) -> Result<(Account, Credentials), ApiError> {
-    let vault = api.app.vault.clone();
-    blocking(move || {
-        let account = vault
-            .get_account(&key)?
-            .ok_or_else(|| VaultError::NoSuchAccount(key.clone()))?;
-        let credentials = vault.credentials(&key)?.unwrap_or_default();
-        Ok((account, credentials))
-    })
-    .await
-}
-
-/// A call context for `plugin` acting for `key`.
-fn context(
-    api: &ApiState,
-    plugin: &Plugin,
-    key: &AccountKey,
-    credentials: &Credentials,
-) -> crate::plugins::host::CallContext {
-    let broker_config = broker_config(api, key.broker.as_str());
-    let secrets: Vec<&str> = [
-        &credentials.password,
-        &credentials.api_secret,
-        &credentials.totp_secret,
-        &credentials.api_key,
-    ]
-    .into_iter()
-    .flatten()
-    .map(|s| s.expose_secret())
-    .collect();
-    api.app.services.context(CallTarget {
-        plugin,
-        account: key.to_string(),
-        configured_urls: &broker_config.urls,
-        extra_hosts: &broker_config.allowed_hosts,
-        ipv4_only: broker_config.ipv4_only,
-        totp_secret: None,
-        secrets,
-    })
-}
-
-/// `[brokers.<id>]` of this broker (every key optional).
-fn broker_config(api: &ApiState, broker: &str) -> crate::config::BrokerConfig {
-    api.app
-        .config
-        .brokers
-        .get(broker)
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn base_urls(api: &ApiState, plugin: &Plugin) -> BTreeMap<String, String> {
-    plugin.base_urls(&broker_config(api, &plugin.id).urls)
-}
-
-fn settings(api: &ApiState, plugin: &Plugin) -> Result<BTreeMap<String, String>, ApiError> {
-    plugin
-        .settings(&broker_config(api, &plugin.id).settings)
-        .map_err(|message| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
-        })
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Vault(e) => ApiError::from(e),
+        StoreError::Aborted => ApiError::internal("a vault task was aborted"),
+    }
 }
 
 /// `GET /api/login/{broker}/{userId}/url`
@@ -186,7 +118,11 @@ pub async fn url(
         ));
     }
     let key = AccountKey::new(user, broker);
-    let (account, credentials) = load(&api, key.clone()).await?;
+    let refresher = &api.app.refresher;
+    let account = refresher
+        .assisted_account(&key)
+        .await
+        .map_err(store_error)?;
     let now = api.now_ms();
     let state = api
         .assisted
@@ -211,24 +147,13 @@ pub async fn url(
         public_url.as_str().trim_end_matches('/'),
         key.broker
     );
-    let request = wire::AssistedUrlRequest {
-        v: wire::WIRE_VERSION,
-        broker_user_id: account.broker_user_id.clone(),
-        credentials: wire_credentials(&credentials),
-        state,
-        redirect_url: redirect_url.clone(),
-        base_urls: base_urls(&api, &plugin),
-        settings: settings(&api, &plugin)?,
-    };
-    let ctx = context(&api, &plugin, &key, &credentials);
-    let out = run_blocking(plugin, ctx, move |p, c| {
-        p.assisted_url_blocking(c, &request)
-    })
-    .await
-    .map_err(broker_error)?;
+    let url = refresher
+        .assisted_url(plugin, &key, &account, state, redirect_url.clone())
+        .await
+        .map_err(assisted_error)?;
     tracing::info!(account = %key, "assisted login started");
     Ok(Json(LoginUrlOut {
-        url: out.url,
+        url,
         redirect_url,
         expires_at: iso(now + super::ASSISTED_STATE_TTL.as_millis() as i64),
     }))
@@ -274,103 +199,20 @@ pub async fn callback(
         tracing::warn!(account = %key, callback = %broker, "assisted-login state used on another broker's callback; refused");
         return Err(invalid("this login state was issued for another broker"));
     }
-    let (account, credentials) = load(&api, key.clone()).await?;
-    let request = wire::AssistedFinishRequest {
-        v: wire::WIRE_VERSION,
-        user_id: key.user.as_str().to_owned(),
-        broker_user_id: account.broker_user_id.clone(),
-        credentials: wire_credentials(&credentials),
-        query,
-        base_urls: base_urls(&api, &plugin),
-        settings: settings(&api, &plugin)?,
-    };
-    let ctx = context(&api, &plugin, &key, &credentials);
-    let started = Instant::now();
-    let result = run_blocking(plugin, ctx, move |p, c| {
-        p.assisted_finish_blocking(c, &request)
-    })
-    .await;
-    let result = result.and_then(|out| {
-        if !out.broker_user_id.is_empty()
-            && !out
-                .broker_user_id
-                .eq_ignore_ascii_case(&account.broker_user_id)
-        {
-            return Err(CallError::Failed(wire::ErrorOutput::new(
-                wire::ErrorClass::InvalidCredentials,
-                format!(
-                    "the broker logged in {} but this account is {}",
-                    out.broker_user_id, account.broker_user_id
-                ),
-            )));
-        }
-        Ok(out)
-    });
-    let mut attempt = Attempt {
-        time_ms: now,
-        trigger: Trigger::Assisted,
-        attempt: 1,
-        duration_ms: started.elapsed().as_millis() as u64,
-        outcome: Outcome::Success,
-        error_class: None,
-        message: None,
-    };
-    let vault = api.app.vault.clone();
-    let k = key.clone();
-    match result {
-        Ok(out) => {
-            let expires_at_ms = out.expires_at_ms;
-            let token = NewToken {
-                access_token: out.access_token.expose().into(),
-                issued_at_ms: out.issued_at_ms,
-                expires_at_ms,
-                extras: SecretJson::from_value(&serde_json::Value::Object(
-                    out.extras.clone().into_iter().collect(),
-                )),
-            };
-            blocking(move || {
-                vault.put_token(&k, &token)?;
-                // A person logging in shows the broker lets a person in, not that the stored
-                // password or TOTP secret is right: only the classes that says fixes are cleared.
-                if vault.get_account(&k)?.is_some_and(|a| {
-                    a.attention
-                        .as_ref()
-                        .is_some_and(|a| a.resolved_by_assisted_login())
-                }) {
-                    vault.clear_attention(&k)?;
-                }
-                vault.append_attempt(&k, &attempt)?;
-                Ok(())
-            })
-            .await?;
-            if let Some(mirror) = &api.app.mirror {
-                mirror.wake();
-            }
-            tracing::info!(account = %key, "assisted login finished; token stored");
-            Ok(Json(CallbackOut {
-                status: "ok".into(),
-                user_id: key.user.as_str().to_owned(),
-                broker: key.broker.as_str().to_owned(),
-                broker_user_id: account.broker_user_id,
-                expires_at: iso(expires_at_ms),
-            }))
-        }
-        Err(e) => {
-            let (class, message) = match &e {
-                CallError::Failed(out) => (out.class.as_str().to_owned(), out.message.clone()),
-                other => ("protocol".to_owned(), other.to_string()),
-            };
-            attempt.outcome = Outcome::Failed;
-            attempt.error_class = Some(class);
-            attempt.message = Some(message);
-            if let Err(log) = blocking(move || vault.append_attempt(&k, &attempt)).await {
-                tracing::error!(
-                    code = log.code(),
-                    "cannot record the assisted-login attempt"
-                );
-            }
+    let login = api
+        .app
+        .refresher
+        .finish_assisted(plugin, &key, query)
+        .await
+        .map_err(|e| {
             tracing::warn!(account = %key, error = %e, "assisted login failed");
-            Err(broker_error(e))
-        }
-    }
+            assisted_error(e)
+        })?;
+    Ok(Json(CallbackOut {
+        status: "ok".into(),
+        user_id: key.user.as_str().to_owned(),
+        broker: key.broker.as_str().to_owned(),
+        broker_user_id: login.broker_user_id,
+        expires_at: iso(login.expires_at_ms),
+    }))
 }

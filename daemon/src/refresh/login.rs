@@ -1,0 +1,313 @@
+//! One account's headless login: what may skip it, what its attempts share (strategy,
+//! credentials, TOTP secret, settings, limits), and the attempt loop.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_api::wire::{self, ErrorClass, LoginRequest, Sensitive};
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use super::gate::BrokerLimits;
+use super::outcome::attempt_record;
+use super::{AccountResult, Refresher, blocking};
+use crate::config::BrokerConfig;
+use crate::plugins::host::CallContext;
+use crate::plugins::{CallError, CallTarget, Plugin};
+use crate::vault::{Account, AccountKey, AccountState, Attempt, Credentials, Trigger};
+
+/// What every attempt of one account's login shares.
+struct LoginPlan {
+    account: Account,
+    plugin: Arc<Plugin>,
+    credentials: Credentials,
+    totp_secret: Option<Zeroizing<Vec<u8>>>,
+    broker_config: BrokerConfig,
+    settings: BTreeMap<String, String>,
+    limits: Arc<BrokerLimits>,
+    /// `user/broker`: keys the TOTP step guard and labels plugin logs.
+    label: String,
+}
+
+fn secret(s: &Option<SecretString>) -> Option<Sensitive> {
+    s.as_ref().map(|s| Sensitive::new(s.expose_secret()))
+}
+
+/// Every secret of `credentials`, for the redactor of a call acting for the account.
+fn secrets(credentials: &Credentials) -> Vec<&str> {
+    [
+        &credentials.password,
+        &credentials.api_secret,
+        &credentials.totp_secret,
+        &credentials.api_key,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| s.expose_secret())
+    .collect()
+}
+
+impl Refresher {
+    /// Log one account in: skip it if it must not be, then attempt until done.
+    pub(super) async fn login_account(
+        self: &Arc<Self>,
+        key: &AccountKey,
+        trigger: Trigger,
+        explicit: bool,
+    ) -> AccountResult {
+        let plan = match self.plan_login(key, explicit).await {
+            Ok(plan) => plan,
+            Err(done) => return done,
+        };
+        let login_timeout_ms = self.config.refresh.login_timeout_secs.saturating_mul(1000);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The code is asked for after the password was sent. If this account's next unused
+            // TOTP step is still ahead, wait for it here, holding no login slot, so that the
+            // login gets its code without waiting; if it is further ahead than a whole login may
+            // take, do not send the password at all.
+            let now_ms = self.services.clock.now_ms();
+            let totp_wait = if plan.totp_secret.is_some() {
+                self.services.steps.wait_ms(&plan.label, now_ms)
+            } else {
+                0
+            };
+            let settled = if totp_wait > login_timeout_ms {
+                let message = format!(
+                    "the account's next unused TOTP step starts in {totp_wait} ms, later than \
+                     login_timeout_secs allows; the broker was not contacted"
+                );
+                let result = Err(CallError::Failed(wire::ErrorOutput::new(
+                    ErrorClass::Network,
+                    message,
+                )));
+                let record = attempt_record(now_ms, trigger, attempt, Duration::ZERO);
+                // Not retried now: backing off until the step is in reach would hold the caller
+                // for most of a TOTP step per attempt. The next refresh finds the step closer.
+                self.settle(key, record, result, false).await
+            } else {
+                if totp_wait > 0 {
+                    self.services.clock.wait_ms(totp_wait).await;
+                }
+                let (record, result) = self.attempt(key, &plan, trigger, attempt).await;
+                self.settle(key, record, result, true).await
+            };
+            if let ControlFlow::Break(done) = settled {
+                return done;
+            }
+        }
+    }
+
+    /// Why this account is not logged in now, if it is not.
+    fn skip_reason(
+        &self,
+        key: &AccountKey,
+        account: &Account,
+        explicit: bool,
+    ) -> Option<AccountResult> {
+        match account.state() {
+            AccountState::ManagedExternally => {
+                return Some(AccountResult::skipped(
+                    key,
+                    "managed_externally",
+                    "managed externally",
+                ));
+            }
+            AccountState::NeedsAttention => {
+                let class = account
+                    .attention
+                    .as_ref()
+                    .map(|a| a.class.clone())
+                    .unwrap_or_default();
+                return Some(AccountResult::skipped(
+                    key,
+                    "needs_attention",
+                    format!("needs attention after {class}; update its credentials to retry"),
+                ));
+            }
+            AccountState::Paused if !explicit => {
+                return Some(AccountResult::skipped(key, "paused", "auto-refresh is off"));
+            }
+            _ => {}
+        }
+        if explicit {
+            return None;
+        }
+        self.held(key, account)
+    }
+
+    /// Gather what the attempts share, or the result that ends the login before any.
+    async fn plan_login(
+        &self,
+        key: &AccountKey,
+        explicit: bool,
+    ) -> Result<LoginPlan, AccountResult> {
+        let (vault, k) = (self.vault.clone(), key.clone());
+        let account = match blocking(move || vault.get_account(&k)).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                return Err(AccountResult::failed(
+                    key,
+                    "not_found",
+                    "no such account",
+                    0,
+                ));
+            }
+            Err(e) => return Err(AccountResult::failed(key, "internal", e, 0)),
+        };
+        if let Some(skipped) = self.skip_reason(key, &account, explicit) {
+            return Err(skipped);
+        }
+        let Some(plugin) = self.plugins.get(key.broker.as_str()) else {
+            return Err(AccountResult::failed(
+                key,
+                "protocol",
+                format!("no strategy for broker {}", key.broker.as_str()),
+                0,
+            ));
+        };
+        let (vault, k) = (self.vault.clone(), key.clone());
+        let credentials = match blocking(move || vault.credentials(&k)).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(AccountResult::failed(
+                    key,
+                    "not_found",
+                    "no such account",
+                    0,
+                ));
+            }
+            Err(e) => return Err(AccountResult::failed(key, "internal", e, 0)),
+        };
+        let totp_secret = match &credentials.totp_secret {
+            Some(s) => match crate::plugins::totp::parse_secret(s.expose_secret()) {
+                Ok(secret) => Some(secret),
+                Err(e) => {
+                    let class = ErrorClass::TwofaUnavailable;
+                    return Err(self.give_up(key, class, &e.to_string(), 0).await);
+                }
+            },
+            None => None,
+        };
+        let label = key.to_string();
+        self.seed_totp_guard(key, &label).await;
+        let broker_config = self.broker_config(key.broker.as_str());
+        let settings = plugin
+            .settings(&broker_config.settings)
+            .map_err(|message| AccountResult::failed(key, "protocol", message, 0))?;
+        Ok(LoginPlan {
+            limits: self.limits(&plugin),
+            account,
+            plugin,
+            credentials,
+            totp_secret,
+            broker_config,
+            settings,
+            label,
+        })
+    }
+
+    /// One login attempt, in a login slot: the strategy's result and its log record.
+    async fn attempt(
+        &self,
+        key: &AccountKey,
+        plan: &LoginPlan,
+        trigger: Trigger,
+        attempt: u32,
+    ) -> (Attempt, Result<wire::LoginOutput, CallError>) {
+        let slot = self.login_slot(&plan.limits).await;
+        let credentials = &plan.credentials;
+        let request = LoginRequest {
+            v: wire::WIRE_VERSION,
+            user_id: key.user.as_str().to_owned(),
+            broker_user_id: plan.account.broker_user_id.clone(),
+            credentials: wire::Credentials {
+                password: secret(&credentials.password),
+                api_key: credentials
+                    .api_key
+                    .as_ref()
+                    .map(|k| k.expose_secret().to_owned()),
+                api_secret: secret(&credentials.api_secret),
+            },
+            base_urls: plan.plugin.base_urls(&plan.broker_config.urls),
+            settings: plan.settings.clone(),
+            attempt,
+            redirect_url: None,
+        };
+        let mut ctx = self.call_context(
+            &plan.plugin,
+            plan.label.clone(),
+            credentials,
+            plan.totp_secret.clone(),
+            &plan.limits,
+        );
+        let (vault, k) = (self.vault.clone(), key.clone());
+        ctx.step_log = Some(Arc::new(move |step| {
+            vault
+                .record_totp_step(&k, step)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }));
+        let started_ms = self.services.clock.now_ms();
+        let (result, duration) = self
+            .timed_call(key, plan.plugin.clone(), ctx, move |p, c| {
+                p.login_blocking(c, &request)
+            })
+            .await;
+        drop(slot);
+        (
+            attempt_record(started_ms, trigger, attempt, duration),
+            result,
+        )
+    }
+
+    /// A fresh call context for `plugin` acting for `account` (`user/broker`), under its
+    /// broker's request rate.
+    pub(super) fn call_context(
+        &self,
+        plugin: &Plugin,
+        account: String,
+        credentials: &Credentials,
+        totp_secret: Option<Zeroizing<Vec<u8>>>,
+        limits: &BrokerLimits,
+    ) -> CallContext {
+        let broker_config = self.broker_config(&plugin.id);
+        let mut ctx = self.services.context(CallTarget {
+            plugin,
+            account,
+            configured_urls: &broker_config.urls,
+            extra_hosts: &broker_config.allowed_hosts,
+            ipv4_only: broker_config.ipv4_only,
+            totp_secret,
+            secrets: secrets(credentials),
+        });
+        ctx.http.limiter = Some(limits.requests.clone());
+        ctx
+    }
+
+    /// The TOTP guard lives in memory; an earlier process (the CLI, a daemon before a restart)
+    /// may have used this account's current step. Its last attempt says until when it may have:
+    /// mark every step up to that instant as used.
+    async fn seed_totp_guard(&self, key: &AccountKey, account_label: &str) {
+        let (vault, k) = (self.vault.clone(), key.clone());
+        // Every step a strategy was handed is recorded before the code left the host.
+        if let Ok(Some(step)) =
+            blocking(move || Ok(vault.get_account(&k)?.and_then(|a| a.last_totp_step))).await
+        {
+            self.services.steps.mark_used(account_label, step);
+        }
+        let (vault, k) = (self.vault.clone(), key.clone());
+        if let Ok(Some(last)) =
+            blocking(move || vault.attempts(&k, 1).map(|a| a.into_iter().next())).await
+        {
+            let end_ms = last.attempt.time_ms + last.attempt.duration_ms as i64;
+            if end_ms > 0 {
+                let step = (end_ms / crate::plugins::totp::STEP_MS) as u64;
+                self.services.steps.mark_used(account_label, step);
+            }
+        }
+    }
+}

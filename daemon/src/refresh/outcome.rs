@@ -1,0 +1,206 @@
+//! The one path a login's result takes, whatever started the login (the scheduler, the API, the
+//! CLI, the assisted callback): the token stored with the attention it resolves cleared and the
+//! mirror woken, the attempt logged, the metrics counted.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use broker_api::wire::{self, ErrorClass};
+use secrecy::SecretString;
+
+use super::Refresher;
+use crate::plugins::host::CallContext;
+use crate::plugins::{CallError, Plugin, run_blocking};
+use crate::vault::{AccountKey, Attempt, NewToken, Outcome, SecretJson, Trigger, VaultError};
+
+/// Why a login's token (or the account it is for) could not be read or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The vault refused.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The blocking task running the vault call was aborted.
+    #[error("a vault task was aborted")]
+    Aborted,
+}
+
+/// Run a vault call on the blocking pool, keeping its error typed.
+pub(super) async fn vault_task<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Aborted),
+    }
+}
+
+/// What became of a login once its result was recorded.
+pub(super) enum Finished {
+    /// The token is stored.
+    Stored {
+        /// When it expires (Unix ms).
+        expires_at_ms: i64,
+    },
+    /// The broker gave a token but it could not be stored.
+    NotStored(StoreError),
+    /// The login failed.
+    Failed(CallError),
+}
+
+/// A failed login, as the retry policy and the attempt log see it.
+pub(super) struct LoginFailure {
+    pub(super) class: ErrorClass,
+    pub(super) message: String,
+    pub(super) retry_after_ms: Option<u64>,
+    pub(super) credentials_sent: bool,
+}
+
+impl LoginFailure {
+    pub(super) fn of(error: &CallError) -> LoginFailure {
+        match error {
+            CallError::Failed(e) => LoginFailure {
+                class: e.class,
+                message: e.message.clone(),
+                retry_after_ms: e.retry_after_ms,
+                credentials_sent: e.credentials_sent,
+            },
+            // The plugin itself misbehaved: it is a strategy bug, never retried.
+            other => LoginFailure {
+                class: ErrorClass::Protocol,
+                message: other.to_string(),
+                retry_after_ms: None,
+                credentials_sent: true,
+            },
+        }
+    }
+}
+
+/// The log record of an attempt, taken as a success until [`Refresher::finish_login`] learns
+/// otherwise.
+pub(super) fn attempt_record(
+    time_ms: i64,
+    trigger: Trigger,
+    attempt: u32,
+    duration: Duration,
+) -> Attempt {
+    Attempt {
+        time_ms,
+        trigger,
+        attempt,
+        duration_ms: duration.as_millis() as u64,
+        outcome: Outcome::Success,
+        error_class: None,
+        message: None,
+    }
+}
+
+impl Refresher {
+    /// Run one strategy call on the blocking pool, counted in the attempt metrics.
+    pub(super) async fn timed_call<T: Send + 'static>(
+        &self,
+        key: &AccountKey,
+        plugin: Arc<Plugin>,
+        ctx: CallContext,
+        f: impl FnOnce(&Plugin, &CallContext) -> Result<T, CallError> + Send + 'static,
+    ) -> (Result<T, CallError>, Duration) {
+        let started = Instant::now();
+        let result = run_blocking(plugin, ctx, f).await;
+        let duration = started.elapsed();
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.attempt_ms
+            .fetch_add(duration.as_millis() as u64, Ordering::Relaxed);
+        metrics::histogram!("tokenbot_login_duration_seconds", "broker" => key.broker.as_str().to_owned())
+            .record(duration.as_secs_f64());
+        (result, duration)
+    }
+
+    /// Record what one login attempt produced, whoever started it: store the token (clearing
+    /// the attention it resolves, waking the mirror), log the attempt, count it, and warn of a
+    /// failure. What to do next is the caller's.
+    pub(super) async fn finish_login(
+        &self,
+        key: &AccountKey,
+        mut record: Attempt,
+        result: Result<wire::LoginOutput, CallError>,
+    ) -> Finished {
+        let error = match result {
+            Ok(output) => {
+                let expires_at_ms = output.expires_at_ms;
+                let stored = self.store_token(key, record.trigger, output).await;
+                if let Err(e) = &stored {
+                    record.outcome = Outcome::Failed;
+                    record.error_class = Some("internal".into());
+                    record.message = Some(e.to_string());
+                }
+                self.log_attempt(key, record).await;
+                return match stored {
+                    Ok(()) => {
+                        self.successes.fetch_add(1, Ordering::Relaxed);
+                        count(key, "success", "");
+                        Finished::Stored { expires_at_ms }
+                    }
+                    Err(e) => {
+                        count(key, "failed", "internal");
+                        Finished::NotStored(e)
+                    }
+                };
+            }
+            Err(error) => error,
+        };
+        let LoginFailure { class, message, .. } = LoginFailure::of(&error);
+        let attempt = record.attempt;
+        record.outcome = Outcome::Failed;
+        record.error_class = Some(class.as_str().to_owned());
+        record.message = Some(message.clone());
+        self.log_attempt(key, record).await;
+        count(key, "failed", class.as_str());
+        tracing::warn!(
+            account = %key, attempt, class = class.as_str(), error = %message, "login failed"
+        );
+        Finished::Failed(error)
+    }
+
+    async fn store_token(
+        &self,
+        key: &AccountKey,
+        trigger: Trigger,
+        output: wire::LoginOutput,
+    ) -> Result<(), StoreError> {
+        let token = NewToken {
+            access_token: SecretString::from(output.access_token.expose().to_owned()),
+            issued_at_ms: output.issued_at_ms,
+            expires_at_ms: output.expires_at_ms,
+            extras: SecretJson::from_value(&serde_json::Value::Object(
+                output.extras.into_iter().collect::<serde_json::Map<_, _>>(),
+            )),
+        };
+        let (vault, k) = (self.vault.clone(), key.clone());
+        vault_task(move || {
+            vault.put_token(&k, &token)?;
+            super::attention::clear_resolved(&vault, &k, trigger)
+        })
+        .await?;
+        if let Some(on_token) = &self.on_token {
+            on_token();
+        }
+        Ok(())
+    }
+
+    async fn log_attempt(&self, key: &AccountKey, attempt: Attempt) {
+        let (vault, k) = (self.vault.clone(), key.clone());
+        if let Err(e) = vault_task(move || vault.append_attempt(&k, &attempt)).await {
+            tracing::error!(error = %e, "cannot record a login attempt");
+        }
+    }
+}
+
+fn count(key: &AccountKey, outcome: &'static str, class: &str) {
+    metrics::counter!(
+        "tokenbot_refresh_total",
+        "broker" => key.broker.as_str().to_owned(),
+        "outcome" => outcome,
+        "class" => class.to_owned()
+    )
+    .increment(1);
+}
