@@ -11,12 +11,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::accounts::{delete_account, plugin_for, set_flags, store_account, unknown_in_body};
 use super::auth::UserJwt;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, blocking};
-use super::users::{
-    BrokerQuery, DeletedOut, delete_account, plugin_for, set_flags, store_account, unknown_in_body,
-};
-use super::views::{AccountView, account_views, broker_id};
+use super::params::{BrokerQuery, broker_id};
+use super::views::{AccountView, DeletedOut, account_views};
 use crate::provision::Fields;
 use crate::vault::{AccountKey, BrokerId, Flags, UserId};
 

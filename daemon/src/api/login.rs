@@ -18,10 +18,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::accounts::plugin_for;
 use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, blocking};
-use super::users::plugin_for;
-use super::views::{iso, user_id};
+use super::params::user_id;
+use super::views::iso;
 use crate::plugins::{CallError, CallTarget, Plugin, run_blocking};
 use crate::vault::{
     Account, AccountKey, Attempt, Credentials, NewToken, Outcome, SecretJson, Trigger, VaultError,

@@ -6,9 +6,12 @@
 //! - `error`: `ApiError` (the one JSON error shape) and the extractors whose rejections use it.
 //! - `auth`: JWTs, API keys, the per-client limit on failed authentications.
 //! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
-//! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes.
+//! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes. Route files
+//!   never import each other: what several share is in `accounts` (account operations), `params`
+//!   (request parameters) and `views` (response bodies).
 //! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
 
+mod accounts;
 mod audit;
 pub mod auth;
 mod credentials;
@@ -19,6 +22,7 @@ mod layers;
 mod login;
 pub mod metrics;
 pub mod openapi;
+mod params;
 pub mod serve;
 mod tokens;
 mod users;

@@ -16,11 +16,11 @@ use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
 use super::ApiState;
+use super::accounts::{run_refresh, unknown_in_body};
 use super::auth::{Caller, ServiceKey, UserJwt};
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
-use super::integration::{RefreshSummaryDoc, run_refresh};
-use super::users::{BrokerQuery, unknown_in_body};
-use super::views::{AttemptOut, broker_id, iso, user_id};
+use super::params::{BrokerQuery, broker_id, user_id};
+use super::views::{AttemptOut, RefreshSummaryDoc, iso};
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditRead, BrokerId, Trigger, UserId, UserTokens};
 

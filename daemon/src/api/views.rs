@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
@@ -162,15 +162,50 @@ impl From<&LoggedAttempt> for AttemptOut {
     }
 }
 
-/// Parse a user id from a path or claim (400 when invalid).
-pub fn user_id(id: String) -> Result<UserId, ApiError> {
-    Ok(UserId::new(id)?)
+/// A removed account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedOut {
+    /// The user.
+    pub user_id: String,
+    /// The broker.
+    pub broker: String,
+    /// Always true.
+    pub deleted: bool,
 }
 
-/// Parse an optional broker id from a query.
-pub fn broker_id(id: Option<String>) -> Result<Option<BrokerId>, ApiError> {
-    Ok(id
-        .filter(|b| !b.is_empty())
-        .map(BrokerId::new)
-        .transpose()?)
+/// The summary of a refresh (the schema of `refresh::RefreshSummary`, which is what is sent).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(as = RefreshSummary)]
+pub struct RefreshSummaryDoc {
+    /// Accounts that got a new token.
+    pub successful: usize,
+    /// Accounts whose login failed.
+    pub failed: usize,
+    /// Accounts not attempted (paused, managed externally, needing attention).
+    pub skipped: usize,
+    /// All accounts covered.
+    pub total: usize,
+    /// One entry per account, by user then broker.
+    pub results: Vec<AccountResultDoc>,
+}
+
+/// The outcome of one account's refresh.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(as = AccountResult)]
+pub struct AccountResultDoc {
+    /// The platform's user id.
+    pub user_id: String,
+    /// Broker id.
+    pub broker: String,
+    /// `success`, `failed` or `skipped`.
+    #[schema(pattern = "^(success|failed|skipped)$")]
+    pub outcome: String,
+    /// Error class of the last attempt when failed, or why skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// What happened (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Login attempts made.
+    pub attempts: u32,
 }
