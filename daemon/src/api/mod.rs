@@ -26,7 +26,7 @@ mod params;
 pub mod serve;
 mod tokens;
 mod users;
-mod views;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;

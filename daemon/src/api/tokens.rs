@@ -10,7 +10,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
@@ -20,27 +19,11 @@ use super::accounts::{run_refresh, unknown_in_body};
 use super::auth::{Caller, ServiceKey, UserJwt};
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
 use super::params::{BrokerQuery, broker_id, user_id};
-use super::views::{AttemptOut, RefreshSummaryDoc, iso};
+use super::views::{
+    AttemptOut, RefreshSummaryDoc, TokenView, ValidToken, is_valid_at, iso, valid_token,
+};
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditRead, BrokerId, Trigger, UserId, UserTokens};
-
-/// A token handed to the trading backend. The only body that carries a secret. Borrows from the
-/// vault's record: serialised once into the [`BodyCache`], with no copy of the strings.
-#[derive(Serialize, ToSchema)]
-pub struct TokenOut<'a> {
-    /// The platform's user id.
-    pub user_id: &'a str,
-    /// Broker id.
-    pub broker: &'a str,
-    /// The user's id at the broker.
-    pub broker_user_id: &'a str,
-    /// The broker's access token.
-    pub access_token: &'a str,
-    /// When it was issued.
-    pub issued_at: String,
-    /// When it stops working.
-    pub expires_at: String,
-}
 
 /// `GET /api/tokens/{userId}?broker=`
 #[utoipa::path(
@@ -49,7 +32,7 @@ pub struct TokenOut<'a> {
     tag = "tokens",
     params(("userId" = String, Path, description = "The platform's user id"), BrokerQuery),
     responses(
-        (status = 200, description = "A token valid now; the read is in the audit log under the key's name", body = TokenOut),
+        (status = 200, description = "A token valid now; the read is in the audit log under the key's name", body = TokenView),
         (status = 400, description = "Invalid id, or several valid tokens and no `broker`", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "No valid (unexpired) token", body = ErrorBody),
@@ -111,30 +94,15 @@ fn answer(
     epoch: u64,
     now: i64,
 ) -> Result<CachedBody, ApiError> {
-    let valid: Vec<_> = record
-        .iter()
-        .filter(|(a, _)| broker.is_none_or(|b| &a.broker == b))
-        .filter_map(|(a, t)| t.as_ref().filter(|t| t.expires_at_ms > now).map(|t| (a, t)))
-        .collect();
-    match valid.as_slice() {
-        [] => Err(ApiError::not_found(
+    match valid_token(record, broker, now) {
+        ValidToken::None => Err(ApiError::not_found(
             "no_valid_token",
             format!("no valid token for user {user}"),
         )),
-        [(account, token)] => {
+        ValidToken::One(account, token) => {
             let mut body = Zeroizing::new(Vec::with_capacity(512));
-            serde_json::to_writer(
-                &mut *body,
-                &TokenOut {
-                    user_id: account.user.as_str(),
-                    broker: account.broker.as_str(),
-                    broker_user_id: &account.broker_user_id,
-                    access_token: token.access_token.expose_secret(),
-                    issued_at: iso(token.issued_at_ms),
-                    expires_at: iso(token.expires_at_ms),
-                },
-            )
-            .map_err(|e| ApiError::internal(format!("token body not serialised: {e}")))?;
+            serde_json::to_writer(&mut *body, &TokenView::new(account, token))
+                .map_err(|e| ApiError::internal(format!("token body not serialised: {e}")))?;
             Ok(CachedBody {
                 record: Arc::downgrade(record),
                 epoch: AtomicU64::new(epoch),
@@ -144,13 +112,13 @@ fn answer(
                 body: Bytes::from_owner(body),
             })
         }
-        several => Err(ApiError::bad_request(
+        ValidToken::Several(brokers) => Err(ApiError::bad_request(
             "broker_required",
             format!(
                 "user {user} has valid tokens at several brokers ({}); say which with ?broker=",
-                several
+                brokers
                     .iter()
-                    .map(|(a, _)| a.broker.as_str())
+                    .map(|b| b.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -355,7 +323,7 @@ pub async fn status(
             broker: a.broker.as_str().to_owned(),
             broker_user_id: a.broker_user_id.clone(),
             state: a.state().as_str().to_owned(),
-            valid: t.as_ref().is_some_and(|t| t.expires_at_ms > now),
+            valid: t.as_ref().is_some_and(|t| is_valid_at(t, now)),
             issued_at: t.as_ref().map(|t| iso(t.issued_at_ms)),
             expires_at: t.as_ref().map(|t| iso(t.expires_at_ms)),
             last_attempt: last.as_ref().map(AttemptOut::from),

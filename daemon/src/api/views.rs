@@ -1,9 +1,12 @@
-//! Response bodies shared by several routes. Times are RFC 3339 UTC with milliseconds
-//! (`2025-03-10T02:30:05.000Z`, as JavaScript's `Date.toJSON` writes them). None holds a secret
-//! except [`TokenOut`], the one body that carries an access token.
+//! Response bodies shared by several routes, and by the CLI, which prints the API's JSON so that
+//! scripts see one shape either way; and the rule of which token a token read answers. Times are
+//! RFC 3339 UTC with milliseconds (`2025-03-10T02:30:05.000Z`, as JavaScript's `Date.toJSON`
+//! writes them). None holds a secret except [`TokenView`], the one body that carries an access
+//! token.
 
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -12,6 +15,83 @@ use super::error::{ApiError, blocking};
 use crate::vault::{Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, VaultError};
 
 pub use crate::clock::iso;
+
+/// Whether `token` still works at `now_ms`.
+pub fn is_valid_at(token: &Token, now_ms: i64) -> bool {
+    token.expires_at_ms > now_ms
+}
+
+/// What a token read of one user finds (see [`valid_token`]).
+#[derive(Debug)]
+pub enum ValidToken<'a> {
+    /// No account (at the named broker) holds a token valid now.
+    None,
+    /// The one account holding a token valid now, and that token.
+    One(&'a Account, &'a Token),
+    /// Accounts at these brokers hold tokens valid now, and no broker was named: the reader must
+    /// say which.
+    Several(Vec<&'a BrokerId>),
+}
+
+/// The rule of `GET /api/tokens/{userId}` and `tokenbot token get`: among a user's accounts with
+/// their tokens (at `broker` only, when named), the one whose token is valid at `now_ms`.
+pub fn valid_token<'a>(
+    accounts: &'a [(Account, Option<Token>)],
+    broker: Option<&BrokerId>,
+    now_ms: i64,
+) -> ValidToken<'a> {
+    let mut valid: Vec<(&Account, &Token)> = accounts
+        .iter()
+        .filter(|(a, _)| broker.is_none_or(|b| &a.broker == b))
+        .filter_map(|(a, t)| {
+            t.as_ref()
+                .filter(|t| is_valid_at(t, now_ms))
+                .map(|t| (a, t))
+        })
+        .collect();
+    match valid.len() {
+        0 => ValidToken::None,
+        1 => {
+            let (account, token) = valid.remove(0);
+            ValidToken::One(account, token)
+        }
+        _ => ValidToken::Several(valid.iter().map(|(a, _)| &a.broker).collect()),
+    }
+}
+
+/// A token handed to the trading backend. The only body that carries a secret. Borrows from the
+/// vault's record: the API serialises it once into its cache of bodies, with no copy of the
+/// strings.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TokenOut)]
+pub struct TokenView<'a> {
+    /// The platform's user id.
+    pub user_id: &'a str,
+    /// Broker id.
+    pub broker: &'a str,
+    /// The user's id at the broker.
+    pub broker_user_id: &'a str,
+    /// The broker's access token.
+    pub access_token: &'a str,
+    /// When it was issued.
+    pub issued_at: String,
+    /// When it stops working.
+    pub expires_at: String,
+}
+
+impl<'a> TokenView<'a> {
+    /// The view of `account`'s `token`.
+    pub fn new(account: &'a Account, token: &'a Token) -> TokenView<'a> {
+        TokenView {
+            user_id: account.user.as_str(),
+            broker: account.broker.as_str(),
+            broker_user_id: &account.broker_user_id,
+            access_token: token.access_token.expose_secret(),
+            issued_at: iso(token.issued_at_ms),
+            expires_at: iso(token.expires_at_ms),
+        }
+    }
+}
 
 /// Why an account waits for an operator.
 #[derive(Debug, Serialize, ToSchema)]
@@ -68,7 +148,7 @@ impl AccountView {
                 message: a.message.clone(),
                 since: iso(a.since_ms),
             }),
-            has_token: token.is_some_and(|t| t.expires_at_ms > now_ms),
+            has_token: token.is_some_and(|t| is_valid_at(t, now_ms)),
             last_login_at: token.map(|t| iso(t.issued_at_ms)),
             token_expires_at: token.map(|t| iso(t.expires_at_ms)),
             created_at: iso(account.created_at_ms),

@@ -8,8 +8,9 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
+use crate::api::views::{TokenView, ValidToken, valid_token};
 use crate::config::Config;
-use crate::vault::{UserId, VaultError};
+use crate::vault::{BrokerId, UserId, Vault, VaultError};
 
 use crate::clock::iso;
 
@@ -35,7 +36,7 @@ fn print(found: Found) -> anyhow::Result<ExitCode> {
 /// Run `read` on the vault, or `path` on the daemon when the daemon holds the vault.
 fn read(
     config: &Config,
-    read: impl FnOnce(&crate::vault::Vault) -> anyhow::Result<Found>,
+    read: impl FnOnce(&Vault) -> anyhow::Result<Found>,
     path: &str,
 ) -> anyhow::Result<Found> {
     match super::vault::open_vault(config, false) {
@@ -93,44 +94,40 @@ pub(super) fn get(config: &Config, user: &str, broker: Option<&str>) -> anyhow::
     if let Some(b) = broker {
         path.push_str(&format!("?broker={b}"));
     }
-    let now = chrono::Utc::now().timestamp_millis();
+    // The CLI's own clock, until one `Clock` is threaded through: this line is all that changes.
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let found = read(
         config,
-        |vault| {
-            let accounts = vault.user_accounts(&user)?;
-            let mut valid = Vec::new();
-            for account in accounts
-                .iter()
-                .filter(|a| broker.is_none_or(|b| a.broker.as_str() == b))
-            {
-                if let Some(token) = vault
-                    .get_token(&account.key())?
-                    .filter(|t| t.expires_at_ms > now)
-                {
-                    valid.push((account, token));
-                }
-            }
-            if valid.len() > 1 {
-                bail!(
-                    "user {} has valid tokens at several brokers: name one with --broker",
-                    user.as_str()
-                );
-            }
-            Ok(match valid.pop() {
-                Some((account, token)) => Found::Json(json!({
-                    "user_id": user.as_str(),
-                    "broker": account.broker.as_str(),
-                    "broker_user_id": account.broker_user_id,
-                    "access_token": token.access_token.expose_secret(),
-                    "issued_at": iso(token.issued_at_ms),
-                    "expires_at": iso(token.expires_at_ms),
-                })),
-                None => Found::Missing(format!("no valid token for user {}", user.as_str())),
-            })
-        },
+        |vault| token_in_vault(vault, &user, broker, now_ms),
         &path,
     )?;
     print(found)
+}
+
+/// The user's token valid at `now_ms` (at `broker`, when named), read from the vault, as the API
+/// answers it.
+fn token_in_vault(
+    vault: &Vault,
+    user: &UserId,
+    broker: Option<&str>,
+    now_ms: i64,
+) -> anyhow::Result<Found> {
+    let missing = || Found::Missing(format!("no valid token for user {}", user.as_str()));
+    // A name that is no broker id names no account.
+    let Ok(broker) = broker.map(BrokerId::new).transpose() else {
+        return Ok(missing());
+    };
+    let accounts = vault.user_tokens(user)?;
+    match valid_token(&accounts, broker.as_ref(), now_ms) {
+        ValidToken::None => Ok(missing()),
+        ValidToken::One(account, token) => Ok(Found::Json(serde_json::to_value(TokenView::new(
+            account, token,
+        ))?)),
+        ValidToken::Several(_) => bail!(
+            "user {} has valid tokens at several brokers: name one with --broker",
+            user.as_str()
+        ),
+    }
 }
 
 /// `tokenbot logs <user_id>`: the user's recent login attempts, newest first.
