@@ -20,7 +20,8 @@ use super::auth::{Caller, ServiceKey, UserJwt};
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
 use super::params::{BrokerQuery, broker_id, user_id};
 use super::views::{
-    AttemptOut, RefreshSummaryDoc, TokenView, ValidToken, is_valid_at, iso, valid_token,
+    AttemptLogView, AttemptView, RefreshSummaryDoc, TokenView, ValidToken, is_valid_at, iso,
+    valid_token,
 };
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditRead, BrokerId, Trigger, UserId, UserTokens};
@@ -278,7 +279,7 @@ pub struct TokenStatusOut {
     /// When it expires (or expired).
     pub expires_at: Option<String>,
     /// The latest login attempt.
-    pub last_attempt: Option<AttemptOut>,
+    pub last_attempt: Option<AttemptView>,
 }
 
 /// The caller's tokens.
@@ -326,7 +327,7 @@ pub async fn status(
             valid: t.as_ref().is_some_and(|t| is_valid_at(t, now)),
             issued_at: t.as_ref().map(|t| iso(t.issued_at_ms)),
             expires_at: t.as_ref().map(|t| iso(t.expires_at_ms)),
-            last_attempt: last.as_ref().map(AttemptOut::from),
+            last_attempt: last.as_ref().map(AttemptView::from),
         })
         .collect();
     Ok(Json(TokensStatusOut {
@@ -345,15 +346,6 @@ pub struct LogsQuery {
     pub limit: Option<usize>,
 }
 
-/// A user's recent attempts.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LogsOut {
-    /// The user.
-    pub user_id: String,
-    /// Newest first (the same shape as `tokenbot logs` prints).
-    pub attempts: Vec<AttemptOut>,
-}
-
 /// `GET /api/tokens/logs/{userId}`
 #[utoipa::path(
     get,
@@ -361,7 +353,7 @@ pub struct LogsOut {
     tag = "tokens",
     params(("userId" = String, Path, description = "The platform's user id"), LogsQuery),
     responses(
-        (status = 200, description = "Recent login attempts, newest first", body = LogsOut),
+        (status = 200, description = "Recent login attempts, newest first", body = AttemptLogView),
         (status = 400, description = "Invalid user id, `broker` or `limit`", body = ErrorBody),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
         (status = 403, description = "A user's token for another user", body = ErrorBody),
@@ -374,7 +366,7 @@ pub async fn logs(
     caller: Caller,
     ApiPath(user): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
-) -> Result<Json<LogsOut>, ApiError> {
+) -> Result<Json<AttemptLogView>, ApiError> {
     let user = user_id(user)?;
     caller.may_act_for(&user)?;
     let broker: Option<BrokerId> = broker_id(q.broker)?;
@@ -404,8 +396,8 @@ pub async fn logs(
             format!("user {user} has no such broker account"),
         )
     })?;
-    Ok(Json(LogsOut {
+    Ok(Json(AttemptLogView {
         user_id: user.as_str().to_owned(),
-        attempts: attempts.iter().map(AttemptOut::from).collect(),
+        attempts: attempts.iter().map(AttemptView::from).collect(),
     }))
 }

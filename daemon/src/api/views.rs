@@ -205,9 +205,10 @@ pub async fn account_view(api: &Arc<ApiState>, key: AccountKey) -> Result<Accoun
     Ok(AccountView::new(&account, token.as_ref(), now))
 }
 
-/// One login attempt as the API shows it.
+/// One login attempt as the API and the CLI show it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptOut {
+#[schema(as = AttemptOut)]
+pub struct AttemptView {
     /// Broker id.
     pub broker: String,
     /// When it started.
@@ -226,10 +227,10 @@ pub struct AttemptOut {
     pub message: Option<String>,
 }
 
-impl From<&LoggedAttempt> for AttemptOut {
-    fn from(a: &LoggedAttempt) -> AttemptOut {
+impl From<&LoggedAttempt> for AttemptView {
+    fn from(a: &LoggedAttempt) -> AttemptView {
         let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-        AttemptOut {
+        AttemptView {
             broker: a.account.broker.as_str().to_owned(),
             time: iso(a.attempt.time_ms),
             trigger: name(serde_json::to_value(a.attempt.trigger).unwrap_or_default()),
@@ -240,6 +241,17 @@ impl From<&LoggedAttempt> for AttemptOut {
             message: a.attempt.message.clone(),
         }
     }
+}
+
+/// A user's recent login attempts: the answer of `GET /api/tokens/logs/{userId}` and what
+/// `tokenbot logs` prints.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LogsOut)]
+pub struct AttemptLogView {
+    /// The user.
+    pub user_id: String,
+    /// Newest first.
+    pub attempts: Vec<AttemptView>,
 }
 
 /// A removed account.

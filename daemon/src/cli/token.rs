@@ -6,13 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::api::views::{TokenView, ValidToken, valid_token};
+use crate::api::views::{AttemptLogView, AttemptView, TokenView, ValidToken, valid_token};
 use crate::config::Config;
 use crate::vault::{BrokerId, UserId, Vault, VaultError};
-
-use crate::clock::iso;
 
 /// How a read ended: a JSON document, or "nothing there" (exit status 1).
 enum Found {
@@ -138,24 +136,11 @@ pub(super) fn logs(config: &Config, user: &str, limit: usize) -> anyhow::Result<
         config,
         |vault| {
             let attempts = vault.attempts(&user, limit)?;
-            let entries: Vec<Value> = attempts
-                .iter()
-                .map(|a| {
-                    json!({
-                        "broker": a.account.broker.as_str(),
-                        "time": iso(a.attempt.time_ms),
-                        "trigger": a.attempt.trigger,
-                        "attempt": a.attempt.attempt,
-                        "duration_ms": a.attempt.duration_ms,
-                        "outcome": a.attempt.outcome,
-                        "error_class": a.attempt.error_class,
-                        "message": a.attempt.message,
-                    })
-                })
-                .collect();
-            Ok(Found::Json(
-                json!({"user_id": user.as_str(), "attempts": entries}),
-            ))
+            let view = AttemptLogView {
+                user_id: user.as_str().to_owned(),
+                attempts: attempts.iter().map(AttemptView::from).collect(),
+            };
+            Ok(Found::Json(serde_json::to_value(view)?))
         },
         &path,
     )?;
