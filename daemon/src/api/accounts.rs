@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 
 use super::ApiState;
 use super::error::{ApiError, blocking};
-use super::views::{AccountView, DeletedOut, account_view};
+use super::views::{AccountView, DeletedView, account_view};
 use crate::plugins::Plugin;
 use crate::provision::{Fields, check_fields};
 use crate::refresh::{RefreshSummary, Selection};
@@ -37,7 +37,7 @@ pub fn plugin_for(
 /// The answer to a request naming `broker` in its body that found no account: 422
 /// `unknown_broker` when no strategy has that id (an unknown broker is 422 in a body), else `miss`
 /// itself. Only a miss is turned, so an account whose strategy was removed can still be changed.
-pub fn unknown_in_body(api: &ApiState, broker: &str, miss: ApiError) -> ApiError {
+pub fn unknown_broker_in_body(api: &ApiState, broker: &str, miss: ApiError) -> ApiError {
     if miss.code() != "no_account" {
         return miss;
     }
@@ -92,7 +92,7 @@ pub async fn set_flags(
 }
 
 /// Remove an account with its credentials, token and attempts.
-pub async fn delete_account(api: &Arc<ApiState>, key: AccountKey) -> Result<DeletedOut, ApiError> {
+pub async fn delete_account(api: &Arc<ApiState>, key: AccountKey) -> Result<DeletedView, ApiError> {
     let vault = api.app.vault.clone();
     let k = key.clone();
     let existed = blocking(move || vault.delete_account(&k)).await?;
@@ -100,7 +100,7 @@ pub async fn delete_account(api: &Arc<ApiState>, key: AccountKey) -> Result<Dele
         return Err(VaultError::NoSuchAccount(key).into());
     }
     tracing::info!(account = %key, "account removed");
-    Ok(DeletedOut {
+    Ok(DeletedView {
         user_id: key.user.as_str().to_owned(),
         broker: key.broker.as_str().to_owned(),
         deleted: true,
@@ -108,7 +108,7 @@ pub async fn delete_account(api: &Arc<ApiState>, key: AccountKey) -> Result<Dele
 }
 
 /// Refresh `selection`; 404 when it names a user (or account) that does not exist.
-pub async fn run_refresh(
+pub async fn refresh_selection(
     api: &Arc<ApiState>,
     selection: Selection,
     trigger: Trigger,

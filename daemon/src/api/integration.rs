@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::State;
 
 use super::ApiState;
-use super::accounts::run_refresh;
+use super::accounts::refresh_selection;
 use super::auth::IntegrationKey;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::params::{BrokerQuery, broker_id, user_id};
@@ -39,7 +39,9 @@ pub async fn refresh_all(
         user: None,
         broker: broker_id(q.broker)?,
     };
-    run_refresh(&api, selection, Trigger::Api).await.map(Json)
+    refresh_selection(&api, selection, Trigger::Api)
+        .await
+        .map(Json)
 }
 
 /// `POST /api/integration/tokens/refresh/{userId}`
@@ -68,5 +70,7 @@ pub async fn refresh_user(
         user: Some(user),
         broker: broker_id(q.broker)?,
     };
-    run_refresh(&api, selection, Trigger::Api).await.map(Json)
+    refresh_selection(&api, selection, Trigger::Api)
+        .await
+        .map(Json)
 }

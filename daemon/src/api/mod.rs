@@ -10,6 +10,10 @@
 //!   never import each other: what several share is in `accounts` (account operations), `params`
 //!   (request parameters) and `views` (response bodies).
 //! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
+//!
+//! Names: a response body is a `*View`, a request body a `*Body` (and `ErrorBody` the error
+//! response). The OpenAPI document keeps the schema names it was published with
+//! (`#[schema(as = TokenOut)]` and the like), so clients generated from it do not change.
 
 mod accounts;
 mod audit;

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
 use super::ApiState;
-use super::accounts::{run_refresh, unknown_in_body};
+use super::accounts::{refresh_selection, unknown_broker_in_body};
 use super::auth::{Caller, ServiceKey, UserJwt};
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
 use super::params::{BrokerQuery, broker_id, user_id};
@@ -247,7 +247,7 @@ pub async fn refresh_mine(
 ) -> Result<Json<RefreshSummary>, ApiError> {
     let broker = broker_id(body.broker)?;
     let named = broker.clone();
-    run_refresh(
+    refresh_selection(
         &api,
         Selection {
             user: Some(user),
@@ -257,7 +257,7 @@ pub async fn refresh_mine(
     )
     .await
     .map_err(|e| match &named {
-        Some(b) => unknown_in_body(&api, b.as_str(), e),
+        Some(b) => unknown_broker_in_body(&api, b.as_str(), e),
         None => e,
     })
     .map(Json)
@@ -265,7 +265,8 @@ pub async fn refresh_mine(
 
 /// The state of one of the caller's tokens; never the token itself.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TokenStatusOut {
+#[schema(as = TokenStatusOut)]
+pub struct TokenStatusView {
     /// Broker id.
     pub broker: String,
     /// The user's id at the broker.
@@ -284,11 +285,12 @@ pub struct TokenStatusOut {
 
 /// The caller's tokens.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TokensStatusOut {
+#[schema(as = TokensStatusOut)]
+pub struct TokensStatusView {
     /// The user (from the token).
     pub user_id: String,
     /// One entry per broker account.
-    pub tokens: Vec<TokenStatusOut>,
+    pub tokens: Vec<TokenStatusView>,
 }
 
 /// `GET /api/tokens/status`
@@ -297,7 +299,7 @@ pub struct TokensStatusOut {
     path = "/api/tokens/status",
     tag = "tokens",
     responses(
-        (status = 200, description = "The caller's tokens (validity, times, last attempt); never a token", body = TokensStatusOut),
+        (status = 200, description = "The caller's tokens (validity, times, last attempt); never a token", body = TokensStatusView),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
     ),
     security(("jwt" = []))
@@ -305,7 +307,7 @@ pub struct TokensStatusOut {
 pub async fn status(
     State(api): State<Arc<ApiState>>,
     UserJwt(user): UserJwt,
-) -> Result<Json<TokensStatusOut>, ApiError> {
+) -> Result<Json<TokensStatusView>, ApiError> {
     let vault = api.app.vault.clone();
     let now = api.now_ms();
     let u = user.clone();
@@ -320,7 +322,7 @@ pub async fn status(
     .await?;
     let tokens = rows
         .iter()
-        .map(|(a, t, last)| TokenStatusOut {
+        .map(|(a, t, last)| TokenStatusView {
             broker: a.broker.as_str().to_owned(),
             broker_user_id: a.broker_user_id.clone(),
             state: a.state().as_str().to_owned(),
@@ -330,7 +332,7 @@ pub async fn status(
             last_attempt: last.as_ref().map(AttemptView::from),
         })
         .collect();
-    Ok(Json(TokensStatusOut {
+    Ok(Json(TokensStatusView {
         user_id: user.as_str().to_owned(),
         tokens,
     }))

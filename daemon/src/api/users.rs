@@ -15,7 +15,7 @@ use super::accounts::{delete_account, plugin_for, set_flags, store_account};
 use super::auth::ServiceKey;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::params::{BrokerQuery, broker_id, user_id};
-use super::views::{AccountView, DeletedOut, account_views};
+use super::views::{AccountView, DeletedView, account_views};
 use crate::provision::Fields;
 use crate::vault::{AccountKey, BrokerId, Flags};
 
@@ -62,7 +62,8 @@ pub struct FlagsBody {
 
 /// Accounts, no secrets.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AccountsOut {
+#[schema(as = AccountsOut)]
+pub struct AccountsView {
     /// How many.
     pub total: usize,
     /// The accounts, by user then broker.
@@ -193,7 +194,7 @@ pub async fn change(
         ("broker" = String, Path, description = "Broker id"),
     ),
     responses(
-        (status = 200, description = "Removed with its credentials, token and attempts", body = DeletedOut),
+        (status = 200, description = "Removed with its credentials, token and attempts", body = DeletedView),
         (status = 400, description = "Invalid user or broker id", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
@@ -204,7 +205,7 @@ pub async fn remove(
     State(api): State<Arc<ApiState>>,
     ServiceKey(_): ServiceKey,
     ApiPath((user, broker)): ApiPath<(String, String)>,
-) -> Result<Json<DeletedOut>, ApiError> {
+) -> Result<Json<DeletedView>, ApiError> {
     let key = AccountKey::new(user_id(user)?, BrokerId::new(broker)?);
     delete_account(&api, key).await.map(Json)
 }
@@ -216,7 +217,7 @@ pub async fn remove(
     tag = "users",
     params(BrokerQuery),
     responses(
-        (status = 200, description = "Every account with its state; no secrets", body = AccountsOut),
+        (status = 200, description = "Every account with its state; no secrets", body = AccountsView),
         (status = 400, description = "Invalid `broker`", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
     ),
@@ -226,9 +227,9 @@ pub async fn list(
     State(api): State<Arc<ApiState>>,
     ServiceKey(_): ServiceKey,
     ApiQuery(q): ApiQuery<BrokerQuery>,
-) -> Result<Json<AccountsOut>, ApiError> {
+) -> Result<Json<AccountsView>, ApiError> {
     let accounts = account_views(&api, None, broker_id(q.broker)?).await?;
-    Ok(Json(AccountsOut {
+    Ok(Json(AccountsView {
         total: accounts.len(),
         accounts,
     }))

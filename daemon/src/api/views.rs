@@ -95,7 +95,8 @@ impl<'a> TokenView<'a> {
 
 /// Why an account waits for an operator.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AttentionOut {
+#[schema(as = AttentionOut)]
+pub struct AttentionView {
     /// Login error class, e.g. `invalid_credentials`.
     pub class: String,
     /// What the broker said (never a secret).
@@ -120,7 +121,7 @@ pub struct AccountView {
     /// `active`, `paused`, `managed_externally` or `needs_attention`.
     pub state: String,
     /// Set in state `needs_attention`.
-    pub attention: Option<AttentionOut>,
+    pub attention: Option<AttentionView>,
     /// Whether a token valid now is stored.
     pub has_token: bool,
     /// When the stored token was issued (the last successful login), if one is stored.
@@ -143,7 +144,7 @@ impl AccountView {
             auto_refresh: account.auto_refresh,
             managed_externally: account.managed_externally,
             state: account.state().as_str().to_owned(),
-            attention: account.attention.as_ref().map(|a| AttentionOut {
+            attention: account.attention.as_ref().map(|a| AttentionView {
                 class: a.class.clone(),
                 message: a.message.clone(),
                 since: iso(a.since_ms),
@@ -256,7 +257,8 @@ pub struct AttemptLogView {
 
 /// A removed account.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeletedOut {
+#[schema(as = DeletedOut)]
+pub struct DeletedView {
     /// The user.
     pub user_id: String,
     /// The broker.

@@ -18,7 +18,7 @@ enum Found {
     Missing(String),
 }
 
-fn print(found: Found) -> anyhow::Result<ExitCode> {
+fn print_found(found: Found) -> anyhow::Result<ExitCode> {
     match found {
         Found::Json(value) => {
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -32,7 +32,7 @@ fn print(found: Found) -> anyhow::Result<ExitCode> {
 }
 
 /// Run `read` on the vault, or `path` on the daemon when the daemon holds the vault.
-fn read(
+fn read_vault_or_daemon(
     config: &Config,
     read: impl FnOnce(&Vault) -> anyhow::Result<Found>,
     path: &str,
@@ -40,13 +40,13 @@ fn read(
     match super::vault::open_vault(config, false) {
         Ok((vault, _)) => read(&vault),
         Err(e) if matches!(e.downcast_ref::<VaultError>(), Some(VaultError::Locked)) => {
-            from_daemon(config, path)
+            read_from_daemon(config, path)
         }
         Err(e) => Err(e),
     }
 }
 
-fn from_daemon(config: &Config, path: &str) -> anyhow::Result<Found> {
+fn read_from_daemon(config: &Config, path: &str) -> anyhow::Result<Found> {
     let Some(key) = &config.auth.api_key else {
         bail!(
             "the vault is held by a running daemon: set TOKENBOT_API_KEY to one of its service keys to read through it"
@@ -94,12 +94,12 @@ pub(super) fn get(config: &Config, user: &str, broker: Option<&str>) -> anyhow::
     }
     // The CLI's own clock, until one `Clock` is threaded through: this line is all that changes.
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let found = read(
+    let found = read_vault_or_daemon(
         config,
         |vault| token_in_vault(vault, &user, broker, now_ms),
         &path,
     )?;
-    print(found)
+    print_found(found)
 }
 
 /// The user's token valid at `now_ms` (at `broker`, when named), read from the vault, as the API
@@ -132,7 +132,7 @@ fn token_in_vault(
 pub(super) fn logs(config: &Config, user: &str, limit: usize) -> anyhow::Result<ExitCode> {
     let user = UserId::new(user)?;
     let path = format!("/api/tokens/logs/{}", user.as_str());
-    let found = read(
+    let found = read_vault_or_daemon(
         config,
         |vault| {
             let attempts = vault.attempts(&user, limit)?;
@@ -144,5 +144,5 @@ pub(super) fn logs(config: &Config, user: &str, limit: usize) -> anyhow::Result<
         },
         &path,
     )?;
-    print(found)
+    print_found(found)
 }
