@@ -11,12 +11,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::accounts::{
+    delete_account, plugin_for, set_flags, store_account, unknown_broker_in_body,
+};
 use super::auth::UserJwt;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, blocking};
-use super::users::{
-    BrokerQuery, DeletedOut, delete_account, plugin_for, set_flags, store_account, unknown_in_body,
-};
-use super::views::{AccountView, account_views, broker_id};
+use super::params::{BrokerQuery, broker_id};
+use super::views::{AccountView, DeletedView, account_views};
 use crate::provision::Fields;
 use crate::vault::{AccountKey, BrokerId, Flags, UserId};
 
@@ -58,7 +59,8 @@ pub struct ToggleBody {
 
 /// The calling user's accounts.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CredentialsStatusOut {
+#[schema(as = CredentialsStatusOut)]
+pub struct CredentialsStatusView {
     /// The user (from the token).
     pub user_id: String,
     /// One entry per broker account; never a secret.
@@ -113,7 +115,7 @@ pub async fn create(
     path = "/api/credentials/status",
     tag = "credentials",
     responses(
-        (status = 200, description = "The caller's accounts", body = CredentialsStatusOut),
+        (status = 200, description = "The caller's accounts", body = CredentialsStatusView),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
     ),
     security(("jwt" = []))
@@ -121,9 +123,9 @@ pub async fn create(
 pub async fn status(
     State(api): State<Arc<ApiState>>,
     UserJwt(user): UserJwt,
-) -> Result<Json<CredentialsStatusOut>, ApiError> {
+) -> Result<Json<CredentialsStatusView>, ApiError> {
     let accounts = account_views(&api, Some(user.clone()), None).await?;
-    Ok(Json(CredentialsStatusOut {
+    Ok(Json(CredentialsStatusView {
         user_id: user.as_str().to_owned(),
         accounts,
     }))
@@ -169,7 +171,7 @@ pub(super) async fn resolve_account(
     tag = "credentials",
     params(BrokerQuery),
     responses(
-        (status = 200, description = "Removed with its token and attempts", body = DeletedOut),
+        (status = 200, description = "Removed with its token and attempts", body = DeletedView),
         (status = 400, description = "Several accounts and no `broker`, or an invalid `broker`", body = ErrorBody),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
@@ -180,7 +182,7 @@ pub async fn remove(
     State(api): State<Arc<ApiState>>,
     UserJwt(user): UserJwt,
     ApiQuery(q): ApiQuery<BrokerQuery>,
-) -> Result<Json<DeletedOut>, ApiError> {
+) -> Result<Json<DeletedView>, ApiError> {
     let key = resolve_account(&api, user, broker_id(q.broker)?).await?;
     delete_account(&api, key).await.map(Json)
 }
@@ -218,6 +220,6 @@ pub async fn toggle(
         },
     )
     .await
-    .map_err(|e| unknown_in_body(&api, &body.broker, e))
+    .map_err(|e| unknown_broker_in_body(&api, &body.broker, e))
     .map(Json)
 }

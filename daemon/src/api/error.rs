@@ -201,7 +201,7 @@ fn too_large() -> ApiError {
     )
 }
 
-fn parse<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_json_body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
     if !is_json(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -222,7 +222,7 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, Ap
                     syntax.column()
                 ),
             ),
-            _ => describe_json_error(&e),
+            _ => invalid_body_error(&e),
         }
     })?;
     de.end().map_err(|e| {
@@ -240,7 +240,7 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, Ap
 
 /// A message for a body that does not fit: field names and what was expected, never a value (a
 /// wrong type on `password` would otherwise quote the password).
-fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+fn invalid_body_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     use serde_json::error::Category;
     let inner = e.inner();
     match inner.classify() {
@@ -286,7 +286,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (headers, bytes) = read_body(req, state).await?;
-        parse(&headers, &bytes).map(ApiJson)
+        parse_json_body(&headers, &bytes).map(ApiJson)
     }
 }
 
@@ -298,7 +298,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
-        parse(&headers, &bytes).map(OptionalJson)
+        parse_json_body(&headers, &bytes).map(OptionalJson)
     }
 }
 

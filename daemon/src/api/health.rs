@@ -18,7 +18,8 @@ use super::views::iso;
 
 /// `{"status":"ok"}`
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HealthOut {
+#[schema(as = HealthOut)]
+pub struct HealthView {
     /// `ok`, or `unavailable` while the vault's file cannot be used.
     pub status: String,
 }
@@ -29,11 +30,11 @@ pub struct HealthOut {
     path = "/health",
     tag = "service",
     responses(
-        (status = 200, description = "The daemon is up", body = HealthOut),
-        (status = 503, description = "The vault's file failed and could not be reopened yet", body = HealthOut),
+        (status = 200, description = "The daemon is up", body = HealthView),
+        (status = 503, description = "The vault's file failed and could not be reopened yet", body = HealthView),
     )
 )]
-pub async fn health(State(api): State<Arc<ApiState>>) -> (StatusCode, Json<HealthOut>) {
+pub async fn health(State(api): State<Arc<ApiState>>) -> (StatusCode, Json<HealthView>) {
     let vault = api.app.vault.clone();
     // The common case is one atomic load; only a vault already found broken is retried.
     let available = vault.is_available()
@@ -43,14 +44,14 @@ pub async fn health(State(api): State<Arc<ApiState>>) -> (StatusCode, Json<Healt
     if available {
         (
             StatusCode::OK,
-            Json(HealthOut {
+            Json(HealthView {
                 status: "ok".into(),
             }),
         )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(HealthOut {
+            Json(HealthView {
                 status: "unavailable".into(),
             }),
         )
@@ -59,7 +60,8 @@ pub async fn health(State(api): State<Arc<ApiState>>) -> (StatusCode, Json<Healt
 
 /// A loaded strategy.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PluginOut {
+#[schema(as = PluginOut)]
+pub struct PluginView {
     /// Broker id.
     pub id: String,
     /// Strategy version.
@@ -76,7 +78,8 @@ pub struct PluginOut {
 
 /// A plugin that failed to load.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PluginFailureOut {
+#[schema(as = PluginFailureOut)]
+pub struct PluginFailureView {
     /// The file.
     pub path: String,
     /// Why.
@@ -85,7 +88,8 @@ pub struct PluginFailureOut {
 
 /// The Postgres mirror.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MirrorOut {
+#[schema(as = MirrorOut)]
+pub struct MirrorView {
     /// Whether `[mirror.postgres]` is configured.
     pub enabled: bool,
     /// Whether it holds a working connection.
@@ -103,7 +107,8 @@ pub struct MirrorOut {
 
 /// `GET /health/detailed`
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DetailedHealthOut {
+#[schema(as = DetailedHealthOut)]
+pub struct DetailedHealthView {
     /// Always `ok` when the vault answers.
     pub status: String,
     /// Seconds since this router was built (≈ daemon uptime).
@@ -126,19 +131,20 @@ pub struct DetailedHealthOut {
     /// Next scheduled run per broker (null: disabled or no future run).
     pub next_runs: BTreeMap<String, Option<String>>,
     /// Loaded strategies.
-    pub plugins: Vec<PluginOut>,
+    pub plugins: Vec<PluginView>,
     /// Plugins that failed to load at the last scan.
-    pub plugin_failures: Vec<PluginFailureOut>,
+    pub plugin_failures: Vec<PluginFailureView>,
     /// The Postgres mirror.
-    pub mirror: MirrorOut,
+    pub mirror: MirrorView,
     /// Per-broker circuit breakers: brokers whose scheduled and catch-up logins pause after
     /// several accounts in a row found them unavailable. Brokers never tripped are absent.
-    pub breakers: BTreeMap<String, BreakerOut>,
+    pub breakers: BTreeMap<String, BreakerView>,
 }
 
 /// One broker's circuit breaker.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct BreakerOut {
+#[schema(as = BreakerOut)]
+pub struct BreakerView {
     /// Whether scheduled and catch-up logins of this broker pause now.
     pub open: bool,
     /// Until when they pause (RFC 3339), if the breaker ever opened.
@@ -153,7 +159,7 @@ pub struct BreakerOut {
     path = "/health/detailed",
     tag = "service",
     responses(
-        (status = 200, description = "Figures of the whole daemon", body = DetailedHealthOut),
+        (status = 200, description = "Figures of the whole daemon", body = DetailedHealthView),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 500, description = "The vault failed", body = ErrorBody),
     ),
@@ -162,7 +168,7 @@ pub struct BreakerOut {
 pub async fn detailed(
     _: ServiceKey,
     State(api): State<Arc<ApiState>>,
-) -> Result<Json<DetailedHealthOut>, ApiError> {
+) -> Result<Json<DetailedHealthView>, ApiError> {
     let counts = super::metrics::token_counts(&api).await?;
     let vault = api.app.vault.clone();
     let outbox = blocking(move || vault.outbox_len()).await?;
@@ -173,7 +179,7 @@ pub async fn detailed(
         .plugins
         .all()
         .values()
-        .map(|p| PluginOut {
+        .map(|p| PluginView {
             id: p.id.clone(),
             version: p.version.clone(),
             abi: format!("{}.{}", p.abi.0, p.abi.1),
@@ -187,7 +193,7 @@ pub async fn detailed(
         .plugins
         .failures()
         .into_iter()
-        .map(|f| PluginFailureOut {
+        .map(|f| PluginFailureView {
             path: f.path.display().to_string(),
             error: f.error.to_string(),
         })
@@ -195,7 +201,7 @@ pub async fn detailed(
     let mirror = match &api.app.mirror {
         Some(m) => {
             let s = m.status();
-            MirrorOut {
+            MirrorView {
                 enabled: s.enabled,
                 connected: s.connected,
                 backlog: outbox,
@@ -204,7 +210,7 @@ pub async fn detailed(
                 last_error_at: s.last_error_at_ms.map(iso),
             }
         }
-        None => MirrorOut {
+        None => MirrorView {
             enabled: false,
             connected: false,
             backlog: outbox,
@@ -213,7 +219,7 @@ pub async fn detailed(
             last_error_at: None,
         },
     };
-    Ok(Json(DetailedHealthOut {
+    Ok(Json(DetailedHealthView {
         status: "ok".into(),
         uptime_secs: api.started.elapsed().as_secs(),
         users: counts.users,
@@ -236,7 +242,7 @@ pub async fn detailed(
             .breakers()
             .into_iter()
             .map(|(broker, b)| {
-                let out = BreakerOut {
+                let out = BreakerView {
                     open: b.open,
                     open_until: (b.open_until_ms > 0).then(|| iso(b.open_until_ms)),
                     failing_accounts: b.failing_accounts,

@@ -15,10 +15,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::accounts::plugin_for;
 use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use super::users::plugin_for;
-use super::views::{iso, user_id};
+use super::params::user_id;
+use super::views::iso;
 use crate::plugins::CallError;
 use crate::refresh::{AssistedError, StoreError};
 use crate::vault::AccountKey;

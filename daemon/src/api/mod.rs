@@ -6,9 +6,16 @@
 //! - `error`: `ApiError` (the one JSON error shape) and the extractors whose rejections use it.
 //! - `auth`: JWTs, API keys, the per-client limit on failed authentications.
 //! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
-//! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes.
+//! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes. Route files
+//!   never import each other: what several share is in `accounts` (account operations), `params`
+//!   (request parameters) and `views` (response bodies).
 //! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
+//!
+//! Names: a response body is a `*View`, a request body a `*Body` (and `ErrorBody` the error
+//! response). The OpenAPI document keeps the schema names it was published with
+//! (`#[schema(as = TokenOut)]` and the like), so clients generated from it do not change.
 
+mod accounts;
 mod audit;
 pub mod auth;
 mod credentials;
@@ -19,10 +26,11 @@ mod layers;
 mod login;
 pub mod metrics;
 pub mod openapi;
+mod params;
 pub mod serve;
 mod tokens;
 mod users;
-mod views;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,37 +10,21 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
 use super::ApiState;
+use super::accounts::{refresh_selection, unknown_broker_in_body};
 use super::auth::{Caller, ServiceKey, UserJwt};
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
-use super::integration::{RefreshSummaryDoc, run_refresh};
-use super::users::{BrokerQuery, unknown_in_body};
-use super::views::{AttemptOut, broker_id, iso, user_id};
+use super::params::{BrokerQuery, broker_id, user_id};
+use super::views::{
+    AttemptLogView, AttemptView, RefreshSummaryDoc, TokenView, ValidToken, is_valid_at, iso,
+    valid_token,
+};
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, AttemptScope, AuditRead, BrokerId, Trigger, UserId, UserTokens};
-
-/// A token handed to the trading backend. The only body that carries a secret. Borrows from the
-/// vault's record: serialised once into the [`BodyCache`], with no copy of the strings.
-#[derive(Serialize, ToSchema)]
-pub struct TokenOut<'a> {
-    /// The platform's user id.
-    pub user_id: &'a str,
-    /// Broker id.
-    pub broker: &'a str,
-    /// The user's id at the broker.
-    pub broker_user_id: &'a str,
-    /// The broker's access token.
-    pub access_token: &'a str,
-    /// When it was issued.
-    pub issued_at: String,
-    /// When it stops working.
-    pub expires_at: String,
-}
 
 /// `GET /api/tokens/{userId}?broker=`
 #[utoipa::path(
@@ -49,7 +33,7 @@ pub struct TokenOut<'a> {
     tag = "tokens",
     params(("userId" = String, Path, description = "The platform's user id"), BrokerQuery),
     responses(
-        (status = 200, description = "A token valid now; the read is in the audit log under the key's name", body = TokenOut),
+        (status = 200, description = "A token valid now; the read is in the audit log under the key's name", body = TokenView),
         (status = 400, description = "Invalid id, or several valid tokens and no `broker`", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "No valid (unexpired) token", body = ErrorBody),
@@ -111,30 +95,15 @@ fn answer(
     epoch: u64,
     now: i64,
 ) -> Result<CachedBody, ApiError> {
-    let valid: Vec<_> = record
-        .iter()
-        .filter(|(a, _)| broker.is_none_or(|b| &a.broker == b))
-        .filter_map(|(a, t)| t.as_ref().filter(|t| t.expires_at_ms > now).map(|t| (a, t)))
-        .collect();
-    match valid.as_slice() {
-        [] => Err(ApiError::not_found(
+    match valid_token(record, broker, now) {
+        ValidToken::None => Err(ApiError::not_found(
             "no_valid_token",
             format!("no valid token for user {user}"),
         )),
-        [(account, token)] => {
+        ValidToken::One(account, token) => {
             let mut body = Zeroizing::new(Vec::with_capacity(512));
-            serde_json::to_writer(
-                &mut *body,
-                &TokenOut {
-                    user_id: account.user.as_str(),
-                    broker: account.broker.as_str(),
-                    broker_user_id: &account.broker_user_id,
-                    access_token: token.access_token.expose_secret(),
-                    issued_at: iso(token.issued_at_ms),
-                    expires_at: iso(token.expires_at_ms),
-                },
-            )
-            .map_err(|e| ApiError::internal(format!("token body not serialised: {e}")))?;
+            serde_json::to_writer(&mut *body, &TokenView::new(account, token))
+                .map_err(|e| ApiError::internal(format!("token body not serialised: {e}")))?;
             Ok(CachedBody {
                 record: Arc::downgrade(record),
                 epoch: AtomicU64::new(epoch),
@@ -144,13 +113,13 @@ fn answer(
                 body: Bytes::from_owner(body),
             })
         }
-        several => Err(ApiError::bad_request(
+        ValidToken::Several(brokers) => Err(ApiError::bad_request(
             "broker_required",
             format!(
                 "user {user} has valid tokens at several brokers ({}); say which with ?broker=",
-                several
+                brokers
                     .iter()
-                    .map(|(a, _)| a.broker.as_str())
+                    .map(|b| b.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -278,7 +247,7 @@ pub async fn refresh_mine(
 ) -> Result<Json<RefreshSummary>, ApiError> {
     let broker = broker_id(body.broker)?;
     let named = broker.clone();
-    run_refresh(
+    refresh_selection(
         &api,
         Selection {
             user: Some(user),
@@ -288,7 +257,7 @@ pub async fn refresh_mine(
     )
     .await
     .map_err(|e| match &named {
-        Some(b) => unknown_in_body(&api, b.as_str(), e),
+        Some(b) => unknown_broker_in_body(&api, b.as_str(), e),
         None => e,
     })
     .map(Json)
@@ -296,7 +265,8 @@ pub async fn refresh_mine(
 
 /// The state of one of the caller's tokens; never the token itself.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TokenStatusOut {
+#[schema(as = TokenStatusOut)]
+pub struct TokenStatusView {
     /// Broker id.
     pub broker: String,
     /// The user's id at the broker.
@@ -310,16 +280,17 @@ pub struct TokenStatusOut {
     /// When it expires (or expired).
     pub expires_at: Option<String>,
     /// The latest login attempt.
-    pub last_attempt: Option<AttemptOut>,
+    pub last_attempt: Option<AttemptView>,
 }
 
 /// The caller's tokens.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TokensStatusOut {
+#[schema(as = TokensStatusOut)]
+pub struct TokensStatusView {
     /// The user (from the token).
     pub user_id: String,
     /// One entry per broker account.
-    pub tokens: Vec<TokenStatusOut>,
+    pub tokens: Vec<TokenStatusView>,
 }
 
 /// `GET /api/tokens/status`
@@ -328,7 +299,7 @@ pub struct TokensStatusOut {
     path = "/api/tokens/status",
     tag = "tokens",
     responses(
-        (status = 200, description = "The caller's tokens (validity, times, last attempt); never a token", body = TokensStatusOut),
+        (status = 200, description = "The caller's tokens (validity, times, last attempt); never a token", body = TokensStatusView),
         (status = 401, description = "No, invalid or expired token", body = ErrorBody),
     ),
     security(("jwt" = []))
@@ -336,7 +307,7 @@ pub struct TokensStatusOut {
 pub async fn status(
     State(api): State<Arc<ApiState>>,
     UserJwt(user): UserJwt,
-) -> Result<Json<TokensStatusOut>, ApiError> {
+) -> Result<Json<TokensStatusView>, ApiError> {
     let vault = api.app.vault.clone();
     let now = api.now_ms();
     let u = user.clone();
@@ -351,17 +322,17 @@ pub async fn status(
     .await?;
     let tokens = rows
         .iter()
-        .map(|(a, t, last)| TokenStatusOut {
+        .map(|(a, t, last)| TokenStatusView {
             broker: a.broker.as_str().to_owned(),
             broker_user_id: a.broker_user_id.clone(),
             state: a.state().as_str().to_owned(),
-            valid: t.as_ref().is_some_and(|t| t.expires_at_ms > now),
+            valid: t.as_ref().is_some_and(|t| is_valid_at(t, now)),
             issued_at: t.as_ref().map(|t| iso(t.issued_at_ms)),
             expires_at: t.as_ref().map(|t| iso(t.expires_at_ms)),
-            last_attempt: last.as_ref().map(AttemptOut::from),
+            last_attempt: last.as_ref().map(AttemptView::from),
         })
         .collect();
-    Ok(Json(TokensStatusOut {
+    Ok(Json(TokensStatusView {
         user_id: user.as_str().to_owned(),
         tokens,
     }))
@@ -377,15 +348,6 @@ pub struct LogsQuery {
     pub limit: Option<usize>,
 }
 
-/// A user's recent attempts.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LogsOut {
-    /// The user.
-    pub user_id: String,
-    /// Newest first (the same shape as `tokenbot logs` prints).
-    pub attempts: Vec<AttemptOut>,
-}
-
 /// `GET /api/tokens/logs/{userId}`
 #[utoipa::path(
     get,
@@ -393,7 +355,7 @@ pub struct LogsOut {
     tag = "tokens",
     params(("userId" = String, Path, description = "The platform's user id"), LogsQuery),
     responses(
-        (status = 200, description = "Recent login attempts, newest first", body = LogsOut),
+        (status = 200, description = "Recent login attempts, newest first", body = AttemptLogView),
         (status = 400, description = "Invalid user id, `broker` or `limit`", body = ErrorBody),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
         (status = 403, description = "A user's token for another user", body = ErrorBody),
@@ -406,7 +368,7 @@ pub async fn logs(
     caller: Caller,
     ApiPath(user): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
-) -> Result<Json<LogsOut>, ApiError> {
+) -> Result<Json<AttemptLogView>, ApiError> {
     let user = user_id(user)?;
     caller.may_act_for(&user)?;
     let broker: Option<BrokerId> = broker_id(q.broker)?;
@@ -436,8 +398,8 @@ pub async fn logs(
             format!("user {user} has no such broker account"),
         )
     })?;
-    Ok(Json(LogsOut {
+    Ok(Json(AttemptLogView {
         user_id: user.as_str().to_owned(),
-        attempts: attempts.iter().map(AttemptOut::from).collect(),
+        attempts: attempts.iter().map(AttemptView::from).collect(),
     }))
 }

@@ -8,15 +8,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::ApiState;
+use super::accounts::{delete_account, plugin_for, set_flags, store_account};
 use super::auth::ServiceKey;
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, blocking};
-use super::views::{AccountView, account_view, account_views, broker_id, user_id};
-use crate::plugins::Plugin;
-use crate::provision::{Fields, check_fields};
-use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, VaultError};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::params::{BrokerQuery, broker_id, user_id};
+use super::views::{AccountView, DeletedView, account_views};
+use crate::provision::Fields;
+use crate::vault::{AccountKey, BrokerId, Flags};
 
 /// The credential fields of an account plus its flags. Which fields are required depends on the
 /// broker's strategy; secrets are stored encrypted and never returned.
@@ -59,96 +60,14 @@ pub struct FlagsBody {
     pub clear_attention: Option<bool>,
 }
 
-/// `?broker=`
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct BrokerQuery {
-    /// Only this broker.
-    pub broker: Option<String>,
-}
-
 /// Accounts, no secrets.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AccountsOut {
+#[schema(as = AccountsOut)]
+pub struct AccountsView {
     /// How many.
     pub total: usize,
     /// The accounts, by user then broker.
     pub accounts: Vec<AccountView>,
-}
-
-/// A removed account.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeletedOut {
-    /// The user.
-    pub user_id: String,
-    /// The broker.
-    pub broker: String,
-    /// Always true.
-    pub deleted: bool,
-}
-
-/// The strategy for `broker`; `status` is the answer when there is none (404 for a path, 422 for
-/// a body field).
-pub(super) fn plugin_for(
-    api: &ApiState,
-    broker: &str,
-    status: StatusCode,
-) -> Result<(Arc<Plugin>, BrokerId), ApiError> {
-    let unknown = || {
-        let known: Vec<String> = api.app.plugins.all().keys().cloned().collect();
-        ApiError::new(
-            status,
-            "unknown_broker",
-            format!("unknown broker {broker:?} (known: {})", known.join(", ")),
-        )
-    };
-    let plugin = api.app.plugins.get(broker).ok_or_else(unknown)?;
-    let id = BrokerId::new(broker).map_err(|_| unknown())?;
-    Ok((plugin, id))
-}
-
-/// The answer to a request naming `broker` in its body that found no account: 422
-/// `unknown_broker` when no strategy has that id (an unknown broker is 422 in a body), else `miss`
-/// itself. Only a miss is turned, so an account whose strategy was removed can still be changed.
-pub(super) fn unknown_in_body(api: &ApiState, broker: &str, miss: ApiError) -> ApiError {
-    if miss.code() != "no_account" {
-        return miss;
-    }
-    match plugin_for(api, broker, StatusCode::UNPROCESSABLE_ENTITY) {
-        Err(unknown) => unknown,
-        Ok(_) => miss,
-    }
-}
-
-/// Store an account from provisioned fields. Whether it was created (not replaced), and its view.
-pub(super) async fn store_account(
-    api: &Arc<ApiState>,
-    key: AccountKey,
-    plugin: &Plugin,
-    fields: Fields,
-    auto_refresh: Option<bool>,
-    managed_externally: Option<bool>,
-) -> Result<(bool, AccountView), ApiError> {
-    let (broker_user_id, credentials) = check_fields(&plugin.manifest, key.broker.as_str(), fields)
-        .map_err(|e| ApiError::unprocessable("invalid_fields", e.to_string()))?;
-    let vault = api.app.vault.clone();
-    let k = key.clone();
-    let created = blocking(move || {
-        let existing = vault.get_account(&k)?;
-        vault.put_account(&NewAccount {
-            key: k.clone(),
-            broker_user_id,
-            credentials,
-            auto_refresh: auto_refresh
-                .unwrap_or_else(|| existing.as_ref().is_none_or(|a| a.auto_refresh)),
-            managed_externally: managed_externally
-                .unwrap_or_else(|| existing.as_ref().is_some_and(|a| a.managed_externally)),
-        })?;
-        Ok(existing.is_none())
-    })
-    .await?;
-    tracing::info!(account = %key, created, "account provisioned");
-    Ok((created, account_view(api, key).await?))
 }
 
 impl ProvisionBody {
@@ -265,38 +184,6 @@ pub async fn change(
     .map(Json)
 }
 
-/// Change an account's flags and return its view.
-pub(super) async fn set_flags(
-    api: &Arc<ApiState>,
-    key: AccountKey,
-    flags: Flags,
-) -> Result<AccountView, ApiError> {
-    let vault = api.app.vault.clone();
-    let k = key.clone();
-    blocking(move || vault.set_flags(&k, flags)).await?;
-    tracing::info!(account = %key, ?flags, "account flags changed");
-    account_view(api, key).await
-}
-
-/// Remove an account with its credentials, token and attempts.
-pub(super) async fn delete_account(
-    api: &Arc<ApiState>,
-    key: AccountKey,
-) -> Result<DeletedOut, ApiError> {
-    let vault = api.app.vault.clone();
-    let k = key.clone();
-    let existed = blocking(move || vault.delete_account(&k)).await?;
-    if !existed {
-        return Err(VaultError::NoSuchAccount(key).into());
-    }
-    tracing::info!(account = %key, "account removed");
-    Ok(DeletedOut {
-        user_id: key.user.as_str().to_owned(),
-        broker: key.broker.as_str().to_owned(),
-        deleted: true,
-    })
-}
-
 /// `DELETE /api/users/{userId}/accounts/{broker}`
 #[utoipa::path(
     delete,
@@ -307,7 +194,7 @@ pub(super) async fn delete_account(
         ("broker" = String, Path, description = "Broker id"),
     ),
     responses(
-        (status = 200, description = "Removed with its credentials, token and attempts", body = DeletedOut),
+        (status = 200, description = "Removed with its credentials, token and attempts", body = DeletedView),
         (status = 400, description = "Invalid user or broker id", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
@@ -318,7 +205,7 @@ pub async fn remove(
     State(api): State<Arc<ApiState>>,
     ServiceKey(_): ServiceKey,
     ApiPath((user, broker)): ApiPath<(String, String)>,
-) -> Result<Json<DeletedOut>, ApiError> {
+) -> Result<Json<DeletedView>, ApiError> {
     let key = AccountKey::new(user_id(user)?, BrokerId::new(broker)?);
     delete_account(&api, key).await.map(Json)
 }
@@ -330,7 +217,7 @@ pub async fn remove(
     tag = "users",
     params(BrokerQuery),
     responses(
-        (status = 200, description = "Every account with its state; no secrets", body = AccountsOut),
+        (status = 200, description = "Every account with its state; no secrets", body = AccountsView),
         (status = 400, description = "Invalid `broker`", body = ErrorBody),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
     ),
@@ -340,9 +227,9 @@ pub async fn list(
     State(api): State<Arc<ApiState>>,
     ServiceKey(_): ServiceKey,
     ApiQuery(q): ApiQuery<BrokerQuery>,
-) -> Result<Json<AccountsOut>, ApiError> {
+) -> Result<Json<AccountsView>, ApiError> {
     let accounts = account_views(&api, None, broker_id(q.broker)?).await?;
-    Ok(Json(AccountsOut {
+    Ok(Json(AccountsView {
         total: accounts.len(),
         accounts,
     }))

@@ -1,10 +1,13 @@
-//! Response bodies shared by several routes. Times are RFC 3339 UTC with milliseconds
-//! (`2025-03-10T02:30:05.000Z`, as JavaScript's `Date.toJSON` writes them). None holds a secret
-//! except [`TokenOut`], the one body that carries an access token.
+//! Response bodies shared by several routes, and by the CLI, which prints the API's JSON so that
+//! scripts see one shape either way; and the rule of which token a token read answers. Times are
+//! RFC 3339 UTC with milliseconds (`2025-03-10T02:30:05.000Z`, as JavaScript's `Date.toJSON`
+//! writes them). None holds a secret except [`TokenView`], the one body that carries an access
+//! token.
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
@@ -13,9 +16,87 @@ use crate::vault::{Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, 
 
 pub use crate::clock::iso;
 
+/// Whether `token` still works at `now_ms`.
+pub fn is_valid_at(token: &Token, now_ms: i64) -> bool {
+    token.expires_at_ms > now_ms
+}
+
+/// What a token read of one user finds (see [`valid_token`]).
+#[derive(Debug)]
+pub enum ValidToken<'a> {
+    /// No account (at the named broker) holds a token valid now.
+    None,
+    /// The one account holding a token valid now, and that token.
+    One(&'a Account, &'a Token),
+    /// Accounts at these brokers hold tokens valid now, and no broker was named: the reader must
+    /// say which.
+    Several(Vec<&'a BrokerId>),
+}
+
+/// The rule of `GET /api/tokens/{userId}` and `tokenbot token get`: among a user's accounts with
+/// their tokens (at `broker` only, when named), the one whose token is valid at `now_ms`.
+pub fn valid_token<'a>(
+    accounts: &'a [(Account, Option<Token>)],
+    broker: Option<&BrokerId>,
+    now_ms: i64,
+) -> ValidToken<'a> {
+    let mut valid: Vec<(&Account, &Token)> = accounts
+        .iter()
+        .filter(|(a, _)| broker.is_none_or(|b| &a.broker == b))
+        .filter_map(|(a, t)| {
+            t.as_ref()
+                .filter(|t| is_valid_at(t, now_ms))
+                .map(|t| (a, t))
+        })
+        .collect();
+    match valid.len() {
+        0 => ValidToken::None,
+        1 => {
+            let (account, token) = valid.remove(0);
+            ValidToken::One(account, token)
+        }
+        _ => ValidToken::Several(valid.iter().map(|(a, _)| &a.broker).collect()),
+    }
+}
+
+/// A token handed to the trading backend. The only body that carries a secret. Borrows from the
+/// vault's record: the API serialises it once into its cache of bodies, with no copy of the
+/// strings.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TokenOut)]
+pub struct TokenView<'a> {
+    /// The platform's user id.
+    pub user_id: &'a str,
+    /// Broker id.
+    pub broker: &'a str,
+    /// The user's id at the broker.
+    pub broker_user_id: &'a str,
+    /// The broker's access token.
+    pub access_token: &'a str,
+    /// When it was issued.
+    pub issued_at: String,
+    /// When it stops working.
+    pub expires_at: String,
+}
+
+impl<'a> TokenView<'a> {
+    /// The view of `account`'s `token`.
+    pub fn new(account: &'a Account, token: &'a Token) -> TokenView<'a> {
+        TokenView {
+            user_id: account.user.as_str(),
+            broker: account.broker.as_str(),
+            broker_user_id: &account.broker_user_id,
+            access_token: token.access_token.expose_secret(),
+            issued_at: iso(token.issued_at_ms),
+            expires_at: iso(token.expires_at_ms),
+        }
+    }
+}
+
 /// Why an account waits for an operator.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AttentionOut {
+#[schema(as = AttentionOut)]
+pub struct AttentionView {
     /// Login error class, e.g. `invalid_credentials`.
     pub class: String,
     /// What the broker said (never a secret).
@@ -40,7 +121,7 @@ pub struct AccountView {
     /// `active`, `paused`, `managed_externally` or `needs_attention`.
     pub state: String,
     /// Set in state `needs_attention`.
-    pub attention: Option<AttentionOut>,
+    pub attention: Option<AttentionView>,
     /// Whether a token valid now is stored.
     pub has_token: bool,
     /// When the stored token was issued (the last successful login), if one is stored.
@@ -63,12 +144,12 @@ impl AccountView {
             auto_refresh: account.auto_refresh,
             managed_externally: account.managed_externally,
             state: account.state().as_str().to_owned(),
-            attention: account.attention.as_ref().map(|a| AttentionOut {
+            attention: account.attention.as_ref().map(|a| AttentionView {
                 class: a.class.clone(),
                 message: a.message.clone(),
                 since: iso(a.since_ms),
             }),
-            has_token: token.is_some_and(|t| t.expires_at_ms > now_ms),
+            has_token: token.is_some_and(|t| is_valid_at(t, now_ms)),
             last_login_at: token.map(|t| iso(t.issued_at_ms)),
             token_expires_at: token.map(|t| iso(t.expires_at_ms)),
             created_at: iso(account.created_at_ms),
@@ -125,9 +206,10 @@ pub async fn account_view(api: &Arc<ApiState>, key: AccountKey) -> Result<Accoun
     Ok(AccountView::new(&account, token.as_ref(), now))
 }
 
-/// One login attempt as the API shows it.
+/// One login attempt as the API and the CLI show it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptOut {
+#[schema(as = AttemptOut)]
+pub struct AttemptView {
     /// Broker id.
     pub broker: String,
     /// When it started.
@@ -146,10 +228,10 @@ pub struct AttemptOut {
     pub message: Option<String>,
 }
 
-impl From<&LoggedAttempt> for AttemptOut {
-    fn from(a: &LoggedAttempt) -> AttemptOut {
+impl From<&LoggedAttempt> for AttemptView {
+    fn from(a: &LoggedAttempt) -> AttemptView {
         let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-        AttemptOut {
+        AttemptView {
             broker: a.account.broker.as_str().to_owned(),
             time: iso(a.attempt.time_ms),
             trigger: name(serde_json::to_value(a.attempt.trigger).unwrap_or_default()),
@@ -162,15 +244,62 @@ impl From<&LoggedAttempt> for AttemptOut {
     }
 }
 
-/// Parse a user id from a path or claim (400 when invalid).
-pub fn user_id(id: String) -> Result<UserId, ApiError> {
-    Ok(UserId::new(id)?)
+/// A user's recent login attempts: the answer of `GET /api/tokens/logs/{userId}` and what
+/// `tokenbot logs` prints.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LogsOut)]
+pub struct AttemptLogView {
+    /// The user.
+    pub user_id: String,
+    /// Newest first.
+    pub attempts: Vec<AttemptView>,
 }
 
-/// Parse an optional broker id from a query.
-pub fn broker_id(id: Option<String>) -> Result<Option<BrokerId>, ApiError> {
-    Ok(id
-        .filter(|b| !b.is_empty())
-        .map(BrokerId::new)
-        .transpose()?)
+/// A removed account.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeletedOut)]
+pub struct DeletedView {
+    /// The user.
+    pub user_id: String,
+    /// The broker.
+    pub broker: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+/// The summary of a refresh (the schema of `refresh::RefreshSummary`, which is what is sent).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(as = RefreshSummary)]
+pub struct RefreshSummaryDoc {
+    /// Accounts that got a new token.
+    pub successful: usize,
+    /// Accounts whose login failed.
+    pub failed: usize,
+    /// Accounts not attempted (paused, managed externally, needing attention).
+    pub skipped: usize,
+    /// All accounts covered.
+    pub total: usize,
+    /// One entry per account, by user then broker.
+    pub results: Vec<AccountResultDoc>,
+}
+
+/// The outcome of one account's refresh.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(as = AccountResult)]
+pub struct AccountResultDoc {
+    /// The platform's user id.
+    pub user_id: String,
+    /// Broker id.
+    pub broker: String,
+    /// `success`, `failed` or `skipped`.
+    #[schema(pattern = "^(success|failed|skipped)$")]
+    pub outcome: String,
+    /// Error class of the last attempt when failed, or why skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// What happened (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Login attempts made.
+    pub attempts: u32,
 }

@@ -98,7 +98,7 @@ enum PluginsCommand {
 /// Entry point of the `tokenbot` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match real_main(cli) {
+    match run_command(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tokenbot: {e:#}");
@@ -107,7 +107,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     // The default file may be absent (built-in defaults apply); a named one must exist.
     let explicit = std::env::var_os("TOKENBOT_CONFIG").is_some()
         || cli.config.as_path() != std::path::Path::new("tokenbot.toml");

@@ -36,14 +36,16 @@ pub(super) fn run(config: Config, args: &RefreshArgs) -> anyhow::Result<ExitCode
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let summary = match super::vault::open_vault(&config, true) {
-        Ok((vault, _)) => runtime.block_on(direct(config, Arc::new(vault), selection))?,
+        Ok((vault, _)) => {
+            runtime.block_on(refresh_in_process(config, Arc::new(vault), selection))?
+        }
         Err(e) if matches!(e.downcast_ref::<VaultError>(), Some(VaultError::Locked)) => {
             eprintln!("The vault is held by a running daemon: refreshing through its API.");
-            runtime.block_on(through_daemon(&config, &selection))?
+            runtime.block_on(refresh_through_daemon(&config, &selection))?
         }
         Err(e) => return Err(e),
     };
-    report(&summary, args.verbose);
+    print_summary(&summary, args.verbose);
     Ok(if summary.failed > 0 {
         ExitCode::FAILURE
     } else {
@@ -51,7 +53,7 @@ pub(super) fn run(config: Config, args: &RefreshArgs) -> anyhow::Result<ExitCode
     })
 }
 
-async fn direct(
+async fn refresh_in_process(
     config: Config,
     vault: Arc<crate::vault::Vault>,
     selection: Selection,
@@ -81,7 +83,7 @@ async fn direct(
                 bar.set_message(format!("{}/{}", result.user_id, result.broker));
                 bar.inc(1);
             }
-            None => println!("{}", line(&result)),
+            None => println!("{}", result_line(&result)),
         }
         results.push(result);
     }
@@ -92,7 +94,10 @@ async fn direct(
     Ok(RefreshSummary::from_results(results))
 }
 
-async fn through_daemon(config: &Config, selection: &Selection) -> anyhow::Result<RefreshSummary> {
+async fn refresh_through_daemon(
+    config: &Config,
+    selection: &Selection,
+) -> anyhow::Result<RefreshSummary> {
     let Some(key) = &config.auth.api_key else {
         bail!("set TOKENBOT_API_KEY to a service key of the running daemon to refresh through it");
     };
@@ -128,7 +133,7 @@ async fn through_daemon(config: &Config, selection: &Selection) -> anyhow::Resul
     serde_json::from_slice(&body).context("the daemon's summary is not the expected JSON")
 }
 
-fn line(r: &AccountResult) -> String {
+fn result_line(r: &AccountResult) -> String {
     let mut line = format!(
         "{}/{}: {:?} ({} attempt{})",
         r.user_id,
@@ -143,12 +148,12 @@ fn line(r: &AccountResult) -> String {
     line.to_lowercase()
 }
 
-fn report(summary: &RefreshSummary, verbose: bool) {
+fn print_summary(summary: &RefreshSummary, verbose: bool) {
     if verbose {
         for r in &summary.results {
             match &r.message {
-                Some(message) => println!("{}: {message}", line(r)),
-                None => println!("{}", line(r)),
+                Some(message) => println!("{}: {message}", result_line(r)),
+                None => println!("{}", result_line(r)),
             }
         }
     }

@@ -6,12 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::api::views::{AttemptLogView, AttemptView, TokenView, ValidToken, valid_token};
 use crate::config::Config;
-use crate::vault::{UserId, VaultError};
-
-use crate::clock::iso;
+use crate::vault::{BrokerId, UserId, Vault, VaultError};
 
 /// How a read ended: a JSON document, or "nothing there" (exit status 1).
 enum Found {
@@ -19,7 +18,7 @@ enum Found {
     Missing(String),
 }
 
-fn print(found: Found) -> anyhow::Result<ExitCode> {
+fn print_found(found: Found) -> anyhow::Result<ExitCode> {
     match found {
         Found::Json(value) => {
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -33,21 +32,21 @@ fn print(found: Found) -> anyhow::Result<ExitCode> {
 }
 
 /// Run `read` on the vault, or `path` on the daemon when the daemon holds the vault.
-fn read(
+fn read_vault_or_daemon(
     config: &Config,
-    read: impl FnOnce(&crate::vault::Vault) -> anyhow::Result<Found>,
+    read: impl FnOnce(&Vault) -> anyhow::Result<Found>,
     path: &str,
 ) -> anyhow::Result<Found> {
     match super::vault::open_vault(config, false) {
         Ok((vault, _)) => read(&vault),
         Err(e) if matches!(e.downcast_ref::<VaultError>(), Some(VaultError::Locked)) => {
-            from_daemon(config, path)
+            read_from_daemon(config, path)
         }
         Err(e) => Err(e),
     }
 }
 
-fn from_daemon(config: &Config, path: &str) -> anyhow::Result<Found> {
+fn read_from_daemon(config: &Config, path: &str) -> anyhow::Result<Found> {
     let Some(key) = &config.auth.api_key else {
         bail!(
             "the vault is held by a running daemon: set TOKENBOT_API_KEY to one of its service keys to read through it"
@@ -93,74 +92,57 @@ pub(super) fn get(config: &Config, user: &str, broker: Option<&str>) -> anyhow::
     if let Some(b) = broker {
         path.push_str(&format!("?broker={b}"));
     }
-    let now = chrono::Utc::now().timestamp_millis();
-    let found = read(
+    // The CLI's own clock, until one `Clock` is threaded through: this line is all that changes.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let found = read_vault_or_daemon(
         config,
-        |vault| {
-            let accounts = vault.user_accounts(&user)?;
-            let mut valid = Vec::new();
-            for account in accounts
-                .iter()
-                .filter(|a| broker.is_none_or(|b| a.broker.as_str() == b))
-            {
-                if let Some(token) = vault
-                    .get_token(&account.key())?
-                    .filter(|t| t.expires_at_ms > now)
-                {
-                    valid.push((account, token));
-                }
-            }
-            if valid.len() > 1 {
-                bail!(
-                    "user {} has valid tokens at several brokers: name one with --broker",
-                    user.as_str()
-                );
-            }
-            Ok(match valid.pop() {
-                Some((account, token)) => Found::Json(json!({
-                    "user_id": user.as_str(),
-                    "broker": account.broker.as_str(),
-                    "broker_user_id": account.broker_user_id,
-                    "access_token": token.access_token.expose_secret(),
-                    "issued_at": iso(token.issued_at_ms),
-                    "expires_at": iso(token.expires_at_ms),
-                })),
-                None => Found::Missing(format!("no valid token for user {}", user.as_str())),
-            })
-        },
+        |vault| token_in_vault(vault, &user, broker, now_ms),
         &path,
     )?;
-    print(found)
+    print_found(found)
+}
+
+/// The user's token valid at `now_ms` (at `broker`, when named), read from the vault, as the API
+/// answers it.
+fn token_in_vault(
+    vault: &Vault,
+    user: &UserId,
+    broker: Option<&str>,
+    now_ms: i64,
+) -> anyhow::Result<Found> {
+    let missing = || Found::Missing(format!("no valid token for user {}", user.as_str()));
+    // A name that is no broker id names no account.
+    let Ok(broker) = broker.map(BrokerId::new).transpose() else {
+        return Ok(missing());
+    };
+    let accounts = vault.user_tokens(user)?;
+    match valid_token(&accounts, broker.as_ref(), now_ms) {
+        ValidToken::None => Ok(missing()),
+        ValidToken::One(account, token) => Ok(Found::Json(serde_json::to_value(TokenView::new(
+            account, token,
+        ))?)),
+        ValidToken::Several(_) => bail!(
+            "user {} has valid tokens at several brokers: name one with --broker",
+            user.as_str()
+        ),
+    }
 }
 
 /// `tokenbot logs <user_id>`: the user's recent login attempts, newest first.
 pub(super) fn logs(config: &Config, user: &str, limit: usize) -> anyhow::Result<ExitCode> {
     let user = UserId::new(user)?;
     let path = format!("/api/tokens/logs/{}", user.as_str());
-    let found = read(
+    let found = read_vault_or_daemon(
         config,
         |vault| {
             let attempts = vault.attempts(&user, limit)?;
-            let entries: Vec<Value> = attempts
-                .iter()
-                .map(|a| {
-                    json!({
-                        "broker": a.account.broker.as_str(),
-                        "time": iso(a.attempt.time_ms),
-                        "trigger": a.attempt.trigger,
-                        "attempt": a.attempt.attempt,
-                        "duration_ms": a.attempt.duration_ms,
-                        "outcome": a.attempt.outcome,
-                        "error_class": a.attempt.error_class,
-                        "message": a.attempt.message,
-                    })
-                })
-                .collect();
-            Ok(Found::Json(
-                json!({"user_id": user.as_str(), "attempts": entries}),
-            ))
+            let view = AttemptLogView {
+                user_id: user.as_str().to_owned(),
+                attempts: attempts.iter().map(AttemptView::from).collect(),
+            };
+            Ok(Found::Json(serde_json::to_value(view)?))
         },
         &path,
     )?;
-    print(found)
+    print_found(found)
 }

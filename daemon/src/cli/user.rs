@@ -287,15 +287,15 @@ fn list(config: &Config) -> anyhow::Result<ExitCode> {
             account.broker,
             account.broker_user_id,
             state,
-            token.map_or_else(|| "-".to_owned(), |t| time(t.expires_at_ms)),
-            time(account.updated_at_ms)
+            token.map_or_else(|| "-".to_owned(), |t| rfc3339_seconds(t.expires_at_ms)),
+            rfc3339_seconds(account.updated_at_ms)
         );
     }
     println!("{} account(s)", accounts.len());
     Ok(ExitCode::SUCCESS)
 }
 
-fn time(ms: i64) -> String {
+fn rfc3339_seconds(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(
         || ms.to_string(),
         |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -1,0 +1,142 @@
+//! What the account routes share, whichever caller they serve (a user by JWT, a service by key):
+//! finding a broker's strategy, storing, changing and removing an account, and refreshing a
+//! selection of accounts. Route files translate HTTP and call these; they never call each other.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+
+use super::ApiState;
+use super::error::{ApiError, blocking};
+use super::views::{AccountView, DeletedView, account_view};
+use crate::plugins::Plugin;
+use crate::provision::{Fields, check_fields};
+use crate::refresh::{RefreshSummary, Selection};
+use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, Trigger, VaultError};
+
+/// The strategy for `broker`; `status` is the answer when there is none (404 for a path, 422 for
+/// a body field).
+pub fn plugin_for(
+    api: &ApiState,
+    broker: &str,
+    status: StatusCode,
+) -> Result<(Arc<Plugin>, BrokerId), ApiError> {
+    let unknown = || {
+        let known: Vec<String> = api.app.plugins.all().keys().cloned().collect();
+        ApiError::new(
+            status,
+            "unknown_broker",
+            format!("unknown broker {broker:?} (known: {})", known.join(", ")),
+        )
+    };
+    let plugin = api.app.plugins.get(broker).ok_or_else(unknown)?;
+    let id = BrokerId::new(broker).map_err(|_| unknown())?;
+    Ok((plugin, id))
+}
+
+/// The answer to a request naming `broker` in its body that found no account: 422
+/// `unknown_broker` when no strategy has that id (an unknown broker is 422 in a body), else `miss`
+/// itself. Only a miss is turned, so an account whose strategy was removed can still be changed.
+pub fn unknown_broker_in_body(api: &ApiState, broker: &str, miss: ApiError) -> ApiError {
+    if miss.code() != "no_account" {
+        return miss;
+    }
+    match plugin_for(api, broker, StatusCode::UNPROCESSABLE_ENTITY) {
+        Err(unknown) => unknown,
+        Ok(_) => miss,
+    }
+}
+
+/// Store an account from provisioned fields. Whether it was created (not replaced), and its view.
+pub async fn store_account(
+    api: &Arc<ApiState>,
+    key: AccountKey,
+    plugin: &Plugin,
+    fields: Fields,
+    auto_refresh: Option<bool>,
+    managed_externally: Option<bool>,
+) -> Result<(bool, AccountView), ApiError> {
+    let (broker_user_id, credentials) = check_fields(&plugin.manifest, key.broker.as_str(), fields)
+        .map_err(|e| ApiError::unprocessable("invalid_fields", e.to_string()))?;
+    let vault = api.app.vault.clone();
+    let k = key.clone();
+    let created = blocking(move || {
+        let existing = vault.get_account(&k)?;
+        vault.put_account(&NewAccount {
+            key: k.clone(),
+            broker_user_id,
+            credentials,
+            auto_refresh: auto_refresh
+                .unwrap_or_else(|| existing.as_ref().is_none_or(|a| a.auto_refresh)),
+            managed_externally: managed_externally
+                .unwrap_or_else(|| existing.as_ref().is_some_and(|a| a.managed_externally)),
+        })?;
+        Ok(existing.is_none())
+    })
+    .await?;
+    tracing::info!(account = %key, created, "account provisioned");
+    Ok((created, account_view(api, key).await?))
+}
+
+/// Change an account's flags and return its view.
+pub async fn set_flags(
+    api: &Arc<ApiState>,
+    key: AccountKey,
+    flags: Flags,
+) -> Result<AccountView, ApiError> {
+    let vault = api.app.vault.clone();
+    let k = key.clone();
+    blocking(move || vault.set_flags(&k, flags)).await?;
+    tracing::info!(account = %key, ?flags, "account flags changed");
+    account_view(api, key).await
+}
+
+/// Remove an account with its credentials, token and attempts.
+pub async fn delete_account(api: &Arc<ApiState>, key: AccountKey) -> Result<DeletedView, ApiError> {
+    let vault = api.app.vault.clone();
+    let k = key.clone();
+    let existed = blocking(move || vault.delete_account(&k)).await?;
+    if !existed {
+        return Err(VaultError::NoSuchAccount(key).into());
+    }
+    tracing::info!(account = %key, "account removed");
+    Ok(DeletedView {
+        user_id: key.user.as_str().to_owned(),
+        broker: key.broker.as_str().to_owned(),
+        deleted: true,
+    })
+}
+
+/// Refresh `selection`; 404 when it names a user (or account) that does not exist.
+pub async fn refresh_selection(
+    api: &Arc<ApiState>,
+    selection: Selection,
+    trigger: Trigger,
+) -> Result<RefreshSummary, ApiError> {
+    if let Some(user) = selection.user.clone() {
+        let vault = api.app.vault.clone();
+        let broker = selection.broker.clone();
+        let any = blocking(move || {
+            Ok(vault
+                .user_accounts(&user)?
+                .iter()
+                .any(|a| broker.as_ref().is_none_or(|b| &a.broker == b)))
+        })
+        .await?;
+        if !any {
+            return Err(ApiError::not_found(
+                "no_account",
+                "no such account to refresh".to_owned(),
+            ));
+        }
+    }
+    let summary = api.refresher().refresh(selection, trigger).await;
+    tracing::info!(
+        successful = summary.successful,
+        failed = summary.failed,
+        skipped = summary.skipped,
+        total = summary.total,
+        "refresh through the API"
+    );
+    Ok(summary)
+}
