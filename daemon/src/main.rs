@@ -6,5 +6,8 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
+    // Every TLS client of the process (the brokers' HTTP client, the Postgres mirror) uses rustls'
+    // `ring` provider; reqwest is built without one of its own (Cargo.toml says why).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tokenbot::cli::main()
 }

@@ -29,7 +29,7 @@ pub(crate) fn connector(root_cert: Option<&str>) -> Result<MakeRustlsConnect, St
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("TLS: {e}"))?
