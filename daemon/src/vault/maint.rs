@@ -3,14 +3,18 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::engine::{self, Mode, Table};
+use super::codec::{describe, from_plain_json, open_credentials, open_token, seal, unseal};
+use super::crypto::RecordKeys;
+use super::engine;
+use super::ids::AccountKey;
 use super::key::KdfRecord;
-use super::logs::{open_outbox, parse_attempt};
-use super::model::{Account, AccountKey, VerifyFailure, VerifyReport};
-use super::records::{from_plain_json, open_credentials, open_token};
+use super::logs::parse_attempt;
+use super::model::{Account, VerifyFailure, VerifyReport};
+use super::outbox::open_outbox;
+use super::store::{Mode, Table};
 use super::{
-    Engine, KeyMaterial, META_KEY_CHECK, RecordKeys, Vault, VaultError, describe, read_kdf,
-    read_schema, seal, unseal, write_key_records,
+    Engine, KeyMaterial, META_KEY_CHECK, Vault, VaultError, read_kdf, read_schema,
+    write_key_records,
 };
 
 /// Tables whose records are sealed (besides `meta/key_check`).

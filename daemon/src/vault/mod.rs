@@ -13,29 +13,37 @@
 //!
 //! Only this module knows redb and sled.
 
+mod codec;
 mod configured;
+mod credentials;
 mod crypto;
 mod engine;
+mod entries;
 mod error;
+mod ids;
 pub mod key;
 mod logs;
 mod maint;
 pub mod migrate;
 pub mod model;
+mod outbox;
 mod records;
+mod redb_engine;
 #[cfg(feature = "sled")]
 mod sled_engine;
+mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use zeroize::Zeroizing;
-
 pub use configured::check_config;
+pub use credentials::Credentials;
 pub use engine::Engine;
+pub use entries::*;
 pub use error::VaultError;
+pub use ids::{AccountKey, BrokerId, InvalidId, UserId};
 pub use key::{Argon2Params, KeyMaterial, KeyOrigin, MasterKey, ResolvedKey};
 pub use logs::AttemptScope;
 pub use migrate::SCHEMA_VERSION;
@@ -43,8 +51,8 @@ pub use model::*;
 
 use crate::clock::{Clock, SystemClock};
 use crypto::RecordKeys;
-use engine::{Mode, ReadTx, Store, Table, WriteTx};
 use key::KdfRecord;
+use store::{Mode, ReadTx, Store, Table, WriteTx};
 
 const META_KDF: &[u8] = b"kdf";
 const META_KEY_CHECK: &[u8] = b"key_check";
@@ -509,55 +517,8 @@ fn write_key_records(
     tx.put(Table::Meta, META_KEY_CHECK, &check)
 }
 
-/// A printable name for a record key: ids and sequence numbers only.
-fn describe(table: Table, key: &[u8]) -> String {
-    match table {
-        Table::Meta => String::from_utf8_lossy(key).into_owned(),
-        Table::Accounts | Table::Credentials | Table::Tokens => {
-            match AccountKey::decode_prefix(key) {
-                Some((k, [])) => k.to_string(),
-                _ => format!("(undecodable key of {} bytes)", key.len()),
-            }
-        }
-        Table::Attempts => match AccountKey::decode_prefix(key) {
-            Some((k, rest)) if rest.len() == 8 => {
-                format!("{k}#{}", seq_of(rest).unwrap_or_default())
-            }
-            _ => format!("(undecodable key of {} bytes)", key.len()),
-        },
-        Table::Audit | Table::Outbox => match seq_of(key) {
-            Some(n) => format!("#{n}"),
-            None => format!("(undecodable key of {} bytes)", key.len()),
-        },
-    }
-}
-
-/// Seal `plain` for `table`/`key`.
-fn seal(keys: &RecordKeys, table: Table, key: &[u8], plain: &[u8]) -> Vec<u8> {
-    keys.seal(table.name(), key, plain)
-}
-
-/// Open a sealed record, or a typed integrity error naming it.
-fn unseal(
-    keys: &RecordKeys,
-    table: Table,
-    key: &[u8],
-    sealed: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    keys.open(table.name(), key, sealed)
-        .map_err(|_| VaultError::Integrity {
-            table: table.name(),
-            key: describe(table, key),
-        })
-}
-
 /// Next value of the counter `name` in the meta table (starts at 1).
-/// The sequence number a log key (8 bytes, big-endian) holds.
-fn seq_of(key: &[u8]) -> Option<u64> {
-    key.try_into().map(u64::from_be_bytes).ok()
-}
-
-fn next_seq(tx: &mut dyn WriteTx, name: &[u8]) -> Result<u64, VaultError> {
+pub(crate) fn next_seq(tx: &mut dyn WriteTx, name: &[u8]) -> Result<u64, VaultError> {
     let current = match tx.get(Table::Meta, name)? {
         Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
             VaultError::Corrupt(format!(
