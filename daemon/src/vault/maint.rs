@@ -10,12 +10,10 @@ use super::ids::AccountKey;
 use super::key::KdfRecord;
 use super::logs::parse_attempt;
 use super::model::{Account, VerifyFailure, VerifyReport};
+use super::opening::{META_KEY_CHECK, read_kdf, read_schema, write_key_records};
 use super::outbox::open_outbox;
 use super::store::{Mode, Table};
-use super::{
-    Engine, KeyMaterial, META_KEY_CHECK, Vault, VaultError, read_kdf, read_schema,
-    write_key_records,
-};
+use super::{Engine, KeyMaterial, Vault, VaultError};
 
 /// Tables whose records are sealed (besides `meta/key_check`).
 const SEALED: [Table; 3] = [Table::Credentials, Table::Tokens, Table::Outbox];
