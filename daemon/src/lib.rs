@@ -10,6 +10,8 @@ pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod mirror;
+#[cfg(test)]
+mod module_graph;
 pub mod plugins;
 pub mod provision;
 pub mod refresh;

@@ -123,6 +123,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::vault::InvalidId> for ApiError {
+    fn from(e: crate::vault::InvalidId) -> ApiError {
+        VaultError::from(e).into()
+    }
+}
+
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> ApiError {
         match e {

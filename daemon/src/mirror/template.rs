@@ -107,88 +107,81 @@ impl Template {
         let mut params: Vec<Param> = Vec::new();
         let chars: Vec<char> = text.chars().collect();
         let mut i = 0;
-        // Copies chars[from..to] to the output.
-        let copy = |out: &mut String, from: usize, to: usize| out.extend(&chars[from..to]);
         while i < chars.len() {
+            if let Some(end) = verbatim_end(&chars, i)? {
+                out.extend(&chars[i..end]);
+                i = end;
+                continue;
+            }
             let c = chars[i];
             let next = chars.get(i + 1).copied();
-            match c {
-                '\'' => {
-                    // E'...' strings take backslash escapes; standard strings only ''.
-                    let escapes = i > 0
-                        && matches!(chars[i - 1], 'e' | 'E')
-                        && (i < 2 || !is_ident(chars[i - 2]));
-                    let end = quoted_end(&chars, i, '\'', escapes)
-                        .ok_or(TemplateError::Unterminated("string literal"))?;
-                    copy(&mut out, i, end);
-                    i = end;
-                }
-                '"' => {
-                    let end = quoted_end(&chars, i, '"', false)
-                        .ok_or(TemplateError::Unterminated("quoted identifier"))?;
-                    copy(&mut out, i, end);
-                    i = end;
-                }
-                '-' if next == Some('-') => {
-                    let end = chars[i..]
-                        .iter()
-                        .position(|&c| c == '\n')
-                        .map_or(chars.len(), |p| i + p);
-                    copy(&mut out, i, end);
-                    i = end;
-                }
-                '/' if next == Some('*') => {
-                    let end = block_comment_end(&chars, i)
-                        .ok_or(TemplateError::Unterminated("comment"))?;
-                    copy(&mut out, i, end);
-                    i = end;
-                }
-                '$' if next.is_some_and(|c| c.is_ascii_digit()) => {
-                    let digits: String = chars[i + 1..]
-                        .iter()
-                        .take_while(|c| c.is_ascii_digit())
-                        .collect();
-                    return Err(TemplateError::Positional(digits));
-                }
-                '$' if next == Some('$') => {
-                    let end = dollar_quoted_end(&chars, i, 2)
-                        .ok_or(TemplateError::Unterminated("dollar-quoted string"))?;
-                    copy(&mut out, i, end);
-                    i = end;
-                }
-                '$' if next.is_some_and(is_ident_start) && (i == 0 || !is_ident(chars[i - 1])) => {
-                    let len = chars[i + 1..].iter().take_while(|&&c| is_ident(c)).count();
-                    let name: String = chars[i + 1..i + 1 + len].iter().collect();
-                    if chars.get(i + 1 + len) == Some(&'$') {
-                        // `$tag$ ... $tag$`
-                        let end = dollar_quoted_end(&chars, i, len + 2)
-                            .ok_or(TemplateError::Unterminated("dollar-quoted string"))?;
-                        copy(&mut out, i, end);
-                        i = end;
-                        continue;
-                    }
-                    let param = Param::from_name(&name).ok_or(TemplateError::Unknown { name })?;
-                    let position = match params.iter().position(|&p| p == param) {
-                        Some(p) => p + 1,
-                        None => {
-                            params.push(param);
-                            params.len()
-                        }
-                    };
-                    out.push_str(&format!("${position}"));
-                    i += 1 + len;
-                }
-                _ => {
-                    out.push(c);
-                    i += 1;
-                }
+            if c == '$' && next.is_some_and(|c| c.is_ascii_digit()) {
+                let digits: String = chars[i + 1..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                return Err(TemplateError::Positional(digits));
             }
+            if c == '$' && next.is_some_and(is_ident_start) && (i == 0 || !is_ident(chars[i - 1])) {
+                let len = chars[i + 1..].iter().take_while(|&&c| is_ident(c)).count();
+                let name: String = chars[i + 1..i + 1 + len].iter().collect();
+                let param = Param::from_name(&name).ok_or(TemplateError::Unknown { name })?;
+                let position = match params.iter().position(|&p| p == param) {
+                    Some(p) => p + 1,
+                    None => {
+                        params.push(param);
+                        params.len()
+                    }
+                };
+                out.push_str(&format!("${position}"));
+                i += 1 + len;
+                continue;
+            }
+            out.push(c);
+            i += 1;
         }
         if !params.contains(&Param::UserId) {
             return Err(TemplateError::NoUserId);
         }
         Ok(Template { sql: out, params })
     }
+}
+
+/// If a string literal, quoted identifier, comment or dollar-quoted string starts at `i`, the
+/// index just past its end: it is copied as it is, `$names` inside included.
+fn verbatim_end(chars: &[char], i: usize) -> Result<Option<usize>, TemplateError> {
+    let next = chars.get(i + 1).copied();
+    let end = match chars[i] {
+        '\'' => {
+            // E'...' strings take backslash escapes; standard strings only ''.
+            let escapes =
+                i > 0 && matches!(chars[i - 1], 'e' | 'E') && (i < 2 || !is_ident(chars[i - 2]));
+            quoted_end(chars, i, '\'', escapes)
+                .ok_or(TemplateError::Unterminated("string literal"))?
+        }
+        '"' => quoted_end(chars, i, '"', false)
+            .ok_or(TemplateError::Unterminated("quoted identifier"))?,
+        '-' if next == Some('-') => chars[i..]
+            .iter()
+            .position(|&c| c == '\n')
+            .map_or(chars.len(), |p| i + p),
+        '/' if next == Some('*') => {
+            block_comment_end(chars, i).ok_or(TemplateError::Unterminated("comment"))?
+        }
+        '$' if next == Some('$') => dollar_quoted_end(chars, i, 2)
+            .ok_or(TemplateError::Unterminated("dollar-quoted string"))?,
+        '$' if next.is_some_and(is_ident_start) && (i == 0 || !is_ident(chars[i - 1])) => {
+            let len = chars[i + 1..].iter().take_while(|&&c| is_ident(c)).count();
+            if chars.get(i + 1 + len) != Some(&'$') {
+                return Ok(None);
+            }
+            // `$tag$ ... $tag$`
+            dollar_quoted_end(chars, i, len + 2)
+                .ok_or(TemplateError::Unterminated("dollar-quoted string"))?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(end))
 }
 
 /// Index just past the quote closing the one at `start`; a doubled quote is an escaped one.

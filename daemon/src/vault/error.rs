@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::model::AccountKey;
+use super::ids::{AccountKey, InvalidId};
 
 /// Why a vault operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,15 +116,8 @@ pub enum VaultError {
     #[error("no account for user {} at broker {}", .0.user, .0.broker)]
     NoSuchAccount(AccountKey),
     /// An identifier is not acceptable.
-    #[error("invalid {what} {value:?}: {reason}")]
-    InvalidId {
-        /// `user id` or `broker id`.
-        what: &'static str,
-        /// The offending value (ids are not secret).
-        value: String,
-        /// Why.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
     /// `[vault] engine` names no engine.
     #[error("unknown engine {0:?} (redb or sled)")]
     UnknownEngine(String),

@@ -3,15 +3,17 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::engine::{self, Mode, Table};
+use super::codec::{describe, from_plain_json, open_credentials, open_token, seal, unseal};
+use super::crypto::RecordKeys;
+use super::engine;
+use super::ids::AccountKey;
 use super::key::KdfRecord;
-use super::logs::{open_outbox, parse_attempt};
-use super::model::{Account, AccountKey, VerifyFailure, VerifyReport};
-use super::records::{from_plain_json, open_credentials, open_token};
-use super::{
-    Engine, KeyMaterial, META_KEY_CHECK, RecordKeys, Vault, VaultError, describe, read_kdf,
-    read_schema, seal, unseal, write_key_records,
-};
+use super::logs::parse_attempt;
+use super::model::{Account, VerifyFailure, VerifyReport};
+use super::opening::{META_KEY_CHECK, read_kdf, read_schema, write_key_records};
+use super::outbox::open_outbox;
+use super::store::{Mode, Table};
+use super::{Engine, KeyMaterial, Vault, VaultError};
 
 /// Tables whose records are sealed (besides `meta/key_check`).
 const SEALED: [Table; 3] = [Table::Credentials, Table::Tokens, Table::Outbox];

@@ -6,8 +6,8 @@
 //!
 //! To change the format: bump [`SCHEMA_VERSION`], append a step to `STEPS`, and keep a vault written by the previous version as a test fixture.
 
-use super::engine::{Table, WriteTx};
 use super::error::VaultError;
+use super::store::{Table, WriteTx};
 
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: u32 = 1;

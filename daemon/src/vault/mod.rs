@@ -13,43 +13,47 @@
 //!
 //! Only this module knows redb and sled.
 
+mod codec;
 mod configured;
+mod credentials;
 mod crypto;
 mod engine;
+mod entries;
 mod error;
+mod ids;
 pub mod key;
 mod logs;
 mod maint;
 pub mod migrate;
 pub mod model;
+mod opening;
+mod outbox;
 mod records;
+mod redb_engine;
 #[cfg(feature = "sled")]
 mod sled_engine;
+mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use zeroize::Zeroizing;
-
 pub use configured::check_config;
+pub use credentials::Credentials;
 pub use engine::Engine;
+pub use entries::*;
 pub use error::VaultError;
+pub use ids::{AccountKey, BrokerId, InvalidId, UserId};
 pub use key::{Argon2Params, KeyMaterial, KeyOrigin, MasterKey, ResolvedKey};
 pub use logs::AttemptScope;
 pub use migrate::SCHEMA_VERSION;
 pub use model::*;
+pub use opening::VaultInfo;
 
 use crate::clock::{Clock, SystemClock};
 use crypto::RecordKeys;
-use engine::{Mode, ReadTx, Store, Table, WriteTx};
-use key::KdfRecord;
-
-const META_KDF: &[u8] = b"kdf";
-const META_KEY_CHECK: &[u8] = b"key_check";
-const META_CREATED: &[u8] = b"created_at_ms";
-const KEY_CHECK_PLAINTEXT: &[u8] = b"tokenbot vault key check v1";
+use store::{Mode, ReadTx, Store, Table, WriteTx};
 
 /// Tunables of a vault.
 #[derive(Debug, Clone)]
@@ -125,204 +129,7 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-/// What can be learnt about a vault without its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VaultInfo {
-    /// Whether a passphrase (rather than a raw key) unlocks it.
-    pub passphrase: bool,
-    /// Its schema version.
-    pub schema_version: u32,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Intent {
-    Create,
-    Open,
-    OpenOrCreate,
-    ReadOnly,
-}
-
-/// The result of a key check: the master key and the KDF record it was derived under.
-struct Unlocked {
-    master: MasterKey,
-    kdf: Vec<u8>,
-}
-
 impl Vault {
-    /// Create a new vault; fails if `path` exists.
-    pub fn create(
-        path: &Path,
-        engine: Engine,
-        key: &KeyMaterial,
-        options: VaultOptions,
-    ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::Create)
-    }
-
-    /// Open an existing vault for reading and writing.
-    pub fn open(
-        path: &Path,
-        engine: Engine,
-        key: &KeyMaterial,
-        options: VaultOptions,
-    ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::Open)
-    }
-
-    /// Open the vault at `path`, creating it if there is none (`init`, `serve`).
-    pub fn open_or_create(
-        path: &Path,
-        engine: Engine,
-        key: &KeyMaterial,
-        options: VaultOptions,
-    ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::OpenOrCreate)
-    }
-
-    /// Open an existing vault and refuse writes through this handle ([`VaultError::ReadOnly`]).
-    /// The open itself may still write to a redb file once the key has been checked: its page
-    /// checksum verification commits, and a file left by a crash is repaired.
-    pub fn open_read_only(
-        path: &Path,
-        engine: Engine,
-        key: &KeyMaterial,
-        options: VaultOptions,
-    ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::ReadOnly)
-    }
-
-    /// How the vault at `path` is unlocked and its schema version, without a key and without
-    /// writing.
-    pub fn inspect(path: &Path, engine: Engine) -> Result<VaultInfo, VaultError> {
-        let store = engine::open(engine, path, Mode::ReadOnly)?.ok_or_else(|| {
-            VaultError::Corrupt("not closed cleanly; open it once to repair it".into())
-        })?;
-        let tx = store.read()?;
-        let (kdf, _) = read_kdf(&*tx)?;
-        Ok(VaultInfo {
-            passphrase: matches!(kdf, KdfRecord::Argon2id { .. }),
-            schema_version: read_schema(&*tx)?,
-        })
-    }
-
-    fn open_as(
-        path: &Path,
-        engine: Engine,
-        material: &KeyMaterial,
-        options: VaultOptions,
-        intent: Intent,
-    ) -> Result<Vault, VaultError> {
-        let exists = path.exists();
-        match intent {
-            Intent::Create | Intent::OpenOrCreate if !exists => {
-                return Vault::create_new(path, engine, material, options);
-            }
-            Intent::Create => return Err(VaultError::AlreadyExists(path.to_owned())),
-            _ => {}
-        }
-        // Check the key and the schema on a read-only handle first: nothing is written unless both
-        // pass. Then open for writing, which for redb verifies every page checksum (a damaged file
-        // is refused, unchanged) and repairs after a crash; `ReadOnly` is enforced by the vault.
-        // sled has no read-only handle, so its handle is writable already.
-        let (store, unlocked) = match engine::open(engine, path, Mode::ReadOnly)? {
-            Some(store) => {
-                let checked = unlock(&*store, material, None)?;
-                if engine == Engine::Sled {
-                    (store, checked)
-                } else {
-                    drop(store);
-                    let store = engine::open(engine, path, Mode::Write)?
-                        .expect("a writable open yields a store");
-                    let checked = unlock(&*store, material, Some(checked))?;
-                    (store, checked)
-                }
-            }
-            // Not closed cleanly (a crash): only a writable open repairs it; the key is checked then.
-            None => {
-                let store = engine::open(engine, path, Mode::Write)?
-                    .expect("a writable open yields a store");
-                let checked = unlock(&*store, material, None)?;
-                (store, checked)
-            }
-        };
-        let vault = Vault::assemble(
-            store,
-            &unlocked,
-            path,
-            engine,
-            options,
-            intent == Intent::ReadOnly,
-        );
-        if !vault.read_only {
-            let from = vault.read(|tx, _| read_schema(tx))?;
-            if from != SCHEMA_VERSION {
-                vault.write(|tx, _| migrate::migrate(tx, from))?;
-                tracing::info!(from, to = SCHEMA_VERSION, "vault schema migrated");
-            }
-        }
-        Ok(vault)
-    }
-
-    fn create_new(
-        path: &Path,
-        engine: Engine,
-        material: &KeyMaterial,
-        options: VaultOptions,
-    ) -> Result<Vault, VaultError> {
-        let kdf = KdfRecord::new_for(material, options.argon2);
-        // Derive before creating the file, so bad parameters leave nothing behind.
-        let master = kdf.derive(material)?;
-        let keys = RecordKeys::derive(&master);
-        let store = engine::open(engine, path, Mode::Create)?.expect("a create yields a store");
-        let now = options.clock.now_ms();
-        {
-            let mut tx = store.write()?;
-            write_key_records(&mut *tx, &keys, &kdf)?;
-            tx.put(
-                Table::Meta,
-                migrate::META_SCHEMA,
-                &SCHEMA_VERSION.to_be_bytes(),
-            )?;
-            tx.put(Table::Meta, META_CREATED, &now.to_be_bytes())?;
-            for table in Table::ALL {
-                tx.len(table)?; // creates the table (redb), so read-only handles find every table
-            }
-            tx.commit()?;
-        }
-        tracing::info!(path = %path.display(), ?engine, "created a new vault");
-        let kdf = serde_json::to_vec(&kdf).expect("the KDF record serialises");
-        Ok(Vault::assemble(
-            store,
-            &Unlocked { master, kdf },
-            path,
-            engine,
-            options,
-            false,
-        ))
-    }
-
-    fn assemble(
-        store: Box<dyn Store>,
-        unlocked: &Unlocked,
-        path: &Path,
-        engine: Engine,
-        options: VaultOptions,
-        read_only: bool,
-    ) -> Vault {
-        Vault {
-            store: RwLock::new(store),
-            available: std::sync::atomic::AtomicBool::new(true),
-            keys: RwLock::new(RecordKeys::derive(&unlocked.master)),
-            writer: Mutex::new(()),
-            read_only,
-            epoch: AtomicU64::new(0),
-            user_cache: Mutex::new(HashMap::new()),
-            path: path.to_owned(),
-            engine,
-            options,
-        }
-    }
-
     /// The vault's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -451,113 +258,8 @@ impl Store for Closed {
     }
 }
 
-/// Check `material` against the vault's key-check record. `prev` (from a check of the same file on
-/// another handle) saves a second argon2 run when the KDF record is unchanged.
-fn unlock(
-    store: &dyn Store,
-    material: &KeyMaterial,
-    prev: Option<Unlocked>,
-) -> Result<Unlocked, VaultError> {
-    let tx = store.read()?;
-    let (kdf, kdf_bytes) = read_kdf(&*tx)?;
-    migrate::check(read_schema(&*tx)?)?;
-    let master = match prev {
-        Some(prev) if prev.kdf == kdf_bytes => prev.master,
-        _ => kdf.derive(material)?,
-    };
-    let keys = RecordKeys::derive(&master);
-    let check = tx
-        .get(Table::Meta, META_KEY_CHECK)?
-        .ok_or_else(|| VaultError::Corrupt("the key-check record is missing".into()))?;
-    match keys.open(Table::Meta.name(), META_KEY_CHECK, &check) {
-        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(Unlocked {
-            master,
-            kdf: kdf_bytes,
-        }),
-        _ => Err(match kdf {
-            KdfRecord::Key => VaultError::WrongKey,
-            KdfRecord::Argon2id { .. } => VaultError::WrongPassphrase,
-        }),
-    }
-}
-
-fn read_kdf(tx: &dyn ReadTx) -> Result<(KdfRecord, Vec<u8>), VaultError> {
-    let bytes = tx.get(Table::Meta, META_KDF)?.ok_or_else(|| {
-        VaultError::Corrupt("no key-derivation record (an empty or foreign file?)".into())
-    })?;
-    let kdf = serde_json::from_slice(&bytes)
-        .map_err(|_| VaultError::Corrupt("the key-derivation record does not parse".into()))?;
-    Ok((kdf, bytes))
-}
-
-fn read_schema(tx: &dyn ReadTx) -> Result<u32, VaultError> {
-    let bytes = tx
-        .get(Table::Meta, migrate::META_SCHEMA)?
-        .ok_or_else(|| VaultError::Corrupt("no schema version".into()))?;
-    migrate::decode(&bytes)
-}
-
-/// Write the KDF and key-check records for `keys`.
-fn write_key_records(
-    tx: &mut dyn WriteTx,
-    keys: &RecordKeys,
-    kdf: &KdfRecord,
-) -> Result<(), VaultError> {
-    let kdf = serde_json::to_vec(kdf).expect("the KDF record serialises");
-    tx.put(Table::Meta, META_KDF, &kdf)?;
-    let check = keys.seal(Table::Meta.name(), META_KEY_CHECK, KEY_CHECK_PLAINTEXT);
-    tx.put(Table::Meta, META_KEY_CHECK, &check)
-}
-
-/// A printable name for a record key: ids and sequence numbers only.
-fn describe(table: Table, key: &[u8]) -> String {
-    match table {
-        Table::Meta => String::from_utf8_lossy(key).into_owned(),
-        Table::Accounts | Table::Credentials | Table::Tokens => {
-            match AccountKey::decode_prefix(key) {
-                Some((k, [])) => k.to_string(),
-                _ => format!("(undecodable key of {} bytes)", key.len()),
-            }
-        }
-        Table::Attempts => match AccountKey::decode_prefix(key) {
-            Some((k, rest)) if rest.len() == 8 => {
-                format!("{k}#{}", seq_of(rest).unwrap_or_default())
-            }
-            _ => format!("(undecodable key of {} bytes)", key.len()),
-        },
-        Table::Audit | Table::Outbox => match seq_of(key) {
-            Some(n) => format!("#{n}"),
-            None => format!("(undecodable key of {} bytes)", key.len()),
-        },
-    }
-}
-
-/// Seal `plain` for `table`/`key`.
-fn seal(keys: &RecordKeys, table: Table, key: &[u8], plain: &[u8]) -> Vec<u8> {
-    keys.seal(table.name(), key, plain)
-}
-
-/// Open a sealed record, or a typed integrity error naming it.
-fn unseal(
-    keys: &RecordKeys,
-    table: Table,
-    key: &[u8],
-    sealed: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    keys.open(table.name(), key, sealed)
-        .map_err(|_| VaultError::Integrity {
-            table: table.name(),
-            key: describe(table, key),
-        })
-}
-
 /// Next value of the counter `name` in the meta table (starts at 1).
-/// The sequence number a log key (8 bytes, big-endian) holds.
-fn seq_of(key: &[u8]) -> Option<u64> {
-    key.try_into().map(u64::from_be_bytes).ok()
-}
-
-fn next_seq(tx: &mut dyn WriteTx, name: &[u8]) -> Result<u64, VaultError> {
+pub(crate) fn next_seq(tx: &mut dyn WriteTx, name: &[u8]) -> Result<u64, VaultError> {
     let current = match tx.get(Table::Meta, name)? {
         Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
             VaultError::Corrupt(format!(

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::engine::{Entries, Mode, ReadTx, Store, Table, WriteTx, prefix_end};
 use super::error::VaultError;
+use super::store::{Entries, Mode, ReadTx, Store, Table, WriteTx, prefix_end};
 
 fn tag(table: Table) -> u8 {
     match table {

@@ -1,0 +1,140 @@
+//! The outbox of the Postgres mirror: a record per token change, written in the same transaction
+//! as the change, read in order and acknowledged once delivered.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{describe, from_secret_json, seal, to_secret_json, unseal};
+use super::crypto::RecordKeys;
+use super::entries::{OutboxRecord, OutboxStatus};
+use super::error::VaultError;
+use super::ids::{BrokerId, UserId};
+use super::model::{Account, NewToken};
+use super::store::{Table, WriteTx};
+use super::{Vault, next_seq};
+
+/// Meta counter of outbox sequence numbers. It only grows, even when the outbox is emptied, so
+/// `outbox_ack(up_to)` can never acknowledge a record written later.
+const SEQ_OUTBOX: &[u8] = b"seq/outbox";
+
+#[derive(Serialize)]
+struct OutboxOut<'a> {
+    user: &'a str,
+    broker: &'a str,
+    broker_user_id: &'a str,
+    generation: u64,
+    access_token: Option<&'a str>,
+    issued_at_ms: Option<i64>,
+    expires_at_ms: Option<i64>,
+    status: OutboxStatus,
+    changed_at_ms: i64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct OutboxIn {
+    user: UserId,
+    broker: BrokerId,
+    broker_user_id: String,
+    generation: u64,
+    access_token: Option<SecretString>,
+    issued_at_ms: Option<i64>,
+    expires_at_ms: Option<i64>,
+    status: OutboxStatus,
+    changed_at_ms: i64,
+}
+
+/// Append an outbox record for `account` inside the caller's transaction.
+pub(crate) fn enqueue(
+    tx: &mut dyn WriteTx,
+    keys: &RecordKeys,
+    account: &Account,
+    generation: u64,
+    token: Option<&NewToken>,
+    status: OutboxStatus,
+    now: i64,
+) -> Result<u64, VaultError> {
+    let seq = next_seq(tx, SEQ_OUTBOX)?;
+    let out = OutboxOut {
+        user: account.user.as_str(),
+        broker: account.broker.as_str(),
+        broker_user_id: &account.broker_user_id,
+        generation,
+        access_token: token.map(|t| t.access_token.expose_secret()),
+        issued_at_ms: token.map(|t| t.issued_at_ms),
+        expires_at_ms: token.map(|t| t.expires_at_ms),
+        status,
+        changed_at_ms: now,
+    };
+    let k = seq.to_be_bytes();
+    tx.put(
+        Table::Outbox,
+        &k,
+        &seal(keys, Table::Outbox, &k, &to_secret_json(&out)),
+    )?;
+    Ok(seq)
+}
+
+pub(crate) fn open_outbox(
+    keys: &RecordKeys,
+    key: &[u8],
+    sealed: &[u8],
+) -> Result<OutboxRecord, VaultError> {
+    let seq = key.try_into().map(u64::from_be_bytes).map_err(|_| {
+        VaultError::malformed(
+            Table::Outbox.name(),
+            describe(Table::Outbox, key),
+            "key is not 8 bytes",
+        )
+    })?;
+    let plain = unseal(keys, Table::Outbox, key, sealed)?;
+    let r: OutboxIn = from_secret_json(Table::Outbox, key, &plain)?;
+    Ok(OutboxRecord {
+        seq,
+        user: r.user,
+        broker: r.broker,
+        broker_user_id: r.broker_user_id,
+        generation: r.generation,
+        access_token: r.access_token,
+        issued_at_ms: r.issued_at_ms,
+        expires_at_ms: r.expires_at_ms,
+        status: r.status,
+        changed_at_ms: r.changed_at_ms,
+    })
+}
+
+impl Vault {
+    /// The oldest `limit` outbox records, in order.
+    pub fn outbox_peek(&self, limit: usize) -> Result<Vec<OutboxRecord>, VaultError> {
+        self.read(|tx, keys| {
+            tx.scan(Table::Outbox, &[], false, limit)?
+                .iter()
+                .map(|(k, v)| open_outbox(keys, k, v))
+                .collect()
+        })
+    }
+
+    /// Remove every outbox record up to and including `up_to_seq`; how many were removed.
+    pub fn outbox_ack(&self, up_to_seq: u64) -> Result<usize, VaultError> {
+        self.write_log(|tx, _| {
+            let mut removed = 0;
+            for (k, _) in tx.scan(Table::Outbox, &[], false, usize::MAX)? {
+                let seq = k
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
+                if seq > up_to_seq {
+                    break;
+                }
+                tx.delete(Table::Outbox, &k)?;
+                removed += 1;
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Records waiting in the outbox.
+    pub fn outbox_len(&self) -> Result<u64, VaultError> {
+        self.read(|tx, _| tx.len(Table::Outbox))
+    }
+}

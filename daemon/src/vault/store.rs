@@ -1,0 +1,124 @@
+//! The storage interface under the vault: a small byte-oriented key-value store with
+//! transactions. Every table maps byte keys to byte values; the vault decides what the bytes mean.
+//! A write transaction sees its own writes, is atomic, and is durable once `commit` returns.
+
+use super::error::VaultError;
+
+/// Key-value pairs, in key order.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The vault's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Table {
+    /// Plain settings: schema version, KDF, key check (sealed), sequence counters.
+    Meta,
+    /// Accounts without secrets (JSON).
+    Accounts,
+    /// Sealed credentials per account.
+    Credentials,
+    /// Sealed token per account.
+    Tokens,
+    /// Attempt log (JSON), keyed by account then sequence.
+    Attempts,
+    /// Token-read audit log (JSON), keyed by sequence.
+    Audit,
+    /// Sealed outbox records for the mirror, keyed by sequence.
+    Outbox,
+}
+
+impl Table {
+    /// Every table.
+    pub(crate) const ALL: [Table; 7] = [
+        Table::Meta,
+        Table::Accounts,
+        Table::Credentials,
+        Table::Tokens,
+        Table::Attempts,
+        Table::Audit,
+        Table::Outbox,
+    ];
+
+    /// Table name (also bound into sealed records' MACs: never rename one).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Accounts => "accounts",
+            Table::Credentials => "credentials",
+            Table::Tokens => "tokens",
+            Table::Attempts => "attempts",
+            Table::Audit => "audit",
+            Table::Outbox => "outbox",
+        }
+    }
+}
+
+/// A read transaction: a consistent snapshot (redb) or the committed state (sled, whose writers
+/// the vault serialises).
+pub(crate) trait ReadTx {
+    /// The value at `key`.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, VaultError>;
+    /// Entries whose key starts with `prefix`, in key order or reversed, at most `limit`.
+    fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Entries, VaultError>;
+    /// Number of entries.
+    fn len(&self, table: Table) -> Result<u64, VaultError>;
+}
+
+/// A write transaction. Dropped without `commit`, it leaves no trace.
+pub(crate) trait WriteTx: ReadTx {
+    /// Insert or replace.
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), VaultError>;
+    /// Remove; whether there was an entry.
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, VaultError>;
+    /// Commit atomically and durably (fsync before returning).
+    fn commit(self: Box<Self>) -> Result<(), VaultError>;
+}
+
+/// An open store.
+pub(crate) trait Store: Send + Sync {
+    /// Begin a read.
+    fn read(&self) -> Result<Box<dyn ReadTx + '_>, VaultError>;
+    /// Begin a write; the vault holds its writer lock around this.
+    fn write(&self) -> Result<Box<dyn WriteTx + '_>, VaultError>;
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Create a new one; the path must not exist.
+    Create,
+    /// Open an existing one for reading and writing (repairing redb after a crash).
+    Write,
+    /// Open an existing one without writing to the file.
+    ReadOnly,
+}
+
+/// The smallest key greater than every key starting with `prefix`; none when there is no such key.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_handles_carries() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
