@@ -11,7 +11,7 @@ use fake_brokers::{FakeKite, FakeOptions, KiteUser, ist};
 use secrecy::SecretString;
 use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::{BrokerConfig, Config, PluginsConfig};
-use tokenbot::plugins::{CallSettings, Registry, Services};
+use tokenbot::plugins::{CallLimits, PluginEnv, Registry};
 use tokenbot::refresh::{Refresher, Selection};
 use tokenbot::vault::{
     AccountKey, Credentials, Engine, KeyMaterial, MasterKey, NewAccount, Trigger, Vault,
@@ -111,7 +111,7 @@ fn main() {
             dir: dir.path().join("plugins"),
             sha256_allowlist: vec![],
         }));
-        let services = Arc::new(Services::new(clock.clone(), CallSettings::default()));
+        let services = Arc::new(PluginEnv::new(clock.clone(), CallLimits::default()));
         let refresher = Arc::new(Refresher::new(vault, plugins, services, Arc::new(config)));
 
         let started = Instant::now();

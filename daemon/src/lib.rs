@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::plugins::{CallSettings, Registry, Services};
+use crate::plugins::{CallLimits, PluginEnv, Registry};
 
 /// Every check of a configuration, in one place: the sections `config` owns, then each section
 /// another module interprets, by that module. `main` runs it right after loading, so a bad value
@@ -43,8 +43,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Loaded strategies; swapped wholesale by a rescan (SIGHUP).
     pub plugins: Arc<Registry>,
-    /// Clock, TOTP guard and HTTP clients shared by plugin calls.
-    pub services: Arc<Services>,
+    /// The environment plugin calls run in: clock, TOTP guard, HTTP clients, call limits.
+    pub plugin_env: Arc<PluginEnv>,
     /// The vault. Its methods are blocking: call them through `tokio::task::spawn_blocking`.
     pub vault: Arc<vault::Vault>,
     /// Runs logins (single flight, limits, retries); shared by the scheduler, the API and the CLI.
@@ -82,20 +82,20 @@ impl AppState {
     }
 
     fn with_registry(config: Config, vault: Arc<vault::Vault>, plugins: Arc<Registry>) -> AppState {
-        let settings = CallSettings {
+        let limits = CallLimits {
             timeout: std::time::Duration::from_secs(config.refresh.login_timeout_secs),
-            ..CallSettings::default()
+            ..CallLimits::default()
         };
-        let services = Arc::new(Services::new(Arc::new(clock::SystemClock), settings));
-        AppState::from_parts(Arc::new(config), vault, plugins, services)
+        let plugin_env = Arc::new(PluginEnv::new(Arc::new(clock::SystemClock), limits));
+        AppState::from_parts(Arc::new(config), vault, plugins, plugin_env)
     }
 
-    /// State from its parts, e.g. with a manual clock in `services` (tests, benchmarks).
+    /// State from its parts, e.g. with a manual clock in `plugin_env` (tests, benchmarks).
     pub fn from_parts(
         config: Arc<Config>,
         vault: Arc<vault::Vault>,
         plugins: Arc<Registry>,
-        services: Arc<Services>,
+        plugin_env: Arc<PluginEnv>,
     ) -> AppState {
         let mirror = config
             .mirror
@@ -105,7 +105,7 @@ impl AppState {
         let mut refresher = refresh::Refresher::new(
             vault.clone(),
             plugins.clone(),
-            services.clone(),
+            plugin_env.clone(),
             config.clone(),
         );
         if let Some(mirror) = &mirror {
@@ -117,7 +117,7 @@ impl AppState {
         AppState {
             config,
             plugins,
-            services,
+            plugin_env,
             vault,
             refresher,
             mirror,

@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::{BrokerConfig, Config, PluginsConfig};
 use tokenbot::mirror::Mirror;
-use tokenbot::plugins::{CallSettings, Registry, Services};
+use tokenbot::plugins::{CallLimits, PluginEnv, Registry};
 use tokenbot::refresh::{Refresher, Selection};
 use tokenbot::vault::{AccountKey, Credentials, NewAccount, Trigger, Vault};
 
@@ -87,7 +87,7 @@ async fn world() -> World {
         dir: dir.path().join("plugins"),
         sha256_allowlist: vec![],
     }));
-    let services = Arc::new(Services::new(clock.clone(), CallSettings::default()));
+    let services = Arc::new(PluginEnv::new(clock.clone(), CallLimits::default()));
     let refresher = Arc::new(Refresher::new(
         vault.clone(),
         plugins,

@@ -18,7 +18,7 @@ use tokenbot::clock::ManualClock;
 use tokenbot::config::PluginsConfig;
 use tokenbot::plugins::totp::{code_at_step, parse_secret};
 use tokenbot::plugins::{
-    CallError, CallSettings, CallTarget, LoadError, Plugin, Registry, Services, Source,
+    AccountAccess, CallLimits, LoadError, Plugin, PluginEnv, PluginError, Registry, Source,
 };
 
 const TOTP_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
@@ -169,13 +169,13 @@ async fn login(
     plugin: Arc<Plugin>,
     api_url: &str,
     user: &str,
-) -> Result<broker_api::wire::LoginOutput, CallError> {
-    let services = Services::new(
+) -> Result<broker_api::wire::LoginOutput, PluginError> {
+    let services = PluginEnv::new(
         Arc::new(ManualClock::new(FIXED_NOW_MS)),
-        CallSettings::default(),
+        CallLimits::default(),
     );
     let urls = BTreeMap::from([("api_url".to_owned(), api_url.to_owned())]);
-    let ctx = services.context(CallTarget {
+    let ctx = services.call_for(AccountAccess {
         plugin: &plugin,
         account: format!("platform-{user}/{}", plugin.id),
         configured_urls: &urls,
@@ -292,24 +292,27 @@ async fn plugins_that_misbehave_during_login_get_typed_errors() {
     let (url, fake) = fake_broker().await;
     let bad_output = login(load(&c_plugin(Some("BAD_OUTPUT"))), &url, "x").await;
     assert!(
-        matches!(bad_output, Err(CallError::BadOutput(_))),
+        matches!(bad_output, Err(PluginError::BadOutput(_))),
         "{bad_output:?}"
     );
     let too_large = login(load(&c_plugin(Some("BIG_OUTPUT"))), &url, "x").await;
     assert!(
-        matches!(too_large, Err(CallError::OutputTooLarge)),
+        matches!(too_large, Err(PluginError::OutputTooLarge)),
         "{too_large:?}"
     );
 
     let rust = load(&rust_plugin());
     let panicked = login(rust.clone(), &url, "panic").await;
-    assert!(matches!(panicked, Err(CallError::Panicked)), "{panicked:?}");
+    assert!(
+        matches!(panicked, Err(PluginError::Panicked)),
+        "{panicked:?}"
+    );
     // The process survived the panic; the same plugin still works.
     assert!(login(rust.clone(), &url, "u2").await.is_ok());
 
     let hits_before = fake.hits.load(Ordering::SeqCst);
     match login(rust, &url, "undeclared").await {
-        Err(CallError::Failed(e)) => {
+        Err(PluginError::Failed(e)) => {
             assert_eq!(e.class, ErrorClass::Network);
             assert!(e.message.starts_with("denied:"), "{}", e.message);
         }
@@ -322,7 +325,7 @@ async fn plugins_that_misbehave_during_login_get_typed_errors() {
 async fn a_plugins_error_text_is_redacted_like_its_log_lines() {
     let (url, _fake) = fake_broker().await;
     match login(load(&rust_plugin()), &url, "leaky").await {
-        Err(CallError::Failed(e)) => {
+        Err(PluginError::Failed(e)) => {
             assert!(!e.message.contains(PASSWORD), "{}", e.message);
             assert!(e.message.contains("[redacted]"), "{}", e.message);
         }
@@ -449,13 +452,13 @@ async fn a_followed_redirect_to_another_origin_gets_no_authorization() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let plugin = load(&rust_plugin());
-    let services = Services::new(
+    let services = PluginEnv::new(
         Arc::new(ManualClock::new(FIXED_NOW_MS)),
-        CallSettings::default(),
+        CallLimits::default(),
     );
     let urls = BTreeMap::from([("api_url".to_owned(), format!("http://127.0.0.1:{port}"))]);
     let extra = ["localhost".to_owned()];
-    let ctx = services.context(CallTarget {
+    let ctx = services.call_for(AccountAccess {
         plugin: &plugin,
         account: "u/example".into(),
         configured_urls: &urls,

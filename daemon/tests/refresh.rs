@@ -9,7 +9,7 @@ use futures::FutureExt;
 use secrecy::SecretString;
 use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::{BrokerConfig, Config, PluginsConfig};
-use tokenbot::plugins::{CallSettings, Registry, Services};
+use tokenbot::plugins::{CallLimits, PluginEnv, Registry};
 use tokenbot::refresh::schedule::Scheduler;
 use tokenbot::refresh::{Refresher, Selection};
 use tokenbot::vault::{
@@ -69,7 +69,7 @@ async fn world(now_ms: i64, tune: impl FnOnce(&mut Config)) -> World {
         dir: dir.path().join("plugins"),
         sha256_allowlist: vec![],
     }));
-    let services = Arc::new(Services::new(clock.clone(), CallSettings::default()));
+    let services = Arc::new(PluginEnv::new(clock.clone(), CallLimits::default()));
     let sleeps = Arc::new(Mutex::new(Vec::new()));
     let recorded = sleeps.clone();
     let refresher = Arc::new(Refresher::with_sleep(
@@ -518,7 +518,7 @@ async fn a_new_process_does_not_reuse_the_totp_step_an_earlier_one_used() {
             dir: "/nonexistent".into(),
             sha256_allowlist: vec![],
         })),
-        Arc::new(Services::new(w.clock.clone(), CallSettings::default())),
+        Arc::new(PluginEnv::new(w.clock.clone(), CallLimits::default())),
         Arc::new({
             let mut config = Config::default();
             config.brokers.insert(

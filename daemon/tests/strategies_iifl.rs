@@ -106,7 +106,7 @@ async fn the_totp_step_sends_the_web_authorization_form_and_the_other_is_a_setti
     fake.add_user(user);
     let result = h.login("iifl", &acct, &fake.base_urls()).await;
     assert_eq!(class_of(&result), ErrorClass::Protocol, "{result:?}");
-    let Err(tokenbot::plugins::CallError::Failed(e)) = &result else {
+    let Err(tokenbot::plugins::PluginError::Failed(e)) = &result else {
         unreachable!()
     };
     assert!(

@@ -135,7 +135,7 @@ async fn every_error_class_comes_from_its_behaviour() {
         let result = h.login("kite", &acct, &fake.base_urls()).await;
         assert_eq!(class_of(&result), class, "{behaviour:?}: {result:?}");
         if class == ErrorClass::RateLimited {
-            let Err(tokenbot::plugins::CallError::Failed(e)) = &result else {
+            let Err(tokenbot::plugins::PluginError::Failed(e)) = &result else {
                 unreachable!()
             };
             assert!(e.retry_after_ms.is_some());
@@ -268,7 +268,7 @@ async fn each_kite_md_curveball_ends_in_its_class_with_the_password_sent_once() 
         match expected {
             Some(class) => {
                 assert_eq!(class_of(&result), class, "{behaviour:?}: {result:?}");
-                let Err(tokenbot::plugins::CallError::Failed(e)) = &result else {
+                let Err(tokenbot::plugins::PluginError::Failed(e)) = &result else {
                     unreachable!()
                 };
                 assert!(

@@ -8,19 +8,19 @@ use broker_api::abi::{Bytes, SinkBuf, Status};
 use broker_api::wire::{HostError, TotpCode};
 use tokenbot::clock::ManualClock;
 use tokenbot::config::PluginsConfig;
-use tokenbot::plugins::host::{CallContext, HOST_TABLE};
+use tokenbot::plugins::host::{HOST_TABLE, PluginCall};
 use tokenbot::plugins::totp::parse_secret;
-use tokenbot::plugins::{CallSettings, CallTarget, Registry, Services};
+use tokenbot::plugins::{AccountAccess, CallLimits, PluginEnv, Registry};
 
 const RFC_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 
-fn context(services: &Services, account: &str, secret: Option<&str>) -> CallContext {
+fn context(services: &PluginEnv, account: &str, secret: Option<&str>) -> PluginCall {
     let registry = Registry::load(&PluginsConfig {
         dir: "/nonexistent".into(),
         sha256_allowlist: vec![],
     });
     let kite = registry.get("kite").unwrap();
-    services.context(CallTarget {
+    services.call_for(AccountAccess {
         plugin: &kite,
         account: account.to_owned(),
         configured_urls: &BTreeMap::new(),
@@ -31,7 +31,7 @@ fn context(services: &Services, account: &str, secret: Option<&str>) -> CallCont
     })
 }
 
-fn totp(ctx: &CallContext) -> Result<TotpCode, (Status, HostError)> {
+fn totp(ctx: &PluginCall) -> Result<TotpCode, (Status, HostError)> {
     let mut out = SinkBuf::with_cap(1 << 16);
     let request = br#"{"v":1}"#;
     // SAFETY: the context is live for the call, the request and sink outlive it: exactly the
@@ -44,8 +44,8 @@ fn totp(ctx: &CallContext) -> Result<TotpCode, (Status, HostError)> {
     }
 }
 
-fn services(clock: &Arc<ManualClock>) -> Services {
-    Services::new(clock.clone(), CallSettings::default())
+fn services(clock: &Arc<ManualClock>) -> PluginEnv {
+    PluginEnv::new(clock.clone(), CallLimits::default())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,11 +110,11 @@ async fn an_account_without_a_totp_secret_gets_a_typed_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wait_past_the_login_deadline_is_refused() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000 + 28_000));
-    let settings = CallSettings {
+    let settings = CallLimits {
         timeout: std::time::Duration::from_secs(1),
-        ..CallSettings::default()
+        ..CallLimits::default()
     };
-    let services = Services::new(clock.clone(), settings);
+    let services = PluginEnv::new(clock.clone(), settings);
     let (status, error) = totp(&context(&services, "u/kite", Some(RFC_SECRET))).unwrap_err();
     assert_eq!(status, Status::TIMEOUT, "{error:?}");
     assert!(clock.sleeps().is_empty());
@@ -123,11 +123,11 @@ async fn a_wait_past_the_login_deadline_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sleep_waits_on_the_hosts_clock_and_refuses_to_pass_the_login_deadline() {
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let services = Services::new(
+    let services = PluginEnv::new(
         clock.clone(),
-        CallSettings {
+        CallLimits {
             timeout: std::time::Duration::from_secs(10),
-            ..CallSettings::default()
+            ..CallLimits::default()
         },
     );
     let ctx = context(&services, "u/kite", None);

@@ -16,7 +16,7 @@ use broker_api::wire::{AssistedUrlOutput, LoginOutput, VerifyOutput};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokenbot::plugins::{CallError, decode_output};
+use tokenbot::plugins::{PluginError, decode_output};
 
 /// The access token planted by the no-leak check.
 const TOKEN: &str = "tok3n-Pl4nted-By-The-Fuzzer";
@@ -48,28 +48,28 @@ fn check<Out: DeserializeOwned + Serialize>(status: Status, bytes: &[u8], what: 
                     .unwrap_or_else(|e| panic!("re-encoded output refused: {e}"));
                 same_json(&json, &again);
             }
-            Err(CallError::BadOutput(_)) => {}
+            Err(PluginError::BadOutput(_)) => {}
             Err(e) => panic!("OK status decoded to {e:?}"),
         },
         Status::ERROR => match result {
             Ok(_) => panic!("ERROR status decoded to an output"),
-            Err(CallError::Failed(error)) => {
+            Err(PluginError::Failed(error)) => {
                 let json = serde_json::to_vec(&error).unwrap();
                 match decode_output::<Out>(Status::ERROR, &json, what) {
-                    Err(CallError::Failed(again)) => same_json(&json, &again),
+                    Err(PluginError::Failed(again)) => same_json(&json, &again),
                     Err(e) => panic!("re-encoded error decoded to {e:?}"),
                     Ok(_) => panic!("re-encoded error decoded to an output"),
                 }
             }
-            Err(CallError::BadOutput(_)) => {}
+            Err(PluginError::BadOutput(_)) => {}
             Err(e) => panic!("ERROR status decoded to {e:?}"),
         },
-        Status::PANIC => assert!(matches!(result, Err(CallError::Panicked))),
+        Status::PANIC => assert!(matches!(result, Err(PluginError::Panicked))),
         Status::UNSUPPORTED => {
-            assert!(matches!(result, Err(CallError::Unsupported(w)) if w == what))
+            assert!(matches!(result, Err(PluginError::Unsupported(w)) if w == what))
         }
-        Status::TOO_LARGE => assert!(matches!(result, Err(CallError::OutputTooLarge))),
-        other => assert!(matches!(result, Err(CallError::Status(s)) if s == other.0)),
+        Status::TOO_LARGE => assert!(matches!(result, Err(PluginError::OutputTooLarge))),
+        other => assert!(matches!(result, Err(PluginError::Status(s)) if s == other.0)),
     }
 }
 

@@ -20,7 +20,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::params::user_id;
 use super::views::iso;
-use crate::plugins::CallError;
+use crate::plugins::PluginError;
 use crate::refresh::{AssistedError, StoreError};
 use crate::vault::AccountKey;
 
@@ -57,7 +57,7 @@ fn assisted_error(e: AssistedError) -> ApiError {
         AssistedError::Configuration(message) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
         }
-        AssistedError::Broker(CallError::Failed(out)) => ApiError::new(
+        AssistedError::Broker(PluginError::Failed(out)) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "login_failed",
             format!("{}: {}", out.class, out.message),

@@ -50,7 +50,7 @@ const ASSISTED_MAX_PENDING: usize = 10_000;
 
 /// What the handlers share: the daemon's state plus what only the API needs. One per router.
 pub struct ApiState {
-    /// The daemon's state (config, plugins, services, vault, refresher).
+    /// The daemon's state (config, plugins, plugin_env, vault, refresher).
     pub app: Arc<AppState>,
     /// JWT key, API key digests, and the failed-authentication counters.
     pub auth: auth::Auth,
@@ -98,7 +98,7 @@ impl ApiState {
 
     /// Now, on the daemon's clock (Unix ms).
     pub fn now_ms(&self) -> i64 {
-        self.app.services.clock.now_ms()
+        self.app.plugin_env.clock.now_ms()
     }
 
     /// The refresher shared with the scheduler (single flight across both).

@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 
 use super::outcome::{Finished, LoginFailure, StoreError, attempt_record, vault_task};
 use super::{AccountResult, Refresher};
-use crate::plugins::{CallError, Plugin};
+use crate::plugins::{Plugin, PluginError};
 use crate::vault::{Account, AccountKey, Credentials, Outcome, Trigger, VaultError};
 
 /// The account an assisted login is for, and its credentials.
@@ -41,7 +41,7 @@ pub enum AssistedError {
     Configuration(String),
     /// The strategy failed, or the broker refused the login.
     #[error(transparent)]
-    Broker(CallError),
+    Broker(PluginError),
 }
 
 fn assisted_credentials(c: &Credentials) -> wire::Credentials {
@@ -60,9 +60,9 @@ fn assisted_credentials(c: &Credentials) -> wire::Credentials {
 fn same_broker_user(
     out: wire::LoginOutput,
     broker_user_id: &str,
-) -> Result<wire::LoginOutput, CallError> {
+) -> Result<wire::LoginOutput, PluginError> {
     if !out.broker_user_id.is_empty() && !out.broker_user_id.eq_ignore_ascii_case(broker_user_id) {
-        return Err(CallError::Failed(wire::ErrorOutput::new(
+        return Err(PluginError::Failed(wire::ErrorOutput::new(
             wire::ErrorClass::InvalidCredentials,
             format!(
                 "the broker logged in {} but this account is {}",
@@ -113,7 +113,7 @@ impl Refresher {
                 .map_err(AssistedError::Configuration)?,
         };
         let limits = self.limits(&plugin);
-        let ctx = self.call_context(
+        let ctx = self.plugin_call(
             &plugin,
             key.to_string(),
             &account.credentials,
@@ -160,7 +160,7 @@ impl Refresher {
         key: &AccountKey,
         query: BTreeMap<String, String>,
     ) -> Result<AssistedLogin, AssistedError> {
-        let started_ms = self.services.clock.now_ms();
+        let started_ms = self.plugin_env.clock.now_ms();
         let AssistedAccount {
             account,
             credentials,
@@ -178,7 +178,7 @@ impl Refresher {
                 .map_err(AssistedError::Configuration)?,
         };
         let limits = self.limits(&plugin);
-        let ctx = self.call_context(&plugin, key.to_string(), &credentials, None, &limits);
+        let ctx = self.plugin_call(&plugin, key.to_string(), &credentials, None, &limits);
         let slot = self.login_slot(&limits).await;
         let (result, duration) = self
             .timed_call(key, plugin, ctx, move |p, c| {

@@ -44,7 +44,7 @@ impl Refresher {
         let attention = Attention {
             class: class.as_str().to_owned(),
             message: message.to_owned(),
-            since_ms: self.services.clock.now_ms(),
+            since_ms: self.plugin_env.clock.now_ms(),
         };
         let (vault, k) = (self.vault.clone(), key.clone());
         if let Err(e) = blocking(move || vault.set_attention(&k, attention)).await {

@@ -128,7 +128,7 @@ impl Refresher {
     /// Why a scheduled or catch-up login of this account waits: its backoff after retryable
     /// failures, or its broker's open breaker.
     pub(super) fn held(&self, key: &AccountKey, account: &Account) -> Option<AccountResult> {
-        let now = self.services.clock.now_ms();
+        let now = self.plugin_env.clock.now_ms();
         if let Some(b) = account.backoff.filter(|b| b.until_ms > now) {
             return Some(AccountResult::skipped(
                 key,
@@ -155,7 +155,7 @@ impl Refresher {
 
     /// After a refresh's last attempt: its broker's breaker.
     pub(super) async fn after_refresh(&self, key: &AccountKey, result: &AccountResult) {
-        let now = self.services.clock.now_ms();
+        let now = self.plugin_env.clock.now_ms();
         let class = result.error_class.as_deref();
         let broker = self.broker_config(key.broker.as_str());
         self.breakers.record(
@@ -173,7 +173,7 @@ impl Refresher {
     /// A refresh that contacted the broker ended in a retryable failure: scheduled and catch-up
     /// logins of the account wait longer (`next_backoff`).
     pub(super) async fn back_off(&self, key: &AccountKey) {
-        let now = self.services.clock.now_ms();
+        let now = self.plugin_env.clock.now_ms();
         let (vault, k, config) = (self.vault.clone(), key.clone(), self.config.clone());
         let stored = blocking(move || {
             let previous = vault.get_account(&k)?.and_then(|a| a.backoff);
@@ -188,7 +188,7 @@ impl Refresher {
 
     /// The per-broker breakers, as shown to operators.
     pub fn breakers(&self) -> std::collections::BTreeMap<String, BreakerView> {
-        self.breakers.views(self.services.clock.now_ms())
+        self.breakers.views(self.plugin_env.clock.now_ms())
     }
 }
 

@@ -14,8 +14,8 @@ use super::gate::BrokerLimits;
 use super::outcome::attempt_record;
 use super::{AccountResult, Refresher, blocking};
 use crate::config::BrokerConfig;
-use crate::plugins::host::CallContext;
-use crate::plugins::{CallError, CallTarget, Plugin};
+use crate::plugins::host::PluginCall;
+use crate::plugins::{AccountAccess, Plugin, PluginError};
 use crate::vault::{Account, AccountKey, AccountState, Attempt, Credentials, Trigger};
 
 /// What every attempt of one account's login shares.
@@ -69,9 +69,9 @@ impl Refresher {
             // TOTP step is still ahead, wait for it here, holding no login slot, so that the
             // login gets its code without waiting; if it is further ahead than a whole login may
             // take, do not send the password at all.
-            let now_ms = self.services.clock.now_ms();
+            let now_ms = self.plugin_env.clock.now_ms();
             let totp_wait = if plan.totp_secret.is_some() {
-                self.services.steps.wait_ms(&plan.label, now_ms)
+                self.plugin_env.steps.wait_ms(&plan.label, now_ms)
             } else {
                 0
             };
@@ -80,7 +80,7 @@ impl Refresher {
                     "the account's next unused TOTP step starts in {totp_wait} ms, later than \
                      login_timeout_secs allows; the broker was not contacted"
                 );
-                let result = Err(CallError::Failed(wire::ErrorOutput::new(
+                let result = Err(PluginError::Failed(wire::ErrorOutput::new(
                     ErrorClass::Network,
                     message,
                 )));
@@ -90,7 +90,7 @@ impl Refresher {
                 self.settle(key, record, result, false).await
             } else {
                 if totp_wait > 0 {
-                    self.services.clock.wait_ms(totp_wait).await;
+                    self.plugin_env.clock.wait_ms(totp_wait).await;
                 }
                 let (record, result) = self.attempt(key, &plan, trigger, attempt).await;
                 self.settle(key, record, result, true).await
@@ -217,7 +217,7 @@ impl Refresher {
         plan: &LoginPlan,
         trigger: Trigger,
         attempt: u32,
-    ) -> (Attempt, Result<wire::LoginOutput, CallError>) {
+    ) -> (Attempt, Result<wire::LoginOutput, PluginError>) {
         let slot = self.login_slot(&plan.limits).await;
         let credentials = &plan.credentials;
         let request = LoginRequest {
@@ -237,7 +237,7 @@ impl Refresher {
             attempt,
             redirect_url: None,
         };
-        let mut ctx = self.call_context(
+        let mut ctx = self.plugin_call(
             &plan.plugin,
             plan.label.clone(),
             credentials,
@@ -251,7 +251,7 @@ impl Refresher {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }));
-        let started_ms = self.services.clock.now_ms();
+        let started_ms = self.plugin_env.clock.now_ms();
         let (result, duration) = self
             .timed_call(key, plan.plugin.clone(), ctx, move |p, c| {
                 p.login_blocking(c, &request)
@@ -266,16 +266,16 @@ impl Refresher {
 
     /// A fresh call context for `plugin` acting for `account` (`user/broker`), under its
     /// broker's request rate.
-    pub(super) fn call_context(
+    pub(super) fn plugin_call(
         &self,
         plugin: &Plugin,
         account: String,
         credentials: &Credentials,
         totp_secret: Option<Zeroizing<Vec<u8>>>,
         limits: &BrokerLimits,
-    ) -> CallContext {
+    ) -> PluginCall {
         let broker_config = self.broker_config(&plugin.id);
-        let mut ctx = self.services.context(CallTarget {
+        let mut ctx = self.plugin_env.call_for(AccountAccess {
             plugin,
             account,
             configured_urls: &broker_config.urls,
@@ -297,7 +297,7 @@ impl Refresher {
         if let Ok(Some(step)) =
             blocking(move || Ok(vault.get_account(&k)?.and_then(|a| a.last_totp_step))).await
         {
-            self.services.steps.mark_used(account_label, step);
+            self.plugin_env.steps.mark_used(account_label, step);
         }
         let (vault, k) = (self.vault.clone(), key.clone());
         if let Ok(Some(last)) =
@@ -306,7 +306,7 @@ impl Refresher {
             let end_ms = last.attempt.time_ms + last.attempt.duration_ms as i64;
             if end_ms > 0 {
                 let step = (end_ms / crate::plugins::totp::STEP_MS) as u64;
-                self.services.steps.mark_used(account_label, step);
+                self.plugin_env.steps.mark_used(account_label, step);
             }
         }
     }

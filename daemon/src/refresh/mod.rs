@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::{BrokerConfig, Config};
-use crate::plugins::{Registry, Services};
+use crate::plugins::{PluginEnv, Registry};
 use crate::vault::{AccountKey, BrokerId, Trigger, UserId, Vault, VaultError};
 
 /// Which accounts a refresh covers.
@@ -91,7 +91,7 @@ pub type SleepFn = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>
 pub struct Refresher {
     vault: Arc<Vault>,
     plugins: Arc<Registry>,
-    services: Arc<Services>,
+    plugin_env: Arc<PluginEnv>,
     config: Arc<Config>,
     /// Single flight: the login in flight per account. A second trigger for the same account
     /// awaits the first one's result instead of logging in again; an assisted login's finish
@@ -134,13 +134,13 @@ impl Refresher {
     pub fn new(
         vault: Arc<Vault>,
         plugins: Arc<Registry>,
-        services: Arc<Services>,
+        plugin_env: Arc<PluginEnv>,
         config: Arc<Config>,
     ) -> Refresher {
         Refresher::with_sleep(
             vault,
             plugins,
-            services,
+            plugin_env,
             config,
             Arc::new(|d| tokio::time::sleep(d).boxed()),
         )
@@ -150,7 +150,7 @@ impl Refresher {
     pub fn with_sleep(
         vault: Arc<Vault>,
         plugins: Arc<Registry>,
-        services: Arc<Services>,
+        plugin_env: Arc<PluginEnv>,
         config: Arc<Config>,
         sleep: SleepFn,
     ) -> Refresher {
@@ -158,7 +158,7 @@ impl Refresher {
             global: Arc::new(Semaphore::new(config.refresh.concurrency as usize)),
             vault,
             plugins,
-            services,
+            plugin_env,
             config,
             inflight: Mutex::default(),
             breakers: backoff::Breakers::default(),
@@ -251,7 +251,7 @@ impl Refresher {
 
     /// Next scheduled run per enabled broker (Unix ms), from the clock's now.
     pub fn next_runs(&self) -> BTreeMap<String, Option<i64>> {
-        let now = self.services.clock.now_ms();
+        let now = self.plugin_env.clock.now_ms();
         schedule::schedules(&self.plugins, &self.config)
             .into_iter()
             .map(|s| (s.broker.clone(), s.next_after(now)))

@@ -10,8 +10,8 @@ use broker_api::wire::{self, ErrorClass};
 use secrecy::SecretString;
 
 use super::Refresher;
-use crate::plugins::host::CallContext;
-use crate::plugins::{CallError, Plugin, run_blocking};
+use crate::plugins::host::PluginCall;
+use crate::plugins::{Plugin, PluginError, run_blocking};
 use crate::vault::{AccountKey, Attempt, NewToken, Outcome, SecretJson, Trigger, VaultError};
 
 /// Why a login's token (or the account it is for) could not be read or stored.
@@ -45,7 +45,7 @@ pub(super) enum Finished {
     /// The broker gave a token but it could not be stored.
     NotStored(StoreError),
     /// The login failed.
-    Failed(CallError),
+    Failed(PluginError),
 }
 
 /// A failed login, as the retry policy and the attempt log see it.
@@ -57,9 +57,9 @@ pub(super) struct LoginFailure {
 }
 
 impl LoginFailure {
-    pub(super) fn of(error: &CallError) -> LoginFailure {
+    pub(super) fn of(error: &PluginError) -> LoginFailure {
         match error {
-            CallError::Failed(e) => LoginFailure {
+            PluginError::Failed(e) => LoginFailure {
                 class: e.class,
                 message: e.message.clone(),
                 retry_after_ms: e.retry_after_ms,
@@ -101,9 +101,9 @@ impl Refresher {
         &self,
         key: &AccountKey,
         plugin: Arc<Plugin>,
-        ctx: CallContext,
-        f: impl FnOnce(&Plugin, &CallContext) -> Result<T, CallError> + Send + 'static,
-    ) -> (Result<T, CallError>, Duration) {
+        ctx: PluginCall,
+        f: impl FnOnce(&Plugin, &PluginCall) -> Result<T, PluginError> + Send + 'static,
+    ) -> (Result<T, PluginError>, Duration) {
         let started = Instant::now();
         let result = run_blocking(plugin, ctx, f).await;
         let duration = started.elapsed();
@@ -122,7 +122,7 @@ impl Refresher {
         &self,
         key: &AccountKey,
         mut record: Attempt,
-        result: Result<wire::LoginOutput, CallError>,
+        result: Result<wire::LoginOutput, PluginError>,
     ) -> Finished {
         let error = match result {
             Ok(output) => {

@@ -8,7 +8,7 @@ use broker_api::wire;
 
 use super::outcome::{Finished, LoginFailure};
 use super::{AccountResult, Refresher};
-use crate::plugins::CallError;
+use crate::plugins::PluginError;
 use crate::vault::{AccountKey, Attempt, Outcome};
 
 impl Refresher {
@@ -18,7 +18,7 @@ impl Refresher {
         &self,
         key: &AccountKey,
         record: Attempt,
-        result: Result<wire::LoginOutput, CallError>,
+        result: Result<wire::LoginOutput, PluginError>,
         may_retry: bool,
     ) -> ControlFlow<AccountResult> {
         let attempt = record.attempt;

@@ -109,7 +109,7 @@ impl Refresher {
     /// last scheduled time. Accounts that are paused, managed externally or need attention are
     /// left alone (and not counted).
     pub async fn catch_up(self: &Arc<Self>) -> RefreshSummary {
-        let now = self.services.clock.now_ms();
+        let now = self.plugin_env.clock.now_ms();
         let schedules = schedules(&self.plugins, &self.config);
         let vault = self.vault.clone();
         let due = tokio::task::spawn_blocking(
@@ -218,7 +218,7 @@ impl Scheduler {
 
 /// The scheduler task of a serving daemon: tick until `shutdown` resolves.
 pub async fn run(refresher: Arc<Refresher>, shutdown: impl Future<Output = ()>) {
-    let clock = refresher.services.clock.clone();
+    let clock = refresher.plugin_env.clock.clone();
     let mut scheduler = Scheduler::new(refresher, clock.now_ms());
     tokio::pin!(shutdown);
     loop {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokenbot::AppState;
 use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::Config;
-use tokenbot::plugins::{CallSettings, Registry, Services};
+use tokenbot::plugins::{CallLimits, PluginEnv, Registry};
 use tokenbot::vault::{
     AccountKey, Credentials, Engine, KeyMaterial, MasterKey, NewAccount, NewToken, SecretJson,
     Vault, VaultOptions,
@@ -77,7 +77,7 @@ impl TestApi {
             },
         )
         .unwrap();
-        let services = Arc::new(Services::new(clock.clone(), CallSettings::default()));
+        let services = Arc::new(PluginEnv::new(clock.clone(), CallLimits::default()));
         let plugins = Arc::new(Registry::load(&config.plugins));
         let state = Arc::new(AppState::from_parts(
             Arc::new(config),

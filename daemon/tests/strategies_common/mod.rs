@@ -14,7 +14,9 @@ use broker_api::wire::{
 use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::PluginsConfig;
 use tokenbot::plugins::totp::parse_secret;
-use tokenbot::plugins::{self, CallError, CallSettings, CallTarget, Plugin, Registry, Services};
+use tokenbot::plugins::{
+    self, AccountAccess, CallLimits, Plugin, PluginEnv, PluginError, Registry,
+};
 
 /// An account as the vault would hand it to the host.
 #[derive(Clone, Debug)]
@@ -48,7 +50,7 @@ pub fn totp_secret(n: u32) -> String {
 /// The plugin host of a test.
 pub struct Harness {
     pub clock: Arc<ManualClock>,
-    pub services: Arc<Services>,
+    pub services: Arc<PluginEnv>,
     pub registry: Registry,
     /// Configured settings, as `[brokers.<id>]` would give them.
     settings: Mutex<BTreeMap<String, String>>,
@@ -71,7 +73,7 @@ impl Harness {
             ..PluginsConfig::default()
         });
         Harness {
-            services: Arc::new(Services::new(clock.clone(), CallSettings::default())),
+            services: Arc::new(PluginEnv::new(clock.clone(), CallLimits::default())),
             clock,
             registry,
             settings: Mutex::default(),
@@ -120,12 +122,12 @@ impl Harness {
         plugin: &Plugin,
         account: &Account,
         urls: &BTreeMap<String, String>,
-    ) -> plugins::host::CallContext {
+    ) -> plugins::host::PluginCall {
         remember_secrets(account);
         let mut secrets: Vec<&str> = vec![account.api_secret.as_str()];
         secrets.extend(account.password.as_deref());
         secrets.extend(account.totp_secret.as_deref());
-        self.services.context(CallTarget {
+        self.services.call_for(AccountAccess {
             plugin,
             account: format!("{}/{}", account.user_id, plugin.id),
             configured_urls: urls,
@@ -145,7 +147,7 @@ impl Harness {
         broker: &str,
         account: &Account,
         urls: &BTreeMap<String, String>,
-    ) -> Result<LoginOutput, CallError> {
+    ) -> Result<LoginOutput, PluginError> {
         let plugin = self.plugin(broker);
         let req = LoginRequest {
             v: WIRE_VERSION,
@@ -172,7 +174,7 @@ impl Harness {
         account: &Account,
         urls: &BTreeMap<String, String>,
         token: &str,
-    ) -> Result<VerifyOutput, CallError> {
+    ) -> Result<VerifyOutput, PluginError> {
         let plugin = self.plugin(broker);
         let req = VerifyRequest {
             v: WIRE_VERSION,
@@ -193,7 +195,7 @@ impl Harness {
         urls: &BTreeMap<String, String>,
         state: &str,
         redirect_url: &str,
-    ) -> Result<AssistedUrlOutput, CallError> {
+    ) -> Result<AssistedUrlOutput, PluginError> {
         let plugin = self.plugin(broker);
         let req = AssistedUrlRequest {
             v: WIRE_VERSION,
@@ -217,7 +219,7 @@ impl Harness {
         account: &Account,
         urls: &BTreeMap<String, String>,
         query: BTreeMap<String, String>,
-    ) -> Result<LoginOutput, CallError> {
+    ) -> Result<LoginOutput, PluginError> {
         let plugin = self.plugin(broker);
         let req = AssistedFinishRequest {
             v: WIRE_VERSION,
@@ -241,9 +243,9 @@ impl Harness {
 }
 
 /// The class of a failed call (panics on success or a non-typed failure).
-pub fn class_of<T: std::fmt::Debug>(result: &Result<T, CallError>) -> ErrorClass {
+pub fn class_of<T: std::fmt::Debug>(result: &Result<T, PluginError>) -> ErrorClass {
     match result {
-        Err(CallError::Failed(e)) => e.class,
+        Err(PluginError::Failed(e)) => e.class,
         other => panic!("expected a typed failure, got {other:?}"),
     }
 }

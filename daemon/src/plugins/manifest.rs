@@ -1,0 +1,59 @@
+//! What a strategy's id, version and manifest must satisfy to be loaded.
+
+use broker_api::wire::Manifest;
+
+use super::LoadError;
+
+/// Credential field names shared by every broker.
+pub const CREDENTIAL_FIELDS: &[&str] = &[
+    "broker_user_id",
+    "password",
+    "api_key",
+    "api_secret",
+    "totp_secret",
+];
+
+pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadError> {
+    let bad = |m: String| Err(LoadError::BadManifest(m));
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad(format!("id {id:?} must be 1-64 of [a-z0-9-]"));
+    }
+    if version.is_empty() {
+        return bad("empty version".into());
+    }
+    if manifest.v == 0 {
+        return bad("manifest version 0".into());
+    }
+    for field in &manifest.credential_fields {
+        if !CREDENTIAL_FIELDS.contains(&field.name.as_str()) {
+            return bad(format!("unknown credential field {:?}", field.name));
+        }
+    }
+    if !manifest
+        .credential_fields
+        .iter()
+        .any(|f| f.name == "broker_user_id")
+    {
+        return bad("credential fields must include broker_user_id".into());
+    }
+    (manifest.schedule.parse::<croner::Cron>())
+        .map_err(|e| LoadError::BadManifest(format!("schedule: {e}")))?;
+    manifest
+        .timezone
+        .parse::<chrono_tz::Tz>()
+        .map_err(|e| LoadError::BadManifest(format!("timezone: {e}")))?;
+    for (name, url) in &manifest.base_urls {
+        url::Url::parse(url)
+            .map_err(|e| LoadError::BadManifest(format!("base URL {name}: {e}")))?;
+    }
+    let rate = manifest.rate_limit_per_sec;
+    if manifest.max_concurrency == 0 || !(rate.is_finite() && rate > 0.0) {
+        return bad("max_concurrency and rate_limit_per_sec must be positive".into());
+    }
+    Ok(())
+}
