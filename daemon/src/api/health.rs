@@ -174,6 +174,33 @@ pub async fn detailed(
     let outbox = blocking(move || vault.outbox_len()).await?;
     let refresher = api.refresher();
     let stats = refresher.stats();
+    let (plugins, plugin_failures) = plugin_views(&api);
+    let mirror = mirror_view(&api, outbox);
+    Ok(Json(DetailedHealthView {
+        status: "ok".into(),
+        uptime_secs: api.started.elapsed().as_secs(),
+        users: counts.users,
+        accounts: counts.accounts,
+        active_tokens: counts.valid,
+        tokens_expiring_within_hour: counts.expiring_within_hour,
+        success_rate: (stats.attempts > 0)
+            .then(|| (stats.successes as f64 * 1000.0 / stats.attempts as f64).round() / 10.0),
+        avg_execution_ms: stats.avg_execution_ms,
+        attempts: stats.attempts,
+        next_runs: refresher
+            .next_runs()
+            .into_iter()
+            .map(|(broker, at)| (broker, at.map(iso)))
+            .collect(),
+        plugins,
+        plugin_failures,
+        mirror,
+        breakers: breaker_views(&refresher),
+    }))
+}
+
+/// The loaded strategies, and the plugin files that failed to load.
+fn plugin_views(api: &ApiState) -> (Vec<PluginView>, Vec<PluginFailureView>) {
     let plugins = api
         .app
         .plugins
@@ -198,13 +225,18 @@ pub async fn detailed(
             error: f.error.to_string(),
         })
         .collect();
-    let mirror = match &api.app.mirror {
+    (plugins, plugin_failures)
+}
+
+/// The Postgres mirror's state; `backlog` is the vault's outbox length.
+fn mirror_view(api: &ApiState, backlog: u64) -> MirrorView {
+    match &api.app.mirror {
         Some(m) => {
             let s = m.status();
             MirrorView {
                 enabled: s.enabled,
                 connected: s.connected,
-                backlog: outbox,
+                backlog,
                 delivered: s.delivered,
                 last_error: s.last_error,
                 last_error_at: s.last_error_at_ms.map(iso),
@@ -213,42 +245,26 @@ pub async fn detailed(
         None => MirrorView {
             enabled: false,
             connected: false,
-            backlog: outbox,
+            backlog,
             delivered: 0,
             last_error: None,
             last_error_at: None,
         },
-    };
-    Ok(Json(DetailedHealthView {
-        status: "ok".into(),
-        uptime_secs: api.started.elapsed().as_secs(),
-        users: counts.users,
-        accounts: counts.accounts,
-        active_tokens: counts.valid,
-        tokens_expiring_within_hour: counts.expiring_within_hour,
-        success_rate: (stats.attempts > 0)
-            .then(|| (stats.successes as f64 * 1000.0 / stats.attempts as f64).round() / 10.0),
-        avg_execution_ms: stats.avg_execution_ms,
-        attempts: stats.attempts,
-        next_runs: refresher
-            .next_runs()
-            .into_iter()
-            .map(|(broker, at)| (broker, at.map(iso)))
-            .collect(),
-        plugins,
-        plugin_failures,
-        mirror,
-        breakers: refresher
-            .breakers()
-            .into_iter()
-            .map(|(broker, b)| {
-                let out = BreakerView {
-                    open: b.open,
-                    open_until: (b.open_until_ms > 0).then(|| iso(b.open_until_ms)),
-                    failing_accounts: b.failing_accounts,
-                };
-                (broker, out)
-            })
-            .collect(),
-    }))
+    }
+}
+
+/// Each broker's circuit breaker.
+fn breaker_views(refresher: &crate::refresh::Refresher) -> BTreeMap<String, BreakerView> {
+    refresher
+        .breakers()
+        .into_iter()
+        .map(|(broker, b)| {
+            let view = BreakerView {
+                open: b.open,
+                open_until: (b.open_until_ms > 0).then(|| iso(b.open_until_ms)),
+                failing_accounts: b.failing_accounts,
+            };
+            (broker, view)
+        })
+        .collect()
 }

@@ -4,7 +4,8 @@
 //! check the list against the OpenAPI document and the router against the list.
 //!
 //! - `error`: `ApiError` (the one JSON error shape) and the extractors whose rejections use it.
-//! - `auth`: JWTs, API keys, the per-client limit on failed authentications.
+//! - `auth/`: JWTs, API keys, the per-client limit on failed authentications, the client's
+//!   address behind proxies, and the extractors naming the caller (`Caller`, `ServiceKey`, ...).
 //! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
 //! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes. Route files
 //!   never import each other: what several share is in `accounts` (account operations), `params`

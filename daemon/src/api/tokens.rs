@@ -52,8 +52,8 @@ pub async fn read(
     // The hot path of the trading backend, run inline: usually one memory read (the body made
     // from the vault's current record), else the vault's cached record and the body made from
     // it, at worst two short vault reads (an account prefix scan and one token). A hop to the
-    // blocking pool costs two thread wake-ups per request, more than the reads themselves on two
-    // cores (benches/api.rs); the audit write, which fsyncs, goes to its own thread.
+    // blocking pool costs two thread wake-ups per request, which outweigh reads this short
+    // (measured by benches/api.rs); the audit write, which fsyncs, goes to its own thread.
     let vault = &api.app.vault;
     let epoch = vault.epoch();
     let key = (user, broker);
@@ -128,8 +128,8 @@ fn answer(
 }
 
 /// Token read bodies by user and `?broker=`, so that repeated reads skip the serialisation (a
-/// third of the handler's CPU, benches/api.rs) and, while the vault's epoch stays, the vault's
-/// cache too. An entry is served only while the vault hands out the very record it was made
+/// large share of the handler's work, benches/api.rs) and, while the vault's epoch stays, the
+/// vault's cache too. An entry is served only while the vault hands out the very record it was made
 /// from (the vault makes a new one after every write: either its epoch is the one the entry was
 /// last checked at, or the vault's record is that record) and its token has not expired, so it
 /// never answers what a fresh read would not. Bodies hold access tokens: zeroised when the entry

@@ -59,9 +59,10 @@ pub fn valid_token<'a>(
     }
 }
 
+// Also what `tokenbot token get` prints. Its doc comment is its description in `/openapi.json`,
+// kept word for word: the cache it names is `api::tokens::BodyCache`.
 /// A token handed to the trading backend. The only body that carries a secret. Borrows from the
-/// vault's record: the API serialises it once into its cache of bodies, with no copy of the
-/// strings.
+/// vault's record: serialised once into the [`BodyCache`], with no copy of the strings.
 #[derive(Serialize, ToSchema)]
 #[schema(as = TokenOut)]
 pub struct TokenView<'a> {
@@ -206,7 +207,9 @@ pub async fn account_view(api: &Arc<ApiState>, key: AccountKey) -> Result<Accoun
     Ok(AccountView::new(&account, token.as_ref(), now))
 }
 
-/// One login attempt as the API and the CLI show it.
+// Also what `tokenbot logs` prints for each attempt. The doc comments of views are their
+// descriptions in `/openapi.json`.
+/// One login attempt as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = AttemptOut)]
 pub struct AttemptView {
@@ -244,14 +247,13 @@ impl From<&LoggedAttempt> for AttemptView {
     }
 }
 
-/// A user's recent login attempts: the answer of `GET /api/tokens/logs/{userId}` and what
-/// `tokenbot logs` prints.
+/// A user's recent attempts.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = LogsOut)]
 pub struct AttemptLogView {
     /// The user.
     pub user_id: String,
-    /// Newest first.
+    /// Newest first (the same shape as `tokenbot logs` prints).
     pub attempts: Vec<AttemptView>,
 }
 
