@@ -8,12 +8,12 @@ pub mod assisted;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod credential_input;
 pub mod logging;
 pub mod mirror;
 #[cfg(test)]
 mod module_graph;
 pub mod plugins;
-pub mod provision;
 pub mod refresh;
 pub mod vault;
 

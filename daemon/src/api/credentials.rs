@@ -17,7 +17,7 @@ use super::users::{
     BrokerQuery, DeletedOut, delete_account, plugin_for, set_flags, store_account, unknown_in_body,
 };
 use super::views::{AccountView, account_views, broker_id};
-use crate::provision::Fields;
+use crate::credential_input::Fields;
 use crate::vault::{AccountKey, BrokerId, Flags, UserId};
 
 /// A broker account's credentials, for the calling user.

@@ -14,8 +14,8 @@ use super::ApiState;
 use super::auth::ServiceKey;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, blocking};
 use super::views::{AccountView, account_view, account_views, broker_id, user_id};
+use crate::credential_input::{Fields, check_fields};
 use crate::plugins::Plugin;
-use crate::provision::{Fields, check_fields};
 use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, VaultError};
 
 /// The credential fields of an account plus its flags. Which fields are required depends on the

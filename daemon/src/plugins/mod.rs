@@ -27,14 +27,8 @@ use host::{CallContext, HOST_TABLE};
 /// Largest output a plugin call may produce.
 pub const OUTPUT_CAP: usize = 1 << 20;
 
-/// Credential field names shared by every broker.
-pub const CREDENTIAL_FIELDS: &[&str] = &[
-    "broker_user_id",
-    "password",
-    "api_key",
-    "api_secret",
-    "totp_secret",
-];
+/// Credential field names shared by every broker (the vault's list).
+pub use crate::vault::CREDENTIAL_FIELDS;
 
 /// Why a plugin was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

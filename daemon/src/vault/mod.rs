@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use configured::check_config;
-pub use credentials::Credentials;
+pub use credentials::{CREDENTIAL_FIELDS, Credentials};
 pub use engine::Engine;
 pub use entries::*;
 pub use error::VaultError;
