@@ -140,11 +140,6 @@ impl Vault {
         self.engine
     }
 
-    /// Whether writes are refused.
-    pub fn is_read_only(&self) -> bool {
-        self.read_only
-    }
-
     fn now(&self) -> i64 {
         self.options.clock.now_ms()
     }
