@@ -14,6 +14,7 @@ pub mod mirror;
 #[cfg(test)]
 mod module_graph;
 pub mod plugins;
+pub mod redact;
 pub mod refresh;
 pub mod vault;
 
