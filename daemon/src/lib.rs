@@ -345,4 +345,16 @@ mod check_config_tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn an_unknown_vault_engine_is_refused_naming_key_and_value() {
+        let err = load("[vault]\nengine = \"lmdb\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vault.engine") && err.contains("lmdb") && err.contains("redb or sled"),
+            "{err}"
+        );
+        assert_eq!(load("", &[]).unwrap().vault.engine, "redb");
+    }
 }
