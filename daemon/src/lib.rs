@@ -8,12 +8,13 @@ pub mod assisted;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod credential_input;
 pub mod logging;
 pub mod mirror;
 #[cfg(test)]
 mod module_graph;
 pub mod plugins;
-pub mod provision;
+pub mod redact;
 pub mod refresh;
 pub mod vault;
 
@@ -343,5 +344,17 @@ mod check_config_tests {
             err.contains("mirror.postgres.url") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_unknown_vault_engine_is_refused_naming_key_and_value() {
+        let err = load("[vault]\nengine = \"lmdb\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vault.engine") && err.contains("lmdb") && err.contains("redb or sled"),
+            "{err}"
+        );
+        assert_eq!(load("", &[]).unwrap().vault.engine, "redb");
     }
 }

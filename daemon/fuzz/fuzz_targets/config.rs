@@ -1,6 +1,6 @@
 //! Configuration parsing, `tokenbot::config::Config::from_toml_str`: the figment layering
-//! (defaults, the file's text, environment) and validation `Config::load_with_env` runs on
-//! `tokenbot.toml`.
+//! (defaults, the file's text, environment) that `Config::load_with_env` runs on `tokenbot.toml`,
+//! then every check, `tokenbot::check_config`.
 //!
 //! Input: UTF-8 text, the file; a first line `PORT=<value>` is taken out and set as `PORT` in the
 //! environment instead. Invariants, beyond "never panics":
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use secrecy::ExposeSecret;
-use tokenbot::config::Config;
+use tokenbot::config::{Config, ConfigError};
 
 /// In every planted secret; inputs already holding it are not checked for leaks.
 const MARK: &str = "Cn4ryS3cret";
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(port) = port {
         env.insert("PORT", port.to_owned());
     }
-    let result = Config::from_toml_str(toml, |name| env.get(name).cloned());
+    let result = load(toml, &env);
     if let Some(port) = port {
         match (&result, port.parse::<u16>()) {
             (Ok(config), Ok(port)) => assert_eq!(config.server.listen.port(), port),
@@ -52,6 +52,13 @@ fuzz_target!(|data: &[u8]| {
         secrets_never_echoed(toml, env);
     }
 });
+
+/// The configuration as `tokenbot` loads and checks it.
+fn load(toml: &str, env: &BTreeMap<&str, String>) -> Result<Config, ConfigError> {
+    let config = Config::from_toml_str(toml, |name| env.get(name).cloned())?;
+    tokenbot::check_config(&config)?;
+    Ok(config)
+}
 
 /// `config` as TOML, with its secrets in the environment, loads to the same configuration.
 fn reloads(config: &Config) {
@@ -71,7 +78,7 @@ fn reloads(config: &Config) {
     if let Some(postgres) = &config.mirror.postgres {
         env.insert("DATABASE_URL", postgres.url.expose_secret().to_owned());
     }
-    let again = Config::from_toml_str(&written, |name| env.get(name).cloned())
+    let again = load(&written, &env)
         .unwrap_or_else(|e| panic!("written configuration refused: {e}\n{written}"));
     assert_eq!(
         toml::to_string(&again).unwrap(),
@@ -119,7 +126,7 @@ fn secrets_never_echoed(toml: &str, mut env: BTreeMap<&'static str, String>) {
         }
         Err(_) => toml.to_owned(),
     };
-    if let Err(e) = Config::from_toml_str(&planted, |name| env.get(name).cloned()) {
+    if let Err(e) = load(&planted, &env) {
         let message = e.to_string();
         assert!(
             !message.contains(MARK),

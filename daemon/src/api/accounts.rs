@@ -10,7 +10,7 @@ use super::ApiState;
 use super::error::{ApiError, blocking};
 use super::views::{AccountView, DeletedView, account_view};
 use crate::plugins::Plugin;
-use crate::provision::{Fields, check_fields};
+use crate::credential_input::{Fields, check_fields};
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, Trigger, VaultError};
 

@@ -18,7 +18,7 @@ use super::auth::UserJwt;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, blocking};
 use super::params::{BrokerQuery, broker_id};
 use super::views::{AccountView, DeletedView, account_views};
-use crate::provision::Fields;
+use crate::credential_input::Fields;
 use crate::vault::{AccountKey, BrokerId, Flags, UserId};
 
 /// A broker account's credentials, for the calling user.

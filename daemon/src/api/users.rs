@@ -1,5 +1,5 @@
 //! Service routes over accounts (`X-API-Key`): provision, change, remove, list. Provisioning checks
-//! the fields exactly as `tokenbot user add` does ([`crate::provision`]).
+//! the fields exactly as `tokenbot user add` does ([`crate::credential_input`]).
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use super::auth::ServiceKey;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::params::{BrokerQuery, broker_id, user_id};
 use super::views::{AccountView, DeletedView, account_views};
-use crate::provision::Fields;
+use crate::credential_input::Fields;
 use crate::vault::{AccountKey, BrokerId, Flags};
 
 /// The credential fields of an account plus its flags. Which fields are required depends on the

@@ -12,8 +12,8 @@ use zeroize::Zeroizing;
 
 use super::vault::{open_vault, prompt_secret};
 use crate::config::Config;
+use crate::credential_input::{Fields, check_fields};
 use crate::plugins::{CREDENTIAL_FIELDS, Registry};
-use crate::provision::{Fields, check_fields};
 use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, UserId};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -13,7 +13,7 @@
 //! token back.
 //!
 //! Nothing here logs or reports the connection URL or its password: logs and the status name the
-//! target as `host:port/db`, and error messages pass through a redactor.
+//! target as `host:port/db`, and error messages pass through `crate::redact`.
 
 mod postgres;
 mod target;
@@ -66,17 +66,6 @@ impl MirrorStatus {
             last_error_at_ms: None,
         }
     }
-}
-
-/// `message` with every one of `secrets` replaced.
-fn redact(message: &str, secrets: &[&str]) -> String {
-    let mut out = message.to_owned();
-    for secret in secrets {
-        if !secret.is_empty() {
-            out = out.replace(secret, "[REDACTED]");
-        }
-    }
-    out
 }
 
 /// Longest a batch may take to commit before the connection is given up and opened again.

@@ -40,8 +40,7 @@ pub(crate) struct PgError(pub String);
 impl Target {
     /// `message` with every secret replaced.
     pub fn redact(&self, message: &str) -> String {
-        let secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose_secret()).collect();
-        super::redact(message, &secrets)
+        crate::redact::redact(message, self.secrets.iter().map(|s| s.expose_secret()))
     }
 
     fn error(&self, context: &str, e: &tokio_postgres::Error) -> PgError {
@@ -81,7 +80,7 @@ impl Target {
             .iter()
             .filter_map(|r| r.access_token.as_ref().map(|t| t.expose_secret()))
             .collect();
-        let text = super::redact(&text.replace('\n', " "), &tokens);
+        let text = crate::redact::redact(&text.replace('\n', " "), tokens);
         PgError(self.redact(&text))
     }
 }

@@ -4,10 +4,10 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use super::postgres::{self, Target};
-use super::redact;
 use super::template::{Template, TemplateError};
 use super::url::{describe, hide_odd_option, libpq_url};
 use crate::config::{ConfigError, PostgresMirrorConfig};
+use crate::redact::redact;
 
 /// Why a `[mirror.postgres]` configuration is refused; each names the key.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -98,7 +98,7 @@ pub(super) fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConf
         if let Some(source) = std::error::Error::source(&e) {
             text.push_str(&format!(": {source}"));
         }
-        MirrorConfigError::Url(redact(&hide_odd_option(&text), &[raw, &url]))
+        MirrorConfigError::Url(redact(&hide_odd_option(&text), [raw, url.as_str()]))
     })?;
     if pg.get_application_name().is_none() {
         pg.application_name("tokenbot");

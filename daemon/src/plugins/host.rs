@@ -85,13 +85,7 @@ impl Redactor {
     /// `text` with every known secret replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         let secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = text.to_owned();
-        for secret in secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), "[redacted]");
-            }
-        }
-        out
+        crate::redact::redact(text, secrets.iter().map(|s| s.as_str()))
     }
 }
 

@@ -3,15 +3,7 @@
 use broker_api::wire::Manifest;
 
 use super::LoadError;
-
-/// Credential field names shared by every broker.
-pub const CREDENTIAL_FIELDS: &[&str] = &[
-    "broker_user_id",
-    "password",
-    "api_key",
-    "api_secret",
-    "totp_secret",
-];
+use crate::vault::CREDENTIAL_FIELDS;
 
 pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadError> {
     let bad = |m: String| Err(LoadError::BadManifest(m));

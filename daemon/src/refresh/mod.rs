@@ -51,14 +51,6 @@ impl Selection {
         Selection::default()
     }
 
-    /// Every account of one user.
-    pub fn user(user: UserId) -> Selection {
-        Selection {
-            user: Some(user),
-            broker: None,
-        }
-    }
-
     /// One account.
     pub fn account(key: AccountKey) -> Selection {
         Selection {

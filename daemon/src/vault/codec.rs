@@ -91,21 +91,23 @@ pub(crate) fn from_plain_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| VaultError::malformed(table.name(), describe(table, key), e))
 }
 
-#[derive(Serialize)]
-struct CredentialsOut<'a> {
-    password: Option<&'a str>,
-    api_key: Option<&'a str>,
-    api_secret: Option<&'a str>,
-    totp_secret: Option<&'a str>,
+/// Credentials as their record stores them: a JSON object with every secret field, in list order,
+/// `null` when unset.
+struct CredentialsOut<'a>(&'a Credentials);
+
+impl Serialize for CredentialsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for name in Credentials::secret_fields() {
+            map.serialize_entry(name, &self.0.get(name).map(|s| s.expose_secret()))?;
+        }
+        map.end()
+    }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct CredentialsIn {
-    password: Option<SecretString>,
-    api_key: Option<SecretString>,
-    api_secret: Option<SecretString>,
-    totp_secret: Option<SecretString>,
-}
+/// A credentials record read back: names it does not know are ignored.
+type CredentialsIn = std::collections::BTreeMap<String, Option<SecretString>>;
 
 #[derive(Serialize)]
 struct TokenOut<'a> {
@@ -126,12 +128,7 @@ pub(crate) struct TokenIn {
 }
 
 pub(crate) fn seal_credentials(keys: &RecordKeys, key: &[u8], c: &Credentials) -> Vec<u8> {
-    let out = CredentialsOut {
-        password: c.password.as_ref().map(|s| s.expose_secret()),
-        api_key: c.api_key.as_ref().map(|s| s.expose_secret()),
-        api_secret: c.api_secret.as_ref().map(|s| s.expose_secret()),
-        totp_secret: c.totp_secret.as_ref().map(|s| s.expose_secret()),
-    };
+    let out = CredentialsOut(c);
     seal(keys, Table::Credentials, key, &to_secret_json(&out))
 }
 
@@ -141,13 +138,14 @@ pub(crate) fn open_credentials(
     sealed: &[u8],
 ) -> Result<Credentials, VaultError> {
     let plain = unseal(keys, Table::Credentials, key, sealed)?;
-    let c: CredentialsIn = from_secret_json(Table::Credentials, key, &plain)?;
-    Ok(Credentials {
-        password: c.password,
-        api_key: c.api_key,
-        api_secret: c.api_secret,
-        totp_secret: c.totp_secret,
-    })
+    let record: CredentialsIn = from_secret_json(Table::Credentials, key, &plain)?;
+    let mut credentials = Credentials::default();
+    for (name, value) in record {
+        if let Some(value) = value {
+            credentials.set(&name, value);
+        }
+    }
+    Ok(credentials)
 }
 
 pub(crate) fn seal_token(keys: &RecordKeys, key: &[u8], t: &NewToken, generation: u64) -> Vec<u8> {

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use configured::check_config;
-pub use credentials::Credentials;
+pub use credentials::{CREDENTIAL_FIELDS, Credentials};
 pub use engine::Engine;
 pub use entries::*;
 pub use error::VaultError;
@@ -138,11 +138,6 @@ impl Vault {
     /// The vault's engine.
     pub fn engine(&self) -> Engine {
         self.engine
-    }
-
-    /// Whether writes are refused.
-    pub fn is_read_only(&self) -> bool {
-        self.read_only
     }
 
     fn now(&self) -> i64 {

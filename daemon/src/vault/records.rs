@@ -67,7 +67,7 @@ fn changed_credentials(
 ) -> Result<Vec<&'static str>, VaultError> {
     Ok(match tx.get(Table::Credentials, k)? {
         Some(sealed) => new.changed_fields(&open_credentials(keys, k, &sealed)?),
-        None => Credentials::FIELDS.to_vec(),
+        None => Credentials::secret_fields().collect(),
     })
 }
 

@@ -1,6 +1,7 @@
-//! Checking an account's credential fields against its broker's manifest. Shared by
+//! Credential fields as people give them, checked against their broker's manifest. Shared by
 //! `tokenbot user add` and the HTTP API (`POST /api/credentials`, `PUT /api/users/.../accounts/...`),
-//! so both accept and refuse exactly the same input. Errors name fields, never values.
+//! so both accept and refuse exactly the same input. Errors name fields, never values. The field
+//! names are the vault's list ([`crate::vault::CREDENTIAL_FIELDS`]).
 
 use std::collections::BTreeSet;
 
@@ -86,13 +87,13 @@ pub fn check_fields(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let given = Credentials {
+        password: fields.password,
+        api_key: fields.api_key,
+        api_secret: fields.api_secret,
+        totp_secret: fields.totp_secret,
+    };
     let mut credentials = Credentials::default();
-    let given = [
-        ("password", fields.password),
-        ("api_key", fields.api_key),
-        ("api_secret", fields.api_secret),
-        ("totp_secret", fields.totp_secret),
-    ];
     let broker_user_id = fields
         .broker_user_id
         .map(|s| s.trim().to_owned())
@@ -104,8 +105,11 @@ pub fn check_fields(
             takes: takes(),
         });
     }
-    for (name, value) in given {
-        let Some(value) = value.filter(|v| !v.expose_secret().trim().is_empty()) else {
+    for name in Credentials::secret_fields() {
+        let Some(value) = given
+            .get(name)
+            .filter(|v| !v.expose_secret().trim().is_empty())
+        else {
             continue;
         };
         if !wanted.contains(name) {
@@ -115,7 +119,7 @@ pub fn check_fields(
                 takes: takes(),
             });
         }
-        credentials.set(name, value);
+        credentials.set(name, value.clone());
     }
     for field in manifest.credential_fields.iter().filter(|f| f.required) {
         let present = match field.name.as_str() {
