@@ -30,7 +30,8 @@ pub enum StateError {
     Random(String),
 }
 
-struct Pending<K> {
+/// An issued state: the account it is bound to, and until when.
+struct PendingState<K> {
     key: K,
     expires_ms: i64,
 }
@@ -41,9 +42,9 @@ pub const ISSUES_PER_USER: usize = 20;
 pub const ISSUE_WINDOW_MS: i64 = 600_000;
 
 /// The pending states and who asked for them.
-struct Inner<K> {
+struct PendingStates<K> {
     /// By state.
-    pending: HashMap<String, Pending<K>>,
+    pending: HashMap<String, PendingState<K>>,
     /// The one pending state of each account: a new one replaces it, so no account, and no
     /// user, can hold more than one state per account.
     by_key: HashMap<K, String>,
@@ -53,7 +54,7 @@ struct Inner<K> {
 
 /// Issued states, each bound to one account (`K`), single use, expiring after a TTL.
 pub struct StateStore<K> {
-    inner: Mutex<Inner<K>>,
+    states: Mutex<PendingStates<K>>,
     ttl_ms: i64,
     max_pending: usize,
 }
@@ -71,7 +72,7 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
     /// A store whose states live `ttl`, at most `max_pending` at once.
     pub fn new(ttl: Duration, max_pending: usize) -> StateStore<K> {
         StateStore {
-            inner: Mutex::new(Inner {
+            states: Mutex::new(PendingStates {
                 pending: HashMap::new(),
                 by_key: HashMap::new(),
                 issued: HashMap::new(),
@@ -86,8 +87,8 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| StateError::Random(e.to_string()))?;
         let state = hex::encode(bytes);
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Inner {
+        let mut inner = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let PendingStates {
             pending,
             by_key,
             issued,
@@ -118,7 +119,7 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
         by_key.insert(key.clone(), state.clone());
         pending.insert(
             state.clone(),
-            Pending {
+            PendingState {
                 key,
                 expires_ms: now_ms.saturating_add(self.ttl_ms),
             },
@@ -126,8 +127,10 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
         Ok(state)
     }
 
+    /// The account `state` was issued for, consuming it: a state is good for one callback, even
+    /// one that finds it expired.
     pub fn consume(&self, state: &str, now_ms: i64) -> Result<K, StateError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let entry = inner.pending.remove(state).ok_or(StateError::Unknown)?;
         inner.by_key.remove(&entry.key);
         drop(inner);
@@ -139,7 +142,7 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
 
     /// States outstanding (expired ones included until the next `issue`).
     pub fn len(&self) -> usize {
-        self.inner
+        self.states
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pending

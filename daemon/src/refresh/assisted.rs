@@ -14,8 +14,7 @@ use super::{AccountResult, Refresher};
 use crate::plugins::{Plugin, PluginError};
 use crate::vault::{Account, AccountKey, Credentials, Outcome, Trigger, VaultError};
 
-/// The account an assisted login is for, and its credentials.
-#[derive(Debug)]
+/// The account an assisted login is for, and its credentials (no `Debug`: it holds secrets).
 pub struct AssistedAccount {
     account: Account,
     credentials: Credentials,

@@ -176,3 +176,94 @@ impl Refresher {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::config::{Config, PluginsConfig};
+    use crate::plugins::{CallLimits, PluginEnv, Registry};
+    use crate::vault::{
+        Argon2Params, Engine, KeyMaterial, MasterKey, Outcome, Vault, VaultOptions,
+    };
+
+    fn refresher(dir: &std::path::Path) -> Arc<Refresher> {
+        let options = VaultOptions {
+            argon2: Argon2Params {
+                m_cost_kib: 64,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..VaultOptions::default()
+        };
+        let key = KeyMaterial::Key(MasterKey::from_bytes([7; 32]));
+        let vault = Vault::create(&dir.join("vault.redb"), Engine::Redb, &key, options).unwrap();
+        let plugins = Registry::load(&PluginsConfig {
+            dir: dir.join("plugins"),
+            sha256_allowlist: vec![],
+        });
+        let clock = Arc::new(crate::clock::ManualClock::new(0));
+        Arc::new(Refresher::new(
+            Arc::new(vault),
+            Arc::new(plugins),
+            Arc::new(PluginEnv::new(clock, CallLimits::default())),
+            Arc::new(Config::default()),
+        ))
+    }
+
+    /// The assisted callback once finished its login beside a scheduled one for the same
+    /// account: it must wait for the login in flight, and a trigger arriving meanwhile must join
+    /// it rather than send the password.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_run_alone_waits_for_the_one_in_flight_and_later_triggers_join_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let refresher = refresher(dir.path());
+        let key = AccountKey::parse("u1", "kite").unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (release_first, first_released) = oneshot::channel::<()>();
+        let first = {
+            let (order, task_key) = (order.clone(), key.clone());
+            let login = async move {
+                first_released.await.ok();
+                order.lock().unwrap().push("first");
+                AccountResult::failed(&task_key, "network", "first", 1)
+            };
+            let mut inflight = refresher.inflight.lock().unwrap();
+            refresher.start_login(&mut inflight, key.clone(), login.boxed())
+        };
+        let (release_alone, alone_released) = oneshot::channel::<()>();
+        let alone = {
+            let (order, key, me) = (order.clone(), key.clone(), refresher.clone());
+            let login = {
+                let key = key.clone();
+                async move {
+                    order.lock().unwrap().push("alone");
+                    alone_released.await.ok();
+                    (AccountResult::new(&key, Outcome::Success, 1), "detail")
+                }
+            };
+            tokio::spawn(async move { me.run_alone(&key, login).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(order.lock().unwrap().is_empty(), "it waits for the first");
+        release_first.send(()).unwrap();
+        assert_eq!(first.await.message.as_deref(), Some("first"));
+        while order.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The account does not exist: a login of its own would fail with `not_found`.
+        let joined = tokio::spawn({
+            let (me, key) = (refresher.clone(), key.clone());
+            async move { me.refresh_account(key, Trigger::Api, true).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release_alone.send(()).unwrap();
+        assert_eq!(alone.await.unwrap(), Some("detail"));
+        assert_eq!(joined.await.unwrap().outcome, Outcome::Success);
+        assert_eq!(*order.lock().unwrap(), ["first", "alone"]);
+        assert!(refresher.drain(Duration::from_secs(1)).await);
+    }
+}
