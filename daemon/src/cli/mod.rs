@@ -155,6 +155,16 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Where this machine reaches the running daemon's API: its listen address, on loopback when it
+/// listens on every interface.
+fn daemon_address(config: &Config) -> std::net::SocketAddr {
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
 fn serve(config: Config, dev: bool) -> anyhow::Result<ExitCode> {
     raise_open_file_limit(config.server.max_connections);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;

@@ -101,10 +101,7 @@ async fn refresh_through_daemon(
     let Some(key) = &config.auth.api_key else {
         bail!("set TOKENBOT_API_KEY to a service key of the running daemon to refresh through it");
     };
-    let mut addr = config.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = super::daemon_address(config);
     let path = match &selection.user {
         Some(user) => format!("/api/integration/tokens/refresh/{}", user.as_str()),
         None => "/api/integration/tokens/refresh-all".to_owned(),

@@ -52,10 +52,7 @@ fn read_from_daemon(config: &Config, path: &str) -> anyhow::Result<Found> {
             "the vault is held by a running daemon: set TOKENBOT_API_KEY to one of its service keys to read through it"
         );
     };
-    let mut addr = config.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = super::daemon_address(config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
