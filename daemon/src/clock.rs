@@ -25,7 +25,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         // Straight from the system clock: chrono's `Utc::now()` also works out the calendar
-        // date, a visible share of a token read (benches/api.rs).
+        // date, which every token read would pay for nothing.
         match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
             Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),

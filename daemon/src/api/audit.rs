@@ -1,10 +1,11 @@
 //! The audit log of token reads. A read queues its entry (waiting for room when the queue is
 //! full, so no read goes unrecorded in memory) and answers; a dedicated thread writes everything
-//! queued in one durable vault transaction. Waiting for each entry's fsync before answering cost
-//! a factor of 2–3 in throughput (benches/api.rs) for what it buys: after a crash, the entries of
-//! the last 10-20 ms of reads (one gathering plus one commit) may be missing. The queue is drained and written when the
-//! router is dropped (after graceful shutdown); failed writes are logged as one line per
-//! [`FAILURE_LOG_EVERY`] with the reads they lost, however many reads keep coming.
+//! queued in one durable vault transaction. Waiting for each entry's fsync before answering would
+//! cost most of the throughput (docs/performance.md) for what it buys: after a crash, only the
+//! entries of the reads of the last gathering ([`GATHER`]) and commit may be missing. The queue
+//! is drained and written when the router is dropped (after graceful shutdown); failed writes are
+//! logged as one line per [`FAILURE_LOG_EVERY`] with the reads they lost, however many reads keep
+//! coming.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

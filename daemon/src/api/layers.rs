@@ -1,6 +1,11 @@
-//! What wraps every request: the JSON error shape for errors made outside handlers, a request id (kept from `X-Request-Id` when it is a sane one, else
-//! made), a tracing span carrying it, the HTTP metrics, one log line, the security headers; and
-//! CORS from `server.cors_origins`.
+//! What wraps every request: the JSON error shape for errors made outside handlers, a request id
+//! (kept from `X-Request-Id` when it is a sane one, else made), a tracing span carrying it, the
+//! HTTP metrics, one log line, the security headers; and CORS from `server.cors_origins`.
+//!
+//! The span around the whole request is a `debug` one: at the shipped level (`info`) a live span
+//! per request is most of what logging costs a token read, for lines that are not written
+//! (docs/performance.md). Below `debug`, the log line of a refused or failed request is written
+//! in a span of the same name and fields made for it alone, so it reads as before.
 //!
 //! Logs name the route template (`/api/tokens/{userId}`), never the raw path or query: the
 //! assisted-login callback's query carries the broker's single-use request token.
@@ -106,7 +111,7 @@ where
             .extensions()
             .get::<MatchedPath>()
             .and_then(|p| super::route_template(p.as_str()));
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "request",
             id = id.to_str().unwrap_or("-"),
             method = %method,
@@ -166,6 +171,7 @@ fn finish(done: Done, response: Response) -> Response {
     let mut response = super::error::json_error_shape(response);
     let status = response.status();
     super::metrics::record_http(&done.method, done.route, status);
+    log_line(&done, status);
     let headers = response.headers_mut();
     // Room for the headers below at once, rather than growing the map twice.
     headers.reserve(6);
@@ -183,8 +189,27 @@ fn finish(done: Done, response: Response) -> Response {
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         );
     }
-    let _enter = done.span.enter();
+    response
+}
+
+/// The request's one log line, in the request's span, or in a span of the same name and fields
+/// made for it when the request had none (below `debug`) and the line is one to be written.
+fn log_line(done: &Done, status: StatusCode) {
     let ms = done.started.elapsed().as_secs_f64() * 1000.0;
+    let noted = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+    let own_span;
+    let span = if noted && done.span.is_disabled() {
+        own_span = tracing::info_span!(
+            "request",
+            id = done.id.to_str().unwrap_or("-"),
+            method = %done.method,
+            route = done.route.unwrap_or("(unmatched)"),
+        );
+        &own_span
+    } else {
+        &done.span
+    };
+    let _enter = span.enter();
     if status.is_server_error() {
         tracing::warn!(status = status.as_u16(), ms, "request failed");
     } else if status == StatusCode::TOO_MANY_REQUESTS {
@@ -192,7 +217,6 @@ fn finish(done: Done, response: Response) -> Response {
     } else {
         tracing::debug!(status = status.as_u16(), ms, "request");
     }
-    response
 }
 
 /// CORS from `server.cors_origins`: none configured, no CORS headers (browsers on other origins

@@ -84,9 +84,9 @@ fn describe() {
 /// label so that scanning for paths cannot grow the series without bound.
 ///
 /// Each worker thread keeps the counter handles it has used, so a request costs one small map
-/// lookup instead of building a labelled key and looking it up in the recorder's registry (6% of
-/// a token read's CPU, measured through the router without a socket). The map is bounded by the
-/// label combinations: methods x routes x statuses.
+/// lookup instead of building a labelled key and looking it up in the recorder's registry, a
+/// visible share of a token read (docs/performance.md). The map is bounded by the label
+/// combinations: methods x routes x statuses.
 pub fn record_http(method: &Method, route: Option<&'static str>, status: StatusCode) {
     type Labels = (&'static str, &'static str, &'static str);
     thread_local! {

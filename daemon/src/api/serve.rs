@@ -3,11 +3,11 @@
 //! peer address on every request, and a bounded graceful shutdown.
 //!
 //! The header read timeout is this module's, not hyper's: hyper's arms a timer for every request
-//! (a boxed `Sleep` registered in and removed from tokio's timer wheel each time); without it a
-//! keep-alive token read took 15.8 µs of CPU instead of 20.3 (benches/api.rs, one noisy
-//! comparison). Here each connection has one timer that fires once per timeout period at most: a
-//! connection with no request in flight for longer than the timeout is closed, whether its
-//! headers never finished, it is idle between requests (as hyper did) or it never sent a byte.
+//! (a boxed `Sleep` registered in and removed from tokio's timer wheel each time), a cost every
+//! keep-alive read would pay (docs/performance.md). Here each connection has one timer that fires
+//! once per timeout period at most: a connection with no request in flight for longer than the
+//! timeout is closed, whether its headers never finished, it is idle between requests (as hyper
+//! did) or it never sent a byte.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -127,8 +127,8 @@ fn answer(
     }
 }
 
-/// Token read bodies by user and `?broker=`, so that repeated reads skip the serialisation (a
-/// large share of the handler's work, benches/api.rs) and, while the vault's epoch stays, the
+/// Token read bodies by user and `?broker=`, so that repeated reads skip the serialisation (most
+/// of the handler's own work, docs/performance.md) and, while the vault's epoch stays, the
 /// vault's cache too. An entry is served only while the vault hands out the very record it was made
 /// from (the vault makes a new one after every write: either its epoch is the one the entry was
 /// last checked at, or the vault's record is that record) and its token has not expired, so it
