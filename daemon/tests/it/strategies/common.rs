@@ -1,11 +1,8 @@
-//! Shared harness of the `strategies_*` tests: the real plugin host (registry, services, call
+//! Shared harness of the `strategies` tests: the real plugin host (registry, services, call
 //! contexts, blocking runner) on a `ManualClock`, a captured log, and account fixtures.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use broker_api::wire::{
     AssistedFinishRequest, AssistedUrlOutput, AssistedUrlRequest, Credentials, ErrorClass,
@@ -15,6 +12,8 @@ use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::PluginsConfig;
 use tokenbot::plugins::totp::parse_secret;
 use tokenbot::plugins::{self, CallError, CallSettings, CallTarget, Plugin, Registry, Services};
+
+use crate::log_capture;
 
 /// An account as the vault would hand it to the host.
 #[derive(Clone, Debug)]
@@ -77,10 +76,6 @@ impl Harness {
             settings: Mutex::default(),
             _plugins: dir,
         }
-    }
-
-    pub fn plugins_dir(&self) -> &Path {
-        self._plugins.path()
     }
 
     /// The fakes' clock: the same `ManualClock`.
@@ -293,45 +288,16 @@ pub fn assert_one_password_distinct_steps(recorder: &fake_brokers::Recorder, use
 
 // ---- captured log -------------------------------------------------------------------------------
 
-static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Install (once per test binary) a subscriber writing every event at TRACE into a buffer.
 pub fn capture_logs() {
-    LOG.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("first subscriber of this test binary");
-        buffer
-    });
+    log_capture::install();
 }
 
 /// Everything logged so far.
 pub fn captured_log() -> String {
-    let log = LOG.get().expect("capture_logs() ran");
-    String::from_utf8_lossy(&log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    log_capture::text()
 }
 
 /// Remember a value that must never be logged.

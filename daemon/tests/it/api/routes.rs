@@ -1,12 +1,10 @@
 //! Service, health and provisioning routes through `api::app(state)` with `oneshot`: the happy
 //! path, 401, 404, 400/422, 413 and unknown brokers; the error shape, headers, CORS, request ids,
-//! metrics and the failed-auth limit. Token, credential and refresh routes: `api_user_routes.rs`.
+//! metrics and the failed-auth limit. Token, credential and refresh routes: `user_routes.rs`.
 //! `every_route_refuses_bad_requests_with_the_documented_error` walks a table with a row for
 //! every route of `ROUTES` (a route without a row fails it) through the refusals all routes share.
 
-mod api_support;
-
-use api_support::*;
+use super::support::*;
 use axum::http::Method;
 use serde_json::{Value, json};
 use tokenbot::api::ROUTES;

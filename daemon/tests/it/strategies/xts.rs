@@ -1,11 +1,10 @@
 //! The IIFL Blaze (XTS) strategy over loopback HTTP against `FakeXts`, through the real plugin ABI.
 
-mod strategies_common;
-mod support;
+use crate::support;
 
+use super::common::*;
 use broker_api::wire::ErrorClass;
 use fake_brokers::{FakeXts, XtsBehaviour, XtsUser, ist};
-use strategies_common::*;
 use tokenbot::plugins::Source;
 
 fn ten_am() -> i64 {

@@ -1,6 +1,6 @@
 //! The real `tokenbot` binary: serving, stopping on SIGTERM, and living with plugins.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,11 +1,9 @@
 //! `upsert_sql` templates against a real PostgreSQL (`TOKENBOT_TEST_DATABASE_URL`): the README's
 //! template for the IIFL job's Prisma table, and templates PostgreSQL refuses.
 
-mod mirror_support;
-
 use std::sync::Arc;
 
-use mirror_support::*;
+use super::support::*;
 use secrecy::SecretString;
 use tokenbot::config::PostgresMirrorConfig;
 use tokenbot::mirror::Mirror;

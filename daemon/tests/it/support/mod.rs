@@ -1,5 +1,4 @@
 //! Helpers shared by integration tests: building plugins as the operator would.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

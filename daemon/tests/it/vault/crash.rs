@@ -95,6 +95,12 @@ fn crash_child_writer() {
     }
 }
 
+/// The child test's name as `--exact` matches it: its module path inside this test binary.
+fn child_test_name() -> String {
+    let (_crate, module) = module_path!().split_once("::").unwrap();
+    format!("{module}::crash_child_writer")
+}
+
 /// A small xorshift, seeded from the clock: kill times vary between runs without a `rand` crate.
 struct Rng(u64);
 
@@ -124,7 +130,7 @@ fn crash_rounds(engine: &str) {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "crash_child_writer",
+                child_test_name().as_str(),
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -3,11 +3,9 @@
 //! `/health/detailed`, without the password or a token. Runs against the test database's server
 //! (`TOKENBOT_TEST_DATABASE_URL`) for the refused login and the refused row.
 
-mod mirror_support;
-
 use std::sync::Arc;
 
-use mirror_support::*;
+use super::support::*;
 use secrecy::SecretString;
 use tokenbot::AppState;
 use tokenbot::config::{Config, PostgresMirrorConfig, VaultConfig};

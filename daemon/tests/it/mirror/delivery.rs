@@ -2,13 +2,11 @@
 //! 500 accounts through the refresher and the fake Kite reaches the default table, one `NOTIFY`
 //! per change; revocations; and a PostgreSQL outage in the middle of it all.
 
-mod mirror_support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::support::*;
 use fake_brokers::{FakeKite, FakeOptions, KiteUser, ist};
-use mirror_support::*;
 use secrecy::SecretString;
 use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::{BrokerConfig, Config, PluginsConfig};
@@ -301,7 +299,7 @@ async fn postgres_cut_off_during_a_refresh_all_then_back_loses_nothing_and_gener
     let expected = vault_tokens(&w.vault, now_ms());
     assert_eq!(expected.len(), ACCOUNTS as usize);
     assert!(expected.iter().all(|((user, broker), (token, _))| *token
-        == mirror_support::token_text(&AccountKey::parse(user, broker).unwrap(), 2)));
+        == super::support::token_text(&AccountKey::parse(user, broker).unwrap(), 2)));
     assert_eq!(active_rows(&db).await, expected);
     // Each row's generation only grew.
     let history = db

@@ -1,9 +1,7 @@
 //! Token, credential and refresh routes through `api::app(state)` with `oneshot`: the happy path,
 //! 401, 403 for another user's JWT, 404, 400/422, 413, unknown brokers, and the audit of reads.
 
-mod api_support;
-
-use api_support::*;
+use super::support::*;
 use axum::http::Method;
 use serde_json::json;
 use tokenbot::clock::Clock;

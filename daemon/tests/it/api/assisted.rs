@@ -2,11 +2,9 @@
 //! the account, the broker's redirect to `/callback/kite` finishes the login and stores a token the
 //! fake accepts; replayed, forged and cross-broker callbacks are refused.
 
-mod api_support;
-
 use std::sync::Arc;
 
-use api_support::*;
+use super::support::*;
 use axum::http::Method;
 use fake_brokers::{FakeKite, FakeOptions, KiteUser};
 use tokenbot::clock::Clock;

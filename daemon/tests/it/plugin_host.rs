@@ -1,13 +1,13 @@
 //! The plugin host against real shared libraries: an out-of-tree Rust strategy, a strategy written
 //! in C against the header, and plugins that misbehave in every way the ABI anticipates.
 
-mod support;
+use crate::{log_capture, support};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -29,28 +29,7 @@ const FIXED_NOW_MS: i64 = 1_700_000_010_000;
 /// Everything logged by this test process (plugins log from blocking threads, so the subscriber
 /// must be global).
 fn captured_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        let writer = move || LogWriter(logs);
-        let _ = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .try_init();
-        logs
-    })
-}
-
-struct LogWriter(&'static Mutex<Vec<u8>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    log_capture::install()
 }
 
 /// A loopback server standing in for a broker.

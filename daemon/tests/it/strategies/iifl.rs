@@ -1,13 +1,12 @@
 //! The IIFL Capital strategy over loopback HTTP against `FakeIifl`, through the real plugin ABI.
 
-mod strategies_common;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 
+use super::common::*;
 use broker_api::wire::ErrorClass;
 use fake_brokers::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser, ist};
-use strategies_common::*;
 use tokenbot::assisted::{StateError, StateStore};
 use tokenbot::clock::Clock;
 use tokenbot::plugins::Source;

@@ -1,14 +1,12 @@
 //! The real `tokenbot` binary with a Postgres mirror (`TOKENBOT_TEST_DATABASE_URL`): SIGKILLed with
 //! a backlog and restarted, the backlog is delivered; the URL's password never reaches a log line.
 
-mod mirror_support;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use mirror_support::*;
+use super::support::*;
 use tokenbot::config::VaultConfig;
 use tokenbot::vault::{AccountKey, Vault, VaultOptions};
 

@@ -2,11 +2,9 @@
 //! issued to `localhost`). With the cargo feature `postgres-tls` the mirror delivers over verified
 //! TLS; without it, a URL demanding TLS shows a clear error in the status.
 
-mod mirror_support;
-
 use std::sync::Arc;
 
-use mirror_support::*;
+use super::support::*;
 use tokenbot::mirror::Mirror;
 
 /// Where the test server's certificate lives on Debian.

@@ -4,11 +4,9 @@
 //! (`oas3`), every `$ref` resolves, every path parameter is declared, and it lists exactly the
 //! routes of `api::ROUTES`, each of which the router serves.
 
-mod api_support;
-
 use std::collections::BTreeSet;
 
-use api_support::*;
+use super::support::*;
 use axum::http::Method;
 use serde_json::Value;
 use tokenbot::api::ROUTES;

@@ -3,9 +3,7 @@
 //! ignored when not; the user claim falls back from `sub` to `userId` to `id`; a configured claim
 //! is used alone; without a JWT secret no JWT passes.
 
-mod api_support;
-
-use api_support::*;
+use super::support::*;
 use axum::http::Method;
 use serde_json::json;
 

@@ -1,6 +1,5 @@
-//! Shared by the `api_*` tests: an API over a temporary vault on a manual clock, requests through
+//! Shared by the `api` tests: an API over a temporary vault on a manual clock, requests through
 //! `tower::ServiceExt::oneshot` (with the peer address `serve` would insert), JWTs, fixtures.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,6 @@
 //!
 //! The tests need a real PostgreSQL named by `TOKENBOT_TEST_DATABASE_URL` (`scripts/test` sets it);
 //! without it they print that they were skipped and pass, except under CI, where they fail.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -59,7 +58,6 @@ pub async fn connect(url: &str) -> Client {
 /// A schema of the test's own, dropped (with everything in it) by [`TestDb::drop_schema`] and
 /// re-created empty at the start, so a failed earlier run leaves nothing in the way.
 pub struct TestDb {
-    pub url: String,
     pub schema: String,
     pub client: Client,
 }
@@ -75,11 +73,7 @@ impl TestDb {
             ))
             .await
             .unwrap();
-        TestDb {
-            url: url.to_owned(),
-            schema,
-            client,
-        }
+        TestDb { schema, client }
     }
 
     /// Mirror settings writing the default table into this schema, notifying on a channel named

@@ -1,11 +1,10 @@
 //! The Kite strategy over loopback HTTP against `FakeKite`, through the real plugin ABI.
 
-mod strategies_common;
-mod support;
+use crate::support;
 
+use super::common::*;
 use broker_api::wire::ErrorClass;
 use fake_brokers::{FakeKite, KiteBehaviour, KiteUser, ist};
-use strategies_common::*;
 use tokenbot::assisted::{StateError, StateStore};
 use tokenbot::clock::Clock;
 use tokenbot::plugins::Source;
