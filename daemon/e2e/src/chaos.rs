@@ -140,6 +140,47 @@ async fn cycle(
     carry: &mut Carry,
     report: &mut ChaosReport,
 ) -> (Option<Daemon>, anyhow::Result<BTreeMap<String, String>>) {
+    let done = match kill_mid_refresh(ctx, daemon, api, carry, report).await {
+        Ok(done) => done,
+        Err(e) => return (None, Err(e)),
+    };
+    match ctx.env.verify(&format!("cycle{n:02}")) {
+        Ok((true, _)) => {}
+        Ok((false, out)) => return (None, Err(anyhow::anyhow!("vault verify failed:\n{out}"))),
+        Err(e) => return (None, Err(e)),
+    }
+    let restarted = Instant::now();
+    let daemon = match ctx
+        .env
+        .start(&format!("chaos{n:02}"), "info,tokenbot=debug")
+    {
+        Ok(d) => d,
+        Err(e) => return (None, Err(e)),
+    };
+    let api = api.at(&daemon.addr);
+    let result = async {
+        check_accounts_listed(ctx, &api).await?;
+        let tokens = check_tokens_kept_or_new(ctx, &api, prev, done, report).await?;
+        ctx.mirror
+            .converge(&tokens, Duration::from_secs(60))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        report.converge.push(restarted.elapsed());
+        Ok(tokens)
+    }
+    .await;
+    (Some(daemon), result)
+}
+
+/// Steps 1 and 2 of a cycle: wait for a fresh TOTP step, start a refresh-all and SIGKILL the
+/// daemon once the fake has issued the cycle's fraction of tokens. The logins done by then.
+async fn kill_mid_refresh(
+    ctx: &Ctx,
+    daemon: Daemon,
+    api: &Api,
+    carry: &mut Carry,
+    report: &mut ChaosReport,
+) -> anyhow::Result<u64> {
     let accounts = ctx.accounts.len();
     report
         .step_waits
@@ -169,109 +210,89 @@ async fn cycle(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let delay = started.elapsed();
-    if let Err(e) = daemon.kill() {
-        return (None, Err(e));
-    }
+    daemon.kill()?;
     carry.last_login_ms = unix_ms();
     report.kill_delays.push(delay);
     report.in_flight_at_kill.push(in_flight);
     match refresh.await {
-        Ok(Ok(reply)) => {
-            return (
-                None,
-                Err(anyhow::anyhow!(
-                    "refresh-all answered {} before the kill (after {delay:?}): {}",
-                    reply.status,
-                    reply.text()
-                )),
-            );
-        }
+        Ok(Ok(reply)) => bail!(
+            "refresh-all answered {} before the kill (after {delay:?}): {}",
+            reply.status,
+            reply.text()
+        ),
         Ok(Err(_)) => {} // the connection died with the daemon, as it should
-        Err(e) => return (None, Err(e.into())),
+        Err(e) => return Err(e.into()),
     }
     // Let the fake finish the requests the dead daemon left half-done.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let done = recorder.requests("/session/token") - before;
     report.done_at_kill.push(done);
     if done == 0 || done >= accounts as u64 {
-        return (
-            None,
-            Err(anyhow::anyhow!(
-                "killed after {delay:?} with {done} of {accounts} logins done: not mid-way"
-            )),
+        bail!("killed after {delay:?} with {done} of {accounts} logins done: not mid-way");
+    }
+    Ok(done)
+}
+
+/// After the restart, `GET /api/users` lists every account.
+async fn check_accounts_listed(ctx: &Ctx, api: &Api) -> anyhow::Result<()> {
+    let users = api.get("/api/users", Auth::Key).await?;
+    let listed: BTreeSet<String> = users.json()["accounts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v["user_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let lost: Vec<&str> = ctx
+        .accounts
+        .iter()
+        .map(|a| a.user.as_str())
+        .filter(|u| !listed.contains(*u))
+        .collect();
+    if users.status != 200 || users.json()["total"] != ctx.accounts.len() || !lost.is_empty() {
+        bail!(
+            "GET /api/users after the restart: {} total {}; lost {lost:?}",
+            users.status,
+            users.json()["total"]
         );
     }
+    Ok(())
+}
 
-    match ctx.env.verify(&format!("cycle{n:02}")) {
-        Ok((true, _)) => {}
-        Ok((false, out)) => return (None, Err(anyhow::anyhow!("vault verify failed:\n{out}"))),
-        Err(e) => return (None, Err(e)),
-    }
-
-    let restarted = Instant::now();
-    let daemon = match ctx
-        .env
-        .start(&format!("chaos{n:02}"), "info,tokenbot=debug")
-    {
-        Ok(d) => d,
-        Err(e) => return (None, Err(e)),
-    };
-    let api = api.at(&daemon.addr);
-    let result = async {
-        let users = api.get("/api/users", Auth::Key).await?;
-        let listed: BTreeSet<String> = users.json()["accounts"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v["user_id"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let lost: Vec<&str> = ctx
-            .accounts
-            .iter()
-            .map(|a| a.user.as_str())
-            .filter(|u| !listed.contains(*u))
-            .collect();
-        if users.status != 200 || users.json()["total"] != accounts || !lost.is_empty() {
+/// After the restart, every account's token is the one read before the cycle or a new one (no
+/// more new ones than the fake issued), and either way one the fake accepts.
+async fn check_tokens_kept_or_new(
+    ctx: &Ctx,
+    api: &Api,
+    prev: &BTreeMap<String, String>,
+    done: u64,
+    report: &mut ChaosReport,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let tokens = tokens_now(ctx, api).await?;
+    let mut new = 0;
+    for account in &ctx.accounts {
+        let token = &tokens[&account.user];
+        if token != &prev[&account.user] {
+            new += 1;
+        }
+        if !ctx.fake.token_is_valid(&account.api_key, token) {
+            let which = if token == &prev[&account.user] {
+                "previous"
+            } else {
+                "new"
+            };
             bail!(
-                "GET /api/users after the restart: {} total {}; lost {lost:?}",
-                users.status,
-                users.json()["total"]
+                "{}: its {which} token is one the fake refuses",
+                account.user
             );
         }
-        let tokens = tokens_now(ctx, &api).await?;
-        let mut new = 0;
-        for account in &ctx.accounts {
-            let token = &tokens[&account.user];
-            if token != &prev[&account.user] {
-                new += 1;
-            }
-            if !ctx.fake.token_is_valid(&account.api_key, token) {
-                let which = if token == &prev[&account.user] {
-                    "previous"
-                } else {
-                    "new"
-                };
-                bail!(
-                    "{}: its {which} token is one the fake refuses",
-                    account.user
-                );
-            }
-        }
-        if new as u64 > done {
-            bail!("{new} tokens changed but the fake issued only {done}");
-        }
-        report.new_tokens.push(new);
-        ctx.mirror
-            .converge(&tokens, Duration::from_secs(60))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        report.converge.push(restarted.elapsed());
-        Ok(tokens)
     }
-    .await;
-    (Some(daemon), result)
+    if new as u64 > done {
+        bail!("{new} tokens changed but the fake issued only {done}");
+    }
+    report.new_tokens.push(new);
+    Ok(tokens)
 }
 
 /// Run `cycles` cycles from `daemon` (running, accounts provisioned and logged in once).

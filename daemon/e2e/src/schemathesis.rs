@@ -34,24 +34,7 @@ pub fn run(
     let dir = work.join("schemathesis");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("schemathesis.toml");
-    // Credentials by security scheme (the names in /openapi.json; values from the env), and
-    // real user ids and broker for half of the generated path parameters, so that requests reach
-    // existing accounts, not only 404s.
-    let users: Vec<String> = users.iter().map(|u| format!("{u:?}")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "[auth.openapi.jwt]\nbearer = \"${{E2E_JWT}}\"\n\
-             [auth.openapi.api_key]\napi_key = \"${{E2E_API_KEY}}\"\n\
-             [auth.openapi.api_key_bearer]\nbearer = \"${{E2E_API_KEY}}\"\n\
-             [dictionaries.users]\nvalues = [{}]\n\
-             [dictionaries.brokers]\nvalues = [\"kite\"]\n\
-             [parameters]\n\
-             \"path.userId\" = {{ dictionary = \"users\", probability = 0.5 }}\n\
-             \"path.broker\" = {{ dictionary = \"brokers\", probability = 0.5 }}\n",
-            users.join(", ")
-        ),
-    )?;
+    write_config(&config, users)?;
     let har = dir.join("report.har");
     let output = dir.join("output.txt");
     let started = Instant::now();
@@ -117,6 +100,28 @@ pub fn run(
         ),
         har,
     })
+}
+
+/// Schemathesis's configuration file.
+fn write_config(config: &Path, users: &[String]) -> std::io::Result<()> {
+    // Credentials by security scheme (the names in /openapi.json; values from the env), and
+    // real user ids and broker for half of the generated path parameters, so that requests reach
+    // existing accounts, not only 404s.
+    let users: Vec<String> = users.iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        config,
+        format!(
+            "[auth.openapi.jwt]\nbearer = \"${{E2E_JWT}}\"\n\
+             [auth.openapi.api_key]\napi_key = \"${{E2E_API_KEY}}\"\n\
+             [auth.openapi.api_key_bearer]\nbearer = \"${{E2E_API_KEY}}\"\n\
+             [dictionaries.users]\nvalues = [{}]\n\
+             [dictionaries.brokers]\nvalues = [\"kite\"]\n\
+             [parameters]\n\
+             \"path.userId\" = {{ dictionary = \"users\", probability = 0.5 }}\n\
+             \"path.broker\" = {{ dictionary = \"brokers\", probability = 0.5 }}\n",
+            users.join(", ")
+        ),
+    )
 }
 
 /// The figures of schemathesis's closing summary: operations tested, test cases, and the last

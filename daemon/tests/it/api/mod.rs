@@ -1,0 +1,9 @@
+//! The HTTP API: through `api::app(state)` with `oneshot`, and the real binary on a socket.
+
+mod assisted;
+mod auth;
+mod e2e;
+mod openapi;
+mod routes;
+mod support;
+mod user_routes;

@@ -1,0 +1,8 @@
+//! The Postgres mirror against a real PostgreSQL (`TOKENBOT_TEST_DATABASE_URL`).
+
+mod delivery;
+mod failures;
+mod restart;
+mod support;
+mod template;
+mod tls;

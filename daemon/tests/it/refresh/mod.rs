@@ -1,0 +1,4 @@
+//! Refreshing tokens: the refresher in process, and `tokenbot refresh` through the real binary.
+
+mod cli;
+mod refresher;

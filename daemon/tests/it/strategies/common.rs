@@ -1,0 +1,334 @@
+//! Shared harness of the `strategies` tests: the real plugin host (registry, services, call
+//! contexts, blocking runner) on a `ManualClock`, a captured log, and account fixtures.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use broker_api::wire::{
+    AssistedFinishRequest, AssistedUrlOutput, AssistedUrlRequest, Credentials, ErrorClass,
+    LoginOutput, LoginRequest, Sensitive, VerifyOutput, VerifyRequest, WIRE_VERSION,
+};
+use tokenbot::clock::{Clock, ManualClock};
+use tokenbot::config::PluginsConfig;
+use tokenbot::plugins::totp::parse_secret;
+use tokenbot::plugins::{
+    self, AccountAccess, CallLimits, Plugin, PluginEnv, PluginError, Registry,
+};
+
+use crate::log_capture;
+
+/// An account as the vault would hand it to the host.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub user_id: String,
+    pub broker_user_id: String,
+    pub password: Option<String>,
+    pub api_key: String,
+    pub api_secret: String,
+    pub totp_secret: Option<String>,
+}
+
+impl Account {
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            password: self.password.as_deref().map(Sensitive::new),
+            api_key: Some(self.api_key.clone()),
+            api_secret: Some(Sensitive::new(self.api_secret.as_str())),
+        }
+    }
+}
+
+/// Distinct base32 TOTP secrets (each 20 bytes) for the accounts of a test.
+pub fn totp_secret(n: u32) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..32u32)
+        .map(|i| ALPHABET[((n.wrapping_mul(7919) + i * 13 + i * i * n) % 32) as usize] as char)
+        .collect()
+}
+
+/// The plugin host of a test.
+pub struct Harness {
+    pub clock: Arc<ManualClock>,
+    pub services: Arc<PluginEnv>,
+    pub registry: Registry,
+    /// Configured settings, as `[brokers.<id>]` would give them.
+    settings: Mutex<BTreeMap<String, String>>,
+    _plugins: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Bundled strategies only, the clock standing at `now_ms`.
+    pub fn new(now_ms: i64) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        Harness::with_plugins_dir(now_ms, dir)
+    }
+
+    /// Bundled strategies plus the `.so` files of `dir`.
+    pub fn with_plugins_dir(now_ms: i64, dir: tempfile::TempDir) -> Harness {
+        capture_logs();
+        let clock = Arc::new(ManualClock::new(now_ms));
+        let registry = Registry::load(&PluginsConfig {
+            dir: dir.path().to_owned(),
+            ..PluginsConfig::default()
+        });
+        Harness {
+            services: Arc::new(PluginEnv::new(clock.clone(), CallLimits::default())),
+            clock,
+            registry,
+            settings: Mutex::default(),
+            _plugins: dir,
+        }
+    }
+
+    /// The fakes' clock: the same `ManualClock`.
+    pub fn now_fn(&self) -> fake_brokers::NowFn {
+        let clock = self.clock.clone();
+        Arc::new(move || clock.now_ms())
+    }
+
+    pub fn fake_options(&self) -> fake_brokers::FakeOptions {
+        fake_brokers::FakeOptions {
+            now: self.now_fn(),
+            latency: std::time::Duration::ZERO,
+            ..Default::default()
+        }
+    }
+
+    /// Set a `[brokers.<id>]` setting for every later call of this harness.
+    pub fn set_setting(&self, name: &str, value: &str) {
+        self.settings
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), value.to_owned());
+    }
+
+    fn settings(&self, plugin: &Plugin) -> BTreeMap<String, String> {
+        plugin.settings(&self.settings.lock().unwrap()).unwrap()
+    }
+
+    pub fn plugin(&self, broker: &str) -> Arc<Plugin> {
+        self.registry
+            .get(broker)
+            .unwrap_or_else(|| panic!("no plugin {broker}"))
+    }
+
+    fn context(
+        &self,
+        plugin: &Plugin,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+    ) -> plugins::host::PluginCall {
+        remember_secrets(account);
+        let mut secrets: Vec<&str> = vec![account.api_secret.as_str()];
+        secrets.extend(account.password.as_deref());
+        secrets.extend(account.totp_secret.as_deref());
+        self.services.call_for(AccountAccess {
+            plugin,
+            account: format!("{}/{}", account.user_id, plugin.id),
+            configured_urls: urls,
+            extra_hosts: &[],
+            ipv4_only: false,
+            totp_secret: account
+                .totp_secret
+                .as_deref()
+                .map(|s| parse_secret(s).unwrap()),
+            secrets,
+        })
+    }
+
+    /// A headless login through the plugin ABI.
+    pub async fn login(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+    ) -> Result<LoginOutput, PluginError> {
+        let plugin = self.plugin(broker);
+        let req = LoginRequest {
+            v: WIRE_VERSION,
+            user_id: account.user_id.clone(),
+            broker_user_id: account.broker_user_id.clone(),
+            credentials: account.credentials(),
+            base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
+            attempt: 1,
+            redirect_url: None,
+        };
+        let ctx = self.context(&plugin, account, urls);
+        let out =
+            plugins::run_blocking(plugin, ctx, move |p, ctx| p.login_blocking(ctx, &req)).await;
+        if let Ok(out) = &out {
+            remember(out.access_token.expose());
+        }
+        out
+    }
+
+    pub async fn verify(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+        token: &str,
+    ) -> Result<VerifyOutput, PluginError> {
+        let plugin = self.plugin(broker);
+        let req = VerifyRequest {
+            v: WIRE_VERSION,
+            broker_user_id: account.broker_user_id.clone(),
+            access_token: Sensitive::new(token),
+            credentials: account.credentials(),
+            base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
+        };
+        let ctx = self.context(&plugin, account, urls);
+        plugins::run_blocking(plugin, ctx, move |p, ctx| p.verify_blocking(ctx, &req)).await
+    }
+
+    pub async fn assisted_url(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+        state: &str,
+        redirect_url: &str,
+    ) -> Result<AssistedUrlOutput, PluginError> {
+        let plugin = self.plugin(broker);
+        let req = AssistedUrlRequest {
+            v: WIRE_VERSION,
+            broker_user_id: account.broker_user_id.clone(),
+            credentials: account.credentials(),
+            state: state.into(),
+            redirect_url: redirect_url.into(),
+            base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
+        };
+        let ctx = self.context(&plugin, account, urls);
+        plugins::run_blocking(plugin, ctx, move |p, ctx| {
+            p.assisted_url_blocking(ctx, &req)
+        })
+        .await
+    }
+
+    pub async fn assisted_finish(
+        &self,
+        broker: &str,
+        account: &Account,
+        urls: &BTreeMap<String, String>,
+        query: BTreeMap<String, String>,
+    ) -> Result<LoginOutput, PluginError> {
+        let plugin = self.plugin(broker);
+        let req = AssistedFinishRequest {
+            v: WIRE_VERSION,
+            user_id: account.user_id.clone(),
+            broker_user_id: account.broker_user_id.clone(),
+            credentials: account.credentials(),
+            query,
+            base_urls: plugin.base_urls(urls),
+            settings: self.settings(&plugin),
+        };
+        let ctx = self.context(&plugin, account, urls);
+        let out = plugins::run_blocking(plugin, ctx, move |p, ctx| {
+            p.assisted_finish_blocking(ctx, &req)
+        })
+        .await;
+        if let Ok(out) = &out {
+            remember(out.access_token.expose());
+        }
+        out
+    }
+}
+
+/// The class of a failed call (panics on success or a non-typed failure).
+pub fn class_of<T: std::fmt::Debug>(result: &Result<T, PluginError>) -> ErrorClass {
+    match result {
+        Err(PluginError::Failed(e)) => e.class,
+        other => panic!("expected a typed failure, got {other:?}"),
+    }
+}
+
+/// The query of a URL as a map.
+pub fn query_of(url: &str) -> BTreeMap<String, String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// Every password sent to a fake at most once, and no TOTP step used twice.
+pub fn assert_one_password_distinct_steps(recorder: &fake_brokers::Recorder, user: &str) {
+    let passwords = recorder.passwords(user);
+    assert!(
+        passwords.len() <= 1,
+        "{user}: the password was sent {} times",
+        passwords.len()
+    );
+    let steps: Vec<u64> = recorder
+        .totp_uses(user)
+        .iter()
+        .filter_map(|u| u.step)
+        .collect();
+    let mut distinct = steps.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        steps.len(),
+        "{user}: a TOTP step was used twice: {steps:?}"
+    );
+    // Codes the fake matched to no step (a wrong secret, a skewed clock) count too: the same
+    // code sent twice is a reused step on the broker's side.
+    let mut codes: Vec<String> = recorder
+        .totp_uses(user)
+        .into_iter()
+        .map(|u| u.code)
+        .collect();
+    let sent = codes.len();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), sent, "{user}: a TOTP code was sent twice");
+}
+
+// ---- captured log -------------------------------------------------------------------------------
+
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Install (once per test binary) a subscriber writing every event at TRACE into a buffer.
+pub fn capture_logs() {
+    log_capture::install();
+}
+
+/// Everything logged so far.
+pub fn captured_log() -> String {
+    log_capture::text()
+}
+
+/// Remember a value that must never be logged.
+pub fn remember(secret: &str) {
+    if secret.len() >= 4 {
+        SECRETS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(secret.to_owned());
+    }
+}
+
+fn remember_secrets(account: &Account) {
+    remember(&account.api_secret);
+    if let Some(p) = &account.password {
+        remember(p);
+    }
+    if let Some(t) = &account.totp_secret {
+        remember(t);
+    }
+}
+
+/// No remembered secret (passwords, API secrets, TOTP secrets, tokens) is in the captured log.
+pub fn assert_no_secret_logged() {
+    let log = captured_log();
+    for secret in SECRETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret or token appears in the log:\n{log}"
+        );
+    }
+}

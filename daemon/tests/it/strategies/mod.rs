@@ -1,0 +1,6 @@
+//! The built-in strategies over loopback HTTP against the fake brokers, through the real plugin ABI.
+
+mod common;
+mod iifl;
+mod kite;
+mod xts;

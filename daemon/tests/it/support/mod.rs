@@ -1,0 +1,86 @@
+//! Helpers shared by integration tests: building plugins as the operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Directory for plugin builds made by tests, outside the main target directory so the builds
+/// never wait on (or invalidate) the test run's own build lock.
+pub fn fixtures_target() -> PathBuf {
+    workspace_root().join("target").join("plugin-fixtures")
+}
+
+fn run_cargo(args: &[&str], target_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(args)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("running cargo");
+    assert!(
+        output.status.success(),
+        "cargo {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Build the drop-in plugin of a workspace strategy crate (`broker-kite` is built by its plugin
+/// crate, `tokenbot-plugin-kite` in `brokers/kite/plugin`) and return the path of its `.so`.
+pub fn broker_so(strategy: &str) -> PathBuf {
+    let broker = strategy
+        .strip_prefix("broker-")
+        .unwrap_or_else(|| panic!("{strategy} is not a broker strategy crate"));
+    let package = format!("tokenbot-plugin-{broker}");
+    let target = fixtures_target().join("brokers");
+    let manifest = workspace_root().join("Cargo.toml");
+    run_cargo(
+        &[
+            "build",
+            "--quiet",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+            "-p",
+            &package,
+        ],
+        &target,
+    );
+    target
+        .join("debug")
+        .join(format!("lib{}.so", package.replace('-', "_")))
+}
+
+/// Build a stand-alone Cargo project (own workspace and lock file) and return its `.so`.
+pub fn external_so(project: &Path, lib_name: &str) -> PathBuf {
+    let target = fixtures_target().join(project.file_name().unwrap());
+    let manifest = project.join("Cargo.toml");
+    run_cargo(
+        &[
+            "build",
+            "--quiet",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ],
+        &target,
+    );
+    target.join("debug").join(format!("lib{lib_name}.so"))
+}
+
+/// Copy `so` into `dir` under `name`, as an operator's `install` would (new inode).
+pub fn install(so: &Path, dir: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let dest = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(so, &tmp).unwrap();
+    std::fs::rename(&tmp, &dest).unwrap();
+    dest
+}
