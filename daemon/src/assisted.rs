@@ -3,8 +3,8 @@
 //! finishes the login. A replayed, forged or stale callback finds no state and is refused, so a
 //! browser redirect can never attach a token to an account it was not issued for.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Why a state was refused.
@@ -87,7 +87,7 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| StateError::Random(e.to_string()))?;
         let state = hex::encode(bytes);
-        let mut inner = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.states.lock();
         let PendingStates {
             pending,
             by_key,
@@ -130,7 +130,7 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
     /// The account `state` was issued for, consuming it: a state is good for one callback, even
     /// one that finds it expired.
     pub fn consume(&self, state: &str, now_ms: i64) -> Result<K, StateError> {
-        let mut inner = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.states.lock();
         let entry = inner.pending.remove(state).ok_or(StateError::Unknown)?;
         inner.by_key.remove(&entry.key);
         drop(inner);
@@ -142,11 +142,7 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
 
     /// States outstanding (expired ones included until the next `issue`).
     pub fn len(&self) -> usize {
-        self.states
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .len()
+        self.states.lock().pending.len()
     }
 
     /// Whether no state is outstanding.

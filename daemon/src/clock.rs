@@ -1,7 +1,7 @@
 //! Time as the daemon sees it. Injectable so TOTP, expiry rules and schedules are testable.
 
+use parking_lot::Mutex;
 use std::fmt::Debug;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures::future::BoxFuture;
@@ -65,10 +65,7 @@ impl ManualClock {
 
     /// Every sleep requested so far, in milliseconds.
     pub fn sleeps(&self) -> Vec<u64> {
-        self.sleeps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.sleeps.lock().clone()
     }
 }
 
@@ -78,10 +75,7 @@ impl Clock for ManualClock {
     }
 
     fn sleep_ms(&self, ms: u64) {
-        self.sleeps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(ms);
+        self.sleeps.lock().push(ms);
         self.advance(ms);
     }
 

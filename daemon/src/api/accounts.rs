@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use super::ApiState;
 use super::error::{ApiError, blocking};
 use super::views::{AccountView, DeletedView, account_view};
-use crate::plugins::Plugin;
 use crate::credential_input::{Fields, check_fields};
+use crate::plugins::Plugin;
 use crate::refresh::{RefreshSummary, Selection};
 use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, Trigger, VaultError};
 

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::RwLock;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -167,8 +169,8 @@ impl CachedBody {
 const BODY_CACHE_MAX: usize = 100_000;
 
 impl BodyCache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BodyKey, CachedBody>> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, HashMap<BodyKey, CachedBody>> {
+        self.entries.read()
     }
 
     /// The body for `key` if the vault's epoch is still `epoch`, the one its record was last
@@ -199,7 +201,7 @@ impl BodyCache {
     }
 
     fn put(&self, key: BodyKey, body: CachedBody) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.write();
         if entries.len() >= BODY_CACHE_MAX && !entries.contains_key(&key) {
             entries.clear();
         }

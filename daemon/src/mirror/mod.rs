@@ -22,7 +22,9 @@ pub mod template;
 mod tls;
 mod url;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -144,10 +146,7 @@ impl Mirror {
 
     /// A snapshot of the status (cheap: no I/O).
     pub fn status(&self) -> MirrorStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().clone()
     }
 
     /// Tell the task new records are waiting (it also polls on its own).
@@ -174,11 +173,11 @@ impl Mirror {
     }
 
     fn update(&self, change: impl FnOnce(&mut MirrorStatus)) {
-        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+        change(&mut self.status.lock());
     }
 
     fn fail(&self, error: &str) {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = self.status.lock();
         if status.last_error.as_deref() != Some(error) {
             tracing::warn!(db = %status.target, %error, "mirror: delivery held back");
         }

@@ -46,7 +46,7 @@ pub struct PluginEnv {
     /// Deadlines and caps.
     pub limits: CallLimits,
     /// One pooled client per egress family (`true`: IPv4 only); built on first use.
-    clients: std::sync::Mutex<BTreeMap<bool, reqwest::Client>>,
+    clients: parking_lot::Mutex<BTreeMap<bool, reqwest::Client>>,
 }
 
 /// The account a plugin call acts for, and what the call may reach and know.
@@ -79,7 +79,7 @@ impl PluginEnv {
     }
 
     fn client(&self, ipv4_only: bool) -> reqwest::Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock();
         clients
             .entry(ipv4_only)
             .or_insert_with(|| {

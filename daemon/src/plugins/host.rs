@@ -3,7 +3,9 @@
 //! [`PluginCall`] of the current call. HTTP egress itself is `egress`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use broker_api::abi::{self, Bytes, CallCtx, HOST_MAGIC, Header, HostTable, Sink, Status};
@@ -74,7 +76,7 @@ impl Redactor {
         if secret.len() < 4 {
             return;
         }
-        let mut secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut secrets = self.secrets.lock();
         if !secrets.iter().any(|s| s.as_str() == secret) {
             secrets.push(Zeroizing::new(secret.to_owned()));
             // Longest first, so a secret containing another is replaced whole.
@@ -84,7 +86,7 @@ impl Redactor {
 
     /// `text` with every known secret replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
-        let secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        let secrets = self.secrets.lock();
         crate::redact::redact(text, secrets.iter().map(|s| s.as_str()))
     }
 }

@@ -14,12 +14,12 @@ mod plugin;
 mod registry;
 pub mod totp;
 
+/// Credential field names shared by every broker (the vault's list).
+pub use crate::vault::CREDENTIAL_FIELDS;
 pub use call::{decode_output, run_blocking};
 pub use egress::Egress;
 pub use env::{AccountAccess, CallLimits, PluginEnv, deadline};
 pub use error::{LoadError, PluginError};
-/// Credential field names shared by every broker (the vault's list).
-pub use crate::vault::CREDENTIAL_FIELDS;
 pub use plugin::{Plugin, Source};
 pub use registry::{BUNDLED, LoadFailure, Registry};
 

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use broker_api::abi::EntryFn;
 use serde::Serialize;
@@ -58,7 +60,7 @@ impl Registry {
                 Err(e) => tracing::error!(error = %e, "a bundled strategy failed to register"),
             }
         }
-        *registry.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        *registry.plugins.write() = Arc::new(map);
         registry.rescan(config);
         registry
     }
@@ -66,7 +68,7 @@ impl Registry {
     /// Load `.so` files not loaded yet (new paths, or changed digests); report failures.
     pub fn rescan(&self, config: &PluginsConfig) {
         let mut failures = Vec::new();
-        let mut map = (**self.plugins.read().unwrap_or_else(|e| e.into_inner())).clone();
+        let mut map = (**self.plugins.read()).clone();
         let mut paths: Vec<PathBuf> = match std::fs::read_dir(&config.dir) {
             Ok(dir) => dir
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -83,13 +85,7 @@ impl Registry {
             let digest = std::fs::read(&path)
                 .map(|b| hex::encode(Sha256::digest(&b)))
                 .unwrap_or_default();
-            if self
-                .loaded
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&path)
-                == Some(&digest)
-            {
+            if self.loaded.read().get(&path) == Some(&digest) {
                 continue;
             }
             match Plugin::load_file(&path, &config.sha256_allowlist) {
@@ -103,10 +99,7 @@ impl Registry {
                             tracing::info!(id = %plugin.id, path = %path.display(), version = %plugin.version, "plugin loaded")
                         }
                     }
-                    self.loaded
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(path, digest);
+                    self.loaded.write().insert(path, digest);
                     map.insert(plugin.id.clone(), Arc::new(plugin));
                 }
                 Err(error) => {
@@ -115,17 +108,13 @@ impl Registry {
                 }
             }
         }
-        *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
-        *self.failures.write().unwrap_or_else(|e| e.into_inner()) = failures;
+        *self.plugins.write() = Arc::new(map);
+        *self.failures.write() = failures;
     }
 
     /// The strategy for `id`.
     pub fn get(&self, id: &str) -> Option<Arc<Plugin>> {
-        self.plugins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.plugins.read().get(id).cloned()
     }
 
     /// Every configured setting that its broker's strategy does not declare, as messages.
@@ -142,17 +131,11 @@ impl Registry {
 
     /// Every loaded strategy, by id.
     pub fn all(&self) -> Arc<BTreeMap<String, Arc<Plugin>>> {
-        self.plugins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.plugins.read().clone()
     }
 
     /// Failures of the last scan.
     pub fn failures(&self) -> Vec<LoadFailure> {
-        self.failures
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failures.read().clone()
     }
 }

@@ -5,8 +5,8 @@
 //! already handed out for the same account: a broker that saw a code once may reject it, and a
 //! rejected code counts towards the account's lockout.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use totp_rs::{Algorithm, Builder, Secret};
 use zeroize::Zeroizing;
@@ -103,7 +103,7 @@ impl StepGuard {
         now_ms: i64,
         max_wait_ms: u64,
     ) -> Result<Reservation, u64> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock();
         let next = next_step(last.get(account).copied(), now_ms);
         if next.wait_ms > max_wait_ms {
             return Err(next.wait_ms);
@@ -115,7 +115,7 @@ impl StepGuard {
     /// How long a login of `account` starting at `now_ms` would wait for its code, reserving
     /// nothing. The refresher waits this out before it sends a password.
     pub fn wait_ms(&self, account: &str, now_ms: i64) -> u64 {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let last = self.last.lock();
         next_step(last.get(account).copied(), now_ms).wait_ms
     }
 }
@@ -155,7 +155,7 @@ impl StepGuard {
     /// Record that `account` may have used codes up to `step` (e.g. by an earlier process, known
     /// from its attempt log): later reservations start after it.
     pub fn mark_used(&self, account: &str, step: u64) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock();
         let entry = last.entry(account.to_owned()).or_insert(step);
         *entry = (*entry).max(step);
     }

@@ -3,8 +3,8 @@
 //! breaker. Both hold scheduled and catch-up logins only; a refresh someone asks for by name is
 //! never held by them.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -65,7 +65,7 @@ pub struct Breakers {
 impl Breakers {
     /// Until when the broker's breaker holds scheduled logins, if it does at `now_ms`.
     pub fn open_until(&self, broker: &str, now_ms: i64) -> Option<i64> {
-        let breakers = self.by_broker.lock().unwrap_or_else(|e| e.into_inner());
+        let breakers = self.by_broker.lock();
         breakers
             .get(broker)
             .map(|b| b.open_until_ms)
@@ -86,7 +86,7 @@ impl Breakers {
         if !unavailable && !success {
             return;
         }
-        let mut breakers = self.by_broker.lock().unwrap_or_else(|e| e.into_inner());
+        let mut breakers = self.by_broker.lock();
         let breaker = breakers.entry(key.broker.as_str().to_owned()).or_default();
         if success {
             breaker.failing.clear();
@@ -107,7 +107,7 @@ impl Breakers {
 
     /// Every broker's breaker as shown to operators.
     pub fn views(&self, now_ms: i64) -> BTreeMap<String, BreakerView> {
-        let breakers = self.by_broker.lock().unwrap_or_else(|e| e.into_inner());
+        let breakers = self.by_broker.lock();
         breakers
             .iter()
             .map(|(broker, b)| {

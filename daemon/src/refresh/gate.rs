@@ -36,13 +36,7 @@ impl Refresher {
     pub async fn drain(&self, timeout: Duration) -> bool {
         let all_done = async {
             loop {
-                let running: Vec<SharedResult> = self
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect();
+                let running: Vec<SharedResult> = self.inflight.lock().values().cloned().collect();
                 if running.is_empty() {
                     return;
                 }
@@ -62,7 +56,7 @@ impl Refresher {
         explicit: bool,
     ) -> AccountResult {
         let shared = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inflight = self.inflight.lock();
             match inflight.get(&key) {
                 Some(running) => running.clone(),
                 None => {
@@ -97,7 +91,7 @@ impl Refresher {
             .boxed();
         loop {
             let running = {
-                let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                let mut inflight = self.inflight.lock();
                 match inflight.get(key) {
                     Some(running) => running.clone(),
                     None => {
@@ -123,10 +117,7 @@ impl Refresher {
         let (me, task_key) = (self.clone(), key.clone());
         let task = tokio::spawn(async move {
             let result = login.await;
-            me.inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&task_key);
+            me.inflight.lock().remove(&task_key);
             result
         });
         let failed_key = key.clone();
@@ -151,7 +142,7 @@ impl Refresher {
 
     /// The limits of `plugin`'s broker, built on first use.
     pub(super) fn limits(&self, plugin: &Plugin) -> Arc<BrokerLimits> {
-        let mut brokers = self.brokers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut brokers = self.brokers.lock();
         brokers
             .entry(plugin.id.clone())
             .or_insert_with(|| {
@@ -179,7 +170,7 @@ impl Refresher {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use tokio::sync::oneshot;
 
@@ -228,10 +219,10 @@ mod tests {
             let (order, task_key) = (order.clone(), key.clone());
             let login = async move {
                 first_released.await.ok();
-                order.lock().unwrap().push("first");
+                order.lock().push("first");
                 AccountResult::failed(&task_key, "network", "first", 1)
             };
-            let mut inflight = refresher.inflight.lock().unwrap();
+            let mut inflight = refresher.inflight.lock();
             refresher.start_login(&mut inflight, key.clone(), login.boxed())
         };
         let (release_alone, alone_released) = oneshot::channel::<()>();
@@ -240,7 +231,7 @@ mod tests {
             let login = {
                 let key = key.clone();
                 async move {
-                    order.lock().unwrap().push("alone");
+                    order.lock().push("alone");
                     alone_released.await.ok();
                     (AccountResult::new(&key, Outcome::Success, 1), "detail")
                 }
@@ -248,10 +239,10 @@ mod tests {
             tokio::spawn(async move { me.run_alone(&key, login).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(order.lock().unwrap().is_empty(), "it waits for the first");
+        assert!(order.lock().is_empty(), "it waits for the first");
         release_first.send(()).unwrap();
         assert_eq!(first.await.message.as_deref(), Some("first"));
-        while order.lock().unwrap().len() < 2 {
+        while order.lock().len() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // The account does not exist: a login of its own would fail with `not_found`.
@@ -263,7 +254,7 @@ mod tests {
         release_alone.send(()).unwrap();
         assert_eq!(alone.await.unwrap(), Some("detail"));
         assert_eq!(joined.await.unwrap().outcome, Outcome::Success);
-        assert_eq!(*order.lock().unwrap(), ["first", "alone"]);
+        assert_eq!(*order.lock(), ["first", "alone"]);
         assert!(refresher.drain(Duration::from_secs(1)).await);
     }
 }

@@ -23,8 +23,10 @@ pub use outcome::StoreError;
 pub use summary::{AccountResult, RefreshSummary};
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures::FutureExt;

@@ -112,10 +112,10 @@ impl Vault {
         }
         let kdf = KdfRecord::new_for(new, self.options.argon2);
         let new_keys = RecordKeys::derive(&kdf.derive(new)?);
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _writer = self.writer.lock();
         // Held for writing until the new keys are in place: no read sees new records with old keys.
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let mut keys = self.keys.write();
+        let store = self.store.read();
         let mut tx = store.write()?;
         for table in SEALED {
             for (k, v) in tx.scan(table, &[], false, usize::MAX)? {

@@ -36,8 +36,10 @@ mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 
 pub use configured::check_config;
 pub use credentials::{CREDENTIAL_FIELDS, Credentials};
@@ -149,8 +151,8 @@ impl Vault {
         &self,
         f: impl FnOnce(&dyn ReadTx, &RecordKeys) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let keys = self.keys.read();
+        let store = self.store.read();
         let tx = store.read()?;
         f(&*tx, &keys)
     }
@@ -175,10 +177,10 @@ impl Vault {
         if self.read_only {
             return Err(VaultError::ReadOnly);
         }
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _writer = self.writer.lock();
         let result = {
-            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+            let keys = self.keys.read();
+            let store = self.store.read();
             store.write().and_then(|mut tx| {
                 let out = f(&mut *tx, &keys)?;
                 tx.commit()?;
@@ -196,7 +198,7 @@ impl Vault {
     /// Close the store and open it again, up to [`REOPEN_TRIES`] times: after an I/O failure redb
     /// refuses every write until then. The writer lock must be held. Whether it worked.
     fn reopen(&self) -> bool {
-        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        let mut store = self.store.write();
         // The engine holds the file's lock: the old store goes before the new one opens.
         *store = Box::new(Closed);
         let mut why = String::new();
@@ -229,7 +231,7 @@ impl Vault {
         if self.available.load(Ordering::Acquire) || self.read_only {
             return true;
         }
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _writer = self.writer.lock();
         self.available.load(Ordering::Acquire) || self.reopen()
     }
 }
@@ -289,7 +291,7 @@ mod reopen_tests {
     }
 
     fn inject_failure(vault: &Vault) {
-        let mut store = vault.store.write().unwrap();
+        let mut store = vault.store.write();
         let real = std::mem::replace(&mut *store, Box::new(Closed));
         *store = Box::new(FailNextWrite(real));
     }

@@ -2,10 +2,10 @@
 //! record and schema version checked, so a wrong key, a damaged file or a newer format is refused
 //! before a single byte is written.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, RwLock};
 
 use super::crypto::RecordKeys;
 use super::engine::{self, Engine};

@@ -250,11 +250,7 @@ impl Vault {
     /// write has committed since it was read: the hot path of `GET /api/tokens/:userId`.
     pub fn user_tokens(&self, user: &UserId) -> Result<Arc<UserTokens>, VaultError> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        if let Some((at, cached)) = self
-            .user_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
+        if let Some((at, cached)) = self.user_cache.lock().get(user)
             && *at == epoch
         {
             return Ok(cached.clone());
@@ -265,7 +261,7 @@ impl Vault {
             pairs.push((account, token));
         }
         let pairs = Arc::new(pairs);
-        let mut cache = self.user_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.user_cache.lock();
         if cache.len() >= USER_CACHE_MAX {
             cache.clear();
         }
