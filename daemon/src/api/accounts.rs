@@ -7,11 +7,12 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 
 use super::ApiState;
-use super::error::{ApiError, blocking};
+use super::error::ApiError;
 use super::views::{AccountView, DeletedView, account_view};
 use crate::credential_input::{Fields, check_fields};
 use crate::plugins::Plugin;
 use crate::refresh::{RefreshSummary, Selection};
+use crate::vault::blocking;
 use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, Trigger, VaultError};
 
 /// The strategy for `broker`; `status` is the answer when there is none (404 for a path, 422 for

@@ -15,10 +15,11 @@ use super::accounts::{
     delete_account, plugin_for, set_flags, store_account, unknown_broker_in_body,
 };
 use super::auth::UserJwt;
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, blocking};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::params::{BrokerQuery, broker_id};
 use super::views::{AccountView, DeletedView, account_views};
 use crate::credential_input::Fields;
+use crate::vault::blocking;
 use crate::vault::{AccountKey, BrokerId, Flags, UserId};
 
 /// A broker account's credentials, for the calling user.

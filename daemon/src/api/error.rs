@@ -153,16 +153,6 @@ impl From<VaultError> for ApiError {
     }
 }
 
-/// Run a vault call on the blocking pool.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError::internal(format!("a vault task failed: {e}"))),
-    }
-}
-
 /// A JSON body. Malformed JSON is 400 `malformed_json`; a body of the wrong shape (wrong types,
 /// missing or unknown fields) is 422 `invalid_body`, naming the field but never echoing a value;
 /// an oversized one is 413; a non-JSON content type is 415.

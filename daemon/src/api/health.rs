@@ -13,8 +13,9 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::ServiceKey;
-use super::error::{ApiError, ErrorBody, blocking};
+use super::error::{ApiError, ErrorBody};
 use super::views::iso;
+use crate::vault::blocking;
 
 /// `{"status":"ok"}`
 #[derive(Debug, Serialize, ToSchema)]

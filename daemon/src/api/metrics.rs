@@ -19,7 +19,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::ApiState;
 use super::auth::IntegrationKey;
-use super::error::{ApiError, ErrorBody, blocking};
+use super::error::{ApiError, ErrorBody};
+use crate::vault::blocking;
 
 /// Buckets of the login duration histogram, in seconds (a login takes 1 to 90 s).
 const LOGIN_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 90.0];
@@ -169,7 +170,7 @@ pub async fn token_counts(api: &ApiState) -> Result<TokenCounts, ApiError> {
 /// Count accounts, users and tokens valid at `now`.
 async fn count_tokens(api: &ApiState, now: i64) -> Result<TokenCounts, ApiError> {
     let vault = api.app.vault.clone();
-    blocking(move || {
+    Ok(blocking(move || {
         let accounts = vault.list_accounts()?;
         let mut counts = TokenCounts {
             accounts: accounts.len(),
@@ -192,7 +193,7 @@ async fn count_tokens(api: &ApiState, now: i64) -> Result<TokenCounts, ApiError>
         }
         Ok(counts)
     })
-    .await
+    .await?)
 }
 
 /// `GET /metrics`

@@ -19,13 +19,14 @@ use zeroize::Zeroizing;
 use super::ApiState;
 use super::accounts::{refresh_selection, unknown_broker_in_body};
 use super::auth::{Caller, ServiceKey, UserJwt};
-use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson, blocking};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, OptionalJson};
 use super::params::{BrokerQuery, broker_id, user_id};
 use super::views::{
     AttemptLogView, AttemptView, RefreshSummaryDoc, TokenView, ValidToken, is_valid_at, iso,
     valid_token,
 };
 use crate::refresh::{RefreshSummary, Selection};
+use crate::vault::blocking;
 use crate::vault::{AccountKey, AttemptScope, AuditRead, BrokerId, Trigger, UserId, UserTokens};
 
 /// `GET /api/tokens/{userId}?broker=`

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::error::{ApiError, blocking};
+use super::error::ApiError;
+use crate::vault::blocking;
 use crate::vault::{Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, VaultError};
 
 pub use crate::clock::iso;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use broker_api::wire::ErrorClass;
 
-use super::{AccountResult, Refresher, blocking};
+use super::{AccountResult, Refresher};
+use crate::vault::blocking;
 use crate::vault::{AccountKey, Attention, Trigger, Vault, VaultError};
 
 /// Clear the attention that a login by `trigger`, which produced a token, resolves. Blocking.

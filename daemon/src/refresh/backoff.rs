@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::{AccountResult, Refresher, blocking};
+use super::{AccountResult, Refresher};
 use crate::config::RefreshConfig;
+use crate::vault::blocking;
 use crate::vault::{Account, AccountKey, Backoff, Outcome};
 
 /// Default `[brokers.<id>] breaker_threshold`.

@@ -12,10 +12,11 @@ use zeroize::Zeroizing;
 
 use super::gate::BrokerLimits;
 use super::outcome::attempt_record;
-use super::{AccountResult, Refresher, blocking};
+use super::{AccountResult, Refresher};
 use crate::config::BrokerConfig;
 use crate::plugins::host::PluginCall;
 use crate::plugins::{AccountAccess, Plugin, PluginError};
+use crate::vault::blocking;
 use crate::vault::{Account, AccountKey, AccountState, Attempt, Credentials, Trigger};
 
 /// What every attempt of one account's login shares.
@@ -156,7 +157,7 @@ impl Refresher {
                     0,
                 ));
             }
-            Err(e) => return Err(AccountResult::failed(key, "internal", e, 0)),
+            Err(e) => return Err(AccountResult::failed(key, "internal", e.to_string(), 0)),
         };
         if let Some(skipped) = self.skip_reason(key, &account, explicit) {
             return Err(skipped);
@@ -180,7 +181,7 @@ impl Refresher {
                     0,
                 ));
             }
-            Err(e) => return Err(AccountResult::failed(key, "internal", e, 0)),
+            Err(e) => return Err(AccountResult::failed(key, "internal", e.to_string(), 0)),
         };
         let totp_secret = match &credentials.totp_secret {
             Some(s) => match crate::plugins::totp::parse_secret(s.expose_secret()) {

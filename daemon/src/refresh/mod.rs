@@ -36,7 +36,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{BrokerConfig, Config};
 use crate::plugins::{PluginEnv, Registry};
-use crate::vault::{AccountKey, BrokerId, Trigger, UserId, Vault, VaultError};
+use crate::vault::{AccountKey, BrokerId, Trigger, UserId, Vault, blocking};
 
 /// Which accounts a refresh covers.
 #[derive(Debug, Clone, Default)]
@@ -109,17 +109,6 @@ pub struct Refresher {
 impl std::fmt::Debug for Refresher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Refresher").finish_non_exhaustive()
-    }
-}
-
-/// Why a vault call made from async code failed.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("a vault task was aborted".to_owned()),
     }
 }
 
@@ -220,7 +209,8 @@ impl Refresher {
             Some(user) => vault.user_accounts(user),
             None => vault.list_accounts(),
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         let mut keys: Vec<AccountKey> = accounts
             .iter()
             .map(|a| a.key())

@@ -134,6 +134,10 @@ pub enum VaultError {
     /// The vault's file could not be reopened after an I/O failure; `/health` says 503 until it is.
     #[error("the vault is unavailable after an I/O failure ({0}); retrying")]
     Unavailable(String),
+    /// A vault call run on the blocking pool did not finish (it panicked, or the runtime shut
+    /// down).
+    #[error("a vault task was aborted")]
+    Aborted,
 }
 
 impl VaultError {

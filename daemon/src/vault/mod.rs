@@ -53,6 +53,16 @@ pub use migrate::SCHEMA_VERSION;
 pub use model::*;
 pub use opening::VaultInfo;
 
+/// Run a vault call from async code on tokio's blocking pool: the vault's methods block on file
+/// I/O and locks, which must not stall the runtime's workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, VaultError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(VaultError::Aborted))
+}
+
 use crate::clock::{Clock, SystemClock};
 use crypto::RecordKeys;
 use store::{Mode, ReadTx, Store, Table, WriteTx};
