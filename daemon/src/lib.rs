@@ -21,6 +21,7 @@ pub mod vault;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::plugins::{CallLimits, PluginEnv, Registry};
 
@@ -44,7 +45,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Loaded strategies; swapped wholesale by a rescan (SIGHUP).
     pub plugins: Arc<Registry>,
-    /// The environment plugin calls run in: clock, TOTP guard, HTTP clients, call limits.
+    /// The daemon's one clock: the API, the vault, the mirror, the refresher and the plugin host
+    /// all read time from it, so a test moves all of them at once.
+    pub clock: Arc<dyn Clock>,
+    /// The environment plugin calls run in: the same clock, TOTP guard, HTTP clients, call limits.
     pub plugin_env: Arc<PluginEnv>,
     /// The vault. Its methods are blocking: call them through `tokio::task::spawn_blocking`.
     pub vault: Arc<vault::Vault>,
@@ -67,12 +71,15 @@ impl AppState {
         if !unknown.is_empty() {
             return Err(StartError::Config(unknown.join("; ")));
         }
-        let (vault, _origin) =
-            vault::Vault::open_configured(&config.vault, vault::VaultOptions::default(), create)
-                .map_err(|source| StartError::Vault {
-                    path: config.vault.path.clone(),
-                    source,
-                })?;
+        let options = vault::VaultOptions {
+            clock: Arc::new(clock::SystemClock),
+            ..vault::VaultOptions::default()
+        };
+        let (vault, _origin) = vault::Vault::open_configured(&config.vault, options, create)
+            .map_err(|source| StartError::Vault {
+                path: config.vault.path.clone(),
+                source,
+            })?;
         Ok(AppState::with_registry(config, Arc::new(vault), plugins))
     }
 
@@ -87,7 +94,7 @@ impl AppState {
             timeout: std::time::Duration::from_secs(config.refresh.login_timeout_secs),
             ..CallLimits::default()
         };
-        let plugin_env = Arc::new(PluginEnv::new(Arc::new(clock::SystemClock), limits));
+        let plugin_env = Arc::new(PluginEnv::new(vault.clock().clone(), limits));
         AppState::from_parts(Arc::new(config), vault, plugins, plugin_env)
     }
 
@@ -118,6 +125,7 @@ impl AppState {
         AppState {
             config,
             plugins,
+            clock: plugin_env.clock.clone(),
             plugin_env,
             vault,
             refresher,

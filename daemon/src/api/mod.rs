@@ -99,7 +99,7 @@ impl ApiState {
 
     /// Now, on the daemon's clock (Unix ms).
     pub fn now_ms(&self) -> i64 {
-        self.app.plugin_env.clock.now_ms()
+        self.app.clock.now_ms()
     }
 
     /// The refresher shared with the scheduler (single flight across both).

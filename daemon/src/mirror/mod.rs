@@ -130,7 +130,7 @@ impl Mirror {
                 .as_ref()
                 .map(|t| t.describe.clone())
                 .unwrap_or_default(),
-            last_error_at_ms: error.as_ref().map(|_| now_ms()),
+            last_error_at_ms: error.as_ref().map(|_| vault.clock().now_ms()),
             last_error: error,
             ..MirrorStatus::disabled()
         };
@@ -183,7 +183,7 @@ impl Mirror {
         }
         status.connected = false;
         status.last_error = Some(error.to_owned());
-        status.last_error_at_ms = Some(now_ms());
+        status.last_error_at_ms = Some(self.vault.clock().now_ms());
     }
 
     async fn refresh_backlog(&self) {
@@ -236,10 +236,11 @@ impl Mirror {
                 DeliveryEnd::Postgres(e) => self.fail(&e),
                 DeliveryEnd::Vault(e) => {
                     tracing::error!(error = %e, "mirror: vault error");
+                    let now_ms = self.vault.clock().now_ms();
                     self.update(|s| {
                         s.connected = false;
                         s.last_error = Some(format!("vault: {e}"));
-                        s.last_error_at_ms = Some(now_ms());
+                        s.last_error_at_ms = Some(now_ms);
                     });
                 }
             }
@@ -316,10 +317,4 @@ impl Mirror {
 enum DeliveryEnd {
     Postgres(String),
     Vault(String),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

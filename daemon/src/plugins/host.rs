@@ -150,7 +150,7 @@ unsafe extern "C" fn host_now(call: *mut CallCtx) -> i64 {
         // SAFETY: the plugin passes back the pointer of its current call.
         match unsafe { current_call(call) } {
             Some(ctx) => ctx.clock.now_ms(),
-            None => chrono::Utc::now().timestamp_millis(),
+            None => crate::clock::SystemClock.now_ms(),
         }
     }))
     .unwrap_or(0)

@@ -152,6 +152,12 @@ impl Vault {
         self.engine
     }
 
+    /// The clock the vault stamps records with (the daemon's one clock when opened by
+    /// [`crate::AppState::open`]).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.options.clock
+    }
+
     fn now(&self) -> i64 {
         self.options.clock.now_ms()
     }
