@@ -234,9 +234,9 @@ impl SinkBuf {
 unsafe extern "C" fn sink_buf_write(ctx: *mut c_void, data: Bytes) {
     // A panic must not unwind into the caller; nothing below panics except on allocation failure.
     let _ = std::panic::catch_unwind(|| {
-        // SAFETY: `ctx` was created by `SinkBuf::sink` from a live `&mut SinkBuf`, and the writer
-        // passes bytes valid for this call.
+        // SAFETY: `ctx` was created by `SinkBuf::sink` from a live `&mut SinkBuf`.
         let buf = unsafe { &mut *ctx.cast::<SinkBuf>() };
+        // SAFETY: the writer passes bytes valid for this call.
         let bytes = unsafe { data.as_slice() };
         if buf.overflowed || buf.data.len().saturating_add(bytes.len()) > buf.cap {
             buf.overflowed = true;

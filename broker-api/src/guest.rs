@@ -238,6 +238,7 @@ pub struct StaticTable(PluginTable);
 
 // SAFETY: the table only points into leaked, immutable data and at functions.
 unsafe impl Sync for StaticTable {}
+// SAFETY: as for `Sync`: nothing in the table is tied to the thread that built it.
 unsafe impl Send for StaticTable {}
 
 impl StaticTable {
@@ -301,8 +302,8 @@ where
         if !host_is_compatible(host) {
             return Status::BAD_INPUT;
         }
-        // SAFETY: checked non-null and compatible above; the host keeps it alive.
         let host = Host {
+            // SAFETY: checked non-null and compatible above; the host keeps it alive.
             table: unsafe { HostFns::read(host) },
             call,
             _host: std::marker::PhantomData,
