@@ -170,7 +170,7 @@ pub async fn detailed(
     _: ServiceKey,
     State(api): State<Arc<ApiState>>,
 ) -> Result<Json<DetailedHealthView>, ApiError> {
-    let counts = super::metrics::token_counts(&api).await?;
+    let counts = super::token_counts::token_counts(&api).await?;
     let vault = api.app.vault.clone();
     let outbox = blocking(move || vault.outbox_len()).await?;
     let refresher = api.refresher();

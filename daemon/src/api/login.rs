@@ -26,7 +26,8 @@ use crate::vault::AccountKey;
 
 /// Where to send the person.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct LoginUrlOut {
+#[schema(as = LoginUrlOut)]
+pub struct LoginUrlView {
     /// The broker's login page; open it in a browser.
     pub url: String,
     /// The callback the broker will redirect to.
@@ -37,7 +38,8 @@ pub struct LoginUrlOut {
 
 /// A finished assisted login (never the token).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CallbackOut {
+#[schema(as = CallbackOut)]
+pub struct CallbackView {
     /// `ok`.
     pub status: String,
     /// The platform's user id.
@@ -87,7 +89,7 @@ fn store_error(e: StoreError) -> ApiError {
         ("userId" = String, Path, description = "The platform's user id"),
     ),
     responses(
-        (status = 200, description = "The broker's login URL, bound to this account for 10 minutes; it replaces the account's previous one", body = LoginUrlOut),
+        (status = 200, description = "The broker's login URL, bound to this account for 10 minutes; it replaces the account's previous one", body = LoginUrlView),
         (status = 400, description = "The broker has no assisted login", body = ErrorBody),
         (status = 401, description = "No or wrong credentials", body = ErrorBody),
         (status = 403, description = "A user's token for another user", body = ErrorBody),
@@ -101,7 +103,7 @@ pub async fn url(
     State(api): State<Arc<ApiState>>,
     caller: Caller,
     ApiPath((broker, user)): ApiPath<(String, String)>,
-) -> Result<Json<LoginUrlOut>, ApiError> {
+) -> Result<Json<LoginUrlView>, ApiError> {
     let user = user_id(user)?;
     caller.may_act_for(&user)?;
     let Some(public_url) = api.app.config.server.public_url.clone() else {
@@ -153,7 +155,7 @@ pub async fn url(
         .await
         .map_err(assisted_error)?;
     tracing::info!(account = %key, "assisted login started");
-    Ok(Json(LoginUrlOut {
+    Ok(Json(LoginUrlView {
         url,
         redirect_url,
         expires_at: iso(now + super::ASSISTED_STATE_TTL.as_millis() as i64),
@@ -170,7 +172,7 @@ pub async fn url(
         ("state" = String, Query, description = "The single-use state issued with the login URL"),
     ),
     responses(
-        (status = 200, description = "Logged in; the token is stored (not shown)", body = CallbackOut),
+        (status = 200, description = "Logged in; the token is stored (not shown)", body = CallbackView),
         (status = 400, description = "Unknown, used or expired state, or one issued for another broker", body = ErrorBody),
         (status = 404, description = "Unknown broker, or the account was removed meanwhile", body = ErrorBody),
         (status = 502, description = "The broker refused to finish the login", body = ErrorBody),
@@ -180,7 +182,7 @@ pub async fn callback(
     State(api): State<Arc<ApiState>>,
     ApiPath(broker): ApiPath<String>,
     ApiQuery(query): ApiQuery<BTreeMap<String, String>>,
-) -> Result<Json<CallbackOut>, ApiError> {
+) -> Result<Json<CallbackView>, ApiError> {
     // An unknown broker is 404 whatever the query holds, and leaves any state unconsumed.
     let (plugin, _) = plugin_for(&api, &broker, StatusCode::NOT_FOUND)?;
     let invalid = |m: &str| ApiError::bad_request("invalid_state", m.to_owned());
@@ -209,7 +211,7 @@ pub async fn callback(
             tracing::warn!(account = %key, error = %e, "assisted login failed");
             assisted_error(e)
         })?;
-    Ok(Json(CallbackOut {
+    Ok(Json(CallbackView {
         status: "ok".into(),
         user_id: key.user.as_str().to_owned(),
         broker: key.broker.as_str().to_owned(),

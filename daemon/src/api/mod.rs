@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod openapi;
 mod params;
 pub mod serve;
+mod token_counts;
 mod tokens;
 mod users;
 pub mod views;
@@ -61,8 +62,8 @@ pub struct ApiState {
     audit: audit::AuditWriter,
     /// Serialised token read bodies (see [`tokens::BodyCache`]).
     bodies: tokens::BodyCache,
-    /// The token figures of `/health/detailed` and `/metrics` (see [`metrics::token_counts`]).
-    counts: metrics::CountsCache,
+    /// The token figures of `/health/detailed` and `/metrics` (see [`token_counts::token_counts`]).
+    counts: token_counts::CountsCache,
     /// Send `Strict-Transport-Security`: `server.public_url` is https.
     hsts: bool,
     /// When the router was built, for the uptime in `/health/detailed`.
@@ -85,7 +86,7 @@ impl ApiState {
             assisted: StateStore::new(ASSISTED_STATE_TTL, ASSISTED_MAX_PENDING),
             audit: audit::AuditWriter::start(app.vault.clone()),
             bodies: tokens::BodyCache::default(),
-            counts: metrics::CountsCache::default(),
+            counts: token_counts::CountsCache::default(),
             hsts: app
                 .config
                 .server
