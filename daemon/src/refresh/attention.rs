@@ -6,8 +6,7 @@ use std::time::Duration;
 use broker_api::wire::ErrorClass;
 
 use super::{AccountResult, Refresher};
-use crate::vault::blocking;
-use crate::vault::{AccountKey, Attention, Trigger, Vault, VaultError};
+use crate::vault::{AccountKey, Attention, Trigger, Vault, VaultError, blocking};
 
 /// Clear the attention that a login by `trigger`, which produced a token, resolves. Blocking.
 pub(super) fn clear_resolved(

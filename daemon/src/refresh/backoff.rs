@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use super::{AccountResult, Refresher};
 use crate::config::RefreshConfig;
-use crate::vault::blocking;
-use crate::vault::{Account, AccountKey, Backoff, Outcome};
+use crate::vault::{Account, AccountKey, Backoff, Outcome, blocking};
 
 /// Default `[brokers.<id>] breaker_threshold`.
 pub const BREAKER_THRESHOLD: u32 = 5;

@@ -16,8 +16,9 @@ use super::{AccountResult, Refresher};
 use crate::config::BrokerConfig;
 use crate::plugins::host::PluginCall;
 use crate::plugins::{AccountAccess, Plugin, PluginError};
-use crate::vault::blocking;
-use crate::vault::{Account, AccountKey, AccountState, Attempt, Credentials, Trigger};
+use crate::vault::{
+    Account, AccountKey, AccountState, Attempt, Credentials, Trigger, VaultError, blocking,
+};
 
 /// What every attempt of one account's login shares.
 struct LoginPlan {
@@ -147,18 +148,7 @@ impl Refresher {
         explicit: bool,
     ) -> Result<LoginPlan, AccountResult> {
         let (vault, k) = (self.vault.clone(), key.clone());
-        let account = match blocking(move || vault.get_account(&k)).await {
-            Ok(Some(account)) => account,
-            Ok(None) => {
-                return Err(AccountResult::failed(
-                    key,
-                    "not_found",
-                    "no such account",
-                    0,
-                ));
-            }
-            Err(e) => return Err(AccountResult::failed(key, "internal", e.to_string(), 0)),
-        };
+        let account = found(key, blocking(move || vault.get_account(&k)).await)?;
         if let Some(skipped) = self.skip_reason(key, &account, explicit) {
             return Err(skipped);
         }
@@ -171,18 +161,7 @@ impl Refresher {
             ));
         };
         let (vault, k) = (self.vault.clone(), key.clone());
-        let credentials = match blocking(move || vault.credentials(&k)).await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                return Err(AccountResult::failed(
-                    key,
-                    "not_found",
-                    "no such account",
-                    0,
-                ));
-            }
-            Err(e) => return Err(AccountResult::failed(key, "internal", e.to_string(), 0)),
-        };
+        let credentials = found(key, blocking(move || vault.credentials(&k)).await)?;
         let totp_secret = match &credentials.totp_secret {
             Some(s) => match crate::plugins::totp::parse_secret(s.expose_secret()) {
                 Ok(secret) => Some(secret),
@@ -310,5 +289,20 @@ impl Refresher {
                 self.plugin_env.steps.mark_used(account_label, step);
             }
         }
+    }
+}
+
+/// A vault read of the account's record as the result that ends a login: `not_found` when the
+/// account is gone, `internal` when the vault failed.
+fn found<T>(key: &AccountKey, read: Result<Option<T>, VaultError>) -> Result<T, AccountResult> {
+    match read {
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => Err(AccountResult::failed(
+            key,
+            "not_found",
+            "no such account",
+            0,
+        )),
+        Err(e) => Err(AccountResult::failed(key, "internal", e.to_string(), 0)),
     }
 }
