@@ -2,7 +2,6 @@
 //! attempt log (key or the user's own JWT).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
@@ -52,27 +51,19 @@ pub async fn read(
     let user = user_id(user)?;
     let broker = broker_id(q.broker)?;
     let now = api.now_ms();
-    // The hot path of the trading backend, run inline: usually one memory read (the body made
-    // from the vault's current record), else the vault's cached record and the body made from
-    // it, at worst two short vault reads (an account prefix scan and one token). A hop to the
-    // blocking pool costs two thread wake-ups per request, which outweigh reads this short
-    // (measured by benches/api.rs); the audit write, which fsyncs, goes to its own thread.
-    let vault = &api.app.vault;
-    let epoch = vault.epoch();
+    // The hot path of the trading backend, run inline: usually the vault's cached record and the
+    // body already made from it, at worst two short vault reads (an account prefix scan and one
+    // token). A hop to the blocking pool costs two thread wake-ups per request, more than such
+    // reads; the audit write, which fsyncs, goes to its own thread.
     let key = (user, broker);
-    let (body, account) = match api.bodies.current(&key, epoch, now) {
+    let record = api.app.vault.user_tokens(&key.0)?;
+    let (body, account) = match api.bodies.made_from(&key, &record, now) {
         Some(hit) => hit,
         None => {
-            let record = vault.user_tokens(&key.0)?;
-            match api.bodies.made_from(&key, &record, epoch, now) {
-                Some(hit) => hit,
-                None => {
-                    let made = answer(&key.0, key.1.as_ref(), &record, epoch, now)?;
-                    let hit = made.hit();
-                    api.bodies.put(key, made);
-                    hit
-                }
-            }
+            let made = answer(&key.0, key.1.as_ref(), &record, now)?;
+            let hit = made.hit();
+            api.bodies.put(key, made);
+            hit
         }
     };
     api.audit
@@ -89,13 +80,12 @@ pub async fn read(
         .into_response())
 }
 
-/// The answer to a token read from the user's record (read at `epoch`): the one valid token (at
-/// `broker`, when named) as a body, or why there is none.
+/// The answer to a token read from the user's record: the one valid token (at `broker`, when
+/// named) as a body, or why there is none.
 fn answer(
     user: &UserId,
     broker: Option<&BrokerId>,
     record: &Arc<UserTokens>,
-    epoch: u64,
     now: i64,
 ) -> Result<CachedBody, ApiError> {
     match valid_token(record, broker, now) {
@@ -109,7 +99,6 @@ fn answer(
                 .map_err(|e| ApiError::internal(format!("token body not serialised: {e}")))?;
             Ok(CachedBody {
                 record: Arc::downgrade(record),
-                epoch: AtomicU64::new(epoch),
                 until_ms: token.expires_at_ms,
                 account: Arc::new(account.key()),
                 // Zeroised when the last response holding it is gone.
@@ -131,11 +120,9 @@ fn answer(
 }
 
 /// Token read bodies by user and `?broker=`, so that repeated reads skip the serialisation (most
-/// of the handler's own work, docs/performance.md) and, while the vault's epoch stays, the
-/// vault's cache too. An entry is served only while the vault hands out the very record it was made
-/// from (the vault makes a new one after every write: either its epoch is the one the entry was
-/// last checked at, or the vault's record is that record) and its token has not expired, so it
-/// never answers what a fresh read would not. Bodies hold access tokens: zeroised when the entry
+/// of the handler's own work, docs/performance.md). An entry is served only while the vault
+/// hands out the very record it was made from (the vault makes a new one after every write) and
+/// its token has not expired, so it never answers what a fresh read would not. Bodies hold access tokens: zeroised when the entry
 /// and the last response sharing it are gone; never logged. Bounded like the vault's cache.
 #[derive(Default)]
 pub struct BodyCache {
@@ -151,8 +138,6 @@ struct CachedBody {
     /// and the allocation (so its address) stays while this is held, so an address match is
     /// that record.
     record: Weak<UserTokens>,
-    /// The vault's epoch when `record` was last seen to be the vault's current one.
-    epoch: AtomicU64,
     /// When its token expires: from then on the answer is another.
     until_ms: i64,
     /// The account it names, for the audit entry.
@@ -174,31 +159,18 @@ impl BodyCache {
         self.entries.read()
     }
 
-    /// The body for `key` if the vault's epoch is still `epoch`, the one its record was last
-    /// seen current at, and it is valid at `now`.
-    fn current(&self, key: &BodyKey, epoch: u64, now: i64) -> Option<(Bytes, Arc<AccountKey>)> {
-        let entries = self.read();
-        let cached = entries.get(key)?;
-        (cached.epoch.load(Ordering::Acquire) == epoch && now < cached.until_ms)
-            .then(|| cached.hit())
-    }
-
-    /// The body for `key` if it was made from `record` (the vault's current one, read at
-    /// `epoch`) and is valid at `now`; it is then tagged with `epoch`.
+    /// The body for `key` if it was made from `record` (the vault's current one) and is valid
+    /// at `now`.
     fn made_from(
         &self,
         key: &BodyKey,
         record: &Arc<UserTokens>,
-        epoch: u64,
         now: i64,
     ) -> Option<(Bytes, Arc<AccountKey>)> {
         let entries = self.read();
         let cached = entries.get(key)?;
-        if !std::ptr::eq(cached.record.as_ptr(), Arc::as_ptr(record)) || now >= cached.until_ms {
-            return None;
-        }
-        cached.epoch.fetch_max(epoch, Ordering::AcqRel);
-        Some(cached.hit())
+        (std::ptr::eq(cached.record.as_ptr(), Arc::as_ptr(record)) && now < cached.until_ms)
+            .then(|| cached.hit())
     }
 
     fn put(&self, key: BodyKey, body: CachedBody) {
