@@ -1,7 +1,7 @@
 //! tokenbot: keeps Indian brokers' daily access tokens fresh for many users.
 //!
 //! The daemon is a library: [`run`] serves a [`config::Config`] on a listener until a shutdown
-//! future resolves; `main.rs` only parses the command line and wires things.
+//! future resolves; `main.rs` only calls [`cli::main`], which parses the command line and wires things.
 
 pub mod api;
 pub mod assisted;
@@ -26,8 +26,8 @@ use crate::config::{Config, ConfigError};
 use crate::plugins::{CallLimits, PluginEnv, Registry};
 
 /// Every check of a configuration, in one place: the sections `config` owns, then each section
-/// another module interprets, by that module. `main` runs it right after loading, so a bad value
-/// is refused before anything starts.
+/// another module interprets, by that module. Every command runs it right after loading, and
+/// [`AppState::open`] again, so a bad value is refused before anything starts.
 pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     config.validate()?;
     vault::check_config(&config.vault)?;
@@ -64,6 +64,7 @@ impl AppState {
     /// (`serve --dev`) does a missing vault get created (and, when no key is configured, the
     /// development key file `vault.key` beside it).
     pub fn open(config: Config, create: bool) -> Result<AppState, StartError> {
+        check_config(&config).map_err(|e| StartError::Config(e.to_string()))?;
         // Settings are checked against the strategies before the vault is touched, so a typo
         // creates nothing, not even with --dev.
         let plugins = Arc::new(Registry::load(&config.plugins));
@@ -71,10 +72,8 @@ impl AppState {
         if !unknown.is_empty() {
             return Err(StartError::Config(unknown.join("; ")));
         }
-        let options = vault::VaultOptions {
-            clock: Arc::new(clock::SystemClock),
-            ..vault::VaultOptions::default()
-        };
+        // The vault's clock (the system's) becomes the daemon's one clock in `with_registry`.
+        let options = vault::VaultOptions::default();
         let (vault, _origin) = vault::Vault::open_configured(&config.vault, options, create)
             .map_err(|source| StartError::Vault {
                 path: config.vault.path.clone(),

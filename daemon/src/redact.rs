@@ -1,6 +1,7 @@
 //! The one way secrets are kept out of text people see (log lines, the mirror's status, error
 //! messages): every occurrence replaced by one marker, so a reader learns that something was
-//! there and a search finds every place it happened.
+//! there and a search finds every place it happened. (A secret type's `Debug`, which shows no
+//! value at all, is not redaction: `SecretJson` prints `[REDACTED]` as secrecy's types do.)
 
 /// What a secret is replaced by.
 pub const MARKER: &str = "[redacted]";

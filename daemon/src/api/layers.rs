@@ -5,7 +5,9 @@
 //! The span around the whole request is a `debug` one: at the shipped level (`info`) a live span
 //! per request is most of what logging costs a token read, for lines that are not written
 //! (docs/performance.md). Below `debug`, the log line of a refused or failed request is written
-//! in a span of the same name and fields made for it alone, so it reads as before.
+//! in a span of the same name and fields made for it alone, so that line reads as before; other
+//! lines written while a request is handled (an internal error's detail, an auth warning) carry
+//! its request id only at `debug`.
 //!
 //! Logs name the route template (`/api/tokens/{userId}`), never the raw path or query: the
 //! assisted-login callback's query carries the broker's single-use request token.

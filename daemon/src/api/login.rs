@@ -21,7 +21,7 @@ use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::params::user_id;
 use super::views::iso;
 use crate::plugins::PluginError;
-use crate::refresh::{AssistedError, StoreError};
+use crate::refresh::AssistedError;
 use crate::vault::AccountKey;
 
 /// Where to send the person.
@@ -55,7 +55,7 @@ pub struct CallbackView {
 /// The answer to an assisted login that could not start or finish.
 fn assisted_error(e: AssistedError) -> ApiError {
     match e {
-        AssistedError::Store(e) => store_error(e),
+        AssistedError::Store(e) => ApiError::from(e),
         AssistedError::Configuration(message) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
         }
@@ -69,13 +69,6 @@ fn assisted_error(e: AssistedError) -> ApiError {
             "plugin_error",
             format!("the broker strategy failed: {other}"),
         ),
-    }
-}
-
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Vault(e) => ApiError::from(e),
-        StoreError::Aborted => ApiError::internal("a vault task was aborted"),
     }
 }
 
@@ -122,10 +115,7 @@ pub async fn url(
     }
     let key = AccountKey::new(user, broker);
     let refresher = &api.app.refresher;
-    let account = refresher
-        .assisted_account(&key)
-        .await
-        .map_err(store_error)?;
+    let account = refresher.assisted_account(&key).await?;
     let now = api.now_ms();
     let state = api
         .assisted

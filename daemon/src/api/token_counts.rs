@@ -57,7 +57,7 @@ async fn count_tokens(api: &ApiState, now: i64) -> Result<TokenCounts, ApiError>
                 last_user = Some(&account.user);
             }
             if let Some(token) = vault.get_token(&account.key())?
-                && token.expires_at_ms > now
+                && super::views::is_valid_at(&token, now)
             {
                 counts.valid += 1;
                 if token.expires_at_ms <= now + 3_600_000 {

@@ -89,11 +89,9 @@ pub(super) fn get(config: &Config, user: &str, broker: Option<&str>) -> anyhow::
     if let Some(b) = broker {
         path.push_str(&format!("?broker={b}"));
     }
-    // The CLI's own clock, until one `Clock` is threaded through: this line is all that changes.
-    let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     let found = read_vault_or_daemon(
         config,
-        |vault| token_in_vault(vault, &user, broker, now_ms),
+        |vault| token_in_vault(vault, &user, broker, vault.clock().now_ms()),
         &path,
     )?;
     print_found(found)

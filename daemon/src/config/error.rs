@@ -7,7 +7,7 @@ pub enum ConfigError {
     /// The sources did not fit the schema: key, value (unless the key holds a secret) and source.
     /// Deliberately not the error's `source()`: an error chain printed with it would show
     /// figment's own text, values of secret keys included.
-    #[error("configuration: {}", describe(.0))]
+    #[error("configuration: {}", figment_errors_text(.0))]
     Load(Box<figment::Error>),
     /// The file is not TOML. Only the position is quoted: the line may hold a secret.
     #[error("configuration: {origin} is not valid TOML: {message} at line {line}, column {column}")]
@@ -51,7 +51,7 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 /// figment's errors, each with its key and source; for a secret key the value is left out.
-fn describe(errors: &figment::Error) -> String {
+fn figment_errors_text(errors: &figment::Error) -> String {
     let mut lines = Vec::new();
     for e in errors.clone() {
         let key = e.path.join(".");

@@ -126,10 +126,7 @@ impl Mirror {
         };
         let status = MirrorStatus {
             enabled: true,
-            target: target
-                .as_ref()
-                .map(|t| t.describe.clone())
-                .unwrap_or_default(),
+            target: target.as_ref().map(|t| t.label.clone()).unwrap_or_default(),
             last_error_at_ms: error.as_ref().map(|_| vault.clock().now_ms()),
             last_error: error,
             ..MirrorStatus::disabled()
@@ -224,7 +221,7 @@ impl Mirror {
                     continue;
                 }
             };
-            tracing::info!(db = %target.describe, "mirror: connected");
+            tracing::info!(db = %target.label, "mirror: connected");
             self.update(|s| {
                 s.connected = true;
                 s.last_error = None;
@@ -274,10 +271,7 @@ impl Mirror {
             let Some(last) = batch.last().map(|r| r.seq) else {
                 self.update(|s| s.backlog = 0);
                 if session.is_closed() {
-                    break DeliveryEnd::Postgres(format!(
-                        "connection to {} closed",
-                        target.describe
-                    ));
+                    break DeliveryEnd::Postgres(format!("connection to {} closed", target.label));
                 }
                 let _ = tokio::time::timeout(self.timing.poll, self.wake.notified()).await;
                 continue;
@@ -290,7 +284,7 @@ impl Mirror {
                     break DeliveryEnd::Postgres(format!(
                         "delivering {} records to {}: no answer within {} s",
                         batch.len(),
-                        target.describe,
+                        target.label,
                         DELIVERY_TIMEOUT.as_secs()
                     ));
                 }

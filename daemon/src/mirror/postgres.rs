@@ -18,7 +18,7 @@ pub(crate) struct Target {
     /// Connection settings (they hold the password: never logged).
     pub pg: tokio_postgres::Config,
     /// `host:port/db` for logs and the status.
-    pub describe: String,
+    pub label: String,
     /// Strings an error message must never show (password, URL).
     pub secrets: Vec<SecretString>,
     /// The upsert: the template's, or the default table's.
@@ -147,8 +147,8 @@ impl Session {
         let tls = tokio_postgres::NoTls;
         let (client, connection) = tokio::time::timeout(connect_timeout, target.pg.connect(tls))
             .await
-            .map_err(|_| PgError(format!("connecting to {}: timed out", target.describe)))?
-            .map_err(|e| target.error(&format!("connecting to {}", target.describe), &e))?;
+            .map_err(|_| PgError(format!("connecting to {}: timed out", target.label)))?
+            .map_err(|e| target.error(&format!("connecting to {}", target.label), &e))?;
         let connection = tokio::spawn(async move {
             // Ends when the server goes away or the client is dropped; the client then reports
             // `is_closed` and the mirror reconnects.
@@ -202,7 +202,7 @@ async fn setup(
                 .batch_execute(&create_table(schema, table))
                 .await
                 .map_err(|e| target.error(&format!("creating table {schema}.{table}"), &e))?;
-            tracing::info!(db = %target.describe, %schema, %table, "mirror: created the table");
+            tracing::info!(db = %target.label, %schema, %table, "mirror: created the table");
         }
     }
     let upsert = client

@@ -5,7 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::postgres::{self, Target};
 use super::template::{Template, TemplateError};
-use super::url::{describe, hide_odd_option, libpq_url};
+use super::url::{hide_odd_option, libpq_url, target_text};
 use crate::config::{ConfigError, PostgresMirrorConfig};
 use crate::redact::redact;
 
@@ -154,7 +154,7 @@ pub(super) fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConf
         ),
     };
     Ok(Target {
-        describe: describe(&pg),
+        label: target_text(&pg),
         pg,
         secrets,
         upsert,

@@ -69,7 +69,7 @@ fn percent_encode(text: &str) -> String {
 }
 
 /// `host:port/db` of the target: no user, no password.
-pub(super) fn describe(pg: &tokio_postgres::Config) -> String {
+pub(super) fn target_text(pg: &tokio_postgres::Config) -> String {
     let ports = pg.get_ports();
     let hosts: Vec<String> = pg
         .get_hosts()
@@ -133,7 +133,7 @@ mod tests {
         let pg: tokio_postgres::Config = url.parse().unwrap();
         assert_eq!(pg.get_options(), Some("-c search_path=trading"));
         assert_eq!(pg.get_dbname(), Some("app"));
-        assert_eq!(describe(&pg), "db:5432/app");
+        assert_eq!(target_text(&pg), "db:5432/app");
         let plain = "postgres://u@h/db?sslmode=disable";
         assert_eq!(libpq_url(plain), (plain.to_owned(), None));
         let (url, root) = libpq_url("postgres://u@h/db?sslmode=require&sslrootcert=/etc/ca.pem");

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use broker_api::wire::{self, Sensitive};
 use secrecy::ExposeSecret;
 
-use super::outcome::{Finished, LoginFailure, StoreError, attempt_record, vault_task};
+use super::outcome::{Finished, LoginFailure, attempt_record};
 use super::{AccountResult, Refresher};
 use crate::plugins::{Plugin, PluginError};
-use crate::vault::{Account, AccountKey, Credentials, Outcome, Trigger, VaultError};
+use crate::vault::{Account, AccountKey, Credentials, Outcome, Trigger, VaultError, blocking};
 
 /// The account an assisted login is for, and its credentials (no `Debug`: it holds secrets).
 pub struct AssistedAccount {
@@ -34,7 +34,7 @@ pub struct AssistedLogin {
 pub enum AssistedError {
     /// The account could not be read, or its token not stored.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] VaultError),
     /// A configured setting is unknown to the strategy.
     #[error("{0}")]
     Configuration(String),
@@ -74,9 +74,9 @@ fn same_broker_user(
 
 impl Refresher {
     /// The account and its credentials (none stored reads as empty); `NoSuchAccount` if absent.
-    pub async fn assisted_account(&self, key: &AccountKey) -> Result<AssistedAccount, StoreError> {
+    pub async fn assisted_account(&self, key: &AccountKey) -> Result<AssistedAccount, VaultError> {
         let (vault, key) = (self.vault.clone(), key.clone());
-        vault_task(move || {
+        blocking(move || {
             let account = vault
                 .get_account(&key)?
                 .ok_or_else(|| VaultError::NoSuchAccount(key.clone()))?;
@@ -148,9 +148,14 @@ impl Refresher {
             };
             (result, finished)
         };
-        self.run_alone(key, login)
+        // Spawned, waiting included: a callback whose browser goes away has already used up the
+        // state and the broker's single-use input, so the login must finish (and be logged) anyway.
+        let (me, key) = (self.clone(), key.clone());
+        tokio::spawn(async move { me.run_alone(&key, login).await })
             .await
-            .unwrap_or(Err(AssistedError::Store(StoreError::Aborted)))
+            .ok()
+            .flatten()
+            .unwrap_or(Err(AssistedError::Store(VaultError::Aborted)))
     }
 
     async fn finish_assisted_now(
@@ -177,8 +182,10 @@ impl Refresher {
                 .map_err(AssistedError::Configuration)?,
         };
         let limits = self.limits(&plugin);
-        let ctx = self.plugin_call(&plugin, key.to_string(), &credentials, None, &limits);
+        // The slot first: the call's deadline starts when it is built, and a wait for a slot
+        // must not eat the time the broker's single-use callback input has left.
         let slot = self.login_slot(&limits).await;
+        let ctx = self.plugin_call(&plugin, key.to_string(), &credentials, None, &limits);
         let (result, duration) = self
             .timed_call(key, plugin, ctx, move |p, c| {
                 p.assisted_finish_blocking(c, &request)

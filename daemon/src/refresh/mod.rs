@@ -19,7 +19,6 @@ pub mod schedule;
 mod summary;
 
 pub use assisted::{AssistedAccount, AssistedError, AssistedLogin};
-pub use outcome::StoreError;
 pub use summary::{AccountResult, RefreshSummary};
 
 use std::collections::{BTreeMap, HashMap};

@@ -12,28 +12,9 @@ use secrecy::SecretString;
 use super::Refresher;
 use crate::plugins::host::PluginCall;
 use crate::plugins::{Plugin, PluginError, run_blocking};
-use crate::vault::{AccountKey, Attempt, NewToken, Outcome, SecretJson, Trigger, VaultError};
-
-/// Why a login's token (or the account it is for) could not be read or stored.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The vault refused.
-    #[error(transparent)]
-    Vault(#[from] VaultError),
-    /// The blocking task running the vault call was aborted.
-    #[error("a vault task was aborted")]
-    Aborted,
-}
-
-/// Run a vault call on the blocking pool, keeping its error typed.
-pub(super) async fn vault_task<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
-) -> Result<T, StoreError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError::Aborted),
-    }
-}
+use crate::vault::{
+    AccountKey, Attempt, NewToken, Outcome, SecretJson, Trigger, VaultError, blocking,
+};
 
 /// What became of a login once its result was recorded.
 pub(super) enum Finished {
@@ -43,7 +24,7 @@ pub(super) enum Finished {
         expires_at_ms: i64,
     },
     /// The broker gave a token but it could not be stored.
-    NotStored(StoreError),
+    NotStored(VaultError),
     /// The login failed.
     Failed(PluginError),
 }
@@ -166,7 +147,7 @@ impl Refresher {
         key: &AccountKey,
         trigger: Trigger,
         output: wire::LoginOutput,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), VaultError> {
         let token = NewToken {
             access_token: SecretString::from(output.access_token.expose().to_owned()),
             issued_at_ms: output.issued_at_ms,
@@ -176,7 +157,7 @@ impl Refresher {
             )),
         };
         let (vault, k) = (self.vault.clone(), key.clone());
-        vault_task(move || {
+        blocking(move || {
             vault.put_token(&k, &token)?;
             super::attention::clear_resolved(&vault, &k, trigger)
         })
@@ -189,7 +170,7 @@ impl Refresher {
 
     async fn log_attempt(&self, key: &AccountKey, attempt: Attempt) {
         let (vault, k) = (self.vault.clone(), key.clone());
-        if let Err(e) = vault_task(move || vault.append_attempt(&k, &attempt)).await {
+        if let Err(e) = blocking(move || vault.append_attempt(&k, &attempt)).await {
             tracing::error!(error = %e, "cannot record a login attempt");
         }
     }

@@ -13,7 +13,7 @@ use super::model::{NewToken, SecretJson, Token};
 use super::store::Table;
 
 /// A printable name for a record key: ids and sequence numbers only.
-pub(crate) fn describe(table: Table, key: &[u8]) -> String {
+pub(crate) fn record_key_text(table: Table, key: &[u8]) -> String {
     match table {
         Table::Meta => String::from_utf8_lossy(key).into_owned(),
         Table::Accounts | Table::Credentials | Table::Tokens => {
@@ -50,7 +50,7 @@ pub(crate) fn unseal(
     keys.open(table.name(), key, sealed)
         .map_err(|_| VaultError::Integrity {
             table: table.name(),
-            key: describe(table, key),
+            key: record_key_text(table, key),
         })
 }
 
@@ -75,7 +75,7 @@ pub(crate) fn from_secret_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(plain).map_err(|e| {
         VaultError::malformed(
             table.name(),
-            describe(table, key),
+            record_key_text(table, key),
             format!("decrypted record does not parse ({:?})", e.classify()),
         )
     })
@@ -88,7 +88,7 @@ pub(crate) fn from_plain_json<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, VaultError> {
     serde_json::from_slice(bytes)
-        .map_err(|e| VaultError::malformed(table.name(), describe(table, key), e))
+        .map_err(|e| VaultError::malformed(table.name(), record_key_text(table, key), e))
 }
 
 /// Credentials as their record stores them: a JSON object with every secret field, in list order,
@@ -169,7 +169,7 @@ pub(crate) fn open_token(
     let extras = SecretJson::from_text(t.extras).map_err(|_| {
         VaultError::malformed(
             Table::Tokens.name(),
-            describe(Table::Tokens, key),
+            record_key_text(Table::Tokens, key),
             "token extras are not JSON",
         )
     })?;

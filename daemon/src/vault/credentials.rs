@@ -38,7 +38,9 @@ impl Credentials {
 
     /// The fields whose value differs from `other`'s (a field set on one side only counts).
     pub fn changed_fields(&self, other: &Credentials) -> Vec<&'static str> {
-        let value = |c: &Credentials, name| c.get(name).map(|s| s.expose_secret().to_owned());
+        fn value<'a>(c: &'a Credentials, name: &str) -> Option<&'a str> {
+            c.get(name).map(|s| s.expose_secret())
+        }
         Credentials::secret_fields()
             .filter(|&name| value(self, name) != value(other, name))
             .collect()

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::codec::{describe, from_plain_json, seq_of};
+use super::codec::{from_plain_json, record_key_text, seq_of};
 use super::entries::{Attempt, AuditEntry, AuditRecord, LoggedAttempt};
 use super::error::VaultError;
 use super::ids::{AccountKey, UserId};
@@ -36,7 +36,7 @@ pub(crate) fn parse_attempt(key: &[u8], value: &[u8]) -> Result<LoggedAttempt, V
     let bad = || {
         VaultError::malformed(
             Table::Attempts.name(),
-            describe(Table::Attempts, key),
+            record_key_text(Table::Attempts, key),
             "undecodable key",
         )
     };

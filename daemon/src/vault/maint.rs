@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::codec::{describe, from_plain_json, open_credentials, open_token, seal, unseal};
+use super::codec::{from_plain_json, open_credentials, open_token, record_key_text, seal, unseal};
 use super::crypto::RecordKeys;
 use super::engine;
 use super::ids::AccountKey;
@@ -195,7 +195,7 @@ fn account_table(name: &str) -> Result<Table, VaultError> {
 fn report_failure(table: Table, key: &[u8], error: String) -> VerifyFailure {
     VerifyFailure {
         table: table.name(),
-        key: describe(table, key),
+        key: record_key_text(table, key),
         error,
     }
 }

@@ -4,7 +4,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{describe, from_secret_json, seal, to_secret_json, unseal};
+use super::codec::{from_secret_json, record_key_text, seal, to_secret_json, unseal};
 use super::crypto::RecordKeys;
 use super::entries::{OutboxRecord, OutboxStatus};
 use super::error::VaultError;
@@ -82,7 +82,7 @@ pub(crate) fn open_outbox(
     let seq = key.try_into().map(u64::from_be_bytes).map_err(|_| {
         VaultError::malformed(
             Table::Outbox.name(),
-            describe(Table::Outbox, key),
+            record_key_text(Table::Outbox, key),
             "key is not 8 bytes",
         )
     })?;

@@ -239,13 +239,6 @@ impl Vault {
         self.scan_accounts(&[])
     }
 
-    /// A counter of committed writes of accounts and tokens (log appends leave it): while it is
-    /// unchanged, [`Vault::user_tokens`] returns the very records it returned before. Load it
-    /// *before* the read whose result it is to tag.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
     /// The user's accounts with their tokens (if any), decrypted. Served from memory while no
     /// write has committed since it was read: the hot path of `GET /api/tokens/:userId`.
     pub fn user_tokens(&self, user: &UserId) -> Result<Arc<UserTokens>, VaultError> {
