@@ -74,14 +74,7 @@ pub async fn serve(
         // while closed, its client (or load balancer) knows at once and can go elsewhere.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             drop(stream);
-            if let Some(others) = refusals.allow() {
-                tracing::warn!(
-                    %peer,
-                    max_connections = options.max_connections,
-                    others_since_last_warning = others,
-                    "connection limit reached (server.max_connections): new connections are closed"
-                );
-            }
+            warn_refused(&refusals, peer, options.max_connections);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -106,32 +99,18 @@ pub async fn serve(
         let connection = graceful.watch(connection);
         // The connection runs in its own task, and a second one watches it, so the connection's
         // polls never touch the timer.
-        let mut running = tokio::spawn(async move {
+        let running = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
-        let timeout = options.header_read_timeout;
-        tokio::spawn(async move {
-            // Held while the connection runs: this task ends with it.
-            let _slot = slot;
-            let timer = tokio::time::sleep_until(activity.since(0) + timeout);
-            tokio::pin!(timer);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut running => return,
-                    () = &mut timer => match activity.deadline(timeout) {
-                        Some(next) => timer.as_mut().reset(next),
-                        None => {
-                            tracing::debug!(%peer, "no request headers within the header read timeout; connection closed");
-                            running.abort();
-                            return;
-                        }
-                    },
-                }
-            }
-        });
+        tokio::spawn(watch_connection(
+            running,
+            activity,
+            options.header_read_timeout,
+            slot,
+            peer,
+        ));
     }
     drop(listener);
     if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
@@ -139,6 +118,45 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish in time; closing them");
+    }
+}
+
+/// Say, at most once a minute, that connections are being closed at the cap.
+fn warn_refused(refusals: &Throttle, peer: SocketAddr, max_connections: usize) {
+    if let Some(others) = refusals.allow() {
+        tracing::warn!(
+            %peer,
+            max_connections,
+            others_since_last_warning = others,
+            "connection limit reached (server.max_connections): new connections are closed"
+        );
+    }
+}
+
+/// Hold the connection's slot while it runs, and close it once it has gone `timeout` without a
+/// request in flight (headers unfinished, idle between requests, or silent since it connected).
+async fn watch_connection(
+    mut running: tokio::task::JoinHandle<()>,
+    activity: Arc<Activity>,
+    timeout: Duration,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    peer: SocketAddr,
+) {
+    let timer = tokio::time::sleep_until(activity.since(0) + timeout);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut running => return,
+            () = &mut timer => match activity.deadline(timeout) {
+                Some(next) => timer.as_mut().reset(next),
+                None => {
+                    tracing::debug!(%peer, "no request headers within the header read timeout; connection closed");
+                    running.abort();
+                    return;
+                }
+            },
+        }
     }
 }
 
