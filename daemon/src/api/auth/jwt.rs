@@ -18,6 +18,7 @@ pub(super) struct JwtVerifier {
 impl JwtVerifier {
     /// A secret under 32 bytes that slipped past validation is left out with an error logged.
     pub(super) fn from_config(config: &AuthConfig) -> JwtVerifier {
+        super::jwt_crypto::install();
         let key = config.jwt_secret.as_ref().and_then(|secret| {
             let secret = secret.expose_secret().as_bytes();
             if secret.len() < MIN_JWT_SECRET_BYTES {

@@ -20,6 +20,7 @@ mod client_ip;
 mod extract;
 mod failures;
 mod jwt;
+mod jwt_crypto;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ pub use extract::{Caller, IntegrationKey, ServiceKey, UserJwt};
 pub use failures::{FAILURE_WINDOW, MAX_FAILURES};
 use failures::{FailureCounts, MAX_TRACKED_CLIENTS};
 use jwt::JwtVerifier;
+pub use jwt_crypto::install as install_jwt_crypto;
 use keys::ApiKeys;
 
 /// The header of service keys.

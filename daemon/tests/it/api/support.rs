@@ -234,6 +234,7 @@ pub fn now_secs() -> i64 {
 
 /// An HS256 JWT with `claims`, signed with `secret`.
 pub fn jwt_with(claims: Value, secret: &str) -> String {
+    tokenbot::api::auth::install_jwt_crypto();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
