@@ -1,5 +1,5 @@
 /*
- * tokenbot broker plugin ABI, version 1.1.
+ * tokenbot broker plugin ABI, version 1.2.
  *
  * The C view of broker-api/src/abi.rs; a test compiles this header and compares every size,
  * offset and constant with the Rust definitions, so the two cannot drift apart.
@@ -13,6 +13,9 @@
  *  - Data crosses as borrowed bytes (valid for the call) holding versioned JSON; outputs are
  *    written into the caller's sink, so memory is never freed on the other side.
  *  - Plugin functions may be called from any thread, and concurrently for different accounts.
+ *  - Minor versions: 1.1 added sleep_ms and the settings map; 1.2 added JSON fields only (extra
+ *    credential fields, served token extras, the validity rule, a minimum login interval), so
+ *    the tables are those of 1.1.
  *  - Never let a C++ exception or a Rust panic cross the boundary: return TOKENBOT_STATUS_PANIC.
  */
 #ifndef TOKENBOT_BROKER_H
@@ -29,7 +32,7 @@ extern "C" {
 #define TOKENBOT_HOST_MAGIC 0x48424B54u   /* "TKBH" little-endian */
 #define TOKENBOT_PLUGIN_MAGIC 0x50424B54u /* "TKBP" little-endian */
 #define TOKENBOT_ABI_MAJOR 1
-#define TOKENBOT_ABI_MINOR 1
+#define TOKENBOT_ABI_MINOR 2
 
 typedef int32_t tokenbot_status;
 #define TOKENBOT_STATUS_OK 0

@@ -113,12 +113,18 @@ impl fmt::Display for ErrorClass {
     }
 }
 
-/// A credential field a strategy needs. Names are the same for every broker: `broker_user_id`,
-/// `password`, `api_key`, `api_secret`, `totp_secret`.
+/// A credential field a strategy needs. The five every broker shares are `broker_user_id`,
+/// `password`, `api_key`, `api_secret` and `totp_secret`; a strategy may declare more (ABI 1.2),
+/// named the same way for every broker: `pin` for every PIN or MPIN, `api_user_id`, `mobile`,
+/// `dob_or_pan`, ... Their values reach the strategy in [`Credentials::extra`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialField {
-    /// Field name.
+    /// Field name: lowercase letters, digits and `_`.
     pub name: String,
+    /// What to call it when asking a person, e.g. "Angel One MPIN (4 digits)" (ABI 1.2; empty from
+    /// an older plugin, when the host shows the name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
     /// Whether the value is secret (encrypted at rest, never shown, prompted without echo).
     #[serde(default)]
     pub secret: bool,
@@ -162,6 +168,35 @@ pub struct Manifest {
     /// Requests per second the broker tolerates per app.
     #[serde(default = "default_rate")]
     pub rate_limit_per_sec: f64,
+    /// Names of the [`LoginOutput::extras`] the host may hand to consumers (the token API and the
+    /// Postgres mirror), e.g. Angel One's `feed_token` (ABI 1.2). Every other extra stays in the
+    /// vault. The host never serves a name containing `refresh`, listed here or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_extras: Vec<String>,
+    /// How tokens expire (ABI 1.2; a 1.0 or 1.1 plugin is `daily`).
+    #[serde(default)]
+    pub validity: Validity,
+    /// The shortest time between two logins of one account the broker tolerates, in ms (ABI 1.2;
+    /// 0: no limit). Dhan mints at most one token per account every 2 minutes. The operator may
+    /// override it with `[brokers.<id>] min_login_interval`.
+    #[serde(default)]
+    pub min_login_interval_ms: u64,
+}
+
+/// How a broker's tokens expire, which decides when the scheduler logs an account in again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Validity {
+    /// At a time of day (Kite 06:00 IST, Angel One 00:00 IST): the broker's scheduled run logs
+    /// every account in after that time.
+    #[default]
+    Daily,
+    /// A fixed time after issue (Dhan: 24 h): a token is replaced before the next market session
+    /// opens when it would not last through that session.
+    Rolling,
+    /// A rule this host does not know (sent by a newer plugin); treated like `daily`.
+    #[serde(other)]
+    Unknown,
 }
 
 fn default_concurrency() -> u32 {
@@ -175,6 +210,10 @@ fn default_rate() -> f64 {
 /// The credentials of one account. Absent fields are `None`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Credentials {
+    /// The fields beyond the five that the manifest declares (ABI 1.2), by name: `pin`, `mobile`,
+    /// ... Every value is handled as a secret here, whether or not the manifest calls it one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Sensitive>,
     /// Login password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Sensitive>,
@@ -184,6 +223,16 @@ pub struct Credentials {
     /// API secret / app secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_secret: Option<Sensitive>,
+}
+
+impl Credentials {
+    /// The non-empty value of an extra field, e.g. `pin`.
+    pub fn extra(&self, name: &str) -> Option<&str> {
+        self.extra
+            .get(name)
+            .map(Sensitive::expose)
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// Input of `login`. The TOTP secret never crosses the boundary: the host's `totp` callback uses it.
@@ -231,7 +280,8 @@ pub struct LoginOutput {
     pub issued_at_ms: i64,
     /// When the token stops working (Unix ms).
     pub expires_at_ms: i64,
-    /// Broker-specific extras (e.g. Kite's `public_token`). Stored encrypted, never mirrored.
+    /// Broker-specific extras (e.g. Kite's `public_token`, Angel One's `feed_token`). Stored
+    /// encrypted; only those named in [`Manifest::served_extras`] ever leave the vault.
     #[serde(default)]
     pub extras: BTreeMap<String, serde_json::Value>,
 }

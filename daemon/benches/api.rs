@@ -72,6 +72,7 @@ fn setup_vault(dir: &Path) {
                 api_key: secret("api-key"),
                 api_secret: secret("api-secret"),
                 totp_secret: secret("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"),
+                extra: Default::default(),
             },
             // No login is due: the daemon only serves reads.
             auto_refresh: false,

@@ -90,6 +90,7 @@ fn main() {
                     api_key: Some(SecretString::from(format!("key-{n}"))),
                     api_secret: Some(SecretString::from(format!("sec-{n}"))),
                     totp_secret: Some(SecretString::from(totp_secret(n))),
+                    extra: Default::default(),
                 },
                 auto_refresh: true,
                 managed_externally: false,

@@ -29,6 +29,7 @@ fn account(i: usize) -> NewAccount {
             api_key: Some(SecretString::from(format!("api-key-{i}"))),
             api_secret: Some(SecretString::from(format!("api-secret-{i}"))),
             totp_secret: Some(SecretString::from("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")),
+            extra: Default::default(),
         },
         auto_refresh: true,
         managed_externally: false,

@@ -1,9 +1,10 @@
 //! Credential fields as people give them, checked against their broker's manifest. Shared by
 //! `tokenbot user add` and the HTTP API (`POST /api/credentials`, `PUT /api/users/.../accounts/...`),
 //! so both accept and refuse exactly the same input. Errors name fields, never values. The field
-//! names are the vault's list ([`crate::vault::CREDENTIAL_FIELDS`]).
+//! names are the vault's list ([`crate::vault::CREDENTIAL_FIELDS`]) plus those the broker's
+//! manifest declares for itself (`pin`, `mobile`, ...); any other name is refused, naming it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use broker_api::wire::Manifest;
 use secrecy::{ExposeSecret, SecretString};
@@ -13,7 +14,6 @@ use crate::vault::Credentials;
 
 /// The credential fields as the CLI's `--from-json` and the API spell them.
 #[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Fields {
     /// The user's id at the broker (not secret).
     pub broker_user_id: Option<String>,
@@ -25,6 +25,10 @@ pub struct Fields {
     pub api_secret: Option<SecretString>,
     /// TOTP secret (base32 or an `otpauth://` URI).
     pub totp_secret: Option<SecretString>,
+    /// Every other key: the fields the broker's manifest declares beyond the five, and anything
+    /// else, which [`check_fields`] refuses by name.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, SecretString>,
 }
 
 /// Why fields were refused.
@@ -34,7 +38,7 @@ pub enum FieldError {
     #[error("field `{field}` is not used by broker {broker} (it takes: {takes})")]
     NotUsed {
         /// The field.
-        field: &'static str,
+        field: String,
         /// The broker.
         broker: String,
         /// The fields it takes.
@@ -87,25 +91,34 @@ pub fn check_fields(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let given = Credentials {
+    let not_used = |field: &str| FieldError::NotUsed {
+        field: field.to_owned(),
+        broker: broker.to_owned(),
+        takes: takes(),
+    };
+    let mut given = Credentials {
         password: fields.password,
         api_key: fields.api_key,
         api_secret: fields.api_secret,
         totp_secret: fields.totp_secret,
+        extra: BTreeMap::new(),
     };
+    for (name, value) in fields.extra {
+        // A shared name here is a key the manifest may not use (`broker_user_id` aside, which
+        // has a field of its own); anything else must be one of the manifest's own fields.
+        if !wanted.contains(name.as_str()) || !given.set(&name, value) {
+            return Err(not_used(&name));
+        }
+    }
     let mut credentials = Credentials::default();
     let broker_user_id = fields
         .broker_user_id
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
     if broker_user_id.is_some() && !wanted.contains("broker_user_id") {
-        return Err(FieldError::NotUsed {
-            field: "broker_user_id",
-            broker: broker.to_owned(),
-            takes: takes(),
-        });
+        return Err(not_used("broker_user_id"));
     }
-    for name in Credentials::secret_fields() {
+    for name in given.names() {
         let Some(value) = given
             .get(name)
             .filter(|v| !v.expose_secret().trim().is_empty())
@@ -113,11 +126,7 @@ pub fn check_fields(
             continue;
         };
         if !wanted.contains(name) {
-            return Err(FieldError::NotUsed {
-                field: name,
-                broker: broker.to_owned(),
-                takes: takes(),
-            });
+            return Err(not_used(name));
         }
         credentials.set(name, value.clone());
     }

@@ -204,16 +204,19 @@ impl Strategy for IiflXts {
             display_name: "IIFL Blaze (XTS)".into(),
             credential_fields: vec![
                 CredentialField {
+                    label: String::new(),
                     name: "broker_user_id".into(),
                     secret: false,
                     required: true,
                 },
                 CredentialField {
+                    label: String::new(),
                     name: "api_key".into(),
                     secret: false,
                     required: true,
                 },
                 CredentialField {
+                    label: String::new(),
                     name: "api_secret".into(),
                     secret: true,
                     required: true,
@@ -227,6 +230,9 @@ impl Strategy for IiflXts {
             allowed_hosts: vec!["ttblaze.iifl.com".into()],
             max_concurrency: 8,
             rate_limit_per_sec: 5.0,
+            served_extras: Vec::new(),
+            validity: broker_api::wire::Validity::Daily,
+            min_login_interval_ms: 0,
         }
     }
 

@@ -250,6 +250,7 @@ impl Strategy for Iifl {
             ]
             .iter()
             .map(|&name| CredentialField {
+                label: String::new(),
                 name: name.into(),
                 secret: matches!(name, "password" | "api_secret" | "totp_secret"),
                 required: true,
@@ -272,6 +273,9 @@ impl Strategy for Iifl {
             ],
             max_concurrency: 8,
             rate_limit_per_sec: 3.0,
+            served_extras: Vec::new(),
+            validity: broker_api::wire::Validity::Daily,
+            min_login_interval_ms: 0,
         }
     }
 

@@ -72,6 +72,7 @@ impl Strategy for Kite {
             ]
             .iter()
             .map(|&name| CredentialField {
+                label: String::new(),
                 name: name.into(),
                 secret: matches!(name, "password" | "api_secret" | "totp_secret"),
                 required: true,
@@ -88,6 +89,9 @@ impl Strategy for Kite {
             allowed_hosts: vec!["kite.zerodha.com".into(), "api.kite.trade".into()],
             max_concurrency: 8,
             rate_limit_per_sec: 10.0,
+            served_extras: Vec::new(),
+            validity: broker_api::wire::Validity::Daily,
+            min_login_interval_ms: 0,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The Node service's user routes (`Authorization: Bearer <JWT>`): a user stores, inspects,
 //! removes and pauses their own broker accounts. The user always comes from the token.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -24,7 +25,6 @@ use crate::vault::{AccountKey, BrokerId, Flags, UserId};
 
 /// A broker account's credentials, for the calling user.
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CredentialsBody {
     /// Broker id, e.g. `kite`.
     pub broker: String,
@@ -44,6 +44,12 @@ pub struct CredentialsBody {
     /// TOTP secret: base32, or an `otpauth://` URI.
     #[schema(value_type = Option<String>, format = Password)]
     pub totp_secret: Option<SecretString>,
+    /// The fields the broker's strategy declares beyond these (`pin`, `mobile`, `api_user_id`,
+    /// `dob_or_pan`, ...; `tokenbot plugins list` shows each broker's). Any other key is refused with 422,
+    /// naming it.
+    #[serde(flatten)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub extra: BTreeMap<String, SecretString>,
     /// Log in on the broker's schedule (default: on; a replaced account keeps its setting).
     pub auto_refresh: Option<bool>,
 }
@@ -97,6 +103,7 @@ pub async fn create(
         api_key: body.api_key,
         api_secret: body.api_secret,
         totp_secret: body.totp_secret,
+        extra: body.extra,
     };
     let (_, view) = store_account(
         &api,

@@ -1,6 +1,7 @@
 //! Service routes over accounts (`X-API-Key`): provision, change, remove, list. Provisioning checks
 //! the fields exactly as `tokenbot user add` does ([`crate::credential_input`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -22,7 +23,6 @@ use crate::vault::{AccountKey, BrokerId, Flags};
 /// The credential fields of an account plus its flags. Which fields are required depends on the
 /// broker's strategy; secrets are stored encrypted and never returned.
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ProvisionBody {
     /// The user's id at the broker (client code).
     pub broker_user_id: Option<String>,
@@ -40,6 +40,12 @@ pub struct ProvisionBody {
     /// TOTP secret: base32, or an `otpauth://` URI.
     #[schema(value_type = Option<String>, format = Password)]
     pub totp_secret: Option<SecretString>,
+    /// The fields the broker's strategy declares beyond these (`pin`, `mobile`, `api_user_id`,
+    /// `dob_or_pan`, ...; `tokenbot plugins list` shows each broker's). Any other key is refused with 422,
+    /// naming it.
+    #[serde(flatten)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub extra: BTreeMap<String, SecretString>,
     /// Log in on the broker's schedule (default: on; a replaced account keeps its setting).
     pub auto_refresh: Option<bool>,
     /// Logged in by another system: never logged in here (default: off).
@@ -79,6 +85,7 @@ impl ProvisionBody {
                 api_key: self.api_key,
                 api_secret: self.api_secret,
                 totp_secret: self.totp_secret,
+                extra: self.extra,
             },
             self.auto_refresh,
             self.managed_externally,

@@ -215,7 +215,8 @@ fn read_json(path: &PathBuf) -> anyhow::Result<JsonFields> {
             anyhow::anyhow!("--from-json: {msg}")
         } else {
             anyhow::anyhow!(
-                "--from-json: not a JSON object of strings with the keys {} (line {}, column {})",
+                "--from-json: not a JSON object of strings with the keys {} and the broker's own \
+                 fields (line {}, column {})",
                 CREDENTIAL_FIELDS.join(", "),
                 e.line(),
                 e.column()
@@ -235,8 +236,13 @@ fn prompt_fields(manifest: &Manifest, broker: &str) -> anyhow::Result<JsonFields
     );
     for field in &manifest.credential_fields {
         let label = format!(
-            "{}{}: ",
+            "{}{}{}: ",
             field.name,
+            if field.label.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", field.label)
+            },
             if field.required { "" } else { " (optional)" }
         );
         let value = if field.secret && field.name != "broker_user_id" {
@@ -260,7 +266,9 @@ fn prompt_fields(manifest: &Manifest, broker: &str) -> anyhow::Result<JsonFields
             "api_key" => fields.api_key = Some(value),
             "api_secret" => fields.api_secret = Some(value),
             "totp_secret" => fields.totp_secret = Some(value),
-            other => bail!("broker {broker} asks for an unknown credential field {other:?}"),
+            other => {
+                fields.extra.insert(other.to_owned(), value);
+            }
         }
     }
     Ok(fields)

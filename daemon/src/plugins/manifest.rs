@@ -3,7 +3,7 @@
 use broker_api::wire::Manifest;
 
 use super::LoadError;
-use crate::vault::CREDENTIAL_FIELDS;
+use crate::vault::{CREDENTIAL_FIELDS, is_extra_field_name};
 
 pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(), LoadError> {
     let bad = |m: String| Err(LoadError::BadManifest(m));
@@ -22,8 +22,12 @@ pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(
         return bad("manifest version 0".into());
     }
     for field in &manifest.credential_fields {
-        if !CREDENTIAL_FIELDS.contains(&field.name.as_str()) {
-            return bad(format!("unknown credential field {:?}", field.name));
+        let name = field.name.as_str();
+        if !CREDENTIAL_FIELDS.contains(&name) && !is_extra_field_name(name) {
+            return bad(format!(
+                "credential field {name:?} must be one of {} or 1-32 of [a-z0-9_] starting with a letter",
+                CREDENTIAL_FIELDS.join(", ")
+            ));
         }
     }
     if !manifest
@@ -42,6 +46,15 @@ pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(
     for (name, url) in &manifest.base_urls {
         url::Url::parse(url)
             .map_err(|e| LoadError::BadManifest(format!("base URL {name}: {e}")))?;
+    }
+    if let Some(name) = manifest
+        .served_extras
+        .iter()
+        .find(|n| n.contains("refresh"))
+    {
+        return bad(format!(
+            "served extra {name:?}: refresh tokens are never served"
+        ));
     }
     let rate = manifest.rate_limit_per_sec;
     if manifest.max_concurrency == 0 || !(rate.is_finite() && rate > 0.0) {

@@ -30,9 +30,24 @@ fn as_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result
 
 /// The strategies compiled into this binary, by their entry functions.
 pub const BUNDLED: &[EntryFn] = &[
+    #[cfg(feature = "broker-kite")]
     broker_kite::entry,
+    #[cfg(feature = "broker-iifl")]
     broker_iifl::entry,
+    #[cfg(feature = "broker-iifl-xts")]
     broker_iifl_xts::entry,
+    #[cfg(feature = "broker-angelone")]
+    broker_angelone::entry,
+    #[cfg(feature = "broker-dhan")]
+    broker_dhan::entry,
+    #[cfg(feature = "broker-fyers")]
+    broker_fyers::entry,
+    #[cfg(feature = "broker-kotak-neo")]
+    broker_kotak_neo::entry,
+    #[cfg(feature = "broker-motilal")]
+    broker_motilal::entry,
+    #[cfg(feature = "broker-fivepaisa")]
+    broker_fivepaisa::entry,
 ];
 
 /// The loaded strategies, by broker id. Readers clone the `Arc` of the current map; a rescan builds

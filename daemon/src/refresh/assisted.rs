@@ -52,6 +52,12 @@ fn assisted_credentials(c: &Credentials) -> wire::Credentials {
             .api_secret
             .as_ref()
             .map(|s| Sensitive::new(s.expose_secret())),
+        // Fields a strategy declares may be needed to build the login URL (e.g. a mobile number);
+        // a PIN, like the password, is typed by the person and never sent.
+        extra: super::login::extras(c)
+            .into_iter()
+            .filter(|(name, _)| name != "pin")
+            .collect(),
     }
 }
 

@@ -47,8 +47,16 @@ fn secrets(credentials: &Credentials) -> Vec<&str> {
     ]
     .into_iter()
     .flatten()
+    .chain(credentials.extra.values())
     .map(|s| s.expose_secret())
     .collect()
+}
+
+/// The fields a strategy declared beyond the five, as the wire carries them.
+pub(super) fn extras(credentials: &Credentials) -> std::collections::BTreeMap<String, Sensitive> {
+    (credentials.extra.iter())
+        .map(|(name, value)| (name.clone(), Sensitive::new(value.expose_secret())))
+        .collect()
 }
 
 impl Refresher {
@@ -211,6 +219,7 @@ impl Refresher {
                     .as_ref()
                     .map(|k| k.expose_secret().to_owned()),
                 api_secret: secret(&credentials.api_secret),
+                extra: extras(credentials),
             },
             base_urls: plan.plugin.base_urls(&plan.broker_config.urls),
             settings: plan.settings.clone(),

@@ -91,8 +91,8 @@ pub(crate) fn from_plain_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| VaultError::malformed(table.name(), record_key_text(table, key), e))
 }
 
-/// Credentials as their record stores them: a JSON object with every secret field, in list order,
-/// `null` when unset.
+/// Credentials as their record stores them: a JSON object with every shared secret field, in list
+/// order, `null` when unset, then each extra field that has a value.
 struct CredentialsOut<'a>(&'a Credentials);
 
 impl Serialize for CredentialsOut<'_> {
@@ -101,6 +101,9 @@ impl Serialize for CredentialsOut<'_> {
         let mut map = serializer.serialize_map(None)?;
         for name in Credentials::secret_fields() {
             map.serialize_entry(name, &self.0.get(name).map(|s| s.expose_secret()))?;
+        }
+        for (name, value) in &self.0.extra {
+            map.serialize_entry(name, value.expose_secret())?;
         }
         map.end()
     }

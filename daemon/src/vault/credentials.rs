@@ -1,11 +1,13 @@
 //! A broker login's credentials, and the one list of their field names.
 
+use std::collections::BTreeMap;
+
 use secrecy::{ExposeSecret, SecretString};
 
-/// The credential fields, as the CLI, the API, `--from-json`, strategy manifests and the vault's
-/// records spell them: `broker_user_id` (the account's, not secret) and then the secrets
-/// [`Credentials`] holds, in the order records store them. Every part of the daemon that names
-/// credential fields consults this list; fields a broker declares for itself are to join it here.
+/// The credential fields every broker shares, as the CLI, the API, `--from-json`, strategy
+/// manifests and the vault's records spell them: `broker_user_id` (the account's, not secret) and
+/// then the secrets [`Credentials`] holds, in the order records store them. A strategy's manifest
+/// may declare more ([`is_extra_field_name`]); those live in [`Credentials::extra`].
 pub const CREDENTIAL_FIELDS: &[&str] = &[
     "broker_user_id",
     "password",
@@ -13,6 +15,18 @@ pub const CREDENTIAL_FIELDS: &[&str] = &[
     "api_secret",
     "totp_secret",
 ];
+
+/// Whether `name` can be the name of a field a strategy declares beyond [`CREDENTIAL_FIELDS`]:
+/// 1-32 of `[a-z0-9_]`, starting with a letter, and none of the shared names (`pin`, `mobile`,
+/// `api_user_id`, `dob_or_pan`, ...).
+pub fn is_extra_field_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !CREDENTIAL_FIELDS.contains(&name)
+}
 
 /// A broker login's secrets. Which are needed depends on the strategy's manifest.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +39,9 @@ pub struct Credentials {
     pub api_secret: Option<SecretString>,
     /// TOTP secret (base32 or an `otpauth://` URI).
     pub totp_secret: Option<SecretString>,
+    /// Fields a strategy declares beyond the five, by name (`pin`, `mobile`, ...). Stored
+    /// encrypted like every other field, whether or not the manifest calls them secret.
+    pub extra: BTreeMap<String, SecretString>,
 }
 
 impl Credentials {
@@ -36,29 +53,48 @@ impl Credentials {
             .filter(|&name| name != "broker_user_id")
     }
 
+    /// Every field that holds a value: the shared ones in list order, then the extras by name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let shared: Vec<&str> = Credentials::secret_fields()
+            .filter(|name| self.get(name).is_some())
+            .collect();
+        shared
+            .into_iter()
+            .chain(self.extra.keys().map(String::as_str))
+    }
+
     /// The fields whose value differs from `other`'s (a field set on one side only counts).
-    pub fn changed_fields(&self, other: &Credentials) -> Vec<&'static str> {
-        fn value<'a>(c: &'a Credentials, name: &str) -> Option<&'a str> {
-            c.get(name).map(|s| s.expose_secret())
-        }
-        Credentials::secret_fields()
+    pub fn changed_fields(&self, other: &Credentials) -> Vec<String> {
+        let value = |c: &Credentials, name: &str| c.get(name).map(|s| s.expose_secret().to_owned());
+        let mut names: Vec<&str> = self.names().chain(other.names()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
             .filter(|&name| value(self, name) != value(other, name))
+            .map(str::to_owned)
             .collect()
     }
 
-    /// The field called `name`.
+    /// The field called `name`, shared or extra.
     pub fn get(&self, name: &str) -> Option<&SecretString> {
-        self.slot(name)?.as_ref()
+        match self.slot(name) {
+            Some(slot) => slot.as_ref(),
+            None => self.extra.get(name),
+        }
     }
 
-    /// Set the field called `name`; false for an unknown name.
+    /// Set the field called `name`; false for a name that is neither a shared secret field nor a
+    /// possible extra one ([`is_extra_field_name`]).
     pub fn set(&mut self, name: &str, value: SecretString) -> bool {
-        match self.slot_mut(name) {
-            Some(slot) => {
-                *slot = Some(value);
-                true
-            }
-            None => false,
+        if let Some(slot) = self.slot_mut(name) {
+            *slot = Some(value);
+            true
+        } else if is_extra_field_name(name) {
+            self.extra.insert(name.to_owned(), value);
+            true
+        } else {
+            false
         }
     }
 
@@ -96,9 +132,15 @@ mod tests {
             assert_eq!(credentials.get(name).map(|s| s.expose_secret()), Some(name));
         }
         assert!(!credentials.set("broker_user_id", SecretString::from("x")));
+        assert!(!credentials.set("Not A Name", SecretString::from("x")));
+        assert!(credentials.set("pin", SecretString::from("1234")));
+        assert_eq!(
+            credentials.get("pin").map(|s| s.expose_secret()),
+            Some("1234")
+        );
         assert_eq!(
             Credentials::default().changed_fields(&credentials),
-            ["password", "api_key", "api_secret", "totp_secret"]
+            ["api_key", "api_secret", "password", "pin", "totp_secret"]
         );
     }
 }

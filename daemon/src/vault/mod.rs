@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 pub use configured::check_config;
-pub use credentials::{CREDENTIAL_FIELDS, Credentials};
+pub use credentials::{CREDENTIAL_FIELDS, Credentials, is_extra_field_name};
 pub use engine::Engine;
 pub use entries::*;
 pub use error::VaultError;

@@ -27,18 +27,22 @@ impl Attention {
     /// (`broker_user_id` included) whose value changed. A failure is fixed only by the fields its
     /// class depends on: re-saving the same password, or a new TOTP secret after a wrong
     /// password, must not send a password the broker called wrong again.
-    pub fn cleared_by(&self, changed: &[&str]) -> bool {
-        let fixes: &[&str] = match self.class.as_str() {
-            "invalid_credentials" => &["broker_user_id", "password", "api_key", "api_secret"],
-            // Unlocking needs a credential reset at the broker, which means a new password.
-            "account_locked" => &["broker_user_id", "password"],
-            "twofa_rejected" | "twofa_unavailable" => &["totp_secret"],
-            "app_not_authorized" => &["api_key"],
+    pub fn cleared_by<S: AsRef<str>>(&self, changed: &[S]) -> bool {
+        let changed = || changed.iter().map(AsRef::as_ref);
+        match self.class.as_str() {
+            // Any field but the TOTP secret: the broker may have meant the password, a PIN, the
+            // app's key, or a field a strategy declares (`mobile`, `dob_or_pan`, ...).
+            "invalid_credentials" => changed().any(|f| f != "totp_secret"),
+            // Unlocking needs a credential reset at the broker: a new password or PIN.
+            "account_locked" => {
+                changed().any(|f| matches!(f, "broker_user_id" | "password" | "pin"))
+            }
+            "twofa_rejected" | "twofa_unavailable" => changed().any(|f| f == "totp_secret"),
+            "app_not_authorized" => changed().any(|f| f == "api_key"),
             // automation_blocked, protocol, anything else: no credential fixes these; an
             // assisted login or an operator's explicit clear does.
-            _ => &[],
-        };
-        fixes.iter().any(|f| changed.contains(f))
+            _ => false,
+        }
     }
 
     /// Whether a successful assisted (browser) login resolves it: it shows that a person can log

@@ -64,10 +64,10 @@ fn changed_credentials(
     keys: &RecordKeys,
     k: &[u8],
     new: &Credentials,
-) -> Result<Vec<&'static str>, VaultError> {
+) -> Result<Vec<String>, VaultError> {
     Ok(match tx.get(Table::Credentials, k)? {
         Some(sealed) => new.changed_fields(&open_credentials(keys, k, &sealed)?),
-        None => Credentials::secret_fields().collect(),
+        None => Credentials::secret_fields().map(str::to_owned).collect(),
     })
 }
 
@@ -120,7 +120,7 @@ fn put_account_in(
         Some(old) => {
             let mut changed = changed_credentials(tx, keys, &k, &new.credentials)?;
             if old.broker_user_id != new.broker_user_id {
-                changed.push("broker_user_id");
+                changed.push("broker_user_id".to_owned());
             }
             (
                 old.attention.clone().filter(|a| !a.cleared_by(&changed)),

@@ -136,6 +136,7 @@ fn request(user: &str, api_url: &str) -> LoginRequest {
             password: Some(Sensitive::new(PASSWORD)),
             api_key: None,
             api_secret: None,
+            extra: Default::default(),
         },
         base_urls: BTreeMap::from([("api_url".to_owned(), api_url.to_owned())]),
         settings: BTreeMap::new(),

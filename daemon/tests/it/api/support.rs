@@ -132,6 +132,7 @@ impl TestApi {
                     api_key: Some("apikey-1".into()),
                     api_secret: Some("apisecret-1".into()),
                     totp_secret: Some("JBSWY3DPEHPK3PXPJBSWY3DP".into()),
+                    extra: Default::default(),
                 },
                 auto_refresh: true,
                 managed_externally: false,

@@ -75,6 +75,7 @@ async fn world() -> World {
                 api_key: Some(SecretString::from(format!("key-{n}"))),
                 api_secret: Some(SecretString::from(format!("secret-{n}"))),
                 totp_secret: Some(SecretString::from(totp_secret(n))),
+                extra: Default::default(),
             },
             auto_refresh: true,
             managed_externally: false,

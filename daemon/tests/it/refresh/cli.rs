@@ -32,6 +32,7 @@ fn add(vault: &Vault, kite: &FakeKite, n: u32, stored_password: &str) {
                 api_key: Some(SecretString::from(format!("key-{n}"))),
                 api_secret: Some(SecretString::from(format!("sec-{n}"))),
                 totp_secret: Some(SecretString::from(secret.to_owned())),
+                extra: Default::default(),
             },
             auto_refresh: true,
             managed_externally: false,

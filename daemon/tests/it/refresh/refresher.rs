@@ -126,6 +126,7 @@ fn account(
         api_key: Some(SecretString::from(format!("key-{n}"))),
         api_secret: Some(SecretString::from(format!("secret-{n}"))),
         totp_secret: Some(SecretString::from(totp_secret(n))),
+        extra: Default::default(),
     };
     w.vault
         .put_account(&NewAccount {

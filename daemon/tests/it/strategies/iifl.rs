@@ -25,6 +25,7 @@ fn account(n: u32) -> (Account, IiflUser) {
         api_key: format!("iiflappkey{n:04}"),
         api_secret: format!("iifl-app-secret-{n:04}"),
         totp_secret: Some(totp_secret(n)),
+        ..Account::default()
     };
     let fake = IiflUser::new(
         &client,

@@ -23,6 +23,7 @@ fn account(n: u32) -> (Account, KiteUser) {
         api_key: format!("kiteapikey{n:04}"),
         api_secret: format!("kite-api-secret-{n:04}"),
         totp_secret: Some(totp_secret(n)),
+        ..Account::default()
     };
     let fake = KiteUser::new(
         &user,

@@ -20,6 +20,7 @@ fn account(n: u32) -> (Account, XtsUser) {
         api_key: format!("xtsappkey{n:04}"),
         api_secret: format!("Xts$ecret{n:04}"),
         totp_secret: None,
+        ..Account::default()
     };
     let fake = XtsUser::new(&client, &account.api_key, &account.api_secret);
     (account, fake)

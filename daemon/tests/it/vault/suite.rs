@@ -54,6 +54,7 @@ fn new_account(user: &str, broker: &str, i: usize) -> NewAccount {
             api_key: Some(secret("ak", i).into()),
             api_secret: Some(secret("as", i).into()),
             totp_secret: Some(secret("totp", i).into()),
+            extra: Default::default(),
         },
         auto_refresh: true,
         managed_externally: false,

@@ -1,0 +1,42 @@
+//! Fyers API v3 login strategy (`../shared/protocols/fyers.md` in the design notes). SKELETON: to be
+//! written.
+
+use std::collections::BTreeMap;
+
+use broker_api::wire::{
+    ErrorClass, ErrorOutput, LoginOutput, LoginRequest, Manifest, Validity, WIRE_VERSION,
+};
+use broker_api::{Host, Strategy};
+
+/// The Fyers API v3 strategy.
+pub struct Fyers;
+
+impl Strategy for Fyers {
+    const ID: &'static str = "fyers";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn manifest() -> Manifest {
+        Manifest {
+            v: WIRE_VERSION,
+            display_name: "Fyers API v3".into(),
+            credential_fields: Vec::new(),
+            schedule: "0 8 * * *".into(),
+            timezone: "Asia/Kolkata".into(),
+            token_validity: String::new(),
+            base_urls: BTreeMap::new(),
+            settings: BTreeMap::new(),
+            allowed_hosts: Vec::new(),
+            max_concurrency: 4,
+            rate_limit_per_sec: 5.0,
+            served_extras: Vec::new(),
+            validity: Validity::Daily,
+            min_login_interval_ms: 0,
+        }
+    }
+
+    fn login(_host: &Host<'_>, _req: LoginRequest) -> Result<LoginOutput, ErrorOutput> {
+        Err(ErrorOutput::new(ErrorClass::Protocol, "fyers: not written yet").before_credentials())
+    }
+}
+
+broker_api::define_entry!(Fyers);
