@@ -92,6 +92,7 @@ fn setup_vault(dir: &Path) {
                 issued_at_ms: now - 3_600_000,
                 expires_at_ms: now + 86_400_000,
                 extras: SecretJson::empty(),
+                served_extras: Default::default(),
             },
         )
         .unwrap();

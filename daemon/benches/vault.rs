@@ -43,6 +43,7 @@ fn token(i: usize) -> NewToken {
         issued_at_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_086_400_000,
         extras: SecretJson::from_value(&serde_json::json!({"public_token": format!("pt-{i}")})),
+        served_extras: Default::default(),
     }
 }
 

@@ -44,6 +44,16 @@ pub enum FieldError {
         /// The fields it takes.
         takes: String,
     },
+    /// A name that is neither a shared credential field nor one the broker declares.
+    #[error("unknown field `{field}` (broker {broker} takes: {takes}); nothing was written")]
+    Unknown {
+        /// The field.
+        field: String,
+        /// The broker.
+        broker: String,
+        /// The fields it takes.
+        takes: String,
+    },
     /// A field the strategy requires is absent or blank.
     #[error("missing field `{field}` (broker {broker} needs: {takes}); nothing was written")]
     Missing {
@@ -63,7 +73,7 @@ impl FieldError {
     /// The field the error is about.
     pub fn field(&self) -> &str {
         match self {
-            FieldError::NotUsed { field, .. } => field,
+            FieldError::NotUsed { field, .. } | FieldError::Unknown { field, .. } => field,
             FieldError::Missing { field, .. } => field,
             FieldError::BadTotp(_) => "totp_secret",
         }
@@ -104,10 +114,13 @@ pub fn check_fields(
         extra: BTreeMap::new(),
     };
     for (name, value) in fields.extra {
-        // A shared name here is a key the manifest may not use (`broker_user_id` aside, which
-        // has a field of its own); anything else must be one of the manifest's own fields.
+        // Not a shared field (those have fields of their own): one of the manifest's, or refused.
         if !wanted.contains(name.as_str()) || !given.set(&name, value) {
-            return Err(not_used(&name));
+            return Err(FieldError::Unknown {
+                field: name,
+                broker: broker.to_owned(),
+                takes: takes(),
+            });
         }
     }
     let mut credentials = Credentials::default();
@@ -148,4 +161,96 @@ pub fn check_fields(
             .map_err(|e| FieldError::BadTotp(e.to_string()))?;
     }
     Ok((broker_user_id.unwrap_or_default(), credentials))
+}
+
+#[cfg(test)]
+mod tests {
+    use broker_api::wire::{CredentialField, Validity};
+
+    use super::*;
+
+    fn field(name: &str, secret: bool, required: bool) -> CredentialField {
+        CredentialField {
+            name: name.into(),
+            label: String::new(),
+            secret,
+            required,
+        }
+    }
+
+    /// A broker that takes a PIN and an optional mobile number besides the id and TOTP secret.
+    fn manifest() -> Manifest {
+        Manifest {
+            v: 1,
+            display_name: "PIN broker".into(),
+            credential_fields: vec![
+                field("broker_user_id", false, true),
+                field("pin", true, true),
+                field("totp_secret", true, true),
+                field("mobile", false, false),
+            ],
+            schedule: "0 8 * * *".into(),
+            timezone: "Asia/Kolkata".into(),
+            token_validity: String::new(),
+            base_urls: Default::default(),
+            settings: Default::default(),
+            allowed_hosts: vec![],
+            max_concurrency: 1,
+            rate_limit_per_sec: 1.0,
+            served_extras: vec![],
+            validity: Validity::Daily,
+            min_login_interval_ms: 0,
+        }
+    }
+
+    fn fields(json: &str) -> Fields {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const TOTP: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+    #[test]
+    fn a_declared_extra_field_is_taken_and_stored_with_the_others() {
+        let json = format!(r#"{{"broker_user_id":"C1","pin":"739164","totp_secret":"{TOTP}"}}"#);
+        let (id, credentials) = check_fields(&manifest(), "pinb", fields(&json)).unwrap();
+        assert_eq!(id, "C1");
+        assert_eq!(
+            credentials.get("pin").map(|p| p.expose_secret()),
+            Some("739164")
+        );
+        assert_eq!(
+            credentials.names().collect::<Vec<_>>(),
+            ["totp_secret", "pin"]
+        );
+    }
+
+    #[test]
+    fn a_required_extra_field_that_is_missing_or_blank_is_refused_by_name() {
+        for json in [
+            format!(r#"{{"broker_user_id":"C1","totp_secret":"{TOTP}"}}"#),
+            format!(r#"{{"broker_user_id":"C1","pin":"  ","totp_secret":"{TOTP}"}}"#),
+        ] {
+            let e = check_fields(&manifest(), "pinb", fields(&json)).unwrap_err();
+            assert_eq!(e.field(), "pin", "{e}");
+        }
+    }
+
+    #[test]
+    fn names_the_broker_does_not_declare_are_refused_naming_them_never_their_values() {
+        let json = format!(
+            r#"{{"broker_user_id":"C1","pin":"739164","totp_secret":"{TOTP}","pn":"482913"}}"#
+        );
+        let e = check_fields(&manifest(), "pinb", fields(&json)).unwrap_err();
+        assert!(matches!(e, FieldError::Unknown { .. }), "{e:?}");
+        assert_eq!(e.field(), "pn");
+        assert!(e.to_string().contains("unknown field `pn`"), "{e}");
+        assert!(!e.to_string().contains("482913") && !e.to_string().contains("739164"));
+        // A shared field the broker does not take is refused as before.
+        let json = format!(
+            r#"{{"broker_user_id":"C1","pin":"739164","totp_secret":"{TOTP}","password":"pw"}}"#
+        );
+        let e = check_fields(&manifest(), "pinb", fields(&json)).unwrap_err();
+        assert!(matches!(e, FieldError::NotUsed { .. }), "{e:?}");
+        assert_eq!(e.field(), "password");
+    }
 }

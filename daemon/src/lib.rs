@@ -32,6 +32,7 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     config.validate()?;
     vault::check_config(&config.vault)?;
     refresh::schedule::check_config(&config.brokers)?;
+    refresh::session::MarketSession::from_config(&config.refresh)?;
     if let Some(postgres) = &config.mirror.postgres {
         mirror::check_config(postgres)?;
     }

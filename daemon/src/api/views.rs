@@ -79,12 +79,23 @@ pub struct TokenView<'a> {
     pub issued_at: String,
     /// When it stops working.
     pub expires_at: String,
+    /// What else the broker issued that consumers need, by name (Angel One's `feed_token`, Kotak
+    /// Neo's `sid`, ...): only the extras the broker's strategy declares as served; absent when
+    /// there are none. Refresh tokens are never served.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Option<Object>)]
+    pub extras: serde_json::Map<String, serde_json::Value>,
 }
 
 impl<'a> TokenView<'a> {
     /// The view of `account`'s `token`.
     pub fn new(account: &'a Account, token: &'a Token) -> TokenView<'a> {
+        let extras = match token.served_extras.expose_value() {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
         TokenView {
+            extras,
             user_id: account.user.as_str(),
             broker: account.broker.as_str(),
             broker_user_id: &account.broker_user_id,

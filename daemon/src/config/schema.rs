@@ -162,6 +162,15 @@ pub struct RefreshConfig {
     pub retry_after_failure_secs: u64,
     /// Longest such wait, in seconds.
     pub retry_after_failure_max_secs: u64,
+    /// When the market session opens (HH:MM in `session_timezone`). Tokens that expire a fixed
+    /// time after issue (Dhan) are replaced before a session they would not last through.
+    pub session_open: String,
+    /// When it closes (HH:MM).
+    pub session_close: String,
+    /// The session's timezone (IANA name).
+    pub session_timezone: String,
+    /// How long before the session opens catch-up replaces such a token, in seconds.
+    pub rolling_refresh_ahead_secs: u64,
 }
 
 impl Default for RefreshConfig {
@@ -175,6 +184,10 @@ impl Default for RefreshConfig {
             webhook_url: None,
             retry_after_failure_secs: 120,
             retry_after_failure_max_secs: 1_800,
+            session_open: "09:15".into(),
+            session_close: "15:30".into(),
+            session_timezone: "Asia/Kolkata".into(),
+            rolling_refresh_ahead_secs: 7_200,
         }
     }
 }
@@ -200,6 +213,9 @@ pub struct BrokerConfig {
     pub breaker_threshold: Option<u32>,
     /// How long such a pause lasts, in seconds (default 300).
     pub breaker_cooldown_secs: Option<u64>,
+    /// The shortest time between two logins of one account, in seconds (default: the strategy's;
+    /// Dhan's is 120). A refresh asked for sooner answers at once without contacting the broker.
+    pub min_login_interval_secs: Option<u64>,
     /// Extra hosts the strategy may reach.
     pub allowed_hosts: Vec<String>,
     /// Base URLs by name (`web_url`, `api_url`, `portal_url`, ...): every other key ending in `_url`.

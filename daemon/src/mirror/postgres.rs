@@ -114,12 +114,12 @@ pub(crate) fn default_upsert(schema: &str, table: &str) -> String {
     let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
     format!(
         "INSERT INTO {t} AS t (user_id, broker, broker_user_id, access_token, issued_at, \
-         expires_at, status, generation, updated_at) \
+         expires_at, status, generation, extras, updated_at) \
          VALUES ($user_id, $broker, $broker_user_id, $access_token, $issued_at::timestamptz, \
-         $expires_at::timestamptz, $status, $generation::bigint, now()) \
+         $expires_at::timestamptz, $status, $generation::bigint, $extras::jsonb, now()) \
          ON CONFLICT (user_id, broker) DO UPDATE SET broker_user_id = EXCLUDED.broker_user_id, \
          access_token = EXCLUDED.access_token, issued_at = EXCLUDED.issued_at, \
-         expires_at = EXCLUDED.expires_at, status = EXCLUDED.status, \
+         expires_at = EXCLUDED.expires_at, status = EXCLUDED.status, extras = EXCLUDED.extras, \
          generation = EXCLUDED.generation, updated_at = now() \
          WHERE t.generation < EXCLUDED.generation"
     )
@@ -130,7 +130,7 @@ fn create_table(schema: &str, table: &str) -> String {
         "CREATE TABLE IF NOT EXISTS {}.{} (\
          user_id text NOT NULL, broker text NOT NULL, broker_user_id text NOT NULL, \
          access_token text, issued_at timestamptz, expires_at timestamptz, \
-         status text NOT NULL, generation bigint NOT NULL, \
+         status text NOT NULL, generation bigint NOT NULL, extras jsonb, \
          updated_at timestamptz NOT NULL DEFAULT now(), \
          PRIMARY KEY (user_id, broker))",
         quote_ident(schema),
@@ -203,6 +203,28 @@ async fn setup(
                 .await
                 .map_err(|e| target.error(&format!("creating table {schema}.{table}"), &e))?;
             tracing::info!(db = %target.label, %schema, %table, "mirror: created the table");
+        } else if client
+            .query_opt(
+                "SELECT 1 FROM information_schema.columns \
+                 WHERE table_schema = $1 AND table_name = $2 AND column_name = 'extras'",
+                &[schema, table],
+            )
+            .await
+            .map_err(|e| target.error("checking the table's columns", &e))?
+            .is_none()
+        {
+            // A default table made before token extras were mirrored gets their column (only
+            // then: ALTER TABLE needs the table's owner, even when the column exists).
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS extras jsonb",
+                    quote_ident(schema),
+                    quote_ident(table)
+                ))
+                .await
+                .map_err(|e| {
+                    target.error(&format!("adding column extras to {schema}.{table}"), &e)
+                })?;
         }
     }
     let upsert = client
@@ -285,6 +307,8 @@ impl Session {
 #[derive(Debug)]
 enum Value<'a> {
     Text(Option<&'a str>),
+    /// JSON text, sent as `json`, `jsonb` or text, whichever the statement wants.
+    Json(Option<&'a str>),
     /// Unix ms.
     Time(Option<i64>),
     Int(u64),
@@ -303,6 +327,12 @@ fn value(param: Param, r: &OutboxRecord) -> Value<'_> {
             OutboxStatus::Revoked => "revoked",
         })),
         Param::Generation => Value::Int(r.generation),
+        Param::Extras => Value::Json(match r.status {
+            OutboxStatus::Revoked => None,
+            OutboxStatus::Active => {
+                Some(r.served_extras.as_ref().map_or("{}", |e| e.expose_text()))
+            }
+        }),
     }
 }
 
@@ -329,6 +359,7 @@ fn supports(param: Param, ty: &Type) -> bool {
         // record with a clear error.
         Param::UserId | Param::BrokerUserId => is_text(ty) || is_int(ty),
         Param::Broker | Param::AccessToken | Param::Status => is_text(ty),
+        Param::Extras => is_text(ty) || matches!(*ty, Type::JSON | Type::JSONB),
         Param::IssuedAt | Param::ExpiresAt => is_timestamp(ty) || is_int(ty) || is_text(ty),
         Param::Generation => is_int(ty) || is_text(ty),
     }
@@ -357,7 +388,14 @@ impl ToSql for Value<'_> {
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
-            Value::Text(None) | Value::Time(None) => return Ok(IsNull::Yes),
+            Value::Text(None) | Value::Json(None) | Value::Time(None) => return Ok(IsNull::Yes),
+            Value::Json(Some(s)) => {
+                // jsonb's binary form is a version byte, then the text.
+                if *ty == Type::JSONB {
+                    out.extend_from_slice(&[1]);
+                }
+                out.extend_from_slice(s.as_bytes());
+            }
             Value::Text(Some(s)) if is_int(ty) => {
                 let n: i64 = s.parse().map_err(|_| {
                     format!("{s:?} is not an integer, but the column is {}", ty.name())
@@ -388,7 +426,7 @@ impl ToSql for Value<'_> {
     }
 
     fn accepts(ty: &Type) -> bool {
-        is_text(ty) || is_int(ty) || is_timestamp(ty)
+        is_text(ty) || is_int(ty) || is_timestamp(ty) || matches!(*ty, Type::JSON | Type::JSONB)
     }
 
     to_sql_checked!();

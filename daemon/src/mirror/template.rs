@@ -21,11 +21,14 @@ pub enum Param {
     Status,
     /// The change's generation (grows with every change).
     Generation,
+    /// The token's served extras as JSON (`{}` when none; NULL when revoked), e.g.
+    /// `{"feed_token":"..."}`: bound as `jsonb`, `json` or text, whichever the statement wants.
+    Extras,
 }
 
 impl Param {
     /// Every parameter, in the order the README lists them.
-    pub const ALL: [Param; 8] = [
+    pub const ALL: [Param; 9] = [
         Param::UserId,
         Param::Broker,
         Param::BrokerUserId,
@@ -34,6 +37,7 @@ impl Param {
         Param::ExpiresAt,
         Param::Status,
         Param::Generation,
+        Param::Extras,
     ];
 
     /// The name without its `$`.
@@ -47,6 +51,7 @@ impl Param {
             Param::ExpiresAt => "expires_at",
             Param::Status => "status",
             Param::Generation => "generation",
+            Param::Extras => "extras",
         }
     }
 

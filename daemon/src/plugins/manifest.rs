@@ -62,3 +62,60 @@ pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use broker_api::wire::{CredentialField, Validity};
+
+    use super::*;
+
+    fn manifest(fields: &[&str], served: &[&str]) -> Manifest {
+        Manifest {
+            v: 1,
+            display_name: "x".into(),
+            credential_fields: fields
+                .iter()
+                .map(|&name| CredentialField {
+                    name: name.into(),
+                    label: String::new(),
+                    secret: true,
+                    required: true,
+                })
+                .collect(),
+            schedule: "0 8 * * *".into(),
+            timezone: "Asia/Kolkata".into(),
+            token_validity: String::new(),
+            base_urls: Default::default(),
+            settings: Default::default(),
+            allowed_hosts: vec![],
+            max_concurrency: 1,
+            rate_limit_per_sec: 1.0,
+            served_extras: served.iter().map(|&s| s.into()).collect(),
+            validity: Validity::Rolling,
+            min_login_interval_ms: 120_000,
+        }
+    }
+
+    fn check(m: &Manifest) -> Result<(), String> {
+        validate("b", "1", m).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fields_beyond_the_five_load_when_their_names_are_well_formed() {
+        check(&manifest(
+            &["broker_user_id", "pin", "dob_or_pan"],
+            &["feed_token"],
+        ))
+        .unwrap();
+        for bad in ["Pin", "1pin", "pin-code", ""] {
+            let e = check(&manifest(&["broker_user_id", bad], &[])).unwrap_err();
+            assert!(e.contains("credential field"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_manifest_that_would_serve_a_refresh_token_is_refused() {
+        let e = check(&manifest(&["broker_user_id"], &["refresh_token"])).unwrap_err();
+        assert!(e.contains("refresh tokens are never served"), "{e}");
+    }
+}

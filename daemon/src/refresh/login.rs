@@ -180,6 +180,9 @@ impl Refresher {
             },
             None => None,
         };
+        if let Some(answer) = self.too_soon(key, &plugin).await {
+            return Err(answer);
+        }
         let label = key.to_string();
         self.seed_totp_guard(key, &label).await;
         let broker_config = self.broker_config(key.broker.as_str());
@@ -207,6 +210,7 @@ impl Refresher {
         attempt: u32,
     ) -> (Attempt, Result<wire::LoginOutput, PluginError>) {
         let slot = self.login_slot(&plan.limits).await;
+        self.note_login_started(key, self.plugin_env.clock.now_ms());
         let credentials = &plan.credentials;
         let request = LoginRequest {
             v: wire::WIRE_VERSION,

@@ -12,10 +12,12 @@ mod assisted;
 mod attention;
 pub mod backoff;
 mod gate;
+mod interval;
 mod login;
 mod outcome;
 mod retry;
 pub mod schedule;
+pub mod session;
 mod summary;
 
 pub use assisted::{AssistedAccount, AssistedError, AssistedLogin};
@@ -100,6 +102,8 @@ pub struct Refresher {
     sleep: SleepFn,
     /// Called after each token is stored, whatever started the login (wakes the Postgres mirror).
     on_token: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// When this process last started a login of each account (`interval`).
+    last_logins: Mutex<HashMap<AccountKey, i64>>,
     attempts: AtomicU64,
     successes: AtomicU64,
     attempt_ms: AtomicU64,
@@ -147,6 +151,7 @@ impl Refresher {
             brokers: Mutex::default(),
             sleep,
             on_token: None,
+            last_logins: Mutex::default(),
             attempts: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             attempt_ms: AtomicU64::new(0),

@@ -29,6 +29,18 @@ pub(super) enum Finished {
     Failed(PluginError),
 }
 
+/// The extras of `extras` that the strategy's manifest lets consumers have. A name containing
+/// `refresh` is never among them (the manifest check refuses one; this holds if it did not).
+fn served_extras(
+    served: &[String],
+    extras: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    (served.iter())
+        .filter(|name| !name.contains("refresh"))
+        .filter_map(|name| Some((name.clone(), extras.get(name)?.clone())))
+        .collect()
+}
+
 /// A failed login, as the retry policy and the attempt log see it.
 pub(super) struct LoginFailure {
     pub(super) class: ErrorClass,
@@ -148,10 +160,18 @@ impl Refresher {
         trigger: Trigger,
         output: wire::LoginOutput,
     ) -> Result<(), VaultError> {
+        let plugin = self.plugins.get(key.broker.as_str());
+        let served = plugin
+            .as_ref()
+            .map_or(&[][..], |p| &p.manifest.served_extras[..]);
         let token = NewToken {
             access_token: SecretString::from(output.access_token.expose().to_owned()),
             issued_at_ms: output.issued_at_ms,
             expires_at_ms: output.expires_at_ms,
+            served_extras: SecretJson::from_value(&serde_json::Value::Object(served_extras(
+                served,
+                &output.extras,
+            ))),
             extras: SecretJson::from_value(&serde_json::Value::Object(
                 output.extras.into_iter().collect::<serde_json::Map<_, _>>(),
             )),
@@ -184,4 +204,24 @@ fn count(key: &AccountKey, outcome: &'static str, class: &str) {
         "class" => class.to_owned()
     )
     .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_declared_extras_are_served_and_never_a_refresh_token() {
+        let extras = [
+            ("feed_token", "ft"),
+            ("refresh_token", "rt"),
+            ("client_name", "n"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+        .collect();
+        let served = ["feed_token", "refresh_token", "absent"].map(String::from);
+        let map = served_extras(&served, &extras);
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["feed_token"]);
+    }
 }

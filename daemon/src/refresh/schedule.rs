@@ -8,6 +8,11 @@
 //! (a login at 05:50 IST yields a Kite token that dies at 06:00), so "ahead of expiry" means: the
 //! schedule sits after the expiry instant (kite 08:00 after 06:00; iifl 03:00 after 00:00), and
 //! catch-up replaces any token that expired in between.
+//!
+//! Tokens that expire a fixed time after issue (`Validity::Rolling`, Dhan) follow
+//! [`MarketSession`](super::session::MarketSession) instead: catch-up and the scheduled run replace only those that would not
+//! last through the next market session, so a fresh token is not minted again (which would kill
+//! the one consumers hold) just because the clock passed the broker's scheduled time.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+
+use broker_api::wire::Validity;
 
 use super::{RefreshSummary, Refresher, Selection};
 use crate::config::{BrokerConfig, Config, ConfigError};
@@ -31,6 +38,8 @@ pub struct BrokerSchedule {
     pub broker: String,
     cron: croner::Cron,
     tz: chrono_tz::Tz,
+    /// How the broker's tokens expire.
+    pub validity: Validity,
 }
 
 impl BrokerSchedule {
@@ -94,7 +103,12 @@ pub fn schedules(plugins: &Registry, config: &Config) -> Vec<BrokerSchedule> {
             let tz = broker.timezone.unwrap_or_else(|| plugin.manifest.timezone.clone());
             // Both were validated (config at start, manifest at load); a failure here is a bug.
             match (parse_cron(&expr), tz.parse::<chrono_tz::Tz>()) {
-                (Ok(cron), Ok(tz)) => Some(BrokerSchedule { broker: plugin.id.clone(), cron, tz }),
+                (Ok(cron), Ok(tz)) => Some(BrokerSchedule {
+                    broker: plugin.id.clone(),
+                    cron,
+                    tz,
+                    validity: plugin.manifest.validity,
+                }),
                 _ => {
                     tracing::error!(broker = %plugin.id, %expr, %tz, "unusable schedule; broker not scheduled");
                     None
@@ -111,6 +125,7 @@ impl Refresher {
     pub async fn catch_up(self: &Arc<Self>) -> RefreshSummary {
         let now = self.plugin_env.clock.now_ms();
         let schedules = schedules(&self.plugins, &self.config);
+        let session = self.session();
         let vault = self.vault.clone();
         let due = tokio::task::spawn_blocking(
             move || -> Result<Vec<AccountKey>, crate::vault::VaultError> {
@@ -128,6 +143,9 @@ impl Refresher {
                     let key = account.key();
                     let stale = match vault.get_token(&key)? {
                         None => true,
+                        Some(token) if schedule.validity == Validity::Rolling => {
+                            session.due(now, token.expires_at_ms)
+                        }
                         Some(token) => {
                             token.expires_at_ms <= now
                                 || schedule
@@ -191,7 +209,10 @@ impl Scheduler {
                 tracing::info!(broker = %schedule.broker, "scheduled refresh");
                 let broker = BrokerId::new(schedule.broker.clone()).ok();
                 let selection = Selection { user: None, broker };
-                summaries.push(self.refresher.refresh(selection, Trigger::Schedule).await);
+                summaries.push(match schedule.validity {
+                    Validity::Rolling => self.refresher.refresh_rolling(selection, now_ms).await,
+                    _ => self.refresher.refresh(selection, Trigger::Schedule).await,
+                });
             }
         }
         self.handled_until_ms = self.handled_until_ms.max(now_ms);

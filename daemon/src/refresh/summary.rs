@@ -21,6 +21,10 @@ pub struct AccountResult {
     pub message: Option<String>,
     /// Login attempts made.
     pub attempts: u32,
+    /// When a login may be asked for again, for a `rate_limited` answer given without contacting
+    /// the broker (its minimum login interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Box<str>>,
 }
 
 impl AccountResult {
@@ -32,6 +36,7 @@ impl AccountResult {
             error_class: None,
             message: None,
             attempts,
+            retry_at: None,
         }
     }
 

@@ -118,6 +118,7 @@ struct TokenOut<'a> {
     issued_at_ms: i64,
     expires_at_ms: i64,
     extras: &'a str,
+    served_extras: &'a str,
     generation: u64,
 }
 
@@ -127,7 +128,13 @@ pub(crate) struct TokenIn {
     issued_at_ms: i64,
     expires_at_ms: i64,
     extras: String,
+    #[serde(default = "empty_object")]
+    served_extras: String,
     generation: u64,
+}
+
+fn empty_object() -> String {
+    "{}".to_owned()
 }
 
 pub(crate) fn seal_credentials(keys: &RecordKeys, key: &[u8], c: &Credentials) -> Vec<u8> {
@@ -157,6 +164,7 @@ pub(crate) fn seal_token(keys: &RecordKeys, key: &[u8], t: &NewToken, generation
         issued_at_ms: t.issued_at_ms,
         expires_at_ms: t.expires_at_ms,
         extras: t.extras.expose_text(),
+        served_extras: t.served_extras.expose_text(),
         generation,
     };
     seal(keys, Table::Tokens, key, &to_secret_json(&out))
@@ -169,18 +177,23 @@ pub(crate) fn open_token(
 ) -> Result<Token, VaultError> {
     let plain = unseal(keys, Table::Tokens, key, sealed)?;
     let t: TokenIn = from_secret_json(Table::Tokens, key, &plain)?;
-    let extras = SecretJson::from_text(t.extras).map_err(|_| {
-        VaultError::malformed(
-            Table::Tokens.name(),
-            record_key_text(Table::Tokens, key),
-            "token extras are not JSON",
-        )
-    })?;
+    let json = |text: String| {
+        SecretJson::from_text(text).map_err(|_| {
+            VaultError::malformed(
+                Table::Tokens.name(),
+                record_key_text(Table::Tokens, key),
+                "token extras are not JSON",
+            )
+        })
+    };
+    let extras = json(t.extras)?;
+    let served_extras = json(t.served_extras)?;
     Ok(Token {
         access_token: t.access_token,
         issued_at_ms: t.issued_at_ms,
         expires_at_ms: t.expires_at_ms,
         extras,
+        served_extras,
         generation: t.generation,
     })
 }

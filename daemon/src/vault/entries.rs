@@ -150,6 +150,8 @@ pub struct OutboxRecord {
     pub issued_at_ms: Option<i64>,
     /// Expires, Unix ms; none when revoked.
     pub expires_at_ms: Option<i64>,
+    /// The token's served extras (a JSON object); none when revoked or written before ABI 1.2.
+    pub served_extras: Option<super::SecretJson>,
     /// Active or revoked.
     pub status: OutboxStatus,
     /// When the change happened, Unix ms.

@@ -223,6 +223,9 @@ pub struct NewToken {
     pub expires_at_ms: i64,
     /// Broker-specific extras.
     pub extras: SecretJson,
+    /// The extras consumers may have (the strategy's `served_extras`): a JSON object holding a
+    /// subset of `extras`, handed out by the token API and the Postgres mirror.
+    pub served_extras: SecretJson,
 }
 
 /// A stored token.
@@ -236,6 +239,8 @@ pub struct Token {
     pub expires_at_ms: i64,
     /// Broker-specific extras.
     pub extras: SecretJson,
+    /// The extras consumers may have: `{}` for a token stored before ABI 1.2.
+    pub served_extras: SecretJson,
     /// Grows with every token put, across the vault (so also across a delete and re-add): the
     /// mirror keeps the highest.
     pub generation: u64,
@@ -311,6 +316,7 @@ mod tests {
             expires_at_ms: 0,
             extras: SecretJson::from_value(&serde_json::json!({"refresh": "rt-456"})),
             generation: 1,
+            served_extras: Default::default(),
         };
         let shown = format!("{creds:?} {token:?}");
         assert!(

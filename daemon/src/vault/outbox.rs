@@ -26,6 +26,8 @@ struct OutboxOut<'a> {
     access_token: Option<&'a str>,
     issued_at_ms: Option<i64>,
     expires_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    served_extras: Option<&'a str>,
     status: OutboxStatus,
     changed_at_ms: i64,
 }
@@ -39,6 +41,8 @@ pub(crate) struct OutboxIn {
     access_token: Option<SecretString>,
     issued_at_ms: Option<i64>,
     expires_at_ms: Option<i64>,
+    #[serde(default)]
+    served_extras: Option<String>,
     status: OutboxStatus,
     changed_at_ms: i64,
 }
@@ -62,6 +66,7 @@ pub(crate) fn enqueue(
         access_token: token.map(|t| t.access_token.expose_secret()),
         issued_at_ms: token.map(|t| t.issued_at_ms),
         expires_at_ms: token.map(|t| t.expires_at_ms),
+        served_extras: token.map(|t| t.served_extras.expose_text()),
         status,
         changed_at_ms: now,
     };
@@ -97,6 +102,9 @@ pub(crate) fn open_outbox(
         access_token: r.access_token,
         issued_at_ms: r.issued_at_ms,
         expires_at_ms: r.expires_at_ms,
+        served_extras: r
+            .served_extras
+            .and_then(|text| super::SecretJson::from_text(text).ok()),
         status: r.status,
         changed_at_ms: r.changed_at_ms,
     })

@@ -3,6 +3,7 @@
 mod assisted;
 mod auth;
 mod e2e;
+mod extras;
 mod openapi;
 mod routes;
 mod support;

@@ -148,6 +148,7 @@ impl TestApi {
                         issued_at_ms: now - HOUR,
                         expires_at_ms: now + valid,
                         extras: SecretJson::empty(),
+                        served_extras: Default::default(),
                     },
                 )
                 .unwrap();

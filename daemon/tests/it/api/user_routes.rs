@@ -135,6 +135,7 @@ async fn repeated_token_reads_follow_new_tokens_other_brokers_and_expiry() {
                 issued_at_ms: now,
                 expires_at_ms: now + 2 * HOUR,
                 extras: tokenbot::vault::SecretJson::empty(),
+                served_extras: Default::default(),
             },
         )
         .unwrap();

@@ -230,6 +230,7 @@ pub fn put_token(vault: &Vault, key: &AccountKey, round: u32) -> u64 {
                 issued_at_ms: now,
                 expires_at_ms: now + 86_400_000,
                 extras: SecretJson::empty(),
+                served_extras: Default::default(),
             },
         )
         .unwrap()

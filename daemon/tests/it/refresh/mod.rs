@@ -1,4 +1,6 @@
 //! Refreshing tokens: the refresher in process, and `tokenbot refresh` through the real binary.
 
 mod cli;
+mod interval;
 mod refresher;
+mod world;

@@ -52,6 +52,7 @@ fn token(id: u64, n: u64) -> NewToken {
         issued_at_ms: n as i64,
         expires_at_ms: n as i64 + 1,
         extras: SecretJson::empty(),
+        served_extras: Default::default(),
     }
 }
 

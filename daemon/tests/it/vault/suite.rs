@@ -54,7 +54,8 @@ fn new_account(user: &str, broker: &str, i: usize) -> NewAccount {
             api_key: Some(secret("ak", i).into()),
             api_secret: Some(secret("as", i).into()),
             totp_secret: Some(secret("totp", i).into()),
-            extra: Default::default(),
+            // A field a strategy declares beyond the five (ABI 1.2): encrypted like the rest.
+            extra: [("pin".to_owned(), secret("pin", i).into())].into(),
         },
         auto_refresh: true,
         managed_externally: false,
@@ -67,6 +68,9 @@ fn new_token(i: usize) -> NewToken {
         issued_at_ms: 1_700_000_000_000 + i as i64,
         expires_at_ms: 1_700_086_400_000 + i as i64,
         extras: SecretJson::from_value(&serde_json::json!({ "refresh_token": secret("rt", i) })),
+        served_extras: SecretJson::from_value(
+            &serde_json::json!({ "feed_token": secret("ft", i) }),
+        ),
     }
 }
 
@@ -80,6 +84,10 @@ fn assert_credentials(vault: &Vault, key: &AccountKey, i: usize) {
     assert_eq!(exposed(&c.api_key), Some(secret("ak", i).as_str()));
     assert_eq!(exposed(&c.api_secret), Some(secret("as", i).as_str()));
     assert_eq!(exposed(&c.totp_secret), Some(secret("totp", i).as_str()));
+    assert_eq!(
+        c.get("pin").map(|p| p.expose_secret()),
+        Some(secret("pin", i).as_str())
+    );
 }
 
 /// Every file under `path` (a redb file, or a sled directory), concatenated.
@@ -231,6 +239,10 @@ fn round_trips(engine: Engine) {
         (1_700_000_000_002, 1_700_086_400_002, g2)
     );
     assert_eq!(t.extras.expose_value()["refresh_token"], secret("rt", 2));
+    assert_eq!(
+        t.served_extras.expose_value()["feed_token"],
+        secret("ft", 2)
+    );
     assert!(matches!(
         vault.put_token(&account_key("nobody", "kite"), &new_token(0)),
         Err(VaultError::NoSuchAccount(_))
@@ -394,7 +406,7 @@ fn plaintexts_never_reach_the_file(engine: Engine) {
         "a secret reached the vault file"
     );
     for i in (0..1000).step_by(97) {
-        for kind in ["pw", "ak", "as", "totp", "tok", "rt"] {
+        for kind in ["pw", "ak", "as", "totp", "pin", "tok", "rt", "ft"] {
             assert!(
                 !contains(&bytes, secret(kind, i).as_bytes()),
                 "{kind} {i} in the file"
