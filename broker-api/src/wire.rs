@@ -181,6 +181,12 @@ pub struct Manifest {
     /// override it with `[brokers.<id>] min_login_interval`.
     #[serde(default)]
     pub min_login_interval_ms: u64,
+    /// Whether the broker's redirect to the host's callback carries the `state` of the login URL
+    /// (ABI 1.2; absent: it does). When it does not (Dhan's consent flow answers `?tokenId=`
+    /// only), the host binds a callback to the broker's one pending assisted login, and refuses
+    /// one that arrives while several are pending.
+    #[serde(default = "default_true")]
+    pub callback_has_state: bool,
 }
 
 /// How a broker's tokens expire, which decides when the scheduler logs an account in again.

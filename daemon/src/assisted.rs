@@ -25,6 +25,11 @@ pub enum StateError {
         /// When the next one may be issued.
         retry_ms: i64,
     },
+    /// A callback without a state arrived while several logins were pending at its broker.
+    #[error(
+        "several assisted logins are pending at this broker and its callback does not say which; finish one at a time"
+    )]
+    Ambiguous,
     /// The OS random source failed.
     #[error("no randomness available: {0}")]
     Random(String),
@@ -140,6 +145,23 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
         Ok(entry.key)
     }
 
+    /// For a broker whose callback carries no state: the one unexpired pending state whose
+    /// account `matches`, consumed. None pending is [`StateError::Unknown`]; several is
+    /// [`StateError::Ambiguous`], and then none is consumed.
+    pub fn consume_only(&self, matches: impl Fn(&K) -> bool, now_ms: i64) -> Result<K, StateError> {
+        let mut inner = self.states.lock();
+        let mut found = (inner.pending.iter())
+            .filter(|(_, p)| p.expires_ms > now_ms && matches(&p.key))
+            .map(|(state, _)| state.clone());
+        let state = found.next().ok_or(StateError::Unknown)?;
+        if found.next().is_some() {
+            return Err(StateError::Ambiguous);
+        }
+        let entry = inner.pending.remove(&state).ok_or(StateError::Unknown)?;
+        inner.by_key.remove(&entry.key);
+        Ok(entry.key)
+    }
+
     /// States outstanding (expired ones included until the next `issue`).
     pub fn len(&self) -> usize {
         self.states.lock().pending.len()
@@ -195,6 +217,25 @@ mod tests {
             "other users are not held"
         );
         assert!(s.issue(account("late"), "u1", ISSUE_WINDOW_MS).is_ok());
+    }
+
+    #[test]
+    fn a_callback_without_state_takes_the_one_pending_login_of_its_broker_and_never_guesses() {
+        let s = store();
+        let at_dhan = |k: &(String, String)| k.1 == "dhan";
+        assert_eq!(s.consume_only(at_dhan, 0), Err(StateError::Unknown));
+        s.issue(("u1".into(), "kite".into()), "u1", 0).unwrap();
+        s.issue(("u1".into(), "dhan".into()), "u1", 0).unwrap();
+        assert_eq!(s.consume_only(at_dhan, 1), Ok(("u1".into(), "dhan".into())));
+        assert_eq!(
+            s.consume_only(at_dhan, 1),
+            Err(StateError::Unknown),
+            "consumed"
+        );
+        s.issue(("u1".into(), "dhan".into()), "u1", 2).unwrap();
+        s.issue(("u2".into(), "dhan".into()), "u2", 2).unwrap();
+        assert_eq!(s.consume_only(at_dhan, 3), Err(StateError::Ambiguous));
+        assert_eq!(s.len(), 3, "an ambiguous callback consumes nothing");
     }
 
     #[test]

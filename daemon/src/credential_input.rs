@@ -200,6 +200,7 @@ mod tests {
             served_extras: vec![],
             validity: Validity::Daily,
             min_login_interval_ms: 0,
+            callback_has_state: true,
         }
     }
 

@@ -31,6 +31,7 @@ impl Strategy for AngelOne {
             served_extras: Vec::new(),
             validity: Validity::Daily,
             min_login_interval_ms: 0,
+            callback_has_state: true,
         }
     }
 

@@ -276,6 +276,7 @@ impl Strategy for Iifl {
             served_extras: Vec::new(),
             validity: broker_api::wire::Validity::Daily,
             min_login_interval_ms: 0,
+            callback_has_state: true,
         }
     }
 

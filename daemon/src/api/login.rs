@@ -181,13 +181,18 @@ pub async fn callback(
     let state = query
         .get("state")
         .map(|s| s.split('?').next().unwrap_or_default())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| invalid("the callback has no state"))?;
+        .filter(|s| !s.is_empty());
     let now = api.now_ms();
-    let key = api
-        .assisted
-        .consume(state, now)
-        .map_err(|e| invalid(&e.to_string()))?;
+    let key = match state {
+        Some(state) => api.assisted.consume(state, now),
+        // A broker whose redirect carries no state (its manifest says so): the one login pending
+        // there. The strategy then checks that the broker logged in that account's user.
+        None if !plugin.manifest.callback_has_state => {
+            (api.assisted).consume_only(|k| k.broker.as_str() == broker, now)
+        }
+        None => return Err(invalid("the callback has no state")),
+    }
+    .map_err(|e| invalid(&e.to_string()))?;
     if key.broker.as_str() != broker {
         tracing::warn!(account = %key, callback = %broker, "assisted-login state used on another broker's callback; refused");
         return Err(invalid("this login state was issued for another broker"));

@@ -93,6 +93,7 @@ mod tests {
             served_extras: served.iter().map(|&s| s.into()).collect(),
             validity: Validity::Rolling,
             min_login_interval_ms: 120_000,
+            callback_has_state: true,
         }
     }
 

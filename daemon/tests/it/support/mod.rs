@@ -84,3 +84,56 @@ pub fn install(so: &Path, dir: &Path, name: &str) -> PathBuf {
     std::fs::rename(&tmp, &dest).unwrap();
     dest
 }
+
+/// The strategies the daemon bundles by default, each behind the cargo feature `broker-<id>`.
+pub const BUNDLED_BROKERS: &[&str] = &[
+    "kite",
+    "iifl",
+    "iifl-xts",
+    "angelone",
+    "dhan",
+    "fyers",
+    "kotak-neo",
+    "motilal",
+    "fivepaisa",
+];
+
+/// Build the `tokenbot` binary with every bundled strategy but `broker`'s (its cargo feature
+/// off), outside the main target directory (in the one the plugin builds of `broker_so` use, so
+/// they share their dependencies), and return its path.
+pub fn daemon_without(broker: &str) -> PathBuf {
+    assert!(BUNDLED_BROKERS.contains(&broker), "{broker} is not bundled");
+    let features = BUNDLED_BROKERS
+        .iter()
+        .filter(|&&b| b != broker)
+        .map(|b| format!("broker-{b}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let target = fixtures_target().join("brokers");
+    let manifest = workspace_root().join("Cargo.toml");
+    // Another build with another feature set overwrites `debug/tokenbot`: one at a time, each
+    // copied out before the next.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    run_cargo(
+        &[
+            "build",
+            "--quiet",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+            "-p",
+            "tokenbot",
+            "--bin",
+            "tokenbot",
+            "--no-default-features",
+            "--features",
+            &features,
+        ],
+        &target,
+    );
+    let bin = target
+        .join("debug")
+        .join(format!("tokenbot-without-{broker}"));
+    std::fs::copy(target.join("debug").join("tokenbot"), &bin).unwrap();
+    bin
+}
