@@ -1,5 +1,5 @@
-//! Loopback fake brokers for tests and benchmarks: [`FakeKite`], [`FakeIifl`] (portal + API) and
-//! [`FakeXts`], axum servers on `127.0.0.1:0` that speak the wire protocols of
+//! Loopback fake brokers for tests and benchmarks: [`FakeKite`], [`FakeIifl`] (portal + API),
+//! [`FakeXts`], [`FakeAngelOne`] and [`FakeDhan`] (auth + API), axum servers on `127.0.0.1:0` that speak the wire protocols of
 //! `shared/protocols/{kite,iifl}.md` (envelopes, cookies, redirects, error bodies, content types).
 //!
 //! Every fake:
@@ -16,6 +16,8 @@
 //!
 //! State sits behind short-lived `std::sync::Mutex`es that are never held across an `.await`.
 
+mod angelone;
+mod dhan;
 mod iifl;
 mod kite;
 mod mess;
@@ -24,6 +26,8 @@ mod xts;
 
 use std::sync::Arc;
 
+pub use angelone::{AngelBehaviour, AngelUser, FakeAngelOne};
+pub use dhan::{DhanBehaviour, DhanUser, FakeDhan};
 pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
 pub use mess::Realism;

@@ -1,5 +1,5 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
-//! a realistic FakeKite, FakeIifl and FakeXts on loopback, on the system clock, with one happy
+//! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne and FakeDhan on loopback, on the system clock, with one happy
 //! demo account each.
 //!
 //! ```text
@@ -7,10 +7,11 @@
 //! ```
 //!
 //! Writes into DIR (created if missing):
-//! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]` and `[brokers.iifl-xts]` sections
-//!   pointing at the fakes;
-//! - `kite.json`, `iifl.json`, `iifl-xts.json`: the accounts' credentials (`broker_user_id`,
-//!   `password`, `api_key`, `api_secret`, `totp_secret`; XTS has no password nor TOTP secret).
+//! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]`,
+//!   `[brokers.angelone]` and `[brokers.dhan]` sections pointing at the fakes;
+//! - `kite.json`, `iifl.json`, `iifl-xts.json`, `angelone.json`, `dhan.json`: the accounts'
+//!   credentials (`broker_user_id`, `password`, `api_key`, `api_secret`, `totp_secret`, and
+//!   `pin` for Angel One and Dhan; XTS has no password nor TOTP secret).
 //!
 //! Then prints `ready` and serves until SIGTERM or SIGINT. Secrets are random on every start.
 //! `--ideal` starts the fakes with tidy answers instead of real servers' habits.
@@ -18,7 +19,8 @@
 use std::path::{Path, PathBuf};
 
 use fake_brokers::{
-    FakeIifl, FakeKite, FakeOptions, FakeXts, IiflUser, KiteUser, Realism, XtsUser,
+    AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeIifl, FakeKite, FakeOptions, FakeXts,
+    IiflUser, KiteUser, Realism, XtsUser,
 };
 use serde_json::json;
 
@@ -102,7 +104,9 @@ async fn run(args: Args) -> std::io::Result<()> {
     };
     let kite = FakeKite::start_with(options.clone()).await;
     let iifl = FakeIifl::start_with(options.clone()).await;
-    let xts = FakeXts::start_with(options).await;
+    let xts = FakeXts::start_with(options.clone()).await;
+    let angel = FakeAngelOne::start_with(options.clone()).await;
+    let dhan = FakeDhan::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -122,6 +126,16 @@ async fn run(args: Args) -> std::io::Result<()> {
     kite.add_user(kite_user.clone());
     iifl.add_user(iifl_user.clone());
     xts.add_user(xts_user.clone());
+    let angel_user = AngelUser::new("A123456", "7391", &random_alnum(8), &random_base32_secret());
+    let dhan_user = DhanUser::new(
+        "1000000401",
+        "739164",
+        &random_base32_secret(),
+        &random_alnum(8),
+        &random_alnum(32),
+    );
+    angel.add_user(angel_user.clone());
+    dhan.add_user(dhan_user.clone());
 
     std::fs::create_dir_all(&args.dir)?;
     write(
@@ -131,12 +145,18 @@ async fn run(args: Args) -> std::io::Result<()> {
             "# Written by fake-brokers: the brokers point at its loopback fakes.\n\n\
              [brokers.kite]\nweb_url = {}\napi_url = {}\n\n\
              [brokers.iifl]\nportal_url = {}\napi_url = {}\n\n\
-             [brokers.iifl-xts]\napi_url = {}\n",
+             [brokers.iifl-xts]\napi_url = {}\n\n\
+             [brokers.angelone]\napi_url = {}\nlogin_url = {}\n\n\
+             [brokers.dhan]\nauth_url = {}\napi_url = {}\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
             toml_str(&iifl.api_url()),
             toml_str(xts.api_url()),
+            toml_str(angel.url()),
+            toml_str(angel.url()),
+            toml_str(&dhan.auth_url()),
+            toml_str(&dhan.api_url()),
         ),
     )?;
     let credentials = [
@@ -166,6 +186,25 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "broker_user_id": xts_user.user_id,
                 "api_key": xts_user.app_key,
                 "api_secret": xts_user.secret_key,
+            }),
+        ),
+        (
+            "angelone.json",
+            json!({
+                "broker_user_id": angel_user.client_code,
+                "pin": angel_user.mpin,
+                "api_key": angel_user.api_key,
+                "totp_secret": angel_user.totp_secret,
+            }),
+        ),
+        (
+            "dhan.json",
+            json!({
+                "broker_user_id": dhan_user.client_id,
+                "pin": dhan_user.pin,
+                "totp_secret": dhan_user.totp_secret,
+                "api_key": dhan_user.app_id,
+                "api_secret": dhan_user.app_secret,
             }),
         ),
     ];

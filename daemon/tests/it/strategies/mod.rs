@@ -1,6 +1,8 @@
 //! The built-in strategies over loopback HTTP against the fake brokers, through the real plugin ABI.
 
+mod angelone;
 mod common;
+mod dhan;
 mod iifl;
 mod kite;
 mod xts;
