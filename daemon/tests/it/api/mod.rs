@@ -2,6 +2,7 @@
 
 mod assisted;
 mod auth;
+mod brokers;
 mod e2e;
 mod extras;
 mod openapi;

@@ -3,4 +3,5 @@
 mod cli;
 mod interval;
 mod refresher;
+mod rolling;
 mod world;
