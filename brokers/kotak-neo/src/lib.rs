@@ -113,9 +113,13 @@ impl Strategy for KotakNeo {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            // The post-login `baseUrl` is dynamic (kotak-neo.md): mnapi is the Go SDK's fallback,
+            // cis the "ADC" base of Kotak's Python SDK (kotakneoapi 3.0.9). Another host K2 names
+            // must be configured (`api_url`), which makes the host allow it.
             allowed_hosts: vec![
                 "mis.kotaksecurities.com".into(),
                 "mnapi.kotaksecurities.com".into(),
+                "cis.kotaksecurities.com".into(),
             ],
             max_concurrency: 4,
             rate_limit_per_sec: 5.0,

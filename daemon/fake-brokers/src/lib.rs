@@ -16,16 +16,20 @@
 //!
 //! State sits behind short-lived `std::sync::Mutex`es that are never held across an `.await`.
 
+mod fyers;
 mod iifl;
 mod kite;
+mod kotak_neo;
 mod mess;
 mod record;
 mod xts;
 
 use std::sync::Arc;
 
+pub use fyers::{FakeFyers, FyersBehaviour, FyersUser};
 pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
+pub use kotak_neo::{FakeKotakNeo, KotakBehaviour, KotakUser};
 pub use mess::Realism;
 pub use record::{Recorder, TotpUse};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};

@@ -1,6 +1,8 @@
 //! The built-in strategies over loopback HTTP against the fake brokers, through the real plugin ABI.
 
 mod common;
+mod fyers;
 mod iifl;
 mod kite;
+mod kotak_neo;
 mod xts;
