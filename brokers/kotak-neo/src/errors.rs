@@ -133,7 +133,6 @@ pub fn classify(step: Step, e: &NeoError) -> ErrorOutput {
             format!(": {}", e.message)
         }
     );
-    let token_words = ["access token", "token", "consumer", "authorization"];
     let (class, advice) = if e.status == 429 || code == "429" {
         (ErrorClass::RateLimited, "")
     } else if any(&lower, &["lock", "block", "suspend"]) {
@@ -151,42 +150,47 @@ pub fn classify(step: Step, e: &NeoError) -> ErrorOutput {
     } else if e.status >= 500 {
         (ErrorClass::BrokerUnavailable, "")
     } else {
-        match step {
-            Step::Login
-                if any(&lower, &["totp", "credential"])
-                    || (e.status == 401 && lower.is_empty()) =>
-            {
-                (ErrorClass::TwofaRejected, "")
-            }
-            Step::Login if any(&lower, &token_words) => (
-                ErrorClass::AppNotAuthorized,
-                "; API access token reset or invalid: copy it from the Neo API dashboard into api_key",
-            ),
-            Step::Login if any(&lower, &["mobile", "ucc", "user"]) => (
-                ErrorClass::InvalidCredentials,
-                "; not retried: fix the mobile number or the UCC",
-            ),
-            Step::Login if e.status == 401 => (ErrorClass::TwofaRejected, ""),
-            Step::Validate if any(&lower, &["mpin", "pin"]) => (
-                ErrorClass::InvalidCredentials,
-                "; not retried: fix the MPIN (repeated failures lock the account)",
-            ),
-            Step::Validate if any(&lower, &token_words) => (
-                ErrorClass::AppNotAuthorized,
-                "; API access token reset or invalid: copy it from the Neo API dashboard into api_key",
-            ),
-            Step::Validate if e.status == 401 => (
-                ErrorClass::InvalidCredentials,
-                "; not retried: fix the MPIN",
-            ),
-            _ => (ErrorClass::Protocol, ""),
-        }
+        by_step(step, e, &lower)
     };
     let mut out = ErrorOutput::new(class, format!("{what}{advice}"));
     if class == ErrorClass::RateLimited {
         out.retry_after_ms = Some(http::DEFAULT_RETRY_AFTER_MS);
     }
     out
+}
+
+/// The classes that depend on the step: K1's ambiguous 401, K2's MPIN refusal.
+fn by_step(step: Step, e: &NeoError, lower: &str) -> (ErrorClass, &'static str) {
+    let token_words = ["access token", "token", "consumer", "authorization"];
+    match step {
+        Step::Login
+            if any(lower, &["totp", "credential"]) || (e.status == 401 && lower.is_empty()) =>
+        {
+            (ErrorClass::TwofaRejected, "")
+        }
+        Step::Login if any(lower, &token_words) => (
+            ErrorClass::AppNotAuthorized,
+            "; API access token reset or invalid: copy it from the Neo API dashboard into api_key",
+        ),
+        Step::Login if any(lower, &["mobile", "ucc", "user"]) => (
+            ErrorClass::InvalidCredentials,
+            "; not retried: fix the mobile number or the UCC",
+        ),
+        Step::Login if e.status == 401 => (ErrorClass::TwofaRejected, ""),
+        Step::Validate if any(lower, &["mpin", "pin"]) => (
+            ErrorClass::InvalidCredentials,
+            "; not retried: fix the MPIN (repeated failures lock the account)",
+        ),
+        Step::Validate if any(lower, &token_words) => (
+            ErrorClass::AppNotAuthorized,
+            "; API access token reset or invalid: copy it from the Neo API dashboard into api_key",
+        ),
+        Step::Validate if e.status == 401 => (
+            ErrorClass::InvalidCredentials,
+            "; not retried: fix the MPIN",
+        ),
+        _ => (ErrorClass::Protocol, ""),
+    }
 }
 
 #[cfg(test)]

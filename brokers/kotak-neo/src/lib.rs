@@ -130,6 +130,43 @@ impl Strategy for KotakNeo {
     }
 
     fn login(host: &Host<'_>, req: LoginRequest) -> Result<LoginOutput, ErrorOutput> {
+        let login = LoginInputs::from_request(&req)?;
+        let fallback_base = base(&req.base_urls, "api_url")?;
+        let client = Neo::new(host, base(&req.base_urls, "login_url")?, &req.settings);
+        host.log(
+            Level::Info,
+            &format!("kotak-neo: headless login (attempt {})", req.attempt),
+        );
+        let view = client.view_session(login.api_token, &login.mobile, login.ucc)?;
+        let trade = client.trade_session(login.api_token, &view, login.mpin, login.ucc)?;
+        drop(view);
+        let issued = host.now_unix_ms();
+        let base_url = match &trade.base_url {
+            Some(b) => b.clone(),
+            None => {
+                host.log(Level::Warn, "kotak-neo: K2 named no baseUrl; using api_url");
+                fallback_base.to_owned()
+            }
+        };
+        verify_fresh(host, &client, &base_url, &trade)?;
+        host.log(
+            Level::Info,
+            "kotak-neo: logged in; session verified with the limits call",
+        );
+        Ok(output(login.ucc, &trade, base_url, issued))
+    }
+}
+
+/// What a login needs from the request, checked before anything is sent.
+struct LoginInputs<'r> {
+    api_token: &'r str,
+    mpin: &'r str,
+    mobile: String,
+    ucc: &'r str,
+}
+
+impl<'r> LoginInputs<'r> {
+    fn from_request(req: &'r LoginRequest) -> Result<Self, ErrorOutput> {
         let c = &req.credentials;
         let api_token = c
             .api_key
@@ -153,59 +190,55 @@ impl Strategy for KotakNeo {
             )
             .before_credentials()
         })?;
-        let fallback_base = base(&req.base_urls, "api_url")?;
-        let client = Neo::new(host, base(&req.base_urls, "login_url")?, &req.settings);
-        host.log(
-            Level::Info,
-            &format!("kotak-neo: headless login (attempt {})", req.attempt),
-        );
-        let view = client.view_session(api_token, &mobile, ucc)?;
-        let trade = client.trade_session(api_token, &view, mpin, ucc)?;
-        drop(view);
-        let issued = host.now_unix_ms();
-        let base_url = match &trade.base_url {
-            Some(b) => b.clone(),
-            None => {
-                host.log(Level::Warn, "kotak-neo: K2 named no baseUrl; using api_url");
-                fallback_base.to_owned()
-            }
-        };
-        let mut retry = StepRetry::default();
-        let checked = loop {
-            match client.check(&base_url, &trade) {
-                Err(Err(e)) if retry.wait(host, "kotak-neo", Step::Verify.name(), &e) => {}
-                other => break other,
-            }
-        };
-        match checked {
-            Ok(()) => {}
-            Err(Ok(refused)) => {
-                return Err(protocol(
-                    Step::Verify,
-                    &format!("the fresh session was refused ({refused})"),
-                ));
-            }
-            Err(Err(e)) => return Err(e),
-        }
-        host.log(
-            Level::Info,
-            "kotak-neo: logged in; session verified with the limits call",
-        );
-        let token = trade.token.expose();
-        let extras = BTreeMap::from([
-            ("sid".to_owned(), trade.sid.expose().into()),
-            ("base_url".to_owned(), base_url.into()),
-            ("hs_server_id".to_owned(), trade.hs_server_id.clone().into()),
-            ("data_center".to_owned(), trade.data_center.clone().into()),
-        ]);
-        Ok(LoginOutput {
-            v: WIRE_VERSION,
-            access_token: trade.token.clone(),
-            broker_user_id: ucc.to_owned(),
-            issued_at_ms: issued,
-            expires_at_ms: jwt::expiry_min(token, ist::next_ist_midnight(issued)),
-            extras,
+        Ok(LoginInputs {
+            api_token,
+            mpin,
+            mobile,
+            ucc,
         })
+    }
+}
+
+/// The limits call on the fresh session, retried at its step when the failure allows it.
+fn verify_fresh(
+    host: &Host<'_>,
+    client: &Neo<'_, '_>,
+    base_url: &str,
+    trade: &neo::Session,
+) -> Result<(), ErrorOutput> {
+    let mut retry = StepRetry::default();
+    let checked = loop {
+        match client.check(base_url, trade) {
+            Err(Err(e)) if retry.wait(host, "kotak-neo", Step::Verify.name(), &e) => {}
+            other => break other,
+        }
+    };
+    match checked {
+        Ok(()) => Ok(()),
+        Err(Ok(refused)) => Err(protocol(
+            Step::Verify,
+            &format!("the fresh session was refused ({refused})"),
+        )),
+        Err(Err(e)) => Err(e),
+    }
+}
+
+/// The login's output: the trade JWT, its extras, and `min(jwt.exp, next 00:00 IST)`.
+fn output(ucc: &str, trade: &neo::Session, base_url: String, issued: i64) -> LoginOutput {
+    let token = trade.token.expose();
+    let extras = BTreeMap::from([
+        ("sid".to_owned(), trade.sid.expose().into()),
+        ("base_url".to_owned(), base_url.into()),
+        ("hs_server_id".to_owned(), trade.hs_server_id.clone().into()),
+        ("data_center".to_owned(), trade.data_center.clone().into()),
+    ]);
+    LoginOutput {
+        v: WIRE_VERSION,
+        access_token: trade.token.clone(),
+        broker_user_id: ucc.to_owned(),
+        issued_at_ms: issued,
+        expires_at_ms: jwt::expiry_min(token, ist::next_ist_midnight(issued)),
+        extras,
     }
 }
 

@@ -244,20 +244,19 @@ fn field(body: &Value, key: &str) -> String {
 }
 
 /// The header checks both login steps share: `Err` is the answer.
-fn login_headers(headers: &HeaderMap, inner: &Inner) -> Result<String, Response> {
+fn login_headers(headers: &HeaderMap, inner: &Inner) -> Result<String, Box<Response>> {
     if header_of(headers, "neo-fin-key") != "neotradeapi" {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": [{"code": "10512", "message": "Required header not found."}]})),
-        )
-            .into_response());
+        let body = json!({"error": [{"code": "10512", "message": "Required header not found."}]});
+        return Err(Box::new(
+            (StatusCode::BAD_REQUEST, Json(body)).into_response(),
+        ));
     }
     let token = header_of(headers, header::AUTHORIZATION.as_str());
     if !inner.accounts.contains_key(token) {
-        return Err(login_error(
+        return Err(Box::new(login_error(
             StatusCode::UNAUTHORIZED,
             "Invalid access token. Please generate a new token from the API dashboard.",
-        ));
+        )));
     }
     Ok(token.to_owned())
 }
@@ -278,7 +277,7 @@ async fn trade_api_login(
     let mut inner = s.lock();
     let api_token = match login_headers(&headers, &inner) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let account = inner.accounts.get_mut(&api_token).expect("an account");
     let ucc = account.user.ucc.clone();
@@ -352,7 +351,7 @@ async fn trade_api_validate(
     let mut inner = s.lock();
     let api_token = match login_headers(&headers, &inner) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let view_ok = inner
         .views
