@@ -7,3 +7,4 @@
 
 pub mod http;
 pub mod ist;
+pub mod jwt;

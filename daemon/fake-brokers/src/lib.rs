@@ -18,8 +18,10 @@
 
 mod angelone;
 mod dhan;
+mod fyers;
 mod iifl;
 mod kite;
+mod kotak_neo;
 mod mess;
 mod record;
 mod xts;
@@ -28,8 +30,10 @@ use std::sync::Arc;
 
 pub use angelone::{AngelBehaviour, AngelUser, FakeAngelOne};
 pub use dhan::{DhanBehaviour, DhanUser, FakeDhan};
+pub use fyers::{FakeFyers, FyersBehaviour, FyersUser};
 pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
+pub use kotak_neo::{FakeKotakNeo, KotakBehaviour, KotakUser};
 pub use mess::Realism;
 pub use record::{Recorder, TotpUse};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};

@@ -1,5 +1,6 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
-//! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne and FakeDhan on loopback, on the system clock, with one happy
+//! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne, FakeDhan, FakeFyers and FakeKotakNeo on
+//! loopback, on the system clock, with one happy
 //! demo account each.
 //!
 //! ```text
@@ -8,10 +9,12 @@
 //!
 //! Writes into DIR (created if missing):
 //! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]`,
-//!   `[brokers.angelone]` and `[brokers.dhan]` sections pointing at the fakes;
-//! - `kite.json`, `iifl.json`, `iifl-xts.json`, `angelone.json`, `dhan.json`: the accounts'
-//!   credentials (`broker_user_id`, `password`, `api_key`, `api_secret`, `totp_secret`, and
-//!   `pin` for Angel One and Dhan; XTS has no password nor TOTP secret).
+//!   `[brokers.angelone]`, `[brokers.dhan]`, `[brokers.fyers]` and `[brokers.kotak-neo]` sections
+//!   pointing at the fakes;
+//! - `kite.json`, `iifl.json`, `iifl-xts.json`, `angelone.json`, `dhan.json`, `fyers.json`,
+//!   `kotak-neo.json`: the accounts' credentials (`broker_user_id`, `password`, `api_key`,
+//!   `api_secret`, `totp_secret`, and each broker's own fields such as `pin`; XTS has no password
+//!   nor TOTP secret).
 //!
 //! Then prints `ready` and serves until SIGTERM or SIGINT. Secrets are random on every start.
 //! `--ideal` starts the fakes with tidy answers instead of real servers' habits.
@@ -19,8 +22,8 @@
 use std::path::{Path, PathBuf};
 
 use fake_brokers::{
-    AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeIifl, FakeKite, FakeOptions, FakeXts,
-    IiflUser, KiteUser, Realism, XtsUser,
+    AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeFyers, FakeIifl, FakeKite, FakeKotakNeo,
+    FakeOptions, FakeXts, FyersUser, IiflUser, KiteUser, KotakUser, Realism, XtsUser,
 };
 use serde_json::json;
 
@@ -106,7 +109,9 @@ async fn run(args: Args) -> std::io::Result<()> {
     let iifl = FakeIifl::start_with(options.clone()).await;
     let xts = FakeXts::start_with(options.clone()).await;
     let angel = FakeAngelOne::start_with(options.clone()).await;
-    let dhan = FakeDhan::start_with(options).await;
+    let dhan = FakeDhan::start_with(options.clone()).await;
+    let fyers = FakeFyers::start_with(options.clone()).await;
+    let kotak = FakeKotakNeo::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -123,6 +128,28 @@ async fn run(args: Args) -> std::io::Result<()> {
         &random_base32_secret(),
     );
     let xts_user = XtsUser::new("XTS001", &random_alnum(24), &random_alnum(16));
+    let digits = |n: usize| {
+        random_bytes(n)
+            .iter()
+            .map(|b| char::from(b'0' + b % 10))
+            .collect::<String>()
+    };
+    let fyers_user = FyersUser::new(
+        "XY12345",
+        &digits(4),
+        &format!("{}-100", random_alnum(10).to_ascii_uppercase()),
+        &random_alnum(10).to_ascii_uppercase(),
+        &random_base32_secret(),
+    );
+    let kotak_user = KotakUser::new(
+        "AB123",
+        "+919876543210",
+        &digits(6),
+        &random_alnum(40),
+        &random_base32_secret(),
+    );
+    fyers.add_user(fyers_user.clone());
+    kotak.add_user(kotak_user.clone());
     kite.add_user(kite_user.clone());
     iifl.add_user(iifl_user.clone());
     xts.add_user(xts_user.clone());
@@ -147,7 +174,10 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.iifl]\nportal_url = {}\napi_url = {}\n\n\
              [brokers.iifl-xts]\napi_url = {}\n\n\
              [brokers.angelone]\napi_url = {}\nlogin_url = {}\n\n\
-             [brokers.dhan]\nauth_url = {}\napi_url = {}\n",
+             [brokers.dhan]\nauth_url = {}\napi_url = {}\n\n\
+
+             [brokers.fyers]\nlogin_url = {}\napi_url = {}\n\n\
+             [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
@@ -157,6 +187,10 @@ async fn run(args: Args) -> std::io::Result<()> {
             toml_str(angel.url()),
             toml_str(&dhan.auth_url()),
             toml_str(&dhan.api_url()),
+            toml_str(&fyers.login_url()),
+            toml_str(&fyers.api_url()),
+            toml_str(&kotak.login_url()),
+            toml_str(&kotak.session_base_url()),
         ),
     )?;
     let credentials = [
@@ -205,6 +239,27 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "totp_secret": dhan_user.totp_secret,
                 "api_key": dhan_user.app_id,
                 "api_secret": dhan_user.app_secret,
+            }),
+        ),
+        (
+            "fyers.json",
+            json!({
+                "broker_user_id": fyers_user.fy_id,
+                "api_key": fyers_user.app_id,
+                "api_secret": fyers_user.app_secret,
+                "totp_secret": fyers_user.totp_secret,
+                "pin": fyers_user.pin,
+                "redirect_uri": fyers_user.redirect_uri,
+            }),
+        ),
+        (
+            "kotak-neo.json",
+            json!({
+                "broker_user_id": kotak_user.ucc,
+                "api_key": kotak_user.api_token,
+                "totp_secret": kotak_user.totp_secret,
+                "mobile": kotak_user.mobile,
+                "pin": kotak_user.mpin,
             }),
         ),
     ];

@@ -3,6 +3,8 @@
 mod angelone;
 mod common;
 mod dhan;
+mod fyers;
 mod iifl;
 mod kite;
+mod kotak_neo;
 mod xts;
