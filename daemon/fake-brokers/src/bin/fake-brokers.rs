@@ -175,7 +175,6 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.iifl-xts]\napi_url = {}\n\n\
              [brokers.angelone]\napi_url = {}\nlogin_url = {}\n\n\
              [brokers.dhan]\nauth_url = {}\napi_url = {}\n\n\
-
              [brokers.fyers]\nlogin_url = {}\napi_url = {}\n\n\
              [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n",
             toml_str(kite.web_url()),
