@@ -99,7 +99,7 @@ pub async fn url(
 ) -> Result<Json<LoginUrlView>, ApiError> {
     let user = user_id(user)?;
     caller.may_act_for(&user)?;
-    let Some(public_url) = api.app.config.server.public_url.clone() else {
+    let Some(redirect_url) = api.app.config.server.callback_url(&broker) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "public_url_not_configured",
@@ -135,11 +135,6 @@ pub async fn url(
                 e.to_string(),
             ),
         })?;
-    let redirect_url = format!(
-        "{}/callback/{}",
-        public_url.as_str().trim_end_matches('/'),
-        key.broker
-    );
     let url = refresher
         .assisted_url(plugin, &key, &account, state, redirect_url.clone())
         .await

@@ -29,6 +29,18 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+impl ServerConfig {
+    /// Where a broker sends the browser back after a login: `{public_url}/callback/{broker}`,
+    /// when `public_url` is set.
+    pub fn callback_url(&self, broker: &str) -> Option<String> {
+        let base = self.public_url.as_ref()?;
+        Some(format!(
+            "{}/callback/{broker}",
+            base.as_str().trim_end_matches('/')
+        ))
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

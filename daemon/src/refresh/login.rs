@@ -228,7 +228,8 @@ impl Refresher {
             base_urls: plan.plugin.base_urls(&plan.broker_config.urls),
             settings: plan.settings.clone(),
             attempt,
-            redirect_url: None,
+            // Some brokers' headless flows name the app's registered redirect (Fyers).
+            redirect_url: self.config.server.callback_url(key.broker.as_str()),
         };
         let mut ctx = self.plugin_call(
             &plan.plugin,
