@@ -19,6 +19,7 @@
 mod iifl;
 mod kite;
 mod mess;
+mod motilal;
 mod record;
 mod xts;
 
@@ -27,6 +28,7 @@ use std::sync::Arc;
 pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
 pub use mess::Realism;
+pub use motilal::{FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalUser};
 pub use record::{Recorder, TotpUse};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 

@@ -1,5 +1,5 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
-//! a realistic FakeKite, FakeIifl and FakeXts on loopback, on the system clock, with one happy
+//! a realistic FakeKite, FakeIifl, FakeXts and FakeMotilal on loopback, on the system clock, with one happy
 //! demo account each.
 //!
 //! ```text
@@ -7,10 +7,12 @@
 //! ```
 //!
 //! Writes into DIR (created if missing):
-//! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]` and `[brokers.iifl-xts]` sections
-//!   pointing at the fakes;
+//! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]` and
+//!   `[brokers.motilal]` sections pointing at the fakes (Motilal's with the fake's registered
+//!   `client_public_ip`);
 //! - `kite.json`, `iifl.json`, `iifl-xts.json`: the accounts' credentials (`broker_user_id`,
-//!   `password`, `api_key`, `api_secret`, `totp_secret`; XTS has no password nor TOTP secret).
+//!   `password`, `api_key`, `api_secret`, `totp_secret`; XTS has no password nor TOTP secret);
+//!   `motilal.json` adds the extra field `dob_or_pan`.
 //!
 //! Then prints `ready` and serves until SIGTERM or SIGINT. Secrets are random on every start.
 //! `--ideal` starts the fakes with tidy answers instead of real servers' habits.
@@ -18,7 +20,8 @@
 use std::path::{Path, PathBuf};
 
 use fake_brokers::{
-    FakeIifl, FakeKite, FakeOptions, FakeXts, IiflUser, KiteUser, Realism, XtsUser,
+    FakeIifl, FakeKite, FakeMotilal, FakeOptions, FakeXts, IiflUser, KiteUser,
+    MOTILAL_REGISTERED_IP, MotilalUser, Realism, XtsUser,
 };
 use serde_json::json;
 
@@ -102,7 +105,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     };
     let kite = FakeKite::start_with(options.clone()).await;
     let iifl = FakeIifl::start_with(options.clone()).await;
-    let xts = FakeXts::start_with(options).await;
+    let xts = FakeXts::start_with(options.clone()).await;
+    let motilal = FakeMotilal::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -122,6 +126,15 @@ async fn run(args: Args) -> std::io::Result<()> {
     kite.add_user(kite_user.clone());
     iifl.add_user(iifl_user.clone());
     xts.add_user(xts_user.clone());
+    let motilal_user = MotilalUser::new(
+        "AA017",
+        &random_alnum(16),
+        &random_alnum(24),
+        &random_alnum(32),
+        &random_base32_secret(),
+        "18/10/1988",
+    );
+    motilal.add_user(motilal_user.clone());
 
     std::fs::create_dir_all(&args.dir)?;
     write(
@@ -131,12 +144,15 @@ async fn run(args: Args) -> std::io::Result<()> {
             "# Written by fake-brokers: the brokers point at its loopback fakes.\n\n\
              [brokers.kite]\nweb_url = {}\napi_url = {}\n\n\
              [brokers.iifl]\nportal_url = {}\napi_url = {}\n\n\
-             [brokers.iifl-xts]\napi_url = {}\n",
+             [brokers.iifl-xts]\napi_url = {}\n\n\
+             [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
             toml_str(&iifl.api_url()),
             toml_str(xts.api_url()),
+            toml_str(motilal.api_url()),
+            toml_str(MOTILAL_REGISTERED_IP),
         ),
     )?;
     let credentials = [
@@ -166,6 +182,17 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "broker_user_id": xts_user.user_id,
                 "api_key": xts_user.app_key,
                 "api_secret": xts_user.secret_key,
+            }),
+        ),
+        (
+            "motilal.json",
+            json!({
+                "broker_user_id": motilal_user.client_code,
+                "password": motilal_user.password,
+                "api_key": motilal_user.api_key,
+                "api_secret": motilal_user.api_secret,
+                "totp_secret": motilal_user.totp_secret,
+                "dob_or_pan": motilal_user.dob,
             }),
         ),
     ];

@@ -3,4 +3,5 @@
 mod common;
 mod iifl;
 mod kite;
+mod motilal;
 mod xts;
