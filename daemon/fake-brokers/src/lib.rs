@@ -16,6 +16,7 @@
 //!
 //! State sits behind short-lived `std::sync::Mutex`es that are never held across an `.await`.
 
+mod fivepaisa;
 mod iifl;
 mod kite;
 mod mess;
@@ -25,6 +26,7 @@ mod xts;
 
 use std::sync::Arc;
 
+pub use fivepaisa::{FakeFivePaisa, FivePaisaBehaviour, FivePaisaUser};
 pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
 pub use mess::Realism;
