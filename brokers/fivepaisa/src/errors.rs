@@ -112,10 +112,10 @@ pub fn protocol(step: Step, what: &str) -> ErrorOutput {
 
 /// The JSON of `resp`, or the step's transport-level failure.
 pub fn json_body(step: Step, resp: &HttpResponse) -> Result<Value, ErrorOutput> {
-    if resp.status == 429 || resp.status >= 500 {
-        if let Some(e) = http::triage("fivepaisa", step.name(), resp) {
-            return Err(e);
-        }
+    if (resp.status == 429 || resp.status >= 500)
+        && let Some(e) = http::triage("fivepaisa", step.name(), resp)
+    {
+        return Err(e);
     }
     let parsed = http::json(resp).filter(Value::is_object);
     if step == Step::TotpLogin {

@@ -11,8 +11,8 @@
 //!   carries the AuthToken in `authtoken` (setting `assisted_token_param`);
 //! - tokens expire at the first 06:00 IST strictly after login.
 //!
-//! Every call carries the device/client headers of the settings module; `client_public_ip` (the static
-//! IP registered with Motilal) has no default and must be configured.
+//! Every call carries the device/client headers of the settings module; `client_public_ip` (the
+//! static IP registered with Motilal) has no default and must be configured.
 
 mod errors;
 pub mod flow;

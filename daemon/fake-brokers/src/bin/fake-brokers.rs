@@ -1,5 +1,5 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
-//! a realistic FakeKite, FakeIifl, FakeXts and FakeMotilal on loopback, on the system clock, with one happy
+//! a realistic FakeKite, FakeIifl, FakeXts, FakeMotilal and FakeFivePaisa on loopback, on the system clock, with one happy
 //! demo account each.
 //!
 //! ```text
@@ -7,12 +7,13 @@
 //! ```
 //!
 //! Writes into DIR (created if missing):
-//! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]` and
-//!   `[brokers.motilal]` sections pointing at the fakes (Motilal's with the fake's registered
-//!   `client_public_ip`);
+//! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]`,
+//!   `[brokers.motilal]` and `[brokers.fivepaisa]` sections pointing at the fakes (Motilal's with
+//!   the fake's registered `client_public_ip`);
 //! - `kite.json`, `iifl.json`, `iifl-xts.json`: the accounts' credentials (`broker_user_id`,
 //!   `password`, `api_key`, `api_secret`, `totp_secret`; XTS has no password nor TOTP secret);
-//!   `motilal.json` adds the extra field `dob_or_pan`.
+//!   `motilal.json` adds the extra field `dob_or_pan`; `fivepaisa.json` has `pin` and
+//!   `api_user_id` and no password.
 //!
 //! Then prints `ready` and serves until SIGTERM or SIGINT. Secrets are random on every start.
 //! `--ideal` starts the fakes with tidy answers instead of real servers' habits.
@@ -20,8 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use fake_brokers::{
-    FakeIifl, FakeKite, FakeMotilal, FakeOptions, FakeXts, IiflUser, KiteUser,
-    MOTILAL_REGISTERED_IP, MotilalUser, Realism, XtsUser,
+    FakeFivePaisa, FakeIifl, FakeKite, FakeMotilal, FakeOptions, FakeXts, FivePaisaUser, IiflUser,
+    KiteUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism, XtsUser,
 };
 use serde_json::json;
 
@@ -106,7 +107,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     let kite = FakeKite::start_with(options.clone()).await;
     let iifl = FakeIifl::start_with(options.clone()).await;
     let xts = FakeXts::start_with(options.clone()).await;
-    let motilal = FakeMotilal::start_with(options).await;
+    let motilal = FakeMotilal::start_with(options.clone()).await;
+    let fivepaisa = FakeFivePaisa::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -135,6 +137,17 @@ async fn run(args: Args) -> std::io::Result<()> {
         "18/10/1988",
     );
     motilal.add_user(motilal_user.clone());
+    let fivepaisa_user = FivePaisaUser {
+        client_code: "50011110".into(),
+        pin: "739164".into(),
+        totp_secret: random_base32_secret(),
+        user_key: random_alnum(32),
+        encry_key: random_alnum(32),
+        api_user_id: random_alnum(11),
+        behaviour: Default::default(),
+    };
+    fivepaisa.add_user(fivepaisa_user.clone());
+    let fivepaisa_urls = fivepaisa.base_urls();
 
     std::fs::create_dir_all(&args.dir)?;
     write(
@@ -145,7 +158,8 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.kite]\nweb_url = {}\napi_url = {}\n\n\
              [brokers.iifl]\nportal_url = {}\napi_url = {}\n\n\
              [brokers.iifl-xts]\napi_url = {}\n\n\
-             [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n",
+             [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n\n\
+             [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
@@ -153,6 +167,8 @@ async fn run(args: Args) -> std::io::Result<()> {
             toml_str(xts.api_url()),
             toml_str(motilal.api_url()),
             toml_str(MOTILAL_REGISTERED_IP),
+            toml_str(&fivepaisa_urls["api_url"]),
+            toml_str(&fivepaisa_urls["login_url"]),
         ),
     )?;
     let credentials = [
@@ -193,6 +209,17 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "api_secret": motilal_user.api_secret,
                 "totp_secret": motilal_user.totp_secret,
                 "dob_or_pan": motilal_user.dob,
+            }),
+        ),
+        (
+            "fivepaisa.json",
+            json!({
+                "broker_user_id": fivepaisa_user.client_code,
+                "pin": fivepaisa_user.pin,
+                "api_key": fivepaisa_user.user_key,
+                "api_secret": fivepaisa_user.encry_key,
+                "api_user_id": fivepaisa_user.api_user_id,
+                "totp_secret": fivepaisa_user.totp_secret,
             }),
         ),
     ];

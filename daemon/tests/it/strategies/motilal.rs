@@ -49,7 +49,6 @@ fn account(n: u32) -> (Account, MotilalUser) {
         api_secret: format!("mosl-api-secret-{n:04}"),
         totp_secret: Some(totp_secret(n)),
         extra: BTreeMap::from([("dob_or_pan".to_string(), dob.clone())]),
-        ..Account::default()
     };
     let fake = MotilalUser::new(
         &client,
