@@ -18,11 +18,13 @@
 
 mod angelone;
 mod dhan;
+mod fivepaisa;
 mod fyers;
 mod iifl;
 mod kite;
 mod kotak_neo;
 mod mess;
+mod motilal;
 mod record;
 mod xts;
 
@@ -30,11 +32,13 @@ use std::sync::Arc;
 
 pub use angelone::{AngelBehaviour, AngelUser, FakeAngelOne};
 pub use dhan::{DhanBehaviour, DhanUser, FakeDhan};
+pub use fivepaisa::{FakeFivePaisa, FivePaisaBehaviour, FivePaisaUser};
 pub use fyers::{FakeFyers, FyersBehaviour, FyersUser};
 pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
 pub use kotak_neo::{FakeKotakNeo, KotakBehaviour, KotakUser};
 pub use mess::Realism;
+pub use motilal::{FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalUser};
 pub use record::{Recorder, TotpUse};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 

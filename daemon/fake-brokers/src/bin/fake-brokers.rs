@@ -1,6 +1,6 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
-//! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne, FakeDhan, FakeFyers and FakeKotakNeo on
-//! loopback, on the system clock, with one happy
+//! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne, FakeDhan, FakeFyers, FakeKotakNeo,
+//! FakeMotilal and FakeFivePaisa on loopback, on the system clock, with one happy
 //! demo account each.
 //!
 //! ```text
@@ -9,12 +9,12 @@
 //!
 //! Writes into DIR (created if missing):
 //! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]`,
-//!   `[brokers.angelone]`, `[brokers.dhan]`, `[brokers.fyers]` and `[brokers.kotak-neo]` sections
-//!   pointing at the fakes;
-//! - `kite.json`, `iifl.json`, `iifl-xts.json`, `angelone.json`, `dhan.json`, `fyers.json`,
-//!   `kotak-neo.json`: the accounts' credentials (`broker_user_id`, `password`, `api_key`,
-//!   `api_secret`, `totp_secret`, and each broker's own fields such as `pin`; XTS has no password
-//!   nor TOTP secret).
+//!   `[brokers.angelone]`, `[brokers.dhan]`, `[brokers.fyers]`, `[brokers.kotak-neo]`,
+//!   `[brokers.motilal]` (with the fake's registered `client_public_ip`) and
+//!   `[brokers.fivepaisa]` sections pointing at the fakes;
+//! - one `<broker>.json` per broker: the account's credentials (`broker_user_id`, `password`,
+//!   `api_key`, `api_secret`, `totp_secret`, and each broker's own fields such as `pin`,
+//!   `mobile`, `dob_or_pan`, `api_user_id`; XTS has no password nor TOTP secret).
 //!
 //! Then prints `ready` and serves until SIGTERM or SIGINT. Secrets are random on every start.
 //! `--ideal` starts the fakes with tidy answers instead of real servers' habits.
@@ -22,8 +22,9 @@
 use std::path::{Path, PathBuf};
 
 use fake_brokers::{
-    AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeFyers, FakeIifl, FakeKite, FakeKotakNeo,
-    FakeOptions, FakeXts, FyersUser, IiflUser, KiteUser, KotakUser, Realism, XtsUser,
+    AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeFivePaisa, FakeFyers, FakeIifl, FakeKite,
+    FakeKotakNeo, FakeMotilal, FakeOptions, FakeXts, FivePaisaUser, FyersUser, IiflUser, KiteUser,
+    KotakUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism, XtsUser,
 };
 use serde_json::json;
 
@@ -111,7 +112,9 @@ async fn run(args: Args) -> std::io::Result<()> {
     let angel = FakeAngelOne::start_with(options.clone()).await;
     let dhan = FakeDhan::start_with(options.clone()).await;
     let fyers = FakeFyers::start_with(options.clone()).await;
-    let kotak = FakeKotakNeo::start_with(options).await;
+    let kotak = FakeKotakNeo::start_with(options.clone()).await;
+    let motilal = FakeMotilal::start_with(options.clone()).await;
+    let fivepaisa = FakeFivePaisa::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -163,6 +166,26 @@ async fn run(args: Args) -> std::io::Result<()> {
     );
     angel.add_user(angel_user.clone());
     dhan.add_user(dhan_user.clone());
+    let motilal_user = MotilalUser::new(
+        "AA017",
+        &random_alnum(16),
+        &random_alnum(24),
+        &random_alnum(32),
+        &random_base32_secret(),
+        "18/10/1988",
+    );
+    motilal.add_user(motilal_user.clone());
+    let fivepaisa_user = FivePaisaUser {
+        client_code: "50011110".into(),
+        pin: "739164".into(),
+        totp_secret: random_base32_secret(),
+        user_key: random_alnum(32),
+        encry_key: random_alnum(32),
+        api_user_id: random_alnum(11),
+        behaviour: Default::default(),
+    };
+    fivepaisa.add_user(fivepaisa_user.clone());
+    let fivepaisa_urls = fivepaisa.base_urls();
 
     std::fs::create_dir_all(&args.dir)?;
     write(
@@ -176,7 +199,10 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.angelone]\napi_url = {}\nlogin_url = {}\n\n\
              [brokers.dhan]\nauth_url = {}\napi_url = {}\n\n\
              [brokers.fyers]\nlogin_url = {}\napi_url = {}\n\n\
-             [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n",
+             [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n\n\
+
+             [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n\n\
+             [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
@@ -190,6 +216,10 @@ async fn run(args: Args) -> std::io::Result<()> {
             toml_str(&fyers.api_url()),
             toml_str(&kotak.login_url()),
             toml_str(&kotak.session_base_url()),
+            toml_str(motilal.api_url()),
+            toml_str(MOTILAL_REGISTERED_IP),
+            toml_str(&fivepaisa_urls["api_url"]),
+            toml_str(&fivepaisa_urls["login_url"]),
         ),
     )?;
     let credentials = [
@@ -259,6 +289,28 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "totp_secret": kotak_user.totp_secret,
                 "mobile": kotak_user.mobile,
                 "pin": kotak_user.mpin,
+            }),
+        ),
+        (
+            "motilal.json",
+            json!({
+                "broker_user_id": motilal_user.client_code,
+                "password": motilal_user.password,
+                "api_key": motilal_user.api_key,
+                "api_secret": motilal_user.api_secret,
+                "totp_secret": motilal_user.totp_secret,
+                "dob_or_pan": motilal_user.dob,
+            }),
+        ),
+        (
+            "fivepaisa.json",
+            json!({
+                "broker_user_id": fivepaisa_user.client_code,
+                "pin": fivepaisa_user.pin,
+                "api_key": fivepaisa_user.user_key,
+                "api_secret": fivepaisa_user.encry_key,
+                "api_user_id": fivepaisa_user.api_user_id,
+                "totp_secret": fivepaisa_user.totp_secret,
             }),
         ),
     ];

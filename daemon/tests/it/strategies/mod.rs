@@ -3,8 +3,10 @@
 mod angelone;
 mod common;
 mod dhan;
+mod fivepaisa;
 mod fyers;
 mod iifl;
 mod kite;
 mod kotak_neo;
+mod motilal;
 mod xts;
