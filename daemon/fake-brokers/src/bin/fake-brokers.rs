@@ -200,7 +200,6 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.dhan]\nauth_url = {}\napi_url = {}\n\n\
              [brokers.fyers]\nlogin_url = {}\napi_url = {}\n\n\
              [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n\n\
-
              [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n\n\
              [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n",
             toml_str(kite.web_url()),
