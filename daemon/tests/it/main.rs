@@ -4,6 +4,7 @@
 
 mod api;
 mod binary;
+mod drop_in;
 mod log_capture;
 mod mirror;
 mod plugin_host;
