@@ -145,21 +145,29 @@ impl<K: Clone + Eq + std::hash::Hash> StateStore<K> {
         Ok(entry.key)
     }
 
-    /// For a broker whose callback carries no state: the one unexpired pending state whose
-    /// account `matches`, consumed. None pending is [`StateError::Unknown`]; several is
-    /// [`StateError::Ambiguous`], and then none is consumed.
-    pub fn consume_only(&self, matches: impl Fn(&K) -> bool, now_ms: i64) -> Result<K, StateError> {
-        let mut inner = self.states.lock();
-        let mut found = (inner.pending.iter())
-            .filter(|(_, p)| p.expires_ms > now_ms && matches(&p.key))
-            .map(|(state, _)| state.clone());
-        let state = found.next().ok_or(StateError::Unknown)?;
+    /// For a broker whose callback carries no state: the account of the one unexpired pending
+    /// state whose account `matches`, left pending. None is [`StateError::Unknown`]; several is
+    /// [`StateError::Ambiguous`]. Anyone can send such a callback, so the state is dropped
+    /// ([`StateStore::forget`]) only once the broker has finished the login: a forged one cannot
+    /// use it up.
+    pub fn only_pending(&self, matches: impl Fn(&K) -> bool, now_ms: i64) -> Result<K, StateError> {
+        let inner = self.states.lock();
+        let mut found = (inner.pending.values())
+            .filter(|p| p.expires_ms > now_ms && matches(&p.key))
+            .map(|p| p.key.clone());
+        let key = found.next().ok_or(StateError::Unknown)?;
         if found.next().is_some() {
             return Err(StateError::Ambiguous);
         }
-        let entry = inner.pending.remove(&state).ok_or(StateError::Unknown)?;
-        inner.by_key.remove(&entry.key);
-        Ok(entry.key)
+        Ok(key)
+    }
+
+    /// Drop the pending state of `key`, if any.
+    pub fn forget(&self, key: &K) {
+        let mut inner = self.states.lock();
+        if let Some(state) = inner.by_key.remove(key) {
+            inner.pending.remove(&state);
+        }
     }
 
     /// States outstanding (expired ones included until the next `issue`).
@@ -223,19 +231,27 @@ mod tests {
     fn a_callback_without_state_takes_the_one_pending_login_of_its_broker_and_never_guesses() {
         let s = store();
         let at_dhan = |k: &(String, String)| k.1 == "dhan";
-        assert_eq!(s.consume_only(at_dhan, 0), Err(StateError::Unknown));
+        let u1 = ("u1".to_owned(), "dhan".to_owned());
+        assert_eq!(s.only_pending(at_dhan, 0), Err(StateError::Unknown));
         s.issue(("u1".into(), "kite".into()), "u1", 0).unwrap();
-        s.issue(("u1".into(), "dhan".into()), "u1", 0).unwrap();
-        assert_eq!(s.consume_only(at_dhan, 1), Ok(("u1".into(), "dhan".into())));
+        s.issue(u1.clone(), "u1", 0).unwrap();
+        assert_eq!(s.only_pending(at_dhan, 1), Ok(u1.clone()));
+        assert_eq!(s.only_pending(at_dhan, 1), Ok(u1.clone()), "left pending");
+        s.forget(&u1);
         assert_eq!(
-            s.consume_only(at_dhan, 1),
+            s.only_pending(at_dhan, 1),
             Err(StateError::Unknown),
-            "consumed"
+            "forgotten"
         );
-        s.issue(("u1".into(), "dhan".into()), "u1", 2).unwrap();
+        assert_eq!(s.len(), 1, "the kite state stays");
+        s.issue(u1.clone(), "u1", 2).unwrap();
         s.issue(("u2".into(), "dhan".into()), "u2", 2).unwrap();
-        assert_eq!(s.consume_only(at_dhan, 3), Err(StateError::Ambiguous));
-        assert_eq!(s.len(), 3, "an ambiguous callback consumes nothing");
+        assert_eq!(s.only_pending(at_dhan, 3), Err(StateError::Ambiguous));
+        assert_eq!(
+            s.only_pending(at_dhan, 600_003),
+            Err(StateError::Unknown),
+            "expired"
+        );
     }
 
     #[test]

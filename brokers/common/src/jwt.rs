@@ -21,9 +21,13 @@ pub fn exp_ms(token: &str) -> Option<i64> {
 }
 
 /// `min(jwt.exp, rule_ms)`: the token's own `exp` when it is earlier than the broker's rule, else
-/// the rule (also when the token cannot be decoded).
-pub fn expiry_min(token: &str, rule_ms: i64) -> i64 {
-    exp_ms(token).map_or(rule_ms, |exp| exp.min(rule_ms))
+/// the rule (also when the token cannot be decoded). An `exp` at or before `issued_ms` is a clock
+/// or broker mistake, not a lifetime: honouring it would have the scheduler log the account in
+/// again every minute, so the rule stands.
+pub fn expiry_min(token: &str, issued_ms: i64, rule_ms: i64) -> i64 {
+    exp_ms(token)
+        .filter(|&exp| exp > issued_ms)
+        .map_or(rule_ms, |exp| exp.min(rule_ms))
 }
 
 #[cfg(test)]
@@ -61,8 +65,13 @@ mod tests {
     #[test]
     fn the_earlier_of_exp_and_the_rule_wins() {
         let t = jwt(r#"{"exp":1000}"#);
-        assert_eq!(expiry_min(&t, 2_000_000), 1_000_000);
-        assert_eq!(expiry_min(&t, 500_000), 500_000);
-        assert_eq!(expiry_min("opaque", 500_000), 500_000);
+        assert_eq!(expiry_min(&t, 0, 2_000_000), 1_000_000);
+        assert_eq!(expiry_min(&t, 0, 500_000), 500_000);
+        assert_eq!(expiry_min("opaque", 0, 500_000), 500_000);
+        assert_eq!(
+            expiry_min(&t, 1_000_000, 2_000_000),
+            2_000_000,
+            "exp at issue: ignored"
+        );
     }
 }

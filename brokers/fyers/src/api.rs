@@ -264,7 +264,7 @@ impl<'a, 'h> Api<'a, 'h> {
             access_token: tokens.access_token.clone(),
             broker_user_id: confirmed,
             issued_at_ms: issued,
-            expires_at_ms: jwt::expiry_min(token, ist::next_ist_wall_time(issued, 6, 0)),
+            expires_at_ms: jwt::expiry_min(token, issued, ist::next_ist_wall_time(issued, 6, 0)),
             extras,
         })
     }

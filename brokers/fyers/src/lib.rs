@@ -204,13 +204,12 @@ impl Strategy for Fyers {
             ),
         );
         let fy_id = req.broker_user_id.as_str();
-        // H1 and H2 send no PIN: their failures may start a new login.
+        // H1 sends no credential: its failures may start a new login. H2 sends TOTP codes,
+        // which Fyers counts towards its block (fyers.md): after it, no new login this refresh.
         let rk1 = vag
             .send_otp(fy_id)
             .map_err(ErrorOutput::before_credentials)?;
-        let rk2 = vag
-            .verify_otp(&rk1)
-            .map_err(ErrorOutput::before_credentials)?;
+        let rk2 = vag.verify_otp(&rk1)?;
         let session = vag.verify_pin(&rk2, pin)?;
         let state = state_for(host.now_unix_ms(), fy_id);
         let code = StepRetry::run(host, "fyers", "H4 /token", || {

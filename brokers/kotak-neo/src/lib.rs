@@ -114,12 +114,12 @@ impl Strategy for KotakNeo {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             // The post-login `baseUrl` is dynamic (kotak-neo.md): mnapi is the Go SDK's fallback,
-            // cis the "ADC" base of Kotak's Python SDK (kotakneoapi 3.0.9). Another host K2 names
-            // must be configured (`api_url`), which makes the host allow it.
+            // cis the "ADC" base of Kotak's Python SDK (kotakneoapi 3.0.9), and any other name
+            // under Kotak's domain is allowed too. A host elsewhere must be configured
+            // (`api_url`), which makes the host allow it.
             allowed_hosts: vec![
                 "mis.kotaksecurities.com".into(),
-                "mnapi.kotaksecurities.com".into(),
-                "cis.kotaksecurities.com".into(),
+                "*.kotaksecurities.com".into(),
             ],
             max_concurrency: 4,
             rate_limit_per_sec: 5.0,
@@ -238,7 +238,7 @@ fn output(ucc: &str, trade: &neo::Session, base_url: String, issued: i64) -> Log
         access_token: trade.token.clone(),
         broker_user_id: ucc.to_owned(),
         issued_at_ms: issued,
-        expires_at_ms: jwt::expiry_min(token, ist::next_ist_midnight(issued)),
+        expires_at_ms: jwt::expiry_min(token, issued, ist::next_ist_midnight(issued)),
         extras,
     }
 }

@@ -139,17 +139,20 @@ impl<'a, 'h> Neo<'a, 'h> {
                          trying once more with the next step's code",
                     );
                 }
+                // No MPIN was sent, but K1 was refused on two steps: no new login this refresh.
                 Err(e) if e.class == ErrorClass::TwofaRejected => {
                     return Err(ErrorOutput::new(
                         ErrorClass::InvalidCredentials,
                         format!(
-                            "{}; refused on two different TOTP steps, so not retried: check mobile, \
-                             broker_user_id (UCC), totp_secret and the host clock",
+                            "{}; refused on two different TOTP steps, so not retried: check \
+                             mobile, broker_user_id (UCC), totp_secret and the host clock",
                             e.message
                         ),
-                    )
-                    .before_credentials());
+                    ));
                 }
+                // After a refused K1, a new login would send more identity and TOTP tries
+                // (Kotak counts them): only a failure of the first K1 may start one.
+                Err(e) if refused_once => return Err(e),
                 Err(e) => return Err(e.before_credentials()),
             }
         }

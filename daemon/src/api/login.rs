@@ -178,13 +178,13 @@ pub async fn callback(
         .map(|s| s.split('?').next().unwrap_or_default())
         .filter(|s| !s.is_empty());
     let now = api.now_ms();
+    // A broker whose redirect carries no state (its manifest says so): the one login pending
+    // there, dropped only once the broker finished it (the strategy also checks that the broker
+    // logged in that account's user).
+    let stateless = state.is_none() && !plugin.manifest.callback_has_state;
     let key = match state {
         Some(state) => api.assisted.consume(state, now),
-        // A broker whose redirect carries no state (its manifest says so): the one login pending
-        // there. The strategy then checks that the broker logged in that account's user.
-        None if !plugin.manifest.callback_has_state => {
-            (api.assisted).consume_only(|k| k.broker.as_str() == broker, now)
-        }
+        None if stateless => (api.assisted).only_pending(|k| k.broker.as_str() == broker, now),
         None => return Err(invalid("the callback has no state")),
     }
     .map_err(|e| invalid(&e.to_string()))?;
@@ -201,6 +201,9 @@ pub async fn callback(
             tracing::warn!(account = %key, error = %e, "assisted login failed");
             assisted_error(e)
         })?;
+    if stateless {
+        api.assisted.forget(&key);
+    }
     Ok(Json(CallbackView {
         status: "ok".into(),
         user_id: key.user.as_str().to_owned(),

@@ -76,11 +76,21 @@ impl Target {
                 text
             }
         };
-        let tokens: Vec<&str> = batch
-            .iter()
-            .filter_map(|r| r.access_token.as_ref().map(|t| t.expose_secret()))
+        // The batch's tokens and the string values of their served extras (a template may put
+        // those in a row that PostgreSQL then quotes).
+        let extras: Vec<serde_json::Value> = (batch.iter())
+            .filter_map(|r| r.served_extras.as_ref().map(|e| e.expose_value()))
             .collect();
-        let text = crate::redact::redact(&text.replace('\n', " "), tokens);
+        let secrets: Vec<&str> = (batch.iter())
+            .filter_map(|r| r.access_token.as_ref().map(|t| t.expose_secret()))
+            .chain(
+                extras
+                    .iter()
+                    .filter_map(|e| e.as_object())
+                    .flat_map(|o| o.values().filter_map(serde_json::Value::as_str)),
+            )
+            .collect();
+        let text = crate::redact::redact(&text.replace('\n', " "), secrets);
         PgError(self.redact(&text))
     }
 }
@@ -109,17 +119,22 @@ pub(crate) fn quote_ident(ident: &str) -> String {
 }
 
 /// The upsert of the default table, as a template: it only applies when the incoming generation is
-/// newer than the row's, so redelivered and out-of-date records change nothing.
-pub(crate) fn default_upsert(schema: &str, table: &str) -> String {
+/// newer than the row's, so redelivered and out-of-date records change nothing. Without `extras`
+/// for a table made before that column, which this role may not add.
+pub(crate) fn default_upsert(schema: &str, table: &str, extras: bool) -> String {
     let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let (column, value, set) = match extras {
+        true => (" extras,", " $extras::jsonb,", " extras = EXCLUDED.extras,"),
+        false => ("", "", ""),
+    };
     format!(
         "INSERT INTO {t} AS t (user_id, broker, broker_user_id, access_token, issued_at, \
-         expires_at, status, generation, extras, updated_at) \
+         expires_at, status, generation,{column} updated_at) \
          VALUES ($user_id, $broker, $broker_user_id, $access_token, $issued_at::timestamptz, \
-         $expires_at::timestamptz, $status, $generation::bigint, $extras::jsonb, now()) \
+         $expires_at::timestamptz, $status, $generation::bigint,{value} now()) \
          ON CONFLICT (user_id, broker) DO UPDATE SET broker_user_id = EXCLUDED.broker_user_id, \
          access_token = EXCLUDED.access_token, issued_at = EXCLUDED.issued_at, \
-         expires_at = EXCLUDED.expires_at, status = EXCLUDED.status, extras = EXCLUDED.extras, \
+         expires_at = EXCLUDED.expires_at, status = EXCLUDED.status,{set} \
          generation = EXCLUDED.generation, updated_at = now() \
          WHERE t.generation < EXCLUDED.generation"
     )
@@ -155,23 +170,24 @@ impl Session {
             let _ = connection.await;
         });
         let connection = AbortOnDrop(connection);
-        let (upsert, notify) = setup(&client, target).await?;
+        let (upsert, notify, params) = setup(&client, target).await?;
         Ok(Session {
             client,
             upsert,
             notify,
-            params: target.upsert.params.clone(),
+            params,
             _connection: connection,
         })
     }
 }
 
 /// Create the default table if missing; prepare the upsert (checking its parameter types) and
-/// `NOTIFY`.
+/// `NOTIFY`. The upsert's parameters come with it.
 async fn setup(
     client: &Client,
     target: &Target,
-) -> Result<(Statement, Option<Statement>), PgError> {
+) -> Result<(Statement, Option<Statement>, Vec<Param>), PgError> {
+    let mut template = std::borrow::Cow::Borrowed(&target.upsert);
     if let Some((schema, table)) = &target.default_table {
         // Create only what is missing: `CREATE ... IF NOT EXISTS` checks privileges first, and
         // a role that may write the table need not be allowed to create anything.
@@ -214,24 +230,29 @@ async fn setup(
             .is_none()
         {
             // A default table made before token extras were mirrored gets their column (only
-            // then: ALTER TABLE needs the table's owner, even when the column exists).
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS extras jsonb",
-                    quote_ident(schema),
-                    quote_ident(table)
-                ))
-                .await
-                .map_err(|e| {
-                    target.error(&format!("adding column extras to {schema}.{table}"), &e)
-                })?;
+            // then: ALTER TABLE needs the table's owner, even when the column exists). A role
+            // that may not add it mirrors as before, without extras.
+            let alter = format!(
+                "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS extras jsonb",
+                quote_ident(schema),
+                quote_ident(table)
+            );
+            if let Err(e) = client.batch_execute(&alter).await {
+                let error = target.error(&format!("adding column extras to {schema}.{table}"), &e);
+                tracing::warn!(db = %target.label, %error, "mirror: writing the table without extras");
+                let sql = default_upsert(schema, table, false);
+                template = std::borrow::Cow::Owned(
+                    Template::parse(&sql)
+                        .map_err(|e| PgError(format!("the default upsert without extras: {e}")))?,
+                );
+            }
         }
     }
     let upsert = client
-        .prepare(&target.upsert.sql)
+        .prepare(&template.sql)
         .await
         .map_err(|e| target.error("preparing the upsert", &e))?;
-    for (param, ty) in target.upsert.params.iter().zip(upsert.params()) {
+    for (param, ty) in template.params.iter().zip(upsert.params()) {
         if !supports(*param, ty) {
             return Err(PgError(format!(
                 "preparing the upsert: `${}` stands where PostgreSQL expects type {}, which \
@@ -252,7 +273,7 @@ async fn setup(
                 .map_err(|e| target.error("preparing NOTIFY", &e))?,
         )
     };
-    Ok((upsert, notify))
+    Ok((upsert, notify, template.params.clone()))
 }
 
 impl Session {
@@ -438,10 +459,12 @@ mod tests {
 
     #[test]
     fn the_default_upsert_parses_with_any_schema_and_table_name() {
-        let sql = default_upsert("we\"ird $schema", "t$able");
+        let sql = default_upsert("we\"ird $schema", "t$able", true);
         let template = Template::parse(&sql).unwrap();
         assert_eq!(template.params, Param::ALL.to_vec());
         assert!(template.sql.contains(r#""we""ird $schema"."t$able""#));
+        let without = Template::parse(&default_upsert("s", "t", false)).unwrap();
+        assert!(!without.params.contains(&Param::Extras) && !without.sql.contains("extras"));
     }
 
     #[test]

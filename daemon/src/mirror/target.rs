@@ -149,7 +149,11 @@ pub(super) fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConf
     let (upsert, default_table) = match &config.upsert_sql {
         Some(sql) => (Template::parse(sql)?, None),
         None => (
-            Template::parse(&postgres::default_upsert(&config.schema, &config.table))?,
+            Template::parse(&postgres::default_upsert(
+                &config.schema,
+                &config.table,
+                true,
+            ))?,
             Some((config.schema.clone(), config.table.clone())),
         ),
     };

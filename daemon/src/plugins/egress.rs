@@ -45,7 +45,7 @@ fn allowed(ctx: &Exchange<'_>, url: &url::Url) -> Result<(), HttpFailure> {
             format!("scheme {} is not allowed", url.scheme()),
         ));
     }
-    if ctx.http.allowed_hosts.contains(host) {
+    if host_allowed(&ctx.http.allowed_hosts, host) {
         Ok(())
     } else {
         Err((
@@ -54,6 +54,19 @@ fn allowed(ctx: &Exchange<'_>, url: &url::Url) -> Result<(), HttpFailure> {
             format!("host {host} is neither declared by the plugin nor configured"),
         ))
     }
+}
+
+/// Whether `host` is in `allowed`, by name or under a `*.domain` entry (any name ending in
+/// `.domain`; never `domain` itself): a broker that hands out session hosts at run time (Kotak
+/// Neo's `baseUrl`) declares its domain so.
+fn host_allowed(allowed: &HashSet<String>, host: &str) -> bool {
+    allowed.contains(host)
+        || allowed.iter().any(|entry| {
+            entry.strip_prefix("*.").is_some_and(|domain| {
+                host.strip_suffix(domain)
+                    .is_some_and(|label| label.len() > 1 && label.ends_with('.'))
+            })
+        })
 }
 
 /// Where the exchange is at: the URL, method and body of the next hop.
@@ -354,6 +367,28 @@ fn learn_tokens(learn: &dyn Fn(&str), body: &str, headers: &reqwest::header::Hea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_entry_allows_the_names_under_its_domain_only() {
+        let allowed: HashSet<String> = ["*.kotaksecurities.com", "api.kite.trade"]
+            .map(String::from)
+            .into();
+        for host in [
+            "mnapi.kotaksecurities.com",
+            "a.b.kotaksecurities.com",
+            "api.kite.trade",
+        ] {
+            assert!(host_allowed(&allowed, host), "{host}");
+        }
+        for host in [
+            "kotaksecurities.com",
+            "evilkotaksecurities.com",
+            "kotaksecurities.com.evil.net",
+            "kite.trade",
+        ] {
+            assert!(!host_allowed(&allowed, host), "{host}");
+        }
+    }
 
     fn cookies_after(set_cookie: &[&str], url: &str) -> String {
         let jar = reqwest::cookie::Jar::default();

@@ -47,10 +47,20 @@ pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(
         url::Url::parse(url)
             .map_err(|e| LoadError::BadManifest(format!("base URL {name}: {e}")))?;
     }
-    if let Some(name) = manifest
-        .served_extras
-        .iter()
-        .find(|n| n.contains("refresh"))
+    for host in &manifest.allowed_hosts {
+        // `*.domain` needs a domain of two labels at least: never `*` or `*.com`.
+        if host.contains('*')
+            && !host
+                .strip_prefix("*.")
+                .is_some_and(|d| d.contains('.') && !d.contains('*'))
+        {
+            return bad(format!(
+                "allowed host {host:?}: a wildcard is `*.` and a domain"
+            ));
+        }
+    }
+    if let Some(name) =
+        (manifest.served_extras.iter()).find(|n| n.to_ascii_lowercase().contains("refresh"))
     {
         return bad(format!(
             "served extra {name:?}: refresh tokens are never served"
@@ -116,7 +126,9 @@ mod tests {
 
     #[test]
     fn a_manifest_that_would_serve_a_refresh_token_is_refused() {
-        let e = check(&manifest(&["broker_user_id"], &["refresh_token"])).unwrap_err();
-        assert!(e.contains("refresh tokens are never served"), "{e}");
+        for name in ["refresh_token", "RefreshToken"] {
+            let e = check(&manifest(&["broker_user_id"], &[name])).unwrap_err();
+            assert!(e.contains("refresh tokens are never served"), "{e}");
+        }
     }
 }

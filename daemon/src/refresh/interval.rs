@@ -4,8 +4,10 @@
 //! without contacting the broker: `skipped` while the account holds a valid token, else
 //! `rate_limited` with the time it may retry.
 //!
-//! The last login is the later of the last attempt this process started for the account and the
-//! stored token's issue time, so the interval holds across a restart as far as the vault knows.
+//! The last login is the later of the last attempt in the account's attempt log (every attempt is
+//! logged with its start time, so the interval holds across a restart; a login in flight is
+//! joined by single flight, never started again) and the stored token's issue time (an assisted
+//! login's too).
 
 use super::{AccountResult, Refresher};
 use crate::clock::iso;
@@ -21,11 +23,6 @@ impl Refresher {
         }
     }
 
-    /// Remember that a login of `key` is about to contact its broker.
-    pub(super) fn note_login_started(&self, key: &AccountKey, now_ms: i64) {
-        self.last_logins.lock().insert(key.clone(), now_ms);
-    }
-
     /// The answer to a login asked for inside the interval, or `None` when it may go ahead.
     pub(super) async fn too_soon(
         &self,
@@ -38,9 +35,14 @@ impl Refresher {
         }
         let (vault, k) = (self.vault.clone(), key.clone());
         // A vault that cannot be read here fails the login in `plan_login` already.
-        let token = blocking(move || vault.get_token(&k)).await.ok().flatten();
-        let started = self.last_logins.lock().get(key).copied();
-        let last = started.max(token.as_ref().map(|t| t.issued_at_ms))?;
+        let (token, logged) = blocking(move || {
+            let token = vault.get_token(&k)?;
+            let last = vault.attempts(&k, 1)?.first().map(|e| e.attempt.time_ms);
+            Ok((token, last))
+        })
+        .await
+        .unwrap_or_default();
+        let last = logged.max(token.as_ref().map(|t| t.issued_at_ms))?;
         let now = self.plugin_env.clock.now_ms();
         let may_retry_at = last.saturating_add(i64::try_from(interval).unwrap_or(i64::MAX));
         if now >= may_retry_at {

@@ -210,7 +210,6 @@ impl Refresher {
         attempt: u32,
     ) -> (Attempt, Result<wire::LoginOutput, PluginError>) {
         let slot = self.login_slot(&plan.limits).await;
-        self.note_login_started(key, self.plugin_env.clock.now_ms());
         let credentials = &plan.credentials;
         let request = LoginRequest {
             v: wire::WIRE_VERSION,

@@ -102,8 +102,6 @@ pub struct Refresher {
     sleep: SleepFn,
     /// Called after each token is stored, whatever started the login (wakes the Postgres mirror).
     on_token: Option<Arc<dyn Fn() + Send + Sync>>,
-    /// When this process last started a login of each account (`interval`).
-    last_logins: Mutex<HashMap<AccountKey, i64>>,
     attempts: AtomicU64,
     successes: AtomicU64,
     attempt_ms: AtomicU64,
@@ -151,7 +149,6 @@ impl Refresher {
             brokers: Mutex::default(),
             sleep,
             on_token: None,
-            last_logins: Mutex::default(),
             attempts: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             attempt_ms: AtomicU64::new(0),

@@ -36,7 +36,7 @@ fn served_extras(
     extras: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> serde_json::Map<String, serde_json::Value> {
     (served.iter())
-        .filter(|name| !name.contains("refresh"))
+        .filter(|name| !name.to_ascii_lowercase().contains("refresh"))
         .filter_map(|name| Some((name.clone(), extras.get(name)?.clone())))
         .collect()
 }

@@ -198,7 +198,8 @@ impl Scheduler {
     }
 
     /// Run what is due at `now_ms`: each broker whose scheduled time passed since the last tick
-    /// (once, however many were missed), then catch-up if its interval has elapsed.
+    /// (once, however many were missed), then catch-up if its interval has elapsed. The summaries
+    /// of the runs that covered any account.
     pub async fn tick(&mut self, now_ms: i64) -> Vec<RefreshSummary> {
         let mut summaries = Vec::new();
         for schedule in schedules(&self.refresher.plugins, &self.refresher.config) {
@@ -209,10 +210,14 @@ impl Scheduler {
                 tracing::info!(broker = %schedule.broker, "scheduled refresh");
                 let broker = BrokerId::new(schedule.broker.clone()).ok();
                 let selection = Selection { user: None, broker };
-                summaries.push(match schedule.validity {
+                let summary = match schedule.validity {
                     Validity::Rolling => self.refresher.refresh_rolling(selection, now_ms).await,
                     _ => self.refresher.refresh(selection, Trigger::Schedule).await,
-                });
+                };
+                // A broker with no account to log in has nothing to report, as for catch-up.
+                if summary.total > 0 {
+                    summaries.push(summary);
+                }
             }
         }
         self.handled_until_ms = self.handled_until_ms.max(now_ms);

@@ -63,14 +63,11 @@ impl Credentials {
             .chain(self.extra.keys().map(String::as_str))
     }
 
-    /// The fields whose value differs from `other`'s (a field set on one side only counts).
+    /// The fields `self` sets to a value other than `other`'s. A field `self` leaves out is not
+    /// a change: dropping a field never fixes a credential the broker refused.
     pub fn changed_fields(&self, other: &Credentials) -> Vec<String> {
         let value = |c: &Credentials, name: &str| c.get(name).map(|s| s.expose_secret().to_owned());
-        let mut names: Vec<&str> = self.names().chain(other.names()).collect();
-        names.sort_unstable();
-        names.dedup();
-        names
-            .into_iter()
+        self.names()
             .filter(|&name| value(self, name) != value(other, name))
             .map(str::to_owned)
             .collect()
@@ -139,8 +136,14 @@ mod tests {
             Some("1234")
         );
         assert_eq!(
-            Credentials::default().changed_fields(&credentials),
-            ["api_key", "api_secret", "password", "pin", "totp_secret"]
+            credentials.changed_fields(&Credentials::default()),
+            ["password", "api_key", "api_secret", "totp_secret", "pin"]
+        );
+        assert!(
+            Credentials::default()
+                .changed_fields(&credentials)
+                .is_empty(),
+            "leaving fields out changes nothing"
         );
     }
 }

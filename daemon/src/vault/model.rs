@@ -30,9 +30,22 @@ impl Attention {
     pub fn cleared_by<S: AsRef<str>>(&self, changed: &[S]) -> bool {
         let changed = || changed.iter().map(AsRef::as_ref);
         match self.class.as_str() {
-            // Any field but the TOTP secret: the broker may have meant the password, a PIN, the
-            // app's key, or a field a strategy declares (`mobile`, `dob_or_pan`, ...).
-            "invalid_credentials" => changed().any(|f| f != "totp_secret"),
+            // A field a login sends as who the user is or what they know: the password or PIN,
+            // the app's key, or an identity field a strategy declares. Not the TOTP secret, and
+            // not a field the login does not send (Fyers' `redirect_uri`).
+            "invalid_credentials" => changed().any(|f| {
+                matches!(
+                    f,
+                    "broker_user_id"
+                        | "password"
+                        | "pin"
+                        | "api_key"
+                        | "api_secret"
+                        | "mobile"
+                        | "dob_or_pan"
+                        | "api_user_id"
+                )
+            }),
             // Unlocking needs a credential reset at the broker: a new password or PIN.
             "account_locked" => {
                 changed().any(|f| matches!(f, "broker_user_id" | "password" | "pin"))
@@ -276,6 +289,33 @@ pub struct VerifyFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_credential_is_cleared_only_by_a_field_the_login_sends() {
+        let wrong = Attention {
+            class: "invalid_credentials".into(),
+            message: String::new(),
+            since_ms: 0,
+        };
+        for fixes in [
+            "pin",
+            "password",
+            "mobile",
+            "dob_or_pan",
+            "api_user_id",
+            "api_key",
+        ] {
+            assert!(wrong.cleared_by(&[fixes]), "{fixes}");
+        }
+        for not in ["totp_secret", "redirect_uri"] {
+            assert!(!wrong.cleared_by(&[not]), "{not}");
+        }
+        let locked = Attention {
+            class: "account_locked".into(),
+            ..wrong
+        };
+        assert!(locked.cleared_by(&["pin"]) && !locked.cleared_by(&["api_key"]));
+    }
 
     #[test]
     fn state_is_derived_in_order() {

@@ -186,6 +186,16 @@ async fn dhans_consent_callback_without_state_finishes_the_one_pending_login() {
         !callback.contains("state="),
         "Dhan sends no state: {callback}"
     );
+    // A forged callback fails at the broker and does not use the pending login up.
+    let forged = api
+        .send(request(
+            Method::GET,
+            "/callback/dhan?tokenId=forged-by-anyone",
+            &As::Nobody,
+            None,
+        ))
+        .await;
+    assert!(!forged.status.is_success(), "{}", forged.text);
     let done = api
         .send(request(Method::GET, callback, &As::Nobody, None))
         .await;

@@ -153,9 +153,12 @@ async fn provision_refuses_bad_input_with_the_right_status() {
             .contains("password")
     );
 
+    // A field Kite does not declare (another broker's `pin`) is refused, naming it.
     let mut unknown = kite_fields("1");
     unknown["pin"] = json!("1234");
-    send(unknown, KEY).await.expect_error(422, "invalid_body");
+    let r = send(unknown, KEY).await;
+    r.expect_error(422, "invalid_fields");
+    assert!(r.text.contains("unknown field `pin`"), "{}", r.text);
 
     let mut wrong_type = kite_fields("1");
     wrong_type["auto_refresh"] = json!("hunter2-not-a-bool");
