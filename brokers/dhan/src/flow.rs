@@ -217,6 +217,23 @@ impl<'a, 'h> Client<'a, 'h> {
                     ),
                 ));
             }
+            // D1 minted, and a mint kills the account's earlier token at once: throwing this one
+            // away for a profile outage would leave the vault serving a dead token. It is kept,
+            // unverified, and says so; the next D2 (a consumer's first call) checks it.
+            Err(Err(e)) if e.class.is_retryable() => {
+                self.host.log(
+                    Level::Warn,
+                    &format!(
+                        "dhan: D2 /profile stayed unavailable ({}); keeping the freshly minted \
+                         token unverified, since the mint already revoked the previous one",
+                        e.message
+                    ),
+                );
+                Profile {
+                    client_id: client_id.to_owned(),
+                    token_validity: None,
+                }
+            }
             Err(Err(e)) => return Err(e),
         };
         if profile.client_id.trim() != client_id {

@@ -50,6 +50,8 @@ pub enum DhanBehaviour {
     TokenNotSticking,
     /// C3 answers 405 to GET and works with POST.
     ConsumePostOnly,
+    /// D1 mints, but the profile answers an HTML 503 for the account's tokens, every time.
+    ProfileUnavailable,
 }
 
 /// A fake Dhan account.
@@ -517,6 +519,18 @@ async fn profile(State(s): State<Arc<DhanState>>, headers: HeaderMap) -> Respons
     });
     let now = (s.now)();
     let inner = s.lock();
+    let owner = inner.tokens.get(&token).map(|t| t.client.clone());
+    if owner
+        .and_then(|c| inner.accounts.get(&c))
+        .is_some_and(|a| a.user.behaviour == DhanBehaviour::ProfileUnavailable)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+        )
+            .into_response();
+    }
     match inner.tokens.get(&token) {
         Some(t) if now < t.expires_ms && !t.dead && (id.is_empty() || id == t.client) => {
             Json(json!({

@@ -218,6 +218,26 @@ async fn every_failure_ends_in_its_class_with_the_pin_sent_at_most_once() {
     assert_no_secret_logged();
 }
 
+/// A mint revokes the account's earlier token at once: when the profile then stays down, the new
+/// token is kept (unverified, and the log says so) rather than the vault keeping a dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_token_is_kept_unverified_when_the_profile_stays_down() {
+    let h = Harness::new(morning());
+    let fake = FakeDhan::start_with(h.fake_options()).await;
+    let (acct, user) = account(130);
+    fake.add_user(user.with_behaviour(DhanBehaviour::ProfileUnavailable));
+    let out = h.login("dhan", &acct, &fake.base_urls()).await.unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+    assert_eq!(out.expires_at_ms, morning() + DAY_MS);
+    assert!(
+        fake.recorder().requests("/v2/profile") > 1,
+        "D2 was retried at its step"
+    );
+    assert_eq!(fake.recorder().passwords(&acct.broker_user_id).len(), 1);
+    assert!(captured_log().contains("keeping the freshly minted token unverified"));
+    assert_no_secret_logged();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_login_on_the_same_clock_cannot_reuse_the_first_logins_totp_step() {
     let h = Harness::new(morning());
