@@ -119,6 +119,14 @@ pub fn data(
     ) {
         return Err(Failure::TokenInvalid(error));
     }
+    // The limiter's text inside a JSON body (`{"message":"Access denied because of exceeding
+    // access rate"}`) is still the limiter, not an unknown answer.
+    if error.code.is_empty()
+        && matches!(resp.status, 403 | 429)
+        && says_rate(&error.message.to_ascii_lowercase())
+    {
+        return Err(Failure::Other(rate_limited(step, resp)));
+    }
     if let Some(e) = http::triage("angelone", step.name(), resp) {
         // 429 or a JSON 5xx without a code we know.
         if error.code.is_empty() {
@@ -132,13 +140,13 @@ pub fn data(
 fn non_json(step: Step, resp: &HttpResponse, waf: &WafSeen, waf_retry_ms: u64) -> ErrorOutput {
     let name = step.name();
     let lower = resp.body.to_ascii_lowercase();
-    if resp.status == 403 && !http::is_html(resp) && lower.contains("exceeding") {
-        let mut e = ErrorOutput::new(
-            ErrorClass::RateLimited,
-            format!("angelone: {name}: HTTP 403, access denied for exceeding the access rate"),
-        );
-        e.retry_after_ms = Some(RATE_RETRY_MS);
-        return e;
+    // The limiter's plain text, whatever content type frames it: servers that write a bare string
+    // (Express `res.send`, Flask) label it `text/html`; markup is a WAF page, not this text.
+    if matches!(resp.status, 403 | 429)
+        && !resp.body.trim_start().starts_with('<')
+        && says_rate(&lower)
+    {
+        return rate_limited(step, resp);
     }
     if resp.status == 415 {
         return protocol(step, "HTTP 415: the request was not JSON");
@@ -185,6 +193,26 @@ fn non_json(step: Step, resp: &HttpResponse, waf: &WafSeen, waf_retry_ms: u64) -
             resp.status
         ),
     )
+}
+
+/// Whether a (lower-cased) text is the limiter's "Access denied because of exceeding access rate"
+/// (docs/RateLimit: "... exceeding rate limit").
+fn says_rate(lower: &str) -> bool {
+    lower.contains("exceeding") && (lower.contains("rate") || lower.contains("limit"))
+}
+
+/// The rate limiter's answer: limits are per second, so a short wait (or the `Retry-After`).
+fn rate_limited(step: Step, resp: &HttpResponse) -> ErrorOutput {
+    let mut e = ErrorOutput::new(
+        ErrorClass::RateLimited,
+        format!(
+            "angelone: {}: HTTP {}, access denied for exceeding the access rate",
+            step.name(),
+            resp.status
+        ),
+    );
+    e.retry_after_ms = Some(http::retry_after_ms(resp, RATE_RETRY_MS).max(RATE_RETRY_MS));
+    e
 }
 
 /// A `protocol` failure.
@@ -337,6 +365,33 @@ mod tests {
             "Access denied because of exceeding access rate",
         );
         assert_eq!(class(&rate, &waf), ErrorClass::RateLimited);
+        // The same text labelled text/html (a bare string from Express or Flask), or as JSON:
+        // still the limiter with its short wait, never a WAF page counting towards a block.
+        let waf_free = WafSeen::default();
+        for (ct, body) in [
+            (
+                "text/html; charset=utf-8",
+                "Access denied because of exceeding access rate",
+            ),
+            (
+                "application/json",
+                r#"{"message":"Access denied because of exceeding access rate"}"#,
+            ),
+            (
+                "text/plain",
+                "403 Access denied because of exceeding rate limit",
+            ),
+        ] {
+            for _ in 0..2 {
+                let Err(Failure::Other(e)) =
+                    data(Step::Login, &resp(403, ct, body), &waf_free, 300_000)
+                else {
+                    panic!("{ct}")
+                };
+                assert_eq!(e.class, ErrorClass::RateLimited, "{ct}");
+                assert_eq!(e.retry_after_ms, Some(RATE_RETRY_MS), "{ct}");
+            }
+        }
         let page = resp(
             200,
             "text/html",

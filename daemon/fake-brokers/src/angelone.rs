@@ -36,6 +36,11 @@ pub enum AngelBehaviour {
     TotpRejected,
     /// A1 answers the plain-text 403 of the rate limiter.
     RateLimited,
+    /// A1 answers the rate limiter's 403 text labelled `text/html` (what a server writing a bare
+    /// string sends: Express `res.send`, Flask).
+    RateLimitedHtmlType,
+    /// A1 answers the rate limiter's text inside a JSON body, HTTP 403.
+    RateLimitedJson,
     /// A1 answers the WAF's HTML "Request Rejected" page (HTTP 200).
     Waf,
     /// A1 answers an nginx 502 page.
@@ -161,6 +166,23 @@ fn rate_limited() -> Response {
         StatusCode::FORBIDDEN,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "Access denied because of exceeding access rate",
+    )
+        .into_response()
+}
+
+fn rate_limited_html_type() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "Access denied because of exceeding access rate",
+    )
+        .into_response()
+}
+
+fn rate_limited_json() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({"message": "Access denied because of exceeding access rate"})),
     )
         .into_response()
 }
@@ -358,6 +380,8 @@ fn login_answer(s: &AngelState, headers: &HeaderMap, body: &Value, code: &str) -
     };
     match account.user.behaviour {
         AngelBehaviour::RateLimited => return rate_limited(),
+        AngelBehaviour::RateLimitedHtmlType => return rate_limited_html_type(),
+        AngelBehaviour::RateLimitedJson => return rate_limited_json(),
         AngelBehaviour::Waf => return waf_page(),
         AngelBehaviour::BadGateway => return bad_gateway(),
         _ => {}

@@ -180,6 +180,18 @@ async fn every_failure_ends_in_its_class_with_the_mpin_sent_at_most_once() {
             ErrorClass::RateLimited,
             Some(1_000),
         ),
+        // The limiter's text labelled text/html or wrapped in JSON: still the limiter (1 s), not
+        // a WAF page (300 s, and a repeat would read as automation_blocked).
+        (
+            AngelBehaviour::RateLimitedHtmlType,
+            ErrorClass::RateLimited,
+            Some(1_000),
+        ),
+        (
+            AngelBehaviour::RateLimitedJson,
+            ErrorClass::RateLimited,
+            Some(1_000),
+        ),
         (AngelBehaviour::Waf, ErrorClass::RateLimited, Some(300_000)),
         (
             AngelBehaviour::BadGateway,
