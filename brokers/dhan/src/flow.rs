@@ -44,15 +44,50 @@ pub struct Profile {
     pub token_validity: Option<String>,
 }
 
-/// `expiryTime` (`YYYY-MM-DDTHH:MM:SS[.fff]`, IST) in Unix ms.
+/// IST's offset from UTC.
+const IST_OFFSET_MS: i64 = 19_800_000;
+
+/// A `±HH:MM` or `±HHMM` UTC offset in ms.
+fn parse_offset(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let sign = match b.first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits: Vec<u8> = b[1..].iter().copied().filter(|c| *c != b':').collect();
+    if digits.len() != 4 || !digits.iter().all(u8::is_ascii_digit) || b.len() > 6 {
+        return None;
+    }
+    let n = |i: usize| i64::from(digits[i] - b'0');
+    let (h, m) = (n(0) * 10 + n(1), n(2) * 10 + n(3));
+    (h <= 14 && m < 60).then_some(sign * (h * 3_600_000 + m * 60_000))
+}
+
+/// `expiryTime` (`YYYY-MM-DDTHH:MM:SS[.fff]`, IST) in Unix ms. The docs' sample has no offset;
+/// one that names it (`Z`, `+05:30`) is honoured rather than the value dropped.
 pub fn parse_expiry(text: &str) -> Option<i64> {
     let t = text.trim();
-    let (head, tail) = t.split_at(t.len().min(19));
+    let head = t.get(..19)?;
+    let mut tail = &t[19..];
+    let mut offset_ms = IST_OFFSET_MS;
+    if let Some(rest) = tail.strip_suffix(['Z', 'z']) {
+        tail = rest;
+        offset_ms = 0;
+    } else if let Some(at) = tail.rfind(['+', '-'])
+        && let Some(off) = parse_offset(&tail[at..])
+    {
+        tail = &tail[..at];
+        offset_ms = off;
+    }
     let fraction_ok = tail.is_empty()
         || tail
             .strip_prefix('.')
             .is_some_and(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
-    fraction_ok.then(|| ist::parse_ist(head)).flatten()
+    fraction_ok
+        .then(|| ist::parse_ist(head))
+        .flatten()
+        .map(|t| t + IST_OFFSET_MS - offset_ms)
 }
 
 /// When a token issued at `issued` dies: 24 h later, or the earlier `expiryTime` (dhan.md).
@@ -62,6 +97,23 @@ pub fn expires_at(issued: i64, expiry_time: Option<&str>) -> i64 {
         Some(t) if t > issued && t < rolling => t,
         _ => rolling,
     }
+}
+
+/// A client id field: the doc's samples quote it (`"1000000401"`), but it is all digits and a
+/// server that keeps it as a number sends `1000000401`; both are the same id.
+pub fn id_field(body: &serde_json::Value, key: &str) -> Option<String> {
+    match body.get(key)? {
+        serde_json::Value::String(s) => Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
+        serde_json::Value::Number(n) if n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// An auth-host failure's text: `message` as observed, or the API host's `errorMessage`.
+fn auth_text(body: &serde_json::Value) -> String {
+    http::broker_text(body)
+        .or_else(|| str_field(body, "errorMessage").map(|m| http::truncate(m, 200)))
+        .unwrap_or_default()
 }
 
 /// A base URL by name, or a `protocol` failure naming it.
@@ -147,13 +199,13 @@ impl<'a, 'h> Client<'a, 'h> {
                 let text = |k: &str| str_field(&body, k).map(str::to_owned);
                 Ok(Minted {
                     access_token: token.to_owned(),
-                    client_id: text("dhanClientId"),
+                    client_id: id_field(&body, "dhanClientId"),
                     client_name: text("dhanClientName"),
                     expiry_time: text("expiryTime"),
                 })
             }
             _ => {
-                let message = http::broker_text(&body).unwrap_or_default();
+                let message = auth_text(&body);
                 Err(errors::classify_text(
                     step,
                     resp.status,
@@ -183,9 +235,9 @@ impl<'a, 'h> Client<'a, 'h> {
             && let Some(b) = &body
             && str_field(b, "errorCode").is_none()
         {
-            return match str_field(b, "dhanClientId") {
+            return match id_field(b, "dhanClientId") {
                 Some(id) => Ok(Profile {
-                    client_id: id.to_owned(),
+                    client_id: id,
                     token_validity: str_field(b, "tokenValidity").map(str::to_owned),
                 }),
                 None => Err(Err(protocol(step, "no dhanClientId in the profile"))),
@@ -291,7 +343,7 @@ impl<'a, 'h> Client<'a, 'h> {
         match str_field(&body, "consentAppId") {
             Some(id) if ok => Ok(id.to_owned()),
             _ => {
-                let message = http::broker_text(&body).unwrap_or_default();
+                let message = auth_text(&body);
                 Err(errors::classify_text(
                     step,
                     resp.status,
@@ -336,6 +388,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_client_id_is_read_quoted_or_as_a_number() {
+        let body = serde_json::json!({"a": "1000000401", "b": 1000000401u64, "c": " 1000000401 ",
+            "d": null, "e": "", "f": -1});
+        for k in ["a", "b", "c"] {
+            assert_eq!(id_field(&body, k).as_deref(), Some("1000000401"), "{k}");
+        }
+        for k in ["d", "e", "f", "g"] {
+            assert_eq!(id_field(&body, k), None, "{k}");
+        }
+        let api_shape = serde_json::json!({"errorType": "Input_Exception", "errorCode": "DH-905",
+            "errorMessage": "Invalid TOTP"});
+        assert_eq!(auth_text(&api_shape), "Invalid TOTP");
+    }
+
+    #[test]
     fn expiry_is_24_hours_or_the_earlier_expiry_time() {
         let issued = ist::parse_ist("2026-03-30 08:30:00").unwrap();
         assert_eq!(expires_at(issued, None), issued + VALIDITY_MS);
@@ -343,11 +410,26 @@ mod tests {
             expires_at(issued, Some("2026-03-31T08:00:00.000")),
             ist::parse_ist("2026-03-31 08:00:00").unwrap()
         );
+        // The same instant with or without milliseconds, or with a named offset.
+        let eight = ist::parse_ist("2026-03-31 08:00:00").unwrap();
+        for same in [
+            "2026-03-31T08:00:00",
+            "2026-03-31 08:00:00.5",
+            "2026-03-31T08:00:00.000+05:30",
+            "2026-03-31T08:00:00+0530",
+            "2026-03-31T02:30:00Z",
+            "2026-03-31T02:30:00.000+00:00",
+        ] {
+            assert_eq!(expires_at(issued, Some(same)), eight, "{same}");
+        }
         // Later than 24 h, unreadable, or before issue: the 24 h rule.
         for other in [
             "2026-04-01T08:00:00.000",
             "31/03/2026 08:00",
             "2026-03-29T08:00:00",
+            "2026-03-31T08:00:00+5:30",
+            "2026-03-31T08:00:0",
+            "2026-03-31T08:00:00éx",
         ] {
             assert_eq!(
                 expires_at(issued, Some(other)),

@@ -52,6 +52,9 @@ pub enum DhanBehaviour {
     ConsumePostOnly,
     /// D1 mints, but the profile answers an HTML 503 for the account's tokens, every time.
     ProfileUnavailable,
+    /// D1, C3 and the profile send `dhanClientId` as a JSON number (the id is all digits),
+    /// not as the docs' quoted string.
+    NumericClientId,
 }
 
 /// A fake Dhan account.
@@ -311,6 +314,14 @@ impl FakeDhan {
     }
 }
 
+/// `dhanClientId` as the docs quote it, or as a number.
+fn client_id_value(client: &str, numeric: bool) -> Value {
+    match client.parse::<u64>() {
+        Ok(n) if numeric => json!(n),
+        _ => json!(client),
+    }
+}
+
 /// Mint a token for `client`, killing its previous one; the D1/C3 success body.
 fn mint(inner: &mut Inner, client: &str, now: i64) -> Value {
     let expires = now + DAY_MS;
@@ -323,9 +334,10 @@ fn mint(inner: &mut Inner, client: &str, now: i64) -> Value {
     };
     let previous = account.active.replace(token.clone());
     account.last_mint_ms = Some(now);
-    let (name, dead) = (
+    let (name, dead, numeric) = (
         account.user.name.clone(),
         account.user.behaviour == DhanBehaviour::TokenNotSticking,
+        account.user.behaviour == DhanBehaviour::NumericClientId,
     );
     if let Some(old) = previous.and_then(|p| inner.tokens.get_mut(&p)) {
         old.dead = true;
@@ -339,7 +351,7 @@ fn mint(inner: &mut Inner, client: &str, now: i64) -> Value {
         },
     );
     json!({
-        "dhanClientId": client,
+        "dhanClientId": client_id_value(client, numeric),
         "dhanClientName": name,
         "dhanClientUcc": format!("ABCD{}E", &client[client.len().saturating_sub(5)..]),
         "givenPowerOfAttorney": false,
@@ -520,10 +532,10 @@ async fn profile(State(s): State<Arc<DhanState>>, headers: HeaderMap) -> Respons
     let now = (s.now)();
     let inner = s.lock();
     let owner = inner.tokens.get(&token).map(|t| t.client.clone());
-    if owner
+    let behaviour = owner
         .and_then(|c| inner.accounts.get(&c))
-        .is_some_and(|a| a.user.behaviour == DhanBehaviour::ProfileUnavailable)
-    {
+        .map(|a| a.user.behaviour);
+    if behaviour == Some(DhanBehaviour::ProfileUnavailable) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "text/html")],
@@ -534,7 +546,7 @@ async fn profile(State(s): State<Arc<DhanState>>, headers: HeaderMap) -> Respons
     match inner.tokens.get(&token) {
         Some(t) if now < t.expires_ms && !t.dead && (id.is_empty() || id == t.client) => {
             Json(json!({
-                "dhanClientId": t.client,
+                "dhanClientId": client_id_value(&t.client, behaviour == Some(DhanBehaviour::NumericClientId)),
                 "tokenValidity": dmy_ist(t.expires_ms),
                 "activeSegment": "Equity, Derivative, Currency, Commodity",
                 "ddpi": "Active",

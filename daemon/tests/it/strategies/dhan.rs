@@ -218,6 +218,34 @@ async fn every_failure_ends_in_its_class_with_the_pin_sent_at_most_once() {
     assert_no_secret_logged();
 }
 
+/// `dhanClientId` sent as a JSON number (it is all digits) by D1 and the profile: the same id as
+/// the docs' quoted string, so the login succeeds and the id is still checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_sent_as_a_json_number_is_the_same_id() {
+    let h = Harness::new(morning());
+    let fake = FakeDhan::start_with(h.fake_options()).await;
+    let (acct, user) = account(140);
+    fake.add_user(user.with_behaviour(DhanBehaviour::NumericClientId));
+    let urls = fake.base_urls();
+    let out = h.login("dhan", &acct, &urls).await.unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+    assert_eq!(out.broker_user_id, acct.broker_user_id);
+    assert_eq!(fake.recorder().passwords(&acct.broker_user_id).len(), 1);
+    let verified = h
+        .verify("dhan", &acct, &urls, out.access_token.expose())
+        .await
+        .unwrap();
+    assert!(verified.valid, "{}", verified.message);
+    // Another account's token is still told apart.
+    let (other, _) = account(141);
+    let wrong = h
+        .verify("dhan", &other, &urls, out.access_token.expose())
+        .await
+        .unwrap();
+    assert!(!wrong.valid);
+    assert_no_secret_logged();
+}
+
 /// A mint revokes the account's earlier token at once: when the profile then stays down, the new
 /// token is kept (unverified, and the log says so) rather than the vault keeping a dead one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
