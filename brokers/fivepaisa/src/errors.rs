@@ -58,16 +58,35 @@ pub fn str_ci<'v>(obj: &'v Value, name: &str) -> Option<&'v str> {
         .filter(|s| !s.is_empty())
 }
 
-/// The `body` object of an answer and its outcome.
-pub fn outcome(body: &Value) -> Option<(&Value, Outcome)> {
-    let inner = get_ci(body, "body").filter(|b| b.is_object())?;
+/// A non-empty text field by case-insensitive name: a string (trimmed), or a number written out
+/// (`"ClientCode":50011110` is as good as `"ClientCode":"50011110"`).
+pub fn text_ci(obj: &Value, name: &str) -> Option<String> {
+    match get_ci(obj, name)? {
+        Value::String(s) => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+    .filter(|s| !s.is_empty())
+}
+
+/// The `body` object of an answer (else its `head`, when `body` is absent or `null`) and its
+/// outcome: `body.Status`, else `head.Status`/`head.status` (data calls put the status in a
+/// lower-case `head.status`, and a refusal may come with no `body` at all); `body.Message`, else
+/// `head.StatusDescription`.
+pub fn outcome(answer: &Value) -> Option<(&Value, Outcome)> {
+    let body = get_ci(answer, "body").filter(|b| b.is_object());
+    let head = get_ci(answer, "head").filter(|h| h.is_object());
+    let status_of = |v: Option<&Value>| v.and_then(|o| get_ci(o, "Status")).and_then(number);
+    let message = body
+        .and_then(|b| str_ci(b, "Message"))
+        .or_else(|| head.and_then(|h| str_ci(h, "StatusDescription")))
+        .map(|m| truncate(m, 200))
+        .unwrap_or_default();
     Some((
-        inner,
+        body.or(head)?,
         Outcome {
-            status: get_ci(inner, "Status").and_then(number),
-            message: str_ci(inner, "Message")
-                .map(|m| truncate(m, 200))
-                .unwrap_or_default(),
+            status: status_of(body).or_else(|| status_of(head)),
+            message,
         },
     ))
 }
@@ -248,6 +267,21 @@ mod tests {
         assert_eq!(
             login(2, "This API is deprecated"),
             ErrorClass::AutomationBlocked
+        );
+    }
+
+    #[test]
+    fn a_status_only_in_the_head_is_read_there() {
+        let answer = json!({"head": {"responseCode": "5PTrdBkV1", "status": "9",
+            "statusDescription": "Invalid Session"}, "body": null});
+        let (_, o) = outcome(&answer).unwrap();
+        assert_eq!(o.status, Some(9));
+        assert_eq!(o.message, "Invalid Session");
+        let answer = json!({"head": {"status": "0"}, "body": {"Message": "Success"}});
+        assert_eq!(outcome(&answer).unwrap().1.status, Some(0));
+        assert_eq!(
+            text_ci(&json!({"clientcode": 50011110}), "ClientCode").as_deref(),
+            Some("50011110")
         );
     }
 

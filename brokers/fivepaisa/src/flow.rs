@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use broker_api::wire::{
-    ErrorClass, ErrorOutput, HttpRequest, LoginOutput, Sensitive, WIRE_VERSION,
+    ErrorClass, ErrorOutput, HttpRequest, HttpResponse, LoginOutput, Sensitive, WIRE_VERSION,
 };
 use broker_api::{Host, Level};
 use broker_common::http::{self, StepRetry};
@@ -11,7 +11,7 @@ use broker_common::ist;
 use serde_json::{Value, json};
 use zeroize::Zeroize;
 
-use crate::errors::{self, Step, outcome, protocol, str_ci};
+use crate::errors::{self, Step, outcome, protocol, str_ci, text_ci};
 
 /// Per-request timeout: a RequestToken may live only 30 s (fivepaisa.md risk 3).
 const TIMEOUT_MS: u64 = 10_000;
@@ -108,6 +108,16 @@ impl<'a, 'h> Client<'a, 'h> {
     }
 
     fn post(&self, step: Step, body: &Value, bearer: Option<&str>) -> Result<Value, ErrorOutput> {
+        let resp = self.send(step, body, bearer)?;
+        errors::json_body(step, &resp)
+    }
+
+    fn send(
+        &self,
+        step: Step,
+        body: &Value,
+        bearer: Option<&str>,
+    ) -> Result<HttpResponse, ErrorOutput> {
         let mut req = HttpRequest::new("POST", self.url(step)).header("Accept", "application/json");
         let mut auth = bearer.map(|t| format!("Bearer {t}"));
         if let Some(a) = &auth {
@@ -123,8 +133,7 @@ impl<'a, 'h> Client<'a, 'h> {
         if let Some(a) = &mut auth {
             a.zeroize();
         }
-        let resp = result.map_err(|e| http::host_failure("fivepaisa", step.name(), &e))?;
-        errors::json_body(step, &resp)
+        result.map_err(|e| http::host_failure("fivepaisa", step.name(), &e))
     }
 
     /// F1 with a fresh code per try: the RequestToken. An `Invalid TOTP` gets one more F1 on a
@@ -209,7 +218,9 @@ impl<'a, 'h> Client<'a, 'h> {
         })?;
         let (inner, o) = outcome(&v).ok_or_else(|| protocol(step, "no body in the answer"))?;
         let token = str_ci(inner, "AccessToken");
-        let ok = o.status == Some(0) && o.message.eq_ignore_ascii_case("success");
+        // The SDK's test is on `body.Message` itself, never on the head's description.
+        let ok = o.status == Some(0)
+            && str_ci(inner, "Message").is_some_and(|m| m.trim().eq_ignore_ascii_case("success"));
         let Some(token) = token.filter(|_| ok) else {
             return Err(if o.status == Some(0) && ok {
                 protocol(step, "Success without an AccessToken")
@@ -217,8 +228,10 @@ impl<'a, 'h> Client<'a, 'h> {
                 errors::classify_access_token(&o)
             });
         };
-        if let Some(code) = str_ci(inner, "ClientCode")
-            && !code.eq_ignore_ascii_case(client)
+        // A number is checked as well as a string: skipping the check for `"ClientCode":50011110`
+        // would accept another client's session.
+        if let Some(code) = text_ci(inner, "ClientCode")
+            && !code.eq_ignore_ascii_case(client.trim())
         {
             return Err(ErrorOutput::new(
                 ErrorClass::InvalidCredentials,
@@ -242,7 +255,11 @@ impl<'a, 'h> Client<'a, 'h> {
     ) -> Result<(), Result<String, ErrorOutput>> {
         let step = Step::TradeBook;
         let body = json!({"head": {"key": user_key}, "body": {"ClientCode": client}});
-        let v = self.post(step, &body, Some(token)).map_err(Err)?;
+        let resp = self.send(step, &body, Some(token)).map_err(Err)?;
+        if let Some(refused) = unauthorized(&resp) {
+            return Err(Ok(refused));
+        }
+        let v = errors::json_body(step, &resp).map_err(Err)?;
         let (_, o) = outcome(&v).ok_or_else(|| Err(protocol(step, "no body in the answer")))?;
         match o.status {
             Some(0) => Ok(()),
@@ -297,6 +314,31 @@ impl<'a, 'h> Client<'a, 'h> {
             extras,
         })
     }
+}
+
+/// F3 refused by HTTP status: a 401 whatever its (non-HTML) body, or a 403 with a JSON body (an
+/// ASP.NET `{"Message":"Authorization has been denied for this request."}`): the token is not
+/// accepted. A 403 HTML page stays a WAF's (`broker_unavailable`).
+fn unauthorized(resp: &HttpResponse) -> Option<String> {
+    let json = http::json(resp);
+    let refused = match resp.status {
+        401 => !http::is_html(resp),
+        403 => json.is_some(),
+        _ => false,
+    };
+    refused.then(|| {
+        let text = json
+            .as_ref()
+            .and_then(|v| {
+                http::broker_text(v).or_else(|| {
+                    ["Message", "message", "StatusDescription"]
+                        .iter()
+                        .find_map(|k| str_ci(v, k).map(|m| http::truncate(m, 200)))
+                })
+            })
+            .unwrap_or_default();
+        format!("HTTP {} {text}", resp.status).trim_end().to_owned()
+    })
 }
 
 /// 23:59:00 IST on the IST day of `issued` ("Token expires every day at 11:59 PM").

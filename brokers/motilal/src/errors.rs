@@ -3,7 +3,7 @@
 //! full code list is not public.
 
 use broker_api::wire::{ErrorClass, ErrorOutput, HttpResponse};
-use broker_common::http::{self, str_field, truncate};
+use broker_common::http::{self, truncate};
 
 /// Which request failed: the same code means different things at different steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,16 +44,26 @@ impl MotilalError {
         let lower = self.message.to_ascii_lowercase();
         matches!(self.code.as_str(), "MO8003" | "MO1100")
             || self.status == 401
-            || (lower.contains("session")
-                && (lower.contains("invalid") || lower.contains("not valid")))
+            || ((lower.contains("session") || lower.contains("token"))
+                && contains_any(&lower, &["invalid", "not valid", "expired"]))
             || lower.contains("not verified")
     }
+}
+
+/// A non-empty string field by case-insensitive name (`status`, `Status`, `errorCode`, ...).
+pub fn str_ci<'v>(body: &'v serde_json::Value, name: &str) -> Option<&'v str> {
+    body.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.as_str())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// Whether the envelope is a success: `status == "SUCCESS"` (any case). The failure value of
 /// `status` is not documented, so anything else is a failure.
 pub fn is_success(body: &serde_json::Value) -> bool {
-    str_field(body, "status").is_some_and(|s| s.eq_ignore_ascii_case("success"))
+    str_ci(body, "status").is_some_and(|s| s.eq_ignore_ascii_case("success"))
 }
 
 /// The error an envelope carries, or `None` for a success.
@@ -61,15 +71,12 @@ pub fn envelope_error(body: &serde_json::Value, status: u16) -> Option<MotilalEr
     if is_success(body) && status < 400 {
         return None;
     }
-    let code = ["errorcode", "errorCode", "ErrorCode"]
-        .iter()
-        .find_map(|k| str_field(body, k))
+    let code = str_ci(body, "errorcode")
         .unwrap_or_default()
-        .trim()
         .to_ascii_uppercase();
-    let message = ["message", "Message", "description"]
+    let message = ["message", "description"]
         .iter()
-        .find_map(|k| str_field(body, k))
+        .find_map(|k| str_ci(body, k))
         .map(|m| truncate(m, 200))
         .unwrap_or_default();
     Some(MotilalError {
@@ -102,7 +109,13 @@ pub fn envelope(
         )));
     }
     let body = http::json_object("motilal", step.name(), resp).map_err(Err)?;
-    if str_field(&body, "status").is_none() && resp.status < 400 {
+    // The doc says to decide failures on `errorcode` + `message`, never on the failure value of
+    // `status`: an answer that leaves `status` out but names an `errorcode` is that error. With
+    // neither, the answer is not understood.
+    if str_ci(&body, "status").is_none()
+        && str_ci(&body, "errorcode").is_none()
+        && resp.status < 400
+    {
         return Err(Err(protocol(step, "a JSON answer without `status`")));
     }
     match envelope_error(&body, resp.status) {
@@ -268,6 +281,8 @@ mod tests {
         );
         assert!(err("MO8003", "Session not valid").is_session_refusal());
         assert!(!err("MO1007", "Invalid 2FA").is_session_refusal());
+        assert!(err("MO9001", "Auth Token Expired").is_session_refusal());
+        assert!(!err("MO1093", "Invalid TOTP").is_session_refusal());
     }
 
     #[test]
@@ -276,5 +291,11 @@ mod tests {
         assert!(envelope_error(&json!({"status": "success"}), 200).is_none());
         assert!(envelope_error(&json!({"status": "FAILED"}), 200).is_some());
         assert!(envelope_error(&json!({"status": "ERROR", "errorcode": "MO1093"}), 200).is_some());
+        assert!(envelope_error(&json!({"Status": "SUCCESS", "ErrorCode": null}), 200).is_none());
+        let bare = envelope_error(
+            &json!({"message": "Invalid TOTP", "errorCode": "mo1093"}),
+            200,
+        );
+        assert_eq!(bare.unwrap().code, "MO1093");
     }
 }

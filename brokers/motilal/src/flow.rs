@@ -116,6 +116,35 @@ fn field_ci<'v>(body: &'v Value, name: &str) -> Option<&'v str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The object under `data` (any case; the first element when `data` is a list).
+fn data_ci(body: &Value) -> Option<&Value> {
+    let data = body
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("data"))
+        .map(|(_, v)| v)?;
+    match data {
+        Value::Array(items) => items.first().filter(|v| v.is_object()),
+        Value::Object(_) => Some(data),
+        _ => None,
+    }
+}
+
+/// The profile's client code: `data.clientcode` (any case), a string trimmed or a number.
+fn client_code_of(body: &Value) -> Option<String> {
+    let data = data_ci(body)?;
+    let (_, v) = data
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("clientcode"))?;
+    match v {
+        Value::String(s) => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+    .filter(|s| !s.is_empty())
+}
+
 impl<'a, 'h> Client<'a, 'h> {
     /// A client on the effective base URLs and settings; fails (before any credential) on a
     /// configuration that cannot work.
@@ -224,7 +253,9 @@ impl<'a, 'h> Client<'a, 'h> {
     }
 
     fn auth_token_of(body: &Value) -> Result<String, ErrorOutput> {
-        if verification_pending(body) {
+        // The doc shows the AuthToken at the top level; a `data` wrapper is read too.
+        let data = data_ci(body);
+        if verification_pending(body) || data.is_some_and(verification_pending) {
             return Err(ErrorOutput::new(
                 ErrorClass::TwofaUnavailable,
                 "motilal: M1 authdirectapi: the AuthToken awaits an SMS/e-mail OTP \
@@ -232,6 +263,7 @@ impl<'a, 'h> Client<'a, 'h> {
             ));
         }
         field_ci(body, "AuthToken")
+            .or_else(|| data.and_then(|d| field_ci(d, "AuthToken")))
             .map(str::to_owned)
             .ok_or_else(|| protocol(Step::Login, "SUCCESS without an AuthToken"))
     }
@@ -249,7 +281,9 @@ impl<'a, 'h> Client<'a, 'h> {
             }
         });
         let failure = match result {
-            Ok(Ok(body)) => match field_ci(&body, "accesstoken") {
+            Ok(Ok(body)) => match field_ci(&body, "accesstoken")
+                .or_else(|| data_ci(&body).and_then(|d| field_ci(d, "accesstoken")))
+            {
                 Some(t) => return Some(t.to_owned()),
                 None => "SUCCESS without an accesstoken".to_owned(),
             },
@@ -279,9 +313,7 @@ impl<'a, 'h> Client<'a, 'h> {
             Ok(other) => Err(errors::classify(step, &other)),
             Err(e) => Err(e),
         })?;
-        body.get("data")
-            .and_then(|d| field_ci(d, "clientcode"))
-            .map(str::to_owned)
+        client_code_of(&body)
             .ok_or_else(|| Err(protocol(step, "no data.clientcode in the profile")))
     }
 
@@ -373,5 +405,21 @@ mod tests {
             &json!({"isAuthTokenVerified": "TRUE"})
         ));
         assert!(!verification_pending(&json!({})));
+    }
+
+    #[test]
+    fn the_profile_client_code_is_read_in_any_shape() {
+        for body in [
+            json!({"data": {"clientcode": "AA017"}}),
+            json!({"Data": {"ClientCode": " AA017 "}}),
+            json!({"data": [{"clientCode": "AA017"}]}),
+        ] {
+            assert_eq!(client_code_of(&body).as_deref(), Some("AA017"), "{body}");
+        }
+        assert_eq!(
+            client_code_of(&json!({"data": {"clientcode": 12345}})).as_deref(),
+            Some("12345")
+        );
+        assert_eq!(client_code_of(&json!({"data": {"clientcode": null}})), None);
     }
 }

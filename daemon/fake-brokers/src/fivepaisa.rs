@@ -47,6 +47,21 @@ pub enum FivePaisaBehaviour {
     ServerError,
     /// F2 answers "Token Expired.".
     TokenExpired,
+    /// F2 answers `ClientCode` as a JSON number (this one), not a string.
+    NumericClientCode(u64),
+}
+
+/// How V1/TradeBook refuses a token it does not accept (the doc names `Status 9` "Invalid
+/// session" without saying where it sits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TradeBookRefusal {
+    /// `body.Status` 9 (and `head.status` "9").
+    #[default]
+    BodyStatus,
+    /// Only `head.status` "9" and `head.statusDescription`; `body` is `null`.
+    HeadOnly,
+    /// HTTP 401 with ASP.NET's `{"Message":"Authorization has been denied for this request."}`.
+    Http401,
 }
 
 /// A fake 5paisa account.
@@ -90,6 +105,7 @@ struct Inner {
     request_tokens: HashMap<String, (String, i64)>,
     /// AccessToken -> (client, expiry ms).
     sessions: HashMap<String, (String, i64)>,
+    refusal: TradeBookRefusal,
 }
 
 struct FpState {
@@ -151,6 +167,11 @@ impl FakeFivePaisa {
                 format!("{}/WebVendorLogin/VLogin/Index", self.server.url),
             ),
         ])
+    }
+
+    /// How V1/TradeBook refuses a token from now on.
+    pub fn set_trade_book_refusal(&self, refusal: TradeBookRefusal) {
+        self.state.lock().refusal = refusal;
     }
 
     /// Add (or replace) an account.
@@ -381,6 +402,10 @@ async fn get_access_token(State(s): State<Arc<FpState>>, body: String) -> Respon
     {
         return failed("Invalid EncryKey or UserId");
     }
+    let code = match account.user.behaviour {
+        FivePaisaBehaviour::NumericClientCode(n) => json!(n),
+        _ => json!(client),
+    };
     let exp = ist::next_at(now, 0) - 1000;
     let access = fake_jwt(
         json!({"unique_name": client, "role": "vendor", "nbf": now / 1000, "iat": now / 1000, "exp": exp / 1000}),
@@ -389,7 +414,7 @@ async fn get_access_token(State(s): State<Arc<FpState>>, body: String) -> Respon
     inner.sessions.insert(access.clone(), (client.clone(), exp));
     let r = answer(
         0,
-        json!({"AccessToken": access, "RefreshToken": refresh, "ClientCode": client, "ClientName": format!("Client {client}"),
+        json!({"AccessToken": access, "RefreshToken": refresh, "ClientCode": code, "ClientName": format!("Client {client}"),
                "Message": "Success", "AllowBseCash": "Y", "AllowNseCash": "Y", "AllowNseDeriv": "Y"}),
         json!("Success"),
     );
@@ -404,11 +429,29 @@ async fn trade_book(State(s): State<Arc<FpState>>, headers: HeaderMap) -> Respon
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    let valid = s
-        .lock()
-        .sessions
-        .get(token)
-        .is_some_and(|(_, exp)| now < *exp);
+    let inner = s.lock();
+    let valid = inner.sessions.get(token).is_some_and(|(_, exp)| now < *exp);
+    let refusal = inner.refusal;
+    drop(inner);
+    if !valid {
+        match refusal {
+            TradeBookRefusal::BodyStatus => {}
+            TradeBookRefusal::HeadOnly => {
+                return Json(json!({
+                    "head": {"responseCode": "5PTrdBkV1", "status": "9", "statusDescription": "Invalid Session"},
+                    "body": null,
+                }))
+                .into_response();
+            }
+            TradeBookRefusal::Http401 => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"Message": "Authorization has been denied for this request."})),
+                )
+                    .into_response();
+            }
+        }
+    }
     let (status, message) = if valid {
         (0, "Success")
     } else {

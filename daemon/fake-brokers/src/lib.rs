@@ -32,13 +32,15 @@ use std::sync::Arc;
 
 pub use angelone::{AngelBehaviour, AngelUser, FakeAngelOne};
 pub use dhan::{DhanBehaviour, DhanUser, FakeDhan};
-pub use fivepaisa::{FakeFivePaisa, FivePaisaBehaviour, FivePaisaUser};
+pub use fivepaisa::{FakeFivePaisa, FivePaisaBehaviour, FivePaisaUser, TradeBookRefusal};
 pub use fyers::{FakeFyers, FyersBehaviour, FyersUser};
 pub use iifl::{FakeIifl, IiflBehaviour, IiflTotpAuth, IiflUser};
 pub use kite::{FakeKite, KiteBehaviour, KiteUser};
 pub use kotak_neo::{FakeKotakNeo, KotakBehaviour, KotakUser};
 pub use mess::Realism;
-pub use motilal::{FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalUser};
+pub use motilal::{
+    FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalDialect, MotilalUser,
+};
 pub use record::{Recorder, TotpUse};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 

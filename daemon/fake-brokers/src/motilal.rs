@@ -56,6 +56,20 @@ pub enum MotilalBehaviour {
     ProfileUnavailableOnce,
 }
 
+/// How the fake words its JSON: each a reading of motilal.md that another server could serve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MotilalDialect {
+    /// As the doc's examples: `status`/`message`/`errorcode`, `data`, `"TRUE"`.
+    #[default]
+    Documented,
+    /// Failure envelopes leave `status` out (the doc: its failure value is undocumented; decide on
+    /// `errorcode` + `message`).
+    BareErrors,
+    /// A .NET serializer's PascalCase keys (`Status`, `Message`, `ErrorCode` null on success,
+    /// `Data` as a one-element list with `ClientCode`) and `isAuthTokenVerified` as a JSON bool.
+    PascalCase,
+}
+
 /// A fake Motilal account (one client, one app).
 #[derive(Clone, Debug)]
 pub struct MotilalUser {
@@ -127,6 +141,7 @@ struct Inner {
     accounts: HashMap<String, Account>,
     sessions: HashMap<String, Session>,
     registered_ip: String,
+    dialect: MotilalDialect,
 }
 
 struct MotilalState {
@@ -185,6 +200,10 @@ impl FakeMotilal {
             .route(LOGOUT, post(logout))
             .route("/partner/login", get(partner_page))
             .route_layer(layer)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                dialect_layer,
+            ))
             .with_state(state.clone());
         FakeMotilal {
             api: serve(mess::apply(api, options.realism, HostHabits::json())).await,
@@ -213,6 +232,11 @@ impl FakeMotilal {
     /// The `ClientPublicIp` accepted from now on (default [`MOTILAL_REGISTERED_IP`]).
     pub fn set_registered_ip(&self, ip: &str) {
         self.state.lock().registered_ip = ip.into();
+    }
+
+    /// How the JSON answers are worded from now on.
+    pub fn set_dialect(&self, dialect: MotilalDialect) {
+        self.state.lock().dialect = dialect;
     }
 
     /// Add (or replace) an account.
@@ -293,6 +317,58 @@ impl FakeMotilal {
             .append_pair("state", q.get("state").map_or("", String::as_str));
         Ok(out.into())
     }
+}
+
+/// Rewords every JSON object answer in the configured dialect.
+async fn dialect_layer(
+    State(s): State<Arc<MotilalState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let dialect = s.lock().dialect;
+    let resp = next.run(req).await;
+    if dialect == MotilalDialect::Documented {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let Ok(Value::Object(mut v)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let success = v.get("status").and_then(Value::as_str) == Some("SUCCESS");
+    match dialect {
+        MotilalDialect::Documented => {}
+        MotilalDialect::BareErrors => {
+            if !success {
+                v.remove("status");
+            }
+        }
+        MotilalDialect::PascalCase => {
+            for (from, to) in [
+                ("status", "Status"),
+                ("message", "Message"),
+                ("errorcode", "ErrorCode"),
+            ] {
+                if let Some(x) = v.remove(from) {
+                    let x = if x == json!("") { Value::Null } else { x };
+                    v.insert(to.into(), x);
+                }
+            }
+            if let Some(flag) = v.get_mut("isAuthTokenVerified") {
+                *flag = Value::Bool(flag.as_str() == Some("TRUE"));
+            }
+            if let Some(Value::Object(mut data)) = v.remove("data") {
+                if let Some(code) = data.remove("clientcode") {
+                    data.insert("ClientCode".into(), code);
+                }
+                v.insert("Data".into(), Value::Array(vec![Value::Object(data)]));
+            }
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(Value::Object(v).to_string()))
 }
 
 fn new_session(inner: &mut Inner, client: &str, verified: bool, now: i64) -> String {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::common::*;
 use broker_api::wire::{ErrorClass, ErrorOutput, LoginOutput};
-use fake_brokers::{FakeFivePaisa, FivePaisaBehaviour, FivePaisaUser, ist};
+use fake_brokers::{FakeFivePaisa, FivePaisaBehaviour, FivePaisaUser, TradeBookRefusal, ist};
 use tokenbot::plugins::PluginError;
 
 const F1: &str = "/VendorsAPI/Service1.svc/TOTPLogin";
@@ -261,5 +261,56 @@ async fn oauth_assisted_login_url_then_redirect_request_token_then_session() {
             .await
             .is_err()
     );
+    assert_no_secret_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_invalid_whether_the_refusal_is_in_the_head_or_an_http_401() {
+    let h = Harness::new(morning());
+    let fake = FakeFivePaisa::start_with(h.fake_options()).await;
+    let (acct, user) = account(60);
+    fake.add_user(user);
+    let urls = fake.base_urls();
+    let out = h.login("fivepaisa", &acct, &urls).await.unwrap();
+    h.clock.set(ist::at(2025, 3, 11, 0, 0, 0));
+    for refusal in [
+        TradeBookRefusal::BodyStatus,
+        TradeBookRefusal::HeadOnly,
+        TradeBookRefusal::Http401,
+    ] {
+        fake.set_trade_book_refusal(refusal);
+        let v = h
+            .verify("fivepaisa", &acct, &urls, out.access_token.expose())
+            .await
+            .unwrap_or_else(|e| panic!("{refusal:?}: {e:?}"));
+        assert!(!v.valid, "{refusal:?}");
+        assert!(!v.message.is_empty(), "{refusal:?}");
+    }
+    assert_no_secret_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numeric_client_code_in_f2_is_checked_like_a_string() {
+    let h = Harness::new(morning());
+    let fake = FakeFivePaisa::start_with(h.fake_options()).await;
+    let (acct, user) = account(61);
+    let own: u64 = acct.broker_user_id.parse().unwrap();
+    fake.add_user(user.with_behaviour(FivePaisaBehaviour::NumericClientCode(own)));
+    let out = h
+        .login("fivepaisa", &acct, &fake.base_urls())
+        .await
+        .unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+
+    let (acct, user) = account(62);
+    fake.add_user(user.with_behaviour(FivePaisaBehaviour::NumericClientCode(50019999)));
+    let result = h.login("fivepaisa", &acct, &fake.base_urls()).await;
+    assert_eq!(
+        class_of(&result),
+        ErrorClass::InvalidCredentials,
+        "{result:?}"
+    );
+    assert!(failure(&result).message.contains("50019999"));
+    assert_eq!(fake.recorder().passwords(&acct.broker_user_id).len(), 1);
     assert_no_secret_logged();
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use super::common::*;
 use broker_api::wire::ErrorClass;
-use fake_brokers::{FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalUser, ist};
+use fake_brokers::{
+    FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalDialect, MotilalUser, ist,
+};
 use tokenbot::plugins::{PluginError, Source};
 
 const M1: &str = "/rest/login/v7/authdirectapi";
@@ -407,6 +409,58 @@ async fn assisted_login_is_off_by_default_and_runs_from_a_configured_partner_pag
         .assisted_finish("motilal", &acct, &urls, query_of(&redirect))
         .await;
     assert_eq!(class_of(&result), ErrorClass::InvalidCredentials);
+    assert_no_secret_logged();
+}
+
+#[cfg(feature = "broker-motilal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_readings_of_the_envelope_log_in_and_fail_in_the_same_classes() {
+    let h = harness(morning());
+    let fake = FakeMotilal::start_with(h.fake_options()).await;
+    for (n, dialect) in [MotilalDialect::BareErrors, MotilalDialect::PascalCase]
+        .into_iter()
+        .enumerate()
+    {
+        fake.set_dialect(dialect);
+        let n = 90 + 4 * n as u32;
+        let (acct, user) = account(n);
+        fake.add_user(user);
+        let out = h
+            .login("motilal", &acct, &fake.base_urls())
+            .await
+            .unwrap_or_else(|e| panic!("{dialect:?}: {e:?}"));
+        assert!(
+            fake.token_is_valid(out.access_token.expose()),
+            "{dialect:?}"
+        );
+        assert_eq!(out.broker_user_id, acct.broker_user_id);
+        assert!(out.extras.contains_key("accesstoken"), "{dialect:?}");
+
+        // A refused code is still MO1093: retried once, on a fresh step.
+        let (acct, user) = account(n + 1);
+        fake.add_user(user.with_behaviour(MotilalBehaviour::RejectFirstTotp));
+        h.login("motilal", &acct, &fake.base_urls())
+            .await
+            .unwrap_or_else(|e| panic!("{dialect:?}: {e:?}"));
+
+        let (mut acct, user) = account(n + 2);
+        fake.add_user(user);
+        acct.extra.insert("dob_or_pan".into(), "01/01/1901".into());
+        let result = h.login("motilal", &acct, &fake.base_urls()).await;
+        assert_eq!(
+            class_of(&result),
+            ErrorClass::InvalidCredentials,
+            "{dialect:?}: {result:?}"
+        );
+        assert!(failure(&result).message.contains("MO1007"), "{result:?}");
+        assert_eq!(fake.recorder().passwords(&acct.broker_user_id).len(), 1);
+
+        let v = h
+            .verify("motilal", &acct, &fake.base_urls(), "0123456789abcdef_M")
+            .await
+            .unwrap();
+        assert!(!v.valid, "{dialect:?}");
+    }
     assert_no_secret_logged();
 }
 
