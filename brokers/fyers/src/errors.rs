@@ -68,9 +68,25 @@ pub fn envelope_error(body: &serde_json::Value, status: u16) -> Option<FyersErro
         code: code_of(body),
         message: broker_text(body).unwrap_or_default(),
         status,
-        user_blocked: body.get("user_blocked").and_then(|b| b.as_bool()) == Some(true),
+        user_blocked: body.get("user_blocked").is_some_and(truthy),
         failed_attempts: body.get("failed_attempts").is_some_and(|v| !v.is_null()),
     })
+}
+
+/// A JSON flag that is set: `true`, or the same sent as a string (`"true"`, `"1"`) or a number
+/// (`1`), as other readings of fyers.md's `user_blocked` may send it.
+pub fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        serde_json::Value::String(s) => {
+            matches!(
+                s.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "y"
+            )
+        }
+        _ => false,
+    }
 }
 
 /// Whether Cloudflare answered (its `Server`, a `cf-ray`, or its 1015 rate-limit page).
@@ -192,7 +208,15 @@ fn by_step(step: Step, e: &FyersError, lower: &str) -> (ErrorClass, &'static str
             if e.failed_attempts
                 || any(
                     lower,
-                    &["pin", "password", "username", "user", "fy_id", "client id"],
+                    &[
+                        "pin",
+                        "password",
+                        "username",
+                        "user",
+                        "fy_id",
+                        "client id",
+                        "credential",
+                    ],
                 ) =>
         {
             (
@@ -272,6 +296,28 @@ mod tests {
                 200
             ),
             ErrorClass::AccountLocked
+        );
+        // Other readings of the same facts: the flag as a string, the PIN refusal worded
+        // "credentials" and without `failed_attempts`.
+        assert_eq!(
+            c(
+                Step::VerifyPin,
+                json!({"s":"error","code":-1006,"message":"x","user_blocked":"true"}),
+                200
+            ),
+            ErrorClass::AccountLocked
+        );
+        assert_eq!(
+            c(
+                Step::VerifyPin,
+                json!({"s":"error","code":-1006,"message":"x","user_blocked":"false"}),
+                200
+            ),
+            ErrorClass::Protocol
+        );
+        assert_eq!(
+            c(Step::VerifyPin, e(-1006, "Invalid credentials"), 401),
+            ErrorClass::InvalidCredentials
         );
         assert_eq!(
             c(Step::Token, e(-17, "App not authorized by the user"), 400),
