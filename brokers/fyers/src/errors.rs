@@ -58,11 +58,13 @@ pub fn code_of(body: &serde_json::Value) -> Option<i64> {
 }
 
 /// The error of a body, if it is one: `s` other than `ok`, whatever the HTTP status; with no `s`,
-/// an HTTP status of 400 or more.
+/// an HTTP status of 400 or more or a negative `code`.
 pub fn envelope_error(body: &serde_json::Value, status: u16) -> Option<FyersError> {
     let is_error = match body.get("s").and_then(|s| s.as_str()) {
         Some(s) => !s.eq_ignore_ascii_case("ok"),
-        None => status >= 400,
+        // With no `s`, a negative `code` (every Fyers error code is negative) is an error too,
+        // even with HTTP 200: fyers.md's rule is "an error iff s != ok".
+        None => status >= 400 || code_of(body).is_some_and(|c| c < 0),
     };
     is_error.then(|| FyersError {
         code: code_of(body),
@@ -334,6 +336,8 @@ mod tests {
         assert!(envelope_error(&json!({"s": "ok", "code": 308}), 308).is_none());
         assert!(envelope_error(&json!({"s": "error"}), 200).is_some());
         assert!(envelope_error(&json!({"message": "x"}), 401).is_some());
+        assert!(envelope_error(&json!({"code": -16, "message": "x"}), 200).is_some());
+        assert!(envelope_error(&json!({"code": 200, "access_token": "t"}), 200).is_none());
         assert_eq!(code_of(&json!({"code": "-371"})), Some(-371));
     }
 }
