@@ -124,8 +124,11 @@ impl<'a, 'h> Api<'a, 'h> {
         let target = body
             .as_ref()
             .and_then(|b| {
-                str_field(b, "Url")
-                    .or_else(|| str_field(b, "url"))
+                // `Url` in fyers.md; any spelling of the key (`url`, `URL`) is the same field.
+                b.as_object()?
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("url"))
+                    .find_map(|(_, v)| v.as_str().filter(|u| !u.trim().is_empty()))
                     .map(str::to_owned)
             })
             .or_else(|| resp.header("location").map(str::to_owned));
@@ -198,6 +201,11 @@ impl<'a, 'h> Api<'a, 'h> {
             .header("version", "3")
             .header("Authorization", format!("{app_id}:{token}"));
         let resp = self.send(step, req).map_err(Err)?;
+        // A 401 refuses the token (fyers.md, errors) whatever its body: a gateway in front of the
+        // API may answer it with its own HTML or plain-text page instead of Fyers' envelope.
+        if resp.status == 401 && http::json(&resp).is_none_or(|b| !b.is_object()) {
+            return Err(Ok("Fyers refused the token: HTTP 401".to_owned()));
+        }
         if let Some(e) = errors::triage(step, &resp) {
             return Err(Err(e));
         }

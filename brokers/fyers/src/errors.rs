@@ -58,19 +58,37 @@ pub fn code_of(body: &serde_json::Value) -> Option<i64> {
 }
 
 /// The error of a body, if it is one: `s` other than `ok`, whatever the HTTP status; with no `s`,
-/// an HTTP status of 400 or more.
+/// an HTTP status of 400 or more or a negative `code`.
 pub fn envelope_error(body: &serde_json::Value, status: u16) -> Option<FyersError> {
     let is_error = match body.get("s").and_then(|s| s.as_str()) {
         Some(s) => !s.eq_ignore_ascii_case("ok"),
-        None => status >= 400,
+        // With no `s`, a negative `code` (every Fyers error code is negative) is an error too,
+        // even with HTTP 200: fyers.md's rule is "an error iff s != ok".
+        None => status >= 400 || code_of(body).is_some_and(|c| c < 0),
     };
     is_error.then(|| FyersError {
         code: code_of(body),
         message: broker_text(body).unwrap_or_default(),
         status,
-        user_blocked: body.get("user_blocked").and_then(|b| b.as_bool()) == Some(true),
+        user_blocked: body.get("user_blocked").is_some_and(truthy),
         failed_attempts: body.get("failed_attempts").is_some_and(|v| !v.is_null()),
     })
+}
+
+/// A JSON flag that is set: `true`, or the same sent as a string (`"true"`, `"1"`) or a number
+/// (`1`), as other readings of fyers.md's `user_blocked` may send it.
+pub fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        serde_json::Value::String(s) => {
+            matches!(
+                s.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "y"
+            )
+        }
+        _ => false,
+    }
 }
 
 /// Whether Cloudflare answered (its `Server`, a `cf-ray`, or its 1015 rate-limit page).
@@ -192,7 +210,15 @@ fn by_step(step: Step, e: &FyersError, lower: &str) -> (ErrorClass, &'static str
             if e.failed_attempts
                 || any(
                     lower,
-                    &["pin", "password", "username", "user", "fy_id", "client id"],
+                    &[
+                        "pin",
+                        "password",
+                        "username",
+                        "user",
+                        "fy_id",
+                        "client id",
+                        "credential",
+                    ],
                 ) =>
         {
             (
@@ -273,6 +299,28 @@ mod tests {
             ),
             ErrorClass::AccountLocked
         );
+        // Other readings of the same facts: the flag as a string, the PIN refusal worded
+        // "credentials" and without `failed_attempts`.
+        assert_eq!(
+            c(
+                Step::VerifyPin,
+                json!({"s":"error","code":-1006,"message":"x","user_blocked":"true"}),
+                200
+            ),
+            ErrorClass::AccountLocked
+        );
+        assert_eq!(
+            c(
+                Step::VerifyPin,
+                json!({"s":"error","code":-1006,"message":"x","user_blocked":"false"}),
+                200
+            ),
+            ErrorClass::Protocol
+        );
+        assert_eq!(
+            c(Step::VerifyPin, e(-1006, "Invalid credentials"), 401),
+            ErrorClass::InvalidCredentials
+        );
         assert_eq!(
             c(Step::Token, e(-17, "App not authorized by the user"), 400),
             ErrorClass::AppNotAuthorized
@@ -288,6 +336,8 @@ mod tests {
         assert!(envelope_error(&json!({"s": "ok", "code": 308}), 308).is_none());
         assert!(envelope_error(&json!({"s": "error"}), 200).is_some());
         assert!(envelope_error(&json!({"message": "x"}), 401).is_some());
+        assert!(envelope_error(&json!({"code": -16, "message": "x"}), 200).is_some());
+        assert!(envelope_error(&json!({"code": 200, "access_token": "t"}), 200).is_none());
         assert_eq!(code_of(&json!({"code": "-371"})), Some(-371));
     }
 }

@@ -38,10 +38,26 @@ pub struct NeoError {
     pub status: u16,
 }
 
-fn text(v: &serde_json::Value) -> Option<String> {
+/// A string or number field as text (Kotak sends codes both ways: `"10512"`, `1003`).
+pub fn text(v: &serde_json::Value) -> Option<String> {
     v.as_str()
-        .map(str::to_owned)
+        .map(|s| s.trim().to_owned())
         .or_else(|| v.as_i64().map(|n| n.to_string()))
+}
+
+/// A JSON flag that is set: `true`, or the same sent as a string (`"true"`) or a number (`1`).
+pub fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        serde_json::Value::String(s) => {
+            matches!(
+                s.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "y"
+            )
+        }
+        _ => false,
+    }
 }
 
 /// The error of a body, if it is one, in any of the three shapes; with none of them, an HTTP
@@ -90,6 +106,18 @@ pub fn triage(step: Step, resp: &HttpResponse) -> Option<ErrorOutput> {
 pub fn ok_body(step: Step, resp: &HttpResponse) -> Result<serde_json::Value, ErrorOutput> {
     if let Some(e) = triage(step, resp) {
         return Err(e);
+    }
+    // A 4xx whose body is not JSON (a gateway's bare `401`, a plain-text `403 Forbidden`): the
+    // status alone classifies it, as kotak-neo.md's table does (401, 403, 422).
+    if resp.status >= 400 && http::json(resp).is_none_or(|b| !b.is_object()) {
+        return Err(classify(
+            step,
+            &NeoError {
+                code: None,
+                message: String::new(),
+                status: resp.status,
+            },
+        ));
     }
     let body = http::json_object("kotak-neo", step.name(), resp)?;
     if let Some(e) = envelope_error(&body, resp.status) {
@@ -249,6 +277,12 @@ mod tests {
             ),
             ErrorClass::Protocol
         );
+        assert_eq!(
+            class(Step::Validate, json!({"message": "Invalid MPIN."}), 401),
+            ErrorClass::InvalidCredentials
+        );
+        assert!(truthy(&json!("true")) && truthy(&json!(true)) && truthy(&json!(1)));
+        assert!(!truthy(&json!("false")) && !truthy(&json!(false)) && !truthy(&json!(null)));
         assert!(envelope_error(&json!({"data": {"status": "success"}}), 200).is_none());
         assert!(envelope_error(&json!({"stat": "Ok", "stCode": 200}), 200).is_none());
     }

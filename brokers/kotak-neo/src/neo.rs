@@ -177,7 +177,7 @@ impl<'a, 'h> Neo<'a, 'h> {
         let resp = self.send(step, req)?;
         let out = errors::ok_body(step, &resp)?;
         let data = out.get("data").cloned().unwrap_or_default();
-        if data.get("isUserPwdExpired").and_then(|v| v.as_bool()) == Some(true) {
+        if data.get("isUserPwdExpired").is_some_and(errors::truthy) {
             return Err(ErrorOutput::new(
                 ErrorClass::InvalidCredentials,
                 "kotak-neo: K2: the password has expired; reset it in the Neo app",
@@ -218,6 +218,10 @@ impl<'a, 'h> Neo<'a, 'h> {
         if let Some(e) = errors::triage(step, &resp) {
             return Err(Err(e));
         }
+        // A 401 refuses the session whatever its body (a gateway's bare 401 carries no JSON).
+        if resp.status == 401 && http::json(&resp).is_none_or(|b| !b.is_object()) {
+            return Err(Ok("Kotak refused the session: HTTP 401".to_owned()));
+        }
         let body = http::json_object("kotak-neo", step.name(), &resp).map_err(Err)?;
         match errors::envelope_error(&body, resp.status) {
             None => Ok(()),
@@ -251,13 +255,17 @@ fn session(
     }
     let token = str_field(data, "token").ok_or_else(|| protocol(step, "no data.token"))?;
     let sid = str_field(data, "sid").ok_or_else(|| protocol(step, "no data.sid"))?;
-    let text = |k: &str| str_field(data, k).unwrap_or_default().to_owned();
+    // `hsServerId` may come as a number (`2`) as well as a string (`"server2"`).
+    let text = |k: &str| data.get(k).and_then(errors::text).unwrap_or_default();
     Ok(Session {
         token: Sensitive::new(token),
         sid: Sensitive::new(sid),
         hs_server_id: text("hsServerId"),
         data_center: text("dataCenter"),
-        base_url: str_field(data, "baseUrl").map(str::to_owned),
+        base_url: str_field(data, "baseUrl")
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned),
     })
 }
 

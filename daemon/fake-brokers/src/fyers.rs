@@ -46,6 +46,15 @@ pub enum FyersBehaviour {
     /// H4 also sends a `Location` header (realistic mode then replaces the JSON body with the
     /// redirect's HTML, as a proxy would).
     RedirectInLocation,
+    /// H1 refuses with `user_blocked` as the string `"true"` and a message that names no block.
+    BlockedFlagAsString,
+    /// H4 spells the `Url` key `URL` (JSON keys' case is the server's choice).
+    UppercaseUrlKey,
+    /// A wrong PIN is refused with HTTP 401 "Invalid credentials" and no `failed_attempts`.
+    CredentialsWording,
+    /// `/profile` refuses a dead token as the gateway in front of it would: HTTP 401 with
+    /// nginx's HTML page, not Fyers' envelope.
+    GatewayUnauthorized,
 }
 
 /// A fake Fyers account and its API app.
@@ -369,6 +378,9 @@ fn send_otp(s: &FyersState, body: &Value, b64: bool) -> Response {
         }
         _ => {}
     }
+    if account.user.behaviour == FyersBehaviour::BlockedFlagAsString {
+        return end((StatusCode::OK, Json(json!({"s": "error", "code": -1007, "message": "Please contact support", "user_blocked": "true"}))).into_response());
+    }
     if account.blocked {
         return end((StatusCode::OK, Json(json!({"s": "error", "code": -1007, "message": "Your account has been blocked. Please reset your PIN or contact support", "user_blocked": true}))).into_response());
     }
@@ -461,6 +473,9 @@ fn verify_pin(s: &FyersState, body: &Value, b64: bool) -> Response {
     if pin != account.user.pin {
         account.pin_failures += 1;
         account.blocked = account.pin_failures >= 5;
+        if account.user.behaviour == FyersBehaviour::CredentialsWording {
+            return error(StatusCode::UNAUTHORIZED, -1006, "Invalid credentials");
+        }
         let left = 5 - account.pin_failures.min(5);
         return (
             StatusCode::OK,
@@ -527,7 +542,12 @@ async fn token(
         .append_pair("code", "200")
         .append_pair("auth_code", &code)
         .append_pair("state", &field(&body, "state"));
-    let body = Json(json!({"s": "ok", "code": 308, "message": "", "Url": target.as_str()}));
+    let url_key = if user.behaviour == FyersBehaviour::UppercaseUrlKey {
+        "URL"
+    } else {
+        "Url"
+    };
+    let body = Json(json!({"s": "ok", "code": 308, "message": "", url_key: target.as_str()}));
     let mut r = (StatusCode::PERMANENT_REDIRECT, body).into_response();
     if user.behaviour == FyersBehaviour::RedirectInLocation {
         r.headers_mut()
@@ -581,6 +601,19 @@ async fn profile(State(s): State<Arc<FyersState>>, headers: HeaderMap) -> Respon
         .unwrap_or_default();
     let (app_id, token) = auth.split_once(':').unwrap_or_default();
     let inner = s.lock();
+    let gateway = inner.tokens.get(token).is_some_and(|t| {
+        inner
+            .accounts
+            .get(&t.fy_id)
+            .is_some_and(|a| a.user.behaviour == FyersBehaviour::GatewayUnauthorized)
+    });
+    if gateway && inner.tokens.get(token).is_some_and(|t| now >= t.expires_ms) {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            "nginx",
+            "<html>\r\n<head><title>401 Authorization Required</title></head>\r\n<body>\r\n<center><h1>401 Authorization Required</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+        );
+    }
     match inner.tokens.get(token) {
         Some(t) if t.app_id == app_id && now < t.expires_ms => Json(json!({
             "s": "ok", "code": 200, "message": "",

@@ -46,6 +46,15 @@ pub enum KotakBehaviour {
     PasswordExpired,
     /// The limits call answers `stCode 1003` "Invalid session" for every session.
     StaleSession,
+    /// K1 refuses the first code the way a gateway would: a bare HTTP 401 with an empty body.
+    BareUnauthorizedFirstTotp,
+    /// K2 answers 403 with a plain-text `Forbidden` body (an IP allow-list at the gateway).
+    PlainForbidden,
+    /// K2 sends its flags and ids in other JSON types: `isUserPwdExpired: "false"`,
+    /// `hsServerId: 2` (a number; the limits call then wants `sId=2`).
+    OtherJsonTypes,
+    /// K2 succeeds with `isUserPwdExpired: "true"` (a string).
+    PasswordExpiredAsString,
 }
 
 /// A fake Kotak Neo account.
@@ -305,7 +314,10 @@ async fn trade_api_login(
     let code = field(&body, "totp");
     let step = totp::matching_step(&account.secret, &code, now);
     let fresh = step.is_some_and(|st| !account.used_steps.contains(&st));
-    let refuse = account.user.behaviour == KotakBehaviour::RejectFirstTotp && !account.refused_once;
+    let refuse = matches!(
+        account.user.behaviour,
+        KotakBehaviour::RejectFirstTotp | KotakBehaviour::BareUnauthorizedFirstTotp
+    ) && !account.refused_once;
     let identity = field(&body, "mobileNumber") == account.user.mobile
         && field(&body, "ucc").eq_ignore_ascii_case(&ucc);
     let accepted = fresh && !refuse && identity;
@@ -322,6 +334,9 @@ async fn trade_api_login(
     );
     if !accepted {
         account.refused_once = true;
+        if account.user.behaviour == KotakBehaviour::BareUnauthorizedFirstTotp {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
         return login_error(StatusCode::UNAUTHORIZED, AMBIGUOUS);
     }
     let sid = random_token(36);
@@ -369,6 +384,14 @@ async fn trade_api_validate(
     if user.behaviour == KotakBehaviour::Forbidden {
         return login_error(StatusCode::FORBIDDEN, "Forbidden");
     }
+    if user.behaviour == KotakBehaviour::PlainForbidden {
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "Forbidden",
+        )
+            .into_response();
+    }
     if field(&body, "mpin") != user.mpin {
         return login_error(StatusCode::UNAUTHORIZED, "Invalid MPIN.");
     }
@@ -387,8 +410,16 @@ async fn trade_api_validate(
         },
     );
     let base = format!("{}/", s.url.lock().unwrap_or_else(|e| e.into_inner()));
-    Json(json!({"data": {"token": token, "sid": sid, "rid": random_token(36), "hsServerId": "server2",
-                         "isUserPwdExpired": user.behaviour == KotakBehaviour::PasswordExpired,
+    let (server_id, pwd_expired) = match user.behaviour {
+        KotakBehaviour::OtherJsonTypes => (json!(2), json!("false")),
+        KotakBehaviour::PasswordExpiredAsString => (json!("server2"), json!("true")),
+        b => (
+            json!("server2"),
+            json!(b == KotakBehaviour::PasswordExpired),
+        ),
+    };
+    Json(json!({"data": {"token": token, "sid": sid, "rid": random_token(36), "hsServerId": server_id,
+                         "isUserPwdExpired": pwd_expired,
                          "ucc": user.ucc, "greetingName": "TEST USER", "dataCenter": "E22",
                          "baseUrl": base, "kType": "Trade", "status": "success"}}))
         .into_response()
@@ -416,7 +447,16 @@ async fn limits(
     let stale = session
         .and_then(|t| inner.accounts.values().find(|a| a.user.ucc == t.ucc))
         .is_some_and(|a| a.user.behaviour == KotakBehaviour::StaleSession);
-    if !valid || stale || q.get("sId").is_some_and(|sid| sid != "server2") {
+    let server = session
+        .and_then(|t| inner.accounts.values().find(|a| a.user.ucc == t.ucc))
+        .map_or("server2", |a| {
+            if a.user.behaviour == KotakBehaviour::OtherJsonTypes {
+                "2"
+            } else {
+                "server2"
+            }
+        });
+    if !valid || stale || q.get("sId").is_some_and(|sid| sid != server) {
         return not_ok(1003, "Invalid session");
     }
     Json(

@@ -194,6 +194,11 @@ async fn each_failure_of_fyers_md_ends_in_its_class() {
     let cases = [
         (FyersBehaviour::Blocked, ErrorClass::AccountLocked, false),
         (
+            FyersBehaviour::BlockedFlagAsString,
+            ErrorClass::AccountLocked,
+            false,
+        ),
+        (
             FyersBehaviour::Recaptcha,
             ErrorClass::AutomationBlocked,
             false,
@@ -252,7 +257,7 @@ async fn each_failure_of_fyers_md_ends_in_its_class() {
     acct.api_key = "FYAPP00151Q".into();
     let result = h.login("fyers", &acct, &fake.base_urls()).await;
     assert!(!failure(&result).credentials_sent);
-    assert_eq!(fake.recorder().requests("/vagator/v2/send_login_otp_v2"), 7);
+    assert_eq!(fake.recorder().requests("/vagator/v2/send_login_otp_v2"), 8);
     assert_no_secret_logged();
 }
 
@@ -264,6 +269,41 @@ async fn an_auth_code_in_a_location_header_is_read_too() {
     fake.add_user(user.with_behaviour(FyersBehaviour::RedirectInLocation));
     let out = h.login("fyers", &acct, &fake.base_urls()).await.unwrap();
     assert!(fake.token_is_valid(out.access_token.expose()));
+    assert_no_secret_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_readings_of_fyers_md_are_understood() {
+    let h = Harness::new(eight_am());
+    let fake = FakeFyers::start_with(h.fake_options()).await;
+    // H4's `Url` spelled `URL`.
+    let (acct, user) = account(20);
+    fake.add_user(user.with_behaviour(FyersBehaviour::UppercaseUrlKey));
+    let urls = fake.base_urls();
+    let out = h.login("fyers", &acct, &urls).await.unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+
+    // A wrong PIN refused as HTTP 401 "Invalid credentials", without `failed_attempts`.
+    let (mut acct, user) = account(21);
+    fake.add_user(user.with_behaviour(FyersBehaviour::CredentialsWording));
+    acct.extra.insert("pin".into(), "w921".into());
+    let result = h.login("fyers", &acct, &urls).await;
+    let e = failure(&result);
+    assert_eq!(e.class, ErrorClass::InvalidCredentials, "{}", e.message);
+    assert!(e.credentials_sent);
+    assert_eq!(fake.recorder().passwords(&acct.broker_user_id).len(), 1);
+
+    // A dead token refused by the gateway's HTML 401: invalid, not an error.
+    let (acct, user) = account(22);
+    fake.add_user(user.with_behaviour(FyersBehaviour::GatewayUnauthorized));
+    let out = h.login("fyers", &acct, &urls).await.unwrap();
+    h.clock.set(ist::at(2025, 3, 11, 6, 0, 0));
+    let expired = h
+        .verify("fyers", &acct, &urls, out.access_token.expose())
+        .await
+        .unwrap();
+    assert!(!expired.valid);
+    assert!(expired.message.contains("401"), "{}", expired.message);
     assert_no_secret_logged();
 }
 

@@ -208,6 +208,16 @@ async fn each_failure_of_kotak_neo_md_ends_in_its_class() {
             true,
         ),
         (KotakBehaviour::StaleSession, ErrorClass::Protocol, true),
+        (
+            KotakBehaviour::PlainForbidden,
+            ErrorClass::AppNotAuthorized,
+            true,
+        ),
+        (
+            KotakBehaviour::PasswordExpiredAsString,
+            ErrorClass::InvalidCredentials,
+            true,
+        ),
     ];
     for (n, (behaviour, class, mpin_sent)) in cases.into_iter().enumerate() {
         let (acct, user) = account(100 + n as u32);
@@ -246,5 +256,36 @@ async fn a_second_login_on_a_standing_clock_cannot_reuse_the_step() {
     assert!(uses.iter().all(|u| u.accepted));
     assert_ne!(uses[0].step, uses[1].step);
     assert_eq!(h.clock.sleeps().len(), 1);
+    assert_no_secret_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_readings_of_kotak_neo_md_are_understood() {
+    let h = Harness::new(eight_am());
+    let fake = FakeKotakNeo::start_with(h.fake_options()).await;
+    // A bare, empty 401 for the first code: still the ambiguous K1 refusal, retried once.
+    let (acct, user) = account(20);
+    fake.add_user(user.with_behaviour(KotakBehaviour::BareUnauthorizedFirstTotp));
+    let out = h
+        .login("kotak-neo", &acct, &fake.base_urls())
+        .await
+        .unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+    let uses = fake.recorder().totp_uses(&acct.broker_user_id);
+    assert_eq!(
+        uses.iter().map(|u| u.accepted).collect::<Vec<_>>(),
+        vec![false, true]
+    );
+    assert_one_password_distinct_steps(fake.recorder(), &acct.broker_user_id);
+
+    // `isUserPwdExpired: "false"` is not expired; a numeric `hsServerId` is the limits' `sId`.
+    let (acct, user) = account(21);
+    fake.add_user(user.with_behaviour(KotakBehaviour::OtherJsonTypes));
+    let out = h
+        .login("kotak-neo", &acct, &fake.base_urls())
+        .await
+        .unwrap();
+    assert!(fake.token_is_valid(out.access_token.expose()));
+    assert_eq!(out.extras["hs_server_id"], "2");
     assert_no_secret_logged();
 }
