@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::common::*;
-use broker_api::wire::{ErrorClass, ErrorOutput};
+use broker_api::wire::ErrorClass;
 use fake_brokers::{AngelBehaviour, AngelUser, FakeAngelOne, ist};
-use tokenbot::plugins::PluginError;
 
 /// 2025-03-10 08:00:05 IST (the default schedule), 5 s into a TOTP step.
 fn morning() -> i64 {
@@ -33,13 +32,6 @@ fn account(n: u32) -> (Account, AngelUser) {
         account.totp_secret.as_deref().unwrap(),
     );
     (account, fake)
-}
-
-fn failure<T: std::fmt::Debug>(result: &Result<T, PluginError>) -> &ErrorOutput {
-    match result {
-        Err(PluginError::Failed(e)) => e,
-        other => panic!("expected a typed failure, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

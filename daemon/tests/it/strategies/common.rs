@@ -245,8 +245,15 @@ impl Harness {
 
 /// The class of a failed call (panics on success or a non-typed failure).
 pub fn class_of<T: std::fmt::Debug>(result: &Result<T, PluginError>) -> ErrorClass {
+    failure(result).class
+}
+
+/// The strategy's typed failure (asserting there is one).
+pub fn failure<T: std::fmt::Debug>(
+    result: &Result<T, PluginError>,
+) -> &broker_api::wire::ErrorOutput {
     match result {
-        Err(PluginError::Failed(e)) => e.class,
+        Err(PluginError::Failed(e)) => e,
         other => panic!("expected a typed failure, got {other:?}"),
     }
 }

@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::common::*;
-use broker_api::wire::{ErrorClass, ErrorOutput};
+use broker_api::wire::ErrorClass;
 use fake_brokers::{DhanBehaviour, DhanUser, FakeDhan, ist};
-use tokenbot::plugins::PluginError;
 
 /// 2026-03-30 08:30:05 IST, 5 s into a TOTP step.
 fn morning() -> i64 {
@@ -34,13 +33,6 @@ fn account(n: u32) -> (Account, DhanUser) {
         &account.api_secret,
     );
     (account, fake)
-}
-
-fn failure<T: std::fmt::Debug>(result: &Result<T, PluginError>) -> &ErrorOutput {
-    match result {
-        Err(PluginError::Failed(e)) => e,
-        other => panic!("expected a typed failure, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

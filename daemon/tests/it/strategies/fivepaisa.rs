@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::common::*;
-use broker_api::wire::{ErrorClass, ErrorOutput, LoginOutput};
+use broker_api::wire::ErrorClass;
 use fake_brokers::{FakeFivePaisa, FivePaisaBehaviour, FivePaisaUser, TradeBookRefusal, ist};
-use tokenbot::plugins::PluginError;
 
 const F1: &str = "/VendorsAPI/Service1.svc/TOTPLogin";
 const F2: &str = "/VendorsAPI/Service1.svc/GetAccessToken";
@@ -42,13 +41,6 @@ fn account(n: u32) -> (Account, FivePaisaUser) {
         behaviour: FivePaisaBehaviour::Happy,
     };
     (account, fake)
-}
-
-fn failure(result: &Result<LoginOutput, PluginError>) -> &ErrorOutput {
-    match result {
-        Err(PluginError::Failed(e)) => e,
-        other => panic!("expected a typed failure, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,9 @@
 //! The Fyers strategy over loopback HTTP against `FakeFyers`, through the real plugin ABI.
 
 use super::common::*;
-use broker_api::wire::{ErrorClass, ErrorOutput};
+use broker_api::wire::ErrorClass;
 use fake_brokers::{FakeFyers, FyersBehaviour, FyersUser, ist};
 use tokenbot::clock::Clock;
-use tokenbot::plugins::PluginError;
 
 const CALLBACK: &str = "https://tokenbot.example.com/callback/fyers";
 
@@ -40,13 +39,6 @@ fn account(n: u32) -> (Account, FyersUser) {
     )
     .with_redirect_uri(CALLBACK);
     (account, fake)
-}
-
-fn failure(result: &Result<broker_api::wire::LoginOutput, PluginError>) -> &ErrorOutput {
-    match result {
-        Err(PluginError::Failed(e)) => e,
-        other => panic!("expected a typed failure, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

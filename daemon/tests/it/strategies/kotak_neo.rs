@@ -1,9 +1,8 @@
 //! The Kotak Neo strategy over loopback HTTP against `FakeKotakNeo`, through the real plugin ABI.
 
 use super::common::*;
-use broker_api::wire::{ErrorClass, ErrorOutput, LoginOutput};
+use broker_api::wire::ErrorClass;
 use fake_brokers::{FakeKotakNeo, KotakBehaviour, KotakUser, ist};
-use tokenbot::plugins::PluginError;
 
 /// 2025-03-10 08:00:05 IST (the default schedule), 5 s into a TOTP step.
 fn eight_am() -> i64 {
@@ -37,13 +36,6 @@ fn account(n: u32) -> (Account, KotakUser) {
         account.totp_secret.as_deref().unwrap(),
     );
     (account, fake)
-}
-
-fn failure(result: &Result<LoginOutput, PluginError>) -> &ErrorOutput {
-    match result {
-        Err(PluginError::Failed(e)) => e,
-        other => panic!("expected a typed failure, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

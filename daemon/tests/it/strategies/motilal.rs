@@ -64,16 +64,6 @@ fn account(n: u32) -> (Account, MotilalUser) {
 }
 
 #[cfg(feature = "broker-motilal")]
-fn failure(
-    result: &Result<broker_api::wire::LoginOutput, PluginError>,
-) -> &broker_api::wire::ErrorOutput {
-    match result {
-        Err(PluginError::Failed(e)) => e,
-        other => panic!("expected a typed failure, got {other:?}"),
-    }
-}
-
-#[cfg(feature = "broker-motilal")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_end_to_end_yields_a_verified_token_that_expires_at_six_ist() {
     let h = harness(morning());
