@@ -30,6 +30,7 @@ use crate::plugins::{CallLimits, PluginEnv, Registry};
 /// [`AppState::open`] again, so a bad value is refused before anything starts.
 pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     config.validate()?;
+    logging::check_config(&config.log)?;
     vault::check_config(&config.vault)?;
     refresh::schedule::check_config(&config.brokers)?;
     refresh::session::MarketSession::from_config(&config.refresh)?;

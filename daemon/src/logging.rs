@@ -5,12 +5,12 @@
 use tracing::Subscriber;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{Layer, Registry};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{ConfigError, LogConfig, LogFormat};
 
 /// Keeps the file writers flushing; drop it only at exit.
 #[must_use = "dropping the guards stops file logging"]
@@ -38,9 +38,22 @@ where
     }
 }
 
+/// `[log] level`: a default level and per-target ones, `warn,tokenbot::refresh=debug`.
+fn filter(level: &str) -> Result<Targets, tracing_subscriber::filter::ParseError> {
+    level.parse()
+}
+
+/// `[log] level` parses as a filter.
+pub fn check_config(config: &LogConfig) -> Result<(), ConfigError> {
+    filter(&config.level)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid("log.level", &config.level, e.to_string()))
+}
+
 /// The subscriber for `config`, writing to stderr and, when configured, to the log files.
 pub fn subscriber(config: &LogConfig) -> Result<(impl Subscriber + Send + Sync, Guards), LogError> {
-    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        filter(&config.level).unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
     let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut layers = vec![layer(config.format, std::io::stderr, stderr_is_terminal)];
     let mut guards = Vec::new();

@@ -1,6 +1,6 @@
-//! Accept loop on hyper-util, so the server gets what `axum::serve` does not offer: a header read
-//! timeout (slow clients cannot hold connections open for free), a cap on open connections, the
-//! peer address on every request, and a bounded graceful shutdown.
+//! Accept loop on hyper's HTTP/1.1 connections, so the server gets what `axum::serve` does not
+//! offer: a header read timeout (slow clients cannot hold connections open for free), a cap on open
+//! connections, the peer address on every request, and a bounded graceful shutdown.
 //!
 //! The header read timeout is this module's, not hyper's: hyper's arms a timer for every request
 //! (a boxed `Sleep` registered in and removed from tokio's timer wheel each time), a cost every
@@ -18,8 +18,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -49,7 +49,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Builder::new(TokioExecutor::new());
+    let builder = http1::Builder::new();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(
         options.max_connections.min(Semaphore::MAX_PERMITS),
@@ -93,9 +93,8 @@ pub async fn serve(
                 response
             }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         // The connection runs in its own task, and a second one watches it, so the connection's
         // polls never touch the timer.

@@ -6,8 +6,8 @@ use super::{BrokerConfig, Config, ConfigError, MIN_JWT_SECRET_BYTES};
 
 impl Config {
     /// Checks that need more than the types, of the sections this module owns: everything but
-    /// `[vault]`, the schedules and timezones of `[brokers.<id>]` and `[mirror.postgres]`, which
-    /// their owners check (`tokenbot::check_config` runs them all).
+    /// `[vault]`, `[log] level`, the schedules and timezones of `[brokers.<id>]` and
+    /// `[mirror.postgres]`, which their owners check (`tokenbot::check_config` runs them all).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_refresh()?;
         self.validate_server()?;
@@ -29,13 +29,6 @@ impl Config {
                     "must be 64 hex chars",
                 ));
             }
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(ConfigError::invalid(
-                "log.level",
-                self.log.level.clone(),
-                e.to_string(),
-            ));
         }
         for (id, broker) in &self.brokers {
             broker.validate(id)?;
