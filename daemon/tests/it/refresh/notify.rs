@@ -213,14 +213,18 @@ async fn a_bad_bot_token_is_logged_without_the_token_and_not_retried() {
     assert_eq!(telegram.requests().len(), 1, "a 401 is not retried");
     assert!(telegram.messages().is_empty());
 
-    // A chat the bot is not in: Telegram's reason is logged, once.
+    // A chat the bot is not in (user-71's own, 555): Telegram's reason is logged, and the
+    // request is not retried.
     let n = notifier(&telegram, BOT_TOKEN, Arc::new(ManualClock::new(0)));
-    n.assisted_login_needed(upstox("u3"), "Log in by hand.", None, None);
+    n.assisted_login_needed(upstox("user-71"), "Log in by hand.", None, None);
     let deadline = Instant::now() + WAIT;
     while !crate::log_capture::text().contains("chat not found") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(crate::log_capture::text().contains("chat not found"));
+    assert!(crate::log_capture::text().contains("Bad Request: chat not found"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(telegram.requests().len(), 2, "a 400 is not retried");
+    assert!(telegram.messages().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
