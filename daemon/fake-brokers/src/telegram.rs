@@ -166,6 +166,26 @@ fn buttons_ok(markup: Option<&Value>) -> bool {
         .all(|u| u.starts_with("https://") || u.starts_with("http://") || u.starts_with("tg://"))
 }
 
+/// The answer to a queued failure.
+fn failure_answer(failure: TelegramFailure) -> Response {
+    match failure {
+        TelegramFailure::TooManyRequests { retry_after } => {
+            let body = json!({
+                "ok": false, "error_code": 429,
+                "description": format!("Too Many Requests: retry after {retry_after}"),
+                "parameters": {"retry_after": retry_after}
+            });
+            (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response()
+        }
+        TelegramFailure::BadGateway => (
+            StatusCode::BAD_GATEWAY,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>\r\n</body>\r\n</html>\r\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn method(
     State(s): State<Arc<TelegramState>>,
     Path((bot, method)): Path<(String, String)>,
@@ -181,24 +201,8 @@ async fn method(
     if !method.eq_ignore_ascii_case("sendMessage") {
         return refused(StatusCode::NOT_FOUND, "Not Found");
     }
-    match inner.failures.pop_front() {
-        Some(TelegramFailure::TooManyRequests { retry_after }) => {
-            let body = json!({
-                "ok": false, "error_code": 429,
-                "description": format!("Too Many Requests: retry after {retry_after}"),
-                "parameters": {"retry_after": retry_after}
-            });
-            return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-        }
-        Some(TelegramFailure::BadGateway) => {
-            return (
-                StatusCode::BAD_GATEWAY,
-                [(header::CONTENT_TYPE, "text/html")],
-                "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>\r\n</body>\r\n</html>\r\n",
-            )
-                .into_response();
-        }
-        None => {}
+    if let Some(failure) = inner.failures.pop_front() {
+        return failure_answer(failure);
     }
     let is_json = headers
         .get(header::CONTENT_TYPE)
