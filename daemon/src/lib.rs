@@ -13,6 +13,7 @@ pub mod logging;
 pub mod mirror;
 #[cfg(test)]
 mod module_graph;
+pub mod notify;
 pub mod plugins;
 pub mod redact;
 pub mod refresh;
@@ -34,6 +35,7 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     vault::check_config(&config.vault)?;
     refresh::schedule::check_config(&config.brokers)?;
     refresh::session::MarketSession::from_config(&config.refresh)?;
+    notify::check_config(&config.notify)?;
     if let Some(postgres) = &config.mirror.postgres {
         mirror::check_config(postgres)?;
     }
@@ -205,6 +207,10 @@ pub async fn run(
         state.refresher.clone(),
         until_stopped(),
     ));
+    let renotify = tokio::spawn(notify::run(
+        state.refresher.notifier().clone(),
+        until_stopped(),
+    ));
     let login_timeout = std::time::Duration::from_secs(state.config.refresh.login_timeout_secs);
     let shutdown = async move {
         shutdown.await;
@@ -226,6 +232,7 @@ pub async fn run(
     if finished != Ok(true) {
         tracing::warn!("logins still in flight at shutdown were abandoned");
     }
+    let _ = renotify.await;
     // The mirror stops last, so tokens from logins that finished during shutdown may still go out.
     // Stopping drops an uncommitted batch; its records stay in the outbox for the next start.
     if let Some((mirror, task)) = mirror {

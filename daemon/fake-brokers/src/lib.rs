@@ -14,6 +14,8 @@
 //!   (redirect bodies, chunked and gzip bodies, extra headers and cookies, odd content types; see
 //!   [`Realism`]); [`Realism::Ideal`] gives tidy answers.
 //!
+//! [`FakeTelegram`] is Telegram's Bot API, for the notifier.
+//!
 //! State sits behind short-lived `std::sync::Mutex`es that are never held across an `.await`.
 
 mod angelone;
@@ -26,6 +28,7 @@ mod kotak_neo;
 mod mess;
 mod motilal;
 mod record;
+mod telegram;
 mod xts;
 
 use std::sync::Arc;
@@ -42,6 +45,7 @@ pub use motilal::{
     FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalDialect, MotilalUser,
 };
 pub use record::{Recorder, TotpUse};
+pub use telegram::{FakeTelegram, SentMessage, TelegramFailure};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 
 /// The clock a fake judges TOTP codes and expiry by, in Unix milliseconds.

@@ -48,6 +48,7 @@ const SECRET_KEYS: &[&str] = &[
     "auth.jwt_secret",
     "auth.api_key",
     "mirror.postgres.url",
+    "notify.telegram.bot_token",
 ];
 
 /// figment's errors, each with its key and source; for a secret key the value is left out.

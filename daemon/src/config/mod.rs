@@ -9,6 +9,7 @@
 mod env;
 mod error;
 mod load;
+mod notify;
 mod schema;
 mod validate;
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub use super::notify::{ChatId, NotifyConfig, TelegramConfig};
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +29,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[notify]`
+    pub notify: NotifyConfig,
 }
 
 impl ServerConfig {
@@ -166,8 +170,9 @@ pub struct RefreshConfig {
     pub backoff_max_ms: u64,
     /// Time one login may take, all its HTTP exchanges and TOTP waits included, in seconds.
     pub login_timeout_secs: u64,
-    /// Called (POST, JSON) when an account enters `needs_attention`, e.g. after
-    /// `automation_blocked`, with the assisted-login URL when `server.public_url` is set.
+    /// Called (POST, JSON) when an account needs a person: it enters `needs_attention` (e.g.
+    /// after `automation_blocked`, with the assisted-login URL when `server.public_url` is set),
+    /// needs an assisted login, or waits for an approval (`notify`).
     pub webhook_url: Option<url::Url>,
     /// Wait after a refresh that ended in a retryable failure before scheduled and catch-up
     /// logins try the account again, in seconds; doubles with each such refresh in a row.

@@ -102,6 +102,7 @@ fn a_secret_of_the_wrong_type_is_named_but_not_shown() {
         ("vault", "passphrase"),
         ("auth", "jwt_secret"),
         ("auth", "api_key"),
+        ("notify.telegram", "bot_token"),
     ] {
         let err = load(&format!("[{section}]\n{key} = 987654321987\n"), &[])
             .map_err(chain)

@@ -1,11 +1,10 @@
-//! Failures a person must look at: the account is marked as needing attention, and the
-//! configured webhook is told, with the link to log in by hand.
-
-use std::time::Duration;
+//! Failures a person must look at: the account is marked as needing attention, and the person
+//! is told (`notify`), with the link to log in by hand.
 
 use broker_api::wire::ErrorClass;
 
 use super::{AccountResult, Refresher};
+use crate::notify::NoticeAccount;
 use crate::vault::{AccountKey, Attention, Trigger, Vault, VaultError, blocking};
 
 /// Clear the attention that a login by `trigger`, which produced a token, resolves. Blocking.
@@ -32,7 +31,7 @@ pub(super) fn clear_resolved(
 }
 
 impl Refresher {
-    /// A failure a person must look at: mark the account, tell the webhook, and stop.
+    /// A failure a person must look at: mark the account, tell the person, and stop.
     pub(super) async fn give_up(
         &self,
         key: &AccountKey,
@@ -40,55 +39,28 @@ impl Refresher {
         message: &str,
         attempts: u32,
     ) -> AccountResult {
-        self.notify(key, class, message);
         let attention = Attention {
             class: class.as_str().to_owned(),
             message: message.to_owned(),
             since_ms: self.plugin_env.clock.now_ms(),
         };
         let (vault, k) = (self.vault.clone(), key.clone());
-        if let Err(e) = blocking(move || vault.set_attention(&k, attention)).await {
-            tracing::error!(error = %e, "cannot mark the account as needing attention");
-        }
-        AccountResult::failed(key, class.as_str(), message, attempts)
-    }
-
-    /// POST the attention event to `[refresh] webhook_url`, off the refresh's path.
-    fn notify(&self, key: &AccountKey, class: ErrorClass, message: &str) {
-        let Some(url) = self.config.refresh.webhook_url.clone() else {
-            return;
-        };
-        let (user, broker) = (key.user.as_str(), key.broker.as_str());
-        let assisted = self.config.server.public_url.as_ref().and_then(|base| {
-            base.join(&format!("api/login/{broker}/{user}/url"))
-                .ok()
-                .map(|u| u.to_string())
-        });
-        let event = serde_json::json!({
-            "event": "needs_attention",
-            "user_id": user,
-            "broker": broker,
-            "error_class": class.as_str(),
-            "message": message,
-            "assisted_login_url": assisted,
-        });
-        tokio::spawn(async move {
-            let sent = reqwest::Client::new()
-                .post(url.clone())
-                .header("content-type", "application/json")
-                .body(event.to_string())
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => {
-                    tracing::warn!(status = %r.status(), host = ?url.host_str(), "webhook refused the event")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e.without_url(), host = ?url.host_str(), "webhook unreachable")
-                }
+        // The account is read back for its broker-side id, which the notice names.
+        let marked = blocking(move || {
+            vault.set_attention(&k, attention)?;
+            vault.get_account(&k)
+        })
+        .await;
+        // The person is told even if the mark could not be written: they are needed either way.
+        let broker_user_id = match marked {
+            Ok(account) => account.map(|a| a.broker_user_id).unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mark the account as needing attention");
+                String::new()
             }
-        });
+        };
+        let account = NoticeAccount::new(key.clone(), broker_user_id);
+        self.notifier.needs_attention(account, class, message);
+        AccountResult::failed(key, class.as_str(), message, attempts)
     }
 }

@@ -36,6 +36,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::{BrokerConfig, Config};
+use crate::notify::Notifier;
 use crate::plugins::{PluginEnv, Registry};
 use crate::vault::{AccountKey, BrokerId, Trigger, UserId, Vault, blocking};
 
@@ -102,6 +103,10 @@ pub struct Refresher {
     sleep: SleepFn,
     /// Called after each token is stored, whatever started the login (wakes the Postgres mirror).
     on_token: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Tells people when an account needs them (`[refresh] webhook_url`, `[notify]`). Here
+    /// because the refresher is what finds out; the API and the broker strategies' daemon-side
+    /// code reach it through [`Refresher::notifier`].
+    notifier: Arc<Notifier>,
     attempts: AtomicU64,
     successes: AtomicU64,
     attempt_ms: AtomicU64,
@@ -140,6 +145,7 @@ impl Refresher {
     ) -> Refresher {
         Refresher {
             global: Arc::new(Semaphore::new(config.refresh.concurrency as usize)),
+            notifier: Arc::new(Notifier::new(&config, plugin_env.clock.clone())),
             vault,
             plugins,
             plugin_env,
@@ -159,6 +165,11 @@ impl Refresher {
     pub fn on_token(mut self, f: Arc<dyn Fn() + Send + Sync>) -> Refresher {
         self.on_token = Some(f);
         self
+    }
+
+    /// The notifier: announce an approval request, an assisted login, a resolved approval.
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
     }
 
     /// The vault this refresher writes to.

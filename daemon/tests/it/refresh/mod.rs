@@ -2,6 +2,7 @@
 
 mod cli;
 mod interval;
+mod notify;
 mod refresher;
 mod rolling;
 mod world;
