@@ -1,5 +1,5 @@
 //! Loopback fake brokers for tests and benchmarks: [`FakeKite`], [`FakeIifl`] (portal + API),
-//! [`FakeXts`], [`FakeAngelOne`] and [`FakeDhan`] (auth + API), axum servers on `127.0.0.1:0` that speak the wire protocols of
+//! [`FakeXts`], [`FakeAngelOne`], [`FakeDhan`] (auth + API), [`FakeShoonya`] (Noren + OAuth page), axum servers on `127.0.0.1:0` that speak the wire protocols of
 //! `shared/protocols/{kite,iifl}.md` (envelopes, cookies, redirects, error bodies, content types).
 //!
 //! Every fake:
@@ -28,6 +28,7 @@ mod kotak_neo;
 mod mess;
 mod motilal;
 mod record;
+mod shoonya;
 mod telegram;
 mod xts;
 
@@ -45,6 +46,7 @@ pub use motilal::{
     FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalDialect, MotilalUser,
 };
 pub use record::{Recorder, TotpUse};
+pub use shoonya::{FakeShoonya, ShoonyaBehaviour, ShoonyaUser};
 pub use telegram::{FakeTelegram, SentMessage, TelegramFailure};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 

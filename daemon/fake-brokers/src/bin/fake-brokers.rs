@@ -1,6 +1,6 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
 //! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne, FakeDhan, FakeFyers, FakeKotakNeo,
-//! FakeMotilal and FakeFivePaisa on loopback, on the system clock, with one happy
+//! FakeMotilal, FakeFivePaisa and FakeShoonya on loopback, on the system clock, with one happy
 //! demo account each.
 //!
 //! ```text
@@ -11,10 +11,11 @@
 //! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]`,
 //!   `[brokers.angelone]`, `[brokers.dhan]`, `[brokers.fyers]`, `[brokers.kotak-neo]`,
 //!   `[brokers.motilal]` (with the fake's registered `client_public_ip`) and
-//!   `[brokers.fivepaisa]` sections pointing at the fakes;
+//!   `[brokers.fivepaisa]` and `[brokers.shoonya]` (with `flow = "quickauth"`) sections pointing
+//!   at the fakes;
 //! - one `<broker>.json` per broker: the account's credentials (`broker_user_id`, `password`,
 //!   `api_key`, `api_secret`, `totp_secret`, and each broker's own fields such as `pin`,
-//!   `mobile`, `dob_or_pan`, `api_user_id`; XTS has no password nor TOTP secret).
+//!   `mobile`, `dob_or_pan`, `api_user_id`, `secret_code`; XTS has no password nor TOTP secret).
 //!
 //! Then prints `ready` and serves until SIGTERM or SIGINT. Secrets are random on every start.
 //! `--ideal` starts the fakes with tidy answers instead of real servers' habits.
@@ -23,8 +24,9 @@ use std::path::{Path, PathBuf};
 
 use fake_brokers::{
     AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeFivePaisa, FakeFyers, FakeIifl, FakeKite,
-    FakeKotakNeo, FakeMotilal, FakeOptions, FakeXts, FivePaisaUser, FyersUser, IiflUser, KiteUser,
-    KotakUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism, XtsUser,
+    FakeKotakNeo, FakeMotilal, FakeOptions, FakeShoonya, FakeXts, FivePaisaUser, FyersUser,
+    IiflUser, KiteUser, KotakUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism, ShoonyaUser,
+    XtsUser,
 };
 use serde_json::json;
 
@@ -114,7 +116,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     let fyers = FakeFyers::start_with(options.clone()).await;
     let kotak = FakeKotakNeo::start_with(options.clone()).await;
     let motilal = FakeMotilal::start_with(options.clone()).await;
-    let fivepaisa = FakeFivePaisa::start_with(options).await;
+    let fivepaisa = FakeFivePaisa::start_with(options.clone()).await;
+    let shoonya = FakeShoonya::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -186,6 +189,16 @@ async fn run(args: Args) -> std::io::Result<()> {
     };
     fivepaisa.add_user(fivepaisa_user.clone());
     let fivepaisa_urls = fivepaisa.base_urls();
+    let mut shoonya_user = ShoonyaUser::new(
+        "FA12345",
+        &random_alnum(16),
+        &random_base32_secret(),
+        &random_alnum(32),
+        &random_alnum(64),
+    );
+    // The official OAuth client is pointed at a local redirect the check script reads back.
+    shoonya_user.redirect_url = "http://127.0.0.1:1/callback/shoonya".into();
+    shoonya.add_user(shoonya_user.clone());
 
     std::fs::create_dir_all(&args.dir)?;
     write(
@@ -201,7 +214,8 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.fyers]\nlogin_url = {}\napi_url = {}\n\n\
              [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n\n\
              [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n\n\
-             [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n",
+             [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n\n\
+             [brokers.shoonya]\nlegacy_url = {}\napi_url = {}\noauth_url = {}\nflow = \"quickauth\"\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
@@ -219,6 +233,9 @@ async fn run(args: Args) -> std::io::Result<()> {
             toml_str(MOTILAL_REGISTERED_IP),
             toml_str(&fivepaisa_urls["api_url"]),
             toml_str(&fivepaisa_urls["login_url"]),
+            toml_str(&shoonya.legacy_url()),
+            toml_str(&shoonya.api_url()),
+            toml_str(&shoonya.oauth_url()),
         ),
     )?;
     let credentials = [
@@ -310,6 +327,17 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "api_secret": fivepaisa_user.encry_key,
                 "api_user_id": fivepaisa_user.api_user_id,
                 "totp_secret": fivepaisa_user.totp_secret,
+            }),
+        ),
+        (
+            "shoonya.json",
+            json!({
+                "broker_user_id": shoonya_user.uid,
+                "password": shoonya_user.password,
+                "api_key": shoonya_user.vendor_code,
+                "api_secret": shoonya_user.api_key,
+                "secret_code": shoonya_user.secret_code,
+                "totp_secret": shoonya_user.totp_secret,
             }),
         ),
     ];

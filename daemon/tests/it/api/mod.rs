@@ -7,5 +7,6 @@ mod e2e;
 mod extras;
 mod openapi;
 mod routes;
-mod support;
+// Shared with the strategies tests that go through the API end to end.
+pub(crate) mod support;
 mod user_routes;
