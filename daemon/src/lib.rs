@@ -213,12 +213,17 @@ pub async fn run(
     ));
     let login_timeout = std::time::Duration::from_secs(state.config.refresh.login_timeout_secs);
     let webhook = events::webhook::spawn(&state.events, &state.config.events);
-    let hub = state.events.clone();
+    let (hub, draining) = (state.events.clone(), state.refresher.clone());
     let shutdown = async move {
         shutdown.await;
         let _ = stop.send(true);
-        // Event streams never end on their own; ended here, they let the server drain.
-        hub.close();
+        // Event streams never end on their own and would hold the server's drain to its timeout.
+        // They end once the logins in flight have stored their tokens, so consumers still hear
+        // of those.
+        tokio::spawn(async move {
+            draining.drain(login_timeout).await;
+            hub.close();
+        });
     };
     let mirror = state.mirror.clone().map(|m| {
         let task = m.spawn();
