@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential_input;
+pub mod events;
 pub mod logging;
 pub mod mirror;
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     if let Some(postgres) = &config.mirror.postgres {
         mirror::check_config(postgres)?;
     }
+    events::check_config(&config.events)?;
     Ok(())
 }
 
@@ -61,6 +63,9 @@ pub struct AppState {
     /// The Postgres mirror (`[mirror.postgres]`), if configured. Its task is started by [`run`];
     /// `mirror.status()` feeds `/health/detailed` and `/metrics`.
     pub mirror: Option<Arc<mirror::Mirror>>,
+    /// Token-change events (`GET /api/tokens/events`, `[events] webhook_url`), fed by the vault
+    /// on every committed token change, whichever path made it.
+    pub events: Arc<events::Hub>,
 }
 
 impl AppState {
@@ -125,6 +130,7 @@ impl AppState {
             refresher = refresher.on_token(Arc::new(move || mirror.wake()));
         }
         let refresher = Arc::new(refresher);
+        let events = events::Hub::attach(&config.events, plugin_env.clock.clone(), &vault);
         AppState {
             config,
             plugins,
@@ -133,6 +139,7 @@ impl AppState {
             vault,
             refresher,
             mirror,
+            events,
         }
     }
 }
@@ -212,9 +219,18 @@ pub async fn run(
         until_stopped(),
     ));
     let login_timeout = std::time::Duration::from_secs(state.config.refresh.login_timeout_secs);
+    let webhook = events::webhook::spawn(&state.events, &state.config.events);
+    let (hub, draining) = (state.events.clone(), state.refresher.clone());
     let shutdown = async move {
         shutdown.await;
         let _ = stop.send(true);
+        // Event streams never end on their own and would hold the server's drain to its timeout.
+        // They end once the logins in flight have stored their tokens, so consumers still hear
+        // of those.
+        tokio::spawn(async move {
+            draining.drain(login_timeout).await;
+            hub.close();
+        });
     };
     let mirror = state.mirror.clone().map(|m| {
         let task = m.spawn();
@@ -238,6 +254,10 @@ pub async fn run(
     if let Some((mirror, task)) = mirror {
         mirror.stop();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
+    if let Some(webhook) = webhook {
+        // Closed with the server: a delivery in flight gets its timeout, then is abandoned.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), webhook).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -7,7 +7,7 @@
 //! - `auth/`: JWTs, API keys, the per-client limit on failed authentications, the client's
 //!   address behind proxies, and the extractors naming the caller (`Caller`, `ServiceKey`, ...).
 //! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
-//! - `credentials`, `tokens`, `integration`, `users`, `login`, `health`: the routes. Route files
+//! - `credentials`, `tokens`, `events`, `integration`, `users`, `login`, `health`: the routes. Route files
 //!   never import each other: what several share is in `accounts` (account operations), `params`
 //!   (request parameters) and `views` (response bodies).
 //! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
@@ -21,6 +21,7 @@ mod audit;
 pub mod auth;
 mod credentials;
 pub mod error;
+mod events;
 mod health;
 mod integration;
 mod layers;
@@ -161,6 +162,11 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/api/tokens/status",
         handler: || get(tokens::status),
+    },
+    Route {
+        method: "GET",
+        path: "/api/tokens/events",
+        handler: || get(events::stream),
     },
     Route {
         method: "GET",

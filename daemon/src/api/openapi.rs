@@ -12,7 +12,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Ref};
 use utoipa::{Modify, OpenApi};
 
-use super::{credentials, error, health, integration, login, metrics, tokens, users, views};
+use super::{
+    credentials, error, events, health, integration, login, metrics, tokens, users, views,
+};
 
 /// The document's security schemes.
 struct Security;
@@ -116,6 +118,7 @@ impl Modify for FailedAuthLimit {
         tokens::refresh_mine,
         tokens::status,
         tokens::read,
+        events::stream,
         tokens::logs,
         integration::refresh_all,
         integration::refresh_user,

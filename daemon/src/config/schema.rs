@@ -31,6 +31,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[notify]`
     pub notify: NotifyConfig,
+    /// `[events]`
+    pub events: EventsConfig,
 }
 
 impl ServerConfig {
@@ -253,6 +255,31 @@ impl BrokerConfig {
             .partition(|(name, _)| name.ends_with("_url"));
         self.urls = urls;
         self.settings.extend(settings);
+    }
+}
+
+/// `[events]`: token-change events for consumers (`GET /api/tokens/events`, the webhook).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How long an event stays available to a client resuming with `Last-Event-ID`, in seconds.
+    pub retention_secs: u64,
+    /// Most events kept for resuming, whatever their age: bounds the memory they take.
+    pub max_retained: usize,
+    /// Interval of keep-alive comments on an idle stream, in seconds, so proxies keep it open.
+    pub keepalive_secs: u64,
+    /// POSTed each event (JSON), when set.
+    pub webhook_url: Option<url::Url>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention_secs: 3_600,
+            max_retained: 10_000,
+            keepalive_secs: 15,
+            webhook_url: None,
+        }
     }
 }
 

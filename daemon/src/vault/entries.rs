@@ -131,6 +131,31 @@ pub enum OutboxStatus {
     Revoked,
 }
 
+/// A committed token change as listeners see it: the outbox record without the token, so it can
+/// travel to consumers (server-sent events, webhooks) that must never see one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenChange {
+    /// The outbox record's sequence number: grows forever, in commit order, across restarts.
+    pub seq: u64,
+    /// Whose token.
+    pub user: UserId,
+    /// Which broker.
+    pub broker: BrokerId,
+    /// The token's generation (a revocation gets one of its own).
+    pub generation: u64,
+    /// Expires, Unix ms; none when revoked.
+    pub expires_at_ms: Option<i64>,
+    /// Active or revoked.
+    pub status: OutboxStatus,
+    /// When the change happened, Unix ms.
+    pub changed_at_ms: i64,
+}
+
+/// Called after each commit that changed tokens, with the changes in sequence order, while the
+/// vault's writer lock is still held (so calls arrive in commit order). It must not block or
+/// call the vault.
+pub type TokenListener = std::sync::Arc<dyn Fn(&[TokenChange]) + Send + Sync>;
+
 /// A token change waiting for the Postgres mirror.
 #[derive(Debug, Clone)]
 pub struct OutboxRecord {

@@ -126,6 +126,9 @@ pub struct Vault {
     /// `user_tokens` results by user, tagged with the epoch they were read at. Holds decrypted
     /// tokens in memory only (zeroised on drop); bounded by `USER_CACHE_MAX` entries.
     user_cache: Mutex<HashMap<UserId, (u64, Arc<UserTokens>)>>,
+    /// Told of every committed token change (the daemon's event hub); none in the CLI. Set once
+    /// the daemon's state is built, after the vault is open, hence the lock.
+    listener: RwLock<Option<TokenListener>>,
     path: PathBuf,
     engine: Engine,
     options: VaultOptions,
@@ -162,6 +165,11 @@ impl Vault {
         self.options.clock.now_ms()
     }
 
+    /// Tell `listener` of every token change committed from now on (replacing any earlier one).
+    pub fn set_token_listener(&self, listener: TokenListener) {
+        *self.listener.write() = Some(listener);
+    }
+
     /// Run `f` on a read transaction with the current record keys.
     fn read<T>(
         &self,
@@ -194,6 +202,7 @@ impl Vault {
             return Err(VaultError::ReadOnly);
         }
         let _writer = self.writer.lock();
+        outbox::clear_pending();
         let result = {
             let keys = self.keys.read();
             let store = self.store.read();
@@ -203,6 +212,14 @@ impl Vault {
                 Ok(out)
             })
         };
+        // Still under the writer lock, so listeners hear changes in commit (sequence) order.
+        let changes = outbox::take_pending();
+        if result.is_ok()
+            && !changes.is_empty()
+            && let Some(listener) = &*self.listener.read()
+        {
+            listener(&changes);
+        }
         if let Err(e @ (VaultError::Io(_) | VaultError::Unavailable(_))) = &result {
             // This write is lost (the caller sees its error); the next ones must not be.
             tracing::error!(error = %e, "vault write failed; reopening the vault");

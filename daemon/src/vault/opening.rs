@@ -212,6 +212,7 @@ impl Vault {
             read_only,
             epoch: AtomicU64::new(0),
             user_cache: Mutex::new(HashMap::new()),
+            listener: RwLock::new(None),
             path: path.to_owned(),
             engine,
             options,

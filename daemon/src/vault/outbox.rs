@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{from_secret_json, record_key_text, seal, to_secret_json, unseal};
 use super::crypto::RecordKeys;
-use super::entries::{OutboxRecord, OutboxStatus};
+use super::entries::{OutboxRecord, OutboxStatus, TokenChange};
 use super::error::VaultError;
 use super::ids::{BrokerId, UserId};
 use super::model::{Account, NewToken};
@@ -16,6 +16,24 @@ use super::{Vault, next_seq};
 /// Meta counter of outbox sequence numbers. It only grows, even when the outbox is emptied, so
 /// `outbox_ack(up_to)` can never acknowledge a record written later.
 const SEQ_OUTBOX: &[u8] = b"seq/outbox";
+
+thread_local! {
+    /// The token changes of the write transaction running on this thread, for the vault's
+    /// [`super::TokenListener`] once it commits. A transaction runs on one thread under the writer
+    /// lock, so this sees exactly its records; collecting here, where every token change already
+    /// passes, means no write path (today's or a future one) can forget to announce its change.
+    static PENDING: std::cell::RefCell<Vec<TokenChange>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Forget the changes collected so far on this thread (a transaction is starting, or failed).
+pub(crate) fn clear_pending() {
+    PENDING.with(|p| p.borrow_mut().clear());
+}
+
+/// The changes the transaction that just committed on this thread made.
+pub(crate) fn take_pending() -> Vec<TokenChange> {
+    PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
 
 #[derive(Serialize)]
 struct OutboxOut<'a> {
@@ -70,6 +88,17 @@ pub(crate) fn enqueue(
         status,
         changed_at_ms: now,
     };
+    PENDING.with(|p| {
+        p.borrow_mut().push(TokenChange {
+            seq,
+            user: account.user.clone(),
+            broker: account.broker.clone(),
+            generation,
+            expires_at_ms: out.expires_at_ms,
+            status,
+            changed_at_ms: now,
+        })
+    });
     let k = seq.to_be_bytes();
     tx.put(
         Table::Outbox,
@@ -138,6 +167,17 @@ impl Vault {
                 removed += 1;
             }
             Ok(removed)
+        })
+    }
+
+    /// The sequence number of the last outbox record ever written (0 for none): every later token
+    /// change gets a larger one, even after a restart.
+    pub fn outbox_seq(&self) -> Result<u64, VaultError> {
+        self.read(|tx, _| {
+            Ok(tx
+                .get(Table::Meta, SEQ_OUTBOX)?
+                .and_then(|b| b.as_slice().try_into().ok())
+                .map_or(0, u64::from_be_bytes))
         })
     }
 

@@ -175,6 +175,17 @@ async fn provision_refresh_read_against_the_fake_kite_and_drain_on_sigterm() {
     let doc: Value = serde_json::from_str(&doc).unwrap();
     assert!(doc["paths"]["/api/tokens/{userId}"]["get"].is_object());
 
+    // A consumer of token-change events, connected across SIGTERM: it hears of the token the
+    // in-flight refresh stores, and its stream then ends instead of holding the drain.
+    let mut events = http
+        .get(format!("{base}/api/tokens/events"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+
     // SIGTERM while a refresh is in flight: the request still gets its answer.
     fake.recorder().set_latency(Duration::from_millis(300));
     let in_flight = tokio::spawn({
@@ -202,10 +213,25 @@ async fn provision_refresh_read_against_the_fake_kite_and_drain_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
+    let terminated = std::time::Instant::now();
     let (status, summary) = in_flight.await.unwrap();
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["successful"], 1, "{summary}");
+    let mut seen = String::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), events.chunk()).await;
+        match chunk.expect("the event stream ends with the daemon") {
+            Ok(Some(bytes)) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => break,
+        }
+    }
+    assert!(
+        seen.contains("event: token") && seen.contains(r#""user_id":"u2""#),
+        "{seen}"
+    );
     assert!(wait_exit(&mut child).success());
+    // Well inside the server's 30 s drain, which a stream left open would have used up.
+    assert!(terminated.elapsed() < Duration::from_secs(15));
 }
 
 /// A login started through the API whose caller went away (a client timeout) keeps running; on

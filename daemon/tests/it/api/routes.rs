@@ -663,6 +663,12 @@ fn rows() -> Vec<Row> {
                 G::Key,
             )
         },
+        row(
+            Method::GET,
+            "/api/tokens/events",
+            "/api/tokens/events",
+            G::Key,
+        ),
         Row {
             broker: BrokerAt::Query(Some((404, "no_account"))),
             absent: Some(("/api/tokens/logs/u9", None, "no_account")),
@@ -960,14 +966,13 @@ async fn every_route_refuses_bad_requests_with_the_documented_error() {
             }
             // (Only where that changes nothing: the table's requests are not to act.)
             if row.method == Method::GET {
-                let r = t
-                    .send_from(peer, request(Method::GET, row.path, &good_who, None))
+                // The status only: the body of `/api/tokens/events` never ends.
+                let status = t
+                    .status_from(peer, request(Method::GET, row.path, &good_who, None))
                     .await;
                 assert!(
-                    ![401, 429].contains(&r.status.as_u16()),
-                    "{route}: good credentials after too many failures: {} {}",
-                    r.status,
-                    r.text
+                    ![401, 429].contains(&status.as_u16()),
+                    "{route}: good credentials after too many failures: {status}"
                 );
             }
         }

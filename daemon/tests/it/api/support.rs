@@ -120,6 +120,12 @@ impl TestApi {
         }
     }
 
+    /// The status of `req` from `peer`, without reading the body (a stream's never ends).
+    pub async fn status_from(&self, peer: SocketAddr, mut req: Request<Body>) -> StatusCode {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        self.app.clone().oneshot(req).await.unwrap().status()
+    }
+
     /// Store an account with a token valid for `valid_ms` from now (no token when `None`).
     pub fn seed(&self, user: &str, broker: &str, valid_ms: Option<i64>) -> AccountKey {
         let key = AccountKey::parse(user, broker).unwrap();
