@@ -26,6 +26,7 @@ mod kotak_neo;
 mod mess;
 mod motilal;
 mod record;
+mod upstox;
 mod xts;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub use motilal::{
     FakeMotilal, MOTILAL_REGISTERED_IP, MotilalBehaviour, MotilalDialect, MotilalUser,
 };
 pub use record::{Recorder, TotpUse};
+pub use upstox::{Delivered, FakeUpstox, Tamper, UpstoxBehaviour, UpstoxUser};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 
 /// The clock a fake judges TOTP codes and expiry by, in Unix milliseconds.

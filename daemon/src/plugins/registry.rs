@@ -48,6 +48,8 @@ pub const BUNDLED: &[EntryFn] = &[
     broker_motilal::entry,
     #[cfg(feature = "broker-fivepaisa")]
     broker_fivepaisa::entry,
+    #[cfg(feature = "broker-upstox")]
+    broker_upstox::entry,
 ];
 
 /// The loaded strategies, by broker id. Readers clone the `Arc` of the current map; a rescan builds

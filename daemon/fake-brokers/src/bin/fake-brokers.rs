@@ -1,6 +1,6 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
 //! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne, FakeDhan, FakeFyers, FakeKotakNeo,
-//! FakeMotilal and FakeFivePaisa on loopback, on the system clock, with one happy
+//! FakeMotilal, FakeFivePaisa and FakeUpstox on loopback, on the system clock, with one happy
 //! demo account each.
 //!
 //! ```text
@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 use fake_brokers::{
     AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeFivePaisa, FakeFyers, FakeIifl, FakeKite,
-    FakeKotakNeo, FakeMotilal, FakeOptions, FakeXts, FivePaisaUser, FyersUser, IiflUser, KiteUser,
-    KotakUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism, XtsUser,
+    FakeKotakNeo, FakeMotilal, FakeOptions, FakeUpstox, FakeXts, FivePaisaUser, FyersUser,
+    IiflUser, KiteUser, KotakUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism, UpstoxUser,
+    XtsUser,
 };
 use serde_json::json;
 
@@ -114,7 +115,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     let fyers = FakeFyers::start_with(options.clone()).await;
     let kotak = FakeKotakNeo::start_with(options.clone()).await;
     let motilal = FakeMotilal::start_with(options.clone()).await;
-    let fivepaisa = FakeFivePaisa::start_with(options).await;
+    let fivepaisa = FakeFivePaisa::start_with(options.clone()).await;
+    let upstox = FakeUpstox::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -186,6 +188,13 @@ async fn run(args: Args) -> std::io::Result<()> {
     };
     fivepaisa.add_user(fivepaisa_user.clone());
     let fivepaisa_urls = fivepaisa.base_urls();
+    let upstox_user = UpstoxUser::new(
+        "UP1234",
+        &format!("615b1297-{}", random_alnum(12).to_ascii_lowercase()),
+        &random_alnum(10).to_ascii_lowercase(),
+    )
+    .with_redirect_uri("http://127.0.0.1:3000/callback/upstox");
+    upstox.add_user(upstox_user.clone());
 
     std::fs::create_dir_all(&args.dir)?;
     write(
@@ -201,7 +210,8 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.fyers]\nlogin_url = {}\napi_url = {}\n\n\
              [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n\n\
              [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n\n\
-             [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n",
+             [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n\n\
+             [brokers.upstox]\napi_url = {}\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
@@ -219,6 +229,7 @@ async fn run(args: Args) -> std::io::Result<()> {
             toml_str(MOTILAL_REGISTERED_IP),
             toml_str(&fivepaisa_urls["api_url"]),
             toml_str(&fivepaisa_urls["login_url"]),
+            toml_str(&upstox.api_url()),
         ),
     )?;
     let credentials = [
@@ -310,6 +321,15 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "api_secret": fivepaisa_user.encry_key,
                 "api_user_id": fivepaisa_user.api_user_id,
                 "totp_secret": fivepaisa_user.totp_secret,
+            }),
+        ),
+        (
+            "upstox.json",
+            json!({
+                "broker_user_id": upstox_user.user_id,
+                "api_key": upstox_user.api_key,
+                "api_secret": upstox_user.api_secret,
+                "redirect_uri": upstox_user.redirect_uri,
             }),
         ),
     ];

@@ -9,4 +9,5 @@ mod iifl;
 mod kite;
 mod kotak_neo;
 mod motilal;
+mod upstox;
 mod xts;

@@ -96,6 +96,7 @@ pub const BUNDLED_BROKERS: &[&str] = &[
     "kotak-neo",
     "motilal",
     "fivepaisa",
+    "upstox",
 ];
 
 /// Build the `tokenbot` binary with every bundled strategy but `broker`'s (its cargo feature
