@@ -12,7 +12,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, Ref};
 use utoipa::{Modify, OpenApi};
 
-use super::{credentials, error, health, integration, login, metrics, tokens, users, views};
+use super::{
+    credentials, error, health, integration, login, metrics, tokens, users, views, webhook,
+};
 
 /// The document's security schemes.
 struct Security;
@@ -125,6 +127,8 @@ impl Modify for FailedAuthLimit {
         users::list,
         login::url,
         login::callback,
+        webhook::deliver,
+        webhook::create_hook,
         openapi_json,
         metrics::metrics,
     ),

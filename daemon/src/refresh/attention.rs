@@ -91,4 +91,39 @@ impl Refresher {
             }
         });
     }
+
+    /// Tell `[refresh] webhook_url` that a person must approve a token request (event
+    /// `approval_requested`), with the daemon's assisted-login link for brokers that also take a
+    /// browser login, and when the request expires. Never a secret or a token.
+    pub(super) fn announce_approval(&self, key: &AccountKey, message: &str, until_ms: i64) {
+        let Some(url) = self.config.refresh.webhook_url.clone() else {
+            return;
+        };
+        let (user, broker) = (key.user.as_str(), key.broker.as_str());
+        let link = self.config.server.public_url.as_ref().and_then(|base| {
+            base.join(&format!("api/login/{broker}/{user}/url"))
+                .ok()
+                .map(|u| u.to_string())
+        });
+        let event = serde_json::json!({
+            "event": "approval_requested",
+            "user_id": user,
+            "broker": broker,
+            "message": message,
+            "assisted_login_url": link,
+            "expires_at": crate::clock::iso(until_ms),
+        });
+        tokio::spawn(async move {
+            let sent = reqwest::Client::new()
+                .post(url.clone())
+                .header("content-type", "application/json")
+                .body(event.to_string())
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            if let Err(e) = sent.and_then(|r| r.error_for_status()) {
+                tracing::warn!(error = %e.without_url(), host = ?url.host_str(), "webhook did not take the event");
+            }
+        });
+    }
 }

@@ -8,4 +8,5 @@ mod extras;
 mod openapi;
 mod routes;
 mod support;
+mod upstox;
 mod user_routes;
