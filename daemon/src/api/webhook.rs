@@ -55,24 +55,21 @@ pub async fn deliver(
 ) -> Result<Json<DeliveryView>, ApiError> {
     // A 2xx for every refusal, so the broker does not retry a forged or stale body; 404 (no
     // detail) only for a hook that does not exist.
-    let status = if body.len() > DELIVERY_LIMIT_BYTES {
+    if body.len() > DELIVERY_LIMIT_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             "a delivery is at most 16 KiB",
         ));
-    } else {
-        match api.refresher().deliver_token(&broker, &hook, &body).await {
-            // As little as the router's own 404 says: which hooks exist is no one's business.
-            Delivery::NotFound => {
-                return Err(ApiError::not_found("no_such_hook", "not found"));
-            }
-            Delivery::Ignored(_) => "ignored",
-            Delivery::Accepted(key) => {
-                // The first token wins: a browser login begun meanwhile can no longer finish.
-                api.assisted.forget(&key);
-                "accepted"
-            }
+    }
+    let status = match api.refresher().deliver_token(&broker, &hook, &body).await {
+        // As little as the router's own 404 says: which hooks exist is no one's business.
+        Delivery::NotFound => return Err(ApiError::not_found("no_such_hook", "not found")),
+        Delivery::Ignored(_) => "ignored",
+        Delivery::Accepted(key) => {
+            // The first token wins: a browser login begun meanwhile can no longer finish.
+            api.assisted.forget(&key);
+            "accepted"
         }
     };
     Ok(Json(DeliveryView { status }))
