@@ -78,7 +78,8 @@ def main():
         login.token("2.0", **args)
         fail("A2: a used code was accepted again")
     except ApiException as e:
-        if "UDAPI100057" not in (e.body or ""):
+        body = e.body.decode() if isinstance(e.body, bytes) else (e.body or "")
+        if "UDAPI100057" not in body:
             fail(f"A2 reuse: expected UDAPI100057, got HTTP {e.status}")
 
     # V: the profile with the new token.
