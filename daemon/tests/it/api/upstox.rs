@@ -55,6 +55,7 @@ async fn events_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 }
 
 async fn world(mode: &str) -> World {
+    crate::log_capture::install();
     // The fake reads the API's clock, which exists only once the API does.
     let clock: Arc<OnceLock<Arc<ManualClock>>> = Arc::default();
     let read = clock.clone();
@@ -254,6 +255,16 @@ async fn approval_end_to_end_request_then_awaiting_then_the_notifier_post_stores
         serde_json::from_str::<Value>(&replay.body).unwrap()["status"],
         "ignored"
     );
+    // Deliveries, accepted or not, are logged without the token, the secret or the hook.
+    let log = crate::log_capture::text();
+    assert!(
+        log.contains("webhook delivery ignored"),
+        "the replay is logged"
+    );
+    let hook = w.hook_url.rsplit('/').next().unwrap();
+    for secret in [delivered.token.as_str(), SECRET, hook] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
