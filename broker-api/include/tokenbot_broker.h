@@ -1,5 +1,5 @@
 /*
- * tokenbot broker plugin ABI, version 1.2.
+ * tokenbot broker plugin ABI, version 1.3.
  *
  * The C view of broker-api/src/abi.rs; a test compiles this header and compares every size,
  * offset and constant with the Rust definitions, so the two cannot drift apart.
@@ -15,7 +15,9 @@
  *  - Plugin functions may be called from any thread, and concurrently for different accounts.
  *  - Minor versions: 1.1 added sleep_ms and the settings map; 1.2 added JSON fields only (extra
  *    credential fields, served token extras, the validity rule, a minimum login interval), so
- *    the tables are those of 1.1.
+ *    the tables are those of 1.1; 1.3 added JSON fields only (a pending_approval error class with
+ *    pending_until_ms, a manifest's token_webhook flag, an assisted finish's webhook delivery),
+ *    so the tables are still those of 1.1.
  *  - Never let a C++ exception or a Rust panic cross the boundary: return TOKENBOT_STATUS_PANIC.
  */
 #ifndef TOKENBOT_BROKER_H
@@ -32,7 +34,7 @@ extern "C" {
 #define TOKENBOT_HOST_MAGIC 0x48424B54u   /* "TKBH" little-endian */
 #define TOKENBOT_PLUGIN_MAGIC 0x50424B54u /* "TKBP" little-endian */
 #define TOKENBOT_ABI_MAJOR 1
-#define TOKENBOT_ABI_MINOR 2
+#define TOKENBOT_ABI_MINOR 3
 
 typedef int32_t tokenbot_status;
 #define TOKENBOT_STATUS_OK 0

@@ -17,7 +17,7 @@ pub const PLUGIN_MAGIC: u32 = u32::from_le_bytes(*b"TKBP");
 /// Incompatible changes bump the major; a host refuses any other major.
 pub const ABI_MAJOR: u16 = 1;
 /// Appended fields bump the minor; readers check `struct_size` before reading them.
-pub const ABI_MINOR: u16 = 2;
+pub const ABI_MINOR: u16 = 3;
 
 /// Leading part of every table that crosses the boundary.
 #[repr(C)]

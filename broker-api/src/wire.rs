@@ -75,6 +75,10 @@ pub enum ErrorClass {
     Network,
     /// The broker answered something the strategy does not understand: it changed.
     Protocol,
+    /// Not a failure (ABI 1.3): the broker asked a person to approve the login and will deliver
+    /// the token to the host's webhook, until [`ErrorOutput::pending_until_ms`]. Never retried
+    /// and never a reason for `needs_attention`; the host waits for the delivery instead.
+    PendingApproval,
     /// A class this host does not know (sent by a newer plugin); treated like `protocol`.
     #[serde(other)]
     Unknown,
@@ -94,6 +98,7 @@ impl ErrorClass {
             ErrorClass::BrokerUnavailable => "broker_unavailable",
             ErrorClass::Network => "network",
             ErrorClass::Protocol => "protocol",
+            ErrorClass::PendingApproval => "pending_approval",
             ErrorClass::Unknown => "unknown",
         }
     }
@@ -187,6 +192,12 @@ pub struct Manifest {
     /// one that arrives while several are pending.
     #[serde(default = "default_true")]
     pub callback_has_state: bool,
+    /// Whether the broker can deliver tokens by POSTing them to a host webhook after a person
+    /// approves a request (ABI 1.3; Upstox's notifier webhook). Such a strategy's `login` may
+    /// answer [`ErrorClass::PendingApproval`], and its `assisted_finish` accepts a
+    /// [`AssistedFinishRequest::delivery`].
+    #[serde(default)]
+    pub token_webhook: bool,
 }
 
 /// How a broker's tokens expire, which decides when the scheduler logs an account in again.
@@ -310,6 +321,10 @@ pub struct ErrorOutput {
     /// a password is sent at most once per refresh. Absent (a 1.0 plugin) means it may have.
     #[serde(default = "default_true")]
     pub credentials_sent: bool,
+    /// For `pending_approval` (ABI 1.3): until when (Unix ms) the person may approve; after it
+    /// the request is dead and the next scheduled run asks again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_until_ms: Option<i64>,
 }
 
 impl ErrorOutput {
@@ -323,6 +338,7 @@ impl ErrorOutput {
             message: message.into(),
             retry_after_ms: None,
             credentials_sent: true,
+            pending_until_ms: None,
         }
     }
 
@@ -414,12 +430,32 @@ pub struct AssistedFinishRequest {
     pub credentials: Credentials,
     /// The redirect's query parameters, as received.
     pub query: BTreeMap<String, String>,
+    /// A token the broker POSTed to the host's webhook (ABI 1.3), instead of a redirect query:
+    /// the strategy validates it and confirms the token with the broker before the host stores
+    /// it. Absent for a browser redirect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<TokenDelivery>,
+    /// The host's callback URL the login URL named (ABI 1.3), for brokers whose token exchange
+    /// repeats it (Upstox's `redirect_uri`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
     /// Effective base URLs.
     pub base_urls: BTreeMap<String, String>,
     /// Effective settings: the manifest's [`Manifest::settings`] overridden by the operator's
     /// `[brokers.<id>]` keys (ABI 1.1; empty from an older host).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+}
+
+/// A webhook delivery of a token (ABI 1.3), for [`AssistedFinishRequest::delivery`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenDelivery {
+    /// The delivery's body as received (it holds the token).
+    pub body: Sensitive,
+    /// When the host asked for the approval this delivery answers (Unix ms).
+    pub requested_at_ms: i64,
+    /// Until when that request could be approved (Unix ms).
+    pub pending_until_ms: i64,
 }
 
 /// One HTTP exchange requested by a plugin.

@@ -201,6 +201,7 @@ mod tests {
             validity: Validity::Daily,
             min_login_interval_ms: 0,
             callback_has_state: true,
+            token_webhook: false,
         }
     }
 

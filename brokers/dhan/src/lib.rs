@@ -168,6 +168,7 @@ impl Strategy for Dhan {
             min_login_interval_ms: 120_000,
             // The consent flow redirects with `?tokenId=` only [OFF docs].
             callback_has_state: false,
+            token_webhook: false,
         }
     }
 

@@ -136,6 +136,7 @@ impl Strategy for FivePaisa {
             // fivepaisa.md: at most one F1 per account per minute.
             min_login_interval_ms: 60_000,
             callback_has_state: true,
+            token_webhook: false,
         }
     }
 

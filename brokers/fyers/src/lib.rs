@@ -170,6 +170,7 @@ impl Strategy for Fyers {
             validity: Validity::Daily,
             min_login_interval_ms: 0,
             callback_has_state: true,
+            token_webhook: false,
         }
     }
 

@@ -234,6 +234,7 @@ impl Strategy for IiflXts {
             validity: broker_api::wire::Validity::Daily,
             min_login_interval_ms: 0,
             callback_has_state: true,
+            token_webhook: false,
         }
     }
 

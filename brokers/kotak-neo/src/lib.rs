@@ -127,6 +127,7 @@ impl Strategy for KotakNeo {
             validity: Validity::Daily,
             min_login_interval_ms: 0,
             callback_has_state: true,
+            token_webhook: false,
         }
     }
 

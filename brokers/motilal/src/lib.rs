@@ -137,6 +137,7 @@ impl Strategy for Motilal {
             validity: Validity::Daily,
             min_login_interval_ms: 0,
             callback_has_state: true,
+            token_webhook: false,
         }
     }
 

@@ -271,6 +271,7 @@ impl Strategy for Shoonya {
             min_login_interval_ms: 0,
             // The OAuth page takes only `client_id` and redirects with `?code=` alone.
             callback_has_state: false,
+            token_webhook: false,
         }
     }
 

@@ -30,6 +30,7 @@ mod motilal;
 mod record;
 mod shoonya;
 mod telegram;
+mod upstox;
 mod xts;
 
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub use motilal::{
 pub use record::{Recorder, TotpUse};
 pub use shoonya::{FakeShoonya, ShoonyaBehaviour, ShoonyaUser};
 pub use telegram::{FakeTelegram, SentMessage, TelegramFailure};
+pub use upstox::{Delivered, FakeUpstox, Tamper, UpstoxBehaviour, UpstoxUser};
 pub use xts::{FakeXts, XtsBehaviour, XtsUser};
 
 /// The clock a fake judges TOTP codes and expiry by, in Unix milliseconds.

@@ -34,6 +34,7 @@ mod token_counts;
 mod tokens;
 mod users;
 pub mod views;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,6 +218,16 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/callback/{broker}",
         handler: || get(login::callback),
+    },
+    Route {
+        method: "POST",
+        path: "/webhook/{broker}/{hook}",
+        handler: || post(webhook::deliver),
+    },
+    Route {
+        method: "POST",
+        path: "/api/webhooks/{broker}",
+        handler: || post(webhook::create_hook),
     },
     Route {
         method: "GET",

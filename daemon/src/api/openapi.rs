@@ -13,7 +13,7 @@ use utoipa::openapi::{Content, Ref};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    credentials, error, events, health, integration, login, metrics, tokens, users, views,
+    credentials, error, events, health, integration, login, metrics, tokens, users, views, webhook,
 };
 
 /// The document's security schemes.
@@ -128,6 +128,8 @@ impl Modify for FailedAuthLimit {
         users::list,
         login::url,
         login::callback,
+        webhook::deliver,
+        webhook::create_hook,
         openapi_json,
         metrics::metrics,
     ),

@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::error::ApiError;
 use crate::vault::blocking;
-use crate::vault::{Account, AccountKey, BrokerId, LoggedAttempt, Token, UserId, VaultError};
+use crate::vault::{
+    Account, AccountKey, AccountState, BrokerId, LoggedAttempt, Token, UserId, VaultError,
+};
 
 pub use crate::clock::iso;
 
@@ -131,8 +133,12 @@ pub struct AccountView {
     pub auto_refresh: bool,
     /// Logged in by another system; never logged in here.
     pub managed_externally: bool,
-    /// `active`, `paused`, `managed_externally` or `needs_attention`.
+    /// `active`, `paused`, `managed_externally`, `needs_attention`, or `awaiting_approval` (an
+    /// active account whose broker waits for a person to approve a token request).
     pub state: String,
+    /// Set in state `awaiting_approval`: until when the person may approve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_until: Option<String>,
     /// Set in state `needs_attention`.
     pub attention: Option<AttentionView>,
     /// Whether a token valid now is stored.
@@ -150,13 +156,21 @@ pub struct AccountView {
 impl AccountView {
     /// The view of `account` with its (optional) token, at `now_ms`.
     pub fn new(account: &Account, token: Option<&Token>, now_ms: i64) -> AccountView {
+        // An expired request is over, whether or not a login has recorded it yet.
+        let pending_until = (account.pending_approval)
+            .map(|p| p.until_ms)
+            .filter(|until| now_ms < *until);
         AccountView {
             user_id: account.user.as_str().to_owned(),
             broker: account.broker.as_str().to_owned(),
             broker_user_id: account.broker_user_id.clone(),
             auto_refresh: account.auto_refresh,
             managed_externally: account.managed_externally,
-            state: account.state().as_str().to_owned(),
+            state: match (account.state(), pending_until) {
+                (AccountState::Active, Some(_)) => "awaiting_approval".to_owned(),
+                (state, _) => state.as_str().to_owned(),
+            },
+            pending_until: pending_until.map(iso),
             attention: account.attention.as_ref().map(|a| AttentionView {
                 class: a.class.clone(),
                 message: a.message.clone(),

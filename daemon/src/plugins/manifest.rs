@@ -104,6 +104,7 @@ mod tests {
             validity: Validity::Rolling,
             min_login_interval_ms: 120_000,
             callback_has_state: true,
+            token_webhook: false,
         }
     }
 

@@ -50,6 +50,8 @@ pub const BUNDLED: &[EntryFn] = &[
     broker_fivepaisa::entry,
     #[cfg(feature = "broker-shoonya")]
     broker_shoonya::entry,
+    #[cfg(feature = "broker-upstox")]
+    broker_upstox::entry,
 ];
 
 /// The loaded strategies, by broker id. Readers clone the `Arc` of the current map; a rescan builds

@@ -20,6 +20,16 @@ pub struct AssistedAccount {
     credentials: Credentials,
 }
 
+impl AssistedAccount {
+    pub(super) fn account(&self) -> &Account {
+        &self.account
+    }
+
+    pub(super) fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+}
+
 /// A finished assisted login (never the token).
 #[derive(Debug, Clone)]
 pub struct AssistedLogin {
@@ -43,7 +53,7 @@ pub enum AssistedError {
     Broker(PluginError),
 }
 
-fn assisted_credentials(c: &Credentials) -> wire::Credentials {
+pub(super) fn assisted_credentials(c: &Credentials) -> wire::Credentials {
     wire::Credentials {
         // Assisted login never sends the password: the person types it at the broker.
         password: None,
@@ -182,6 +192,8 @@ impl Refresher {
             broker_user_id: account.broker_user_id.clone(),
             credentials: assisted_credentials(&credentials),
             query,
+            delivery: None,
+            redirect_url: self.config.server.callback_url(key.broker.as_str()),
             base_urls: plugin.base_urls(&broker_config.urls),
             settings: plugin
                 .settings(&broker_config.settings)

@@ -67,7 +67,7 @@ impl Refresher {
         trigger: Trigger,
         explicit: bool,
     ) -> AccountResult {
-        let plan = match self.plan_login(key, explicit).await {
+        let plan = match self.plan_login(key, trigger, explicit).await {
             Ok(plan) => plan,
             Err(done) => return done,
         };
@@ -153,12 +153,16 @@ impl Refresher {
     async fn plan_login(
         &self,
         key: &AccountKey,
+        trigger: Trigger,
         explicit: bool,
     ) -> Result<LoginPlan, AccountResult> {
         let (vault, k) = (self.vault.clone(), key.clone());
         let account = found(key, blocking(move || vault.get_account(&k)).await)?;
         if let Some(skipped) = self.skip_reason(key, &account, explicit) {
             return Err(skipped);
+        }
+        if let Some(waiting) = self.approval_gate(key, &account, trigger, explicit).await {
+            return Err(waiting);
         }
         let Some(plugin) = self.plugins.get(key.broker.as_str()) else {
             return Err(AccountResult::failed(

@@ -8,6 +8,7 @@
 //! credentials change: retrying a wrong password locks real accounts. (`twofa_rejected` already
 //! had its one retry on a fresh TOTP step inside the strategy, without resending the password.)
 
+mod approval;
 mod assisted;
 mod attention;
 pub mod backoff;
@@ -20,6 +21,7 @@ pub mod schedule;
 pub mod session;
 mod summary;
 
+pub use approval::{Delivery, sha256_hex};
 pub use assisted::{AssistedAccount, AssistedError, AssistedLogin};
 pub use summary::{AccountResult, RefreshSummary};
 
@@ -101,6 +103,9 @@ pub struct Refresher {
     /// Per-broker limits, built on first use from `[brokers.<id>]` or the strategy's manifest.
     brokers: Mutex<HashMap<String, Arc<gate::BrokerLimits>>>,
     sleep: SleepFn,
+    /// SHA-256 of each token accepted from a webhook, until it expires: a replayed delivery
+    /// is ignored even after its request was fulfilled (`approval`).
+    accepted_tokens: Mutex<HashMap<String, i64>>,
     /// Called after each token is stored, whatever started the login (wakes the Postgres mirror).
     on_token: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Tells people when an account needs them (`[refresh] webhook_url`, `[notify]`). Here
@@ -154,6 +159,7 @@ impl Refresher {
             breakers: backoff::Breakers::default(),
             brokers: Mutex::default(),
             sleep,
+            accepted_tokens: Mutex::default(),
             on_token: None,
             attempts: AtomicU64::new(0),
             successes: AtomicU64::new(0),

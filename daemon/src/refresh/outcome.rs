@@ -182,6 +182,8 @@ impl Refresher {
             super::attention::clear_resolved(&vault, &k, trigger)
         })
         .await?;
+        // Any token ends a pending approval (the vault cleared it with the token): no reminder.
+        self.notifier.approval_resolved(key);
         if let Some(on_token) = &self.on_token {
             on_token();
         }

@@ -22,6 +22,12 @@ impl Refresher {
         may_retry: bool,
     ) -> ControlFlow<AccountResult> {
         let attempt = record.attempt;
+        // Not a failure: the broker waits for a person (`approval`).
+        if let Err(PluginError::Failed(e)) = &result
+            && e.class == wire::ErrorClass::PendingApproval
+        {
+            return ControlFlow::Break(self.await_approval(key, record, e).await);
+        }
         let error = match self.finish_login(key, record, result).await {
             Finished::Stored { .. } => {
                 return ControlFlow::Break(AccountResult::new(key, Outcome::Success, attempt));

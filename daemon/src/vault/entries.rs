@@ -32,6 +32,10 @@ pub enum Outcome {
     Failed,
     /// Not attempted (paused, managed externally, needs attention).
     Skipped,
+    /// Not a failure: the broker asked a person to approve the login, and will deliver the
+    /// token to the webhook.
+    #[serde(rename = "pending_approval")]
+    PendingApproval,
 }
 
 /// One login attempt.

@@ -20,6 +20,7 @@ mod crypto;
 mod engine;
 mod entries;
 mod error;
+mod hooks;
 mod ids;
 pub mod key;
 mod logs;

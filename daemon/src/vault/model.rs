@@ -117,10 +117,24 @@ pub struct Account {
     /// the host: no process, before or after a crash, hands out that step or an earlier one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_totp_step: Option<u64>,
+    /// Set while the broker waits for a person to approve a token request it will deliver to
+    /// the webhook (Upstox's approval mode): no new request is sent until it is fulfilled or
+    /// expires. Kept here so a restart still accepts the delivery and sends no second request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_approval: Option<PendingApproval>,
     /// Created, Unix ms.
     pub created_at_ms: i64,
     /// Last changed, Unix ms.
     pub updated_at_ms: i64,
+}
+
+/// A token request a person has yet to approve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingApproval {
+    /// When the request was sent, Unix ms (a delivery issued well before it is stale).
+    pub requested_at_ms: i64,
+    /// Until when the person may approve it, Unix ms (the broker's expiry).
+    pub until_ms: i64,
 }
 
 /// The wait after refreshes that ended in a retryable failure.
@@ -328,6 +342,7 @@ mod tests {
             attention: None,
             backoff: None,
             last_totp_step: None,
+            pending_approval: None,
             created_at_ms: 0,
             updated_at_ms: 0,
         };

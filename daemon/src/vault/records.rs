@@ -9,7 +9,9 @@ use super::crypto::RecordKeys;
 use super::entries::OutboxStatus;
 use super::error::VaultError;
 use super::ids::{AccountKey, UserId};
-use super::model::{Account, Attention, Backoff, Flags, NewAccount, NewToken, Token};
+use super::model::{
+    Account, Attention, Backoff, Flags, NewAccount, NewToken, PendingApproval, Token,
+};
 use super::outbox::enqueue;
 use super::store::{ReadTx, Table, WriteTx};
 use super::{USER_CACHE_MAX, UserTokens, Vault, next_seq};
@@ -138,6 +140,8 @@ fn put_account_in(
         attention,
         backoff,
         last_totp_step: old.as_ref().and_then(|a| a.last_totp_step),
+        // A request already sent stays pending: new credentials do not recall it.
+        pending_approval: old.as_ref().and_then(|a| a.pending_approval),
         created_at_ms: old.as_ref().map_or(now, |a| a.created_at_ms),
         updated_at_ms: now,
     };
@@ -366,6 +370,15 @@ impl Vault {
         })
     }
 
+    /// Set (or clear) the token request awaiting a person's approval.
+    pub fn set_pending_approval(
+        &self,
+        key: &AccountKey,
+        pending: Option<PendingApproval>,
+    ) -> Result<Account, VaultError> {
+        self.update_account(key, |a| a.pending_approval = pending)
+    }
+
     /// Clear the account's attention.
     pub fn clear_attention(&self, key: &AccountKey) -> Result<Account, VaultError> {
         self.update_account(key, |a| a.attention = None)
@@ -392,7 +405,10 @@ impl Vault {
         let now = self.now();
         self.write(|tx, keys| {
             let mut account = require_account(tx, key)?;
-            if account.backoff.take().is_some() {
+            // The first token to arrive wins: a pending approval it answers, or one a browser
+            // login overtook, is over (a later delivery finds none and is ignored).
+            let pending = account.pending_approval.take().is_some();
+            if account.backoff.take().is_some() || pending {
                 store_account(tx, &account)?;
             }
             let generation = next_seq(tx, SEQ_GENERATION)?;

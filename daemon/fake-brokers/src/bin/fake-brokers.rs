@@ -1,7 +1,7 @@
 //! Standalone fakes for trying the daemon by hand or checking other clients against them:
 //! a realistic FakeKite, FakeIifl, FakeXts, FakeAngelOne, FakeDhan, FakeFyers, FakeKotakNeo,
-//! FakeMotilal, FakeFivePaisa and FakeShoonya on loopback, on the system clock, with one happy
-//! demo account each.
+//! FakeMotilal, FakeFivePaisa, FakeShoonya and FakeUpstox on loopback, on the system clock, with
+//! one happy demo account each.
 //!
 //! ```text
 //! fake-brokers --dir DIR [--ideal]
@@ -11,8 +11,8 @@
 //! - `tokenbot.toml`: the `[brokers.kite]`, `[brokers.iifl]`, `[brokers.iifl-xts]`,
 //!   `[brokers.angelone]`, `[brokers.dhan]`, `[brokers.fyers]`, `[brokers.kotak-neo]`,
 //!   `[brokers.motilal]` (with the fake's registered `client_public_ip`) and
-//!   `[brokers.fivepaisa]` and `[brokers.shoonya]` (with `flow = "quickauth"`) sections pointing
-//!   at the fakes;
+//!   `[brokers.fivepaisa]`, `[brokers.shoonya]` (with `flow = "quickauth"`) and `[brokers.upstox]`
+//!   sections pointing at the fakes;
 //! - one `<broker>.json` per broker: the account's credentials (`broker_user_id`, `password`,
 //!   `api_key`, `api_secret`, `totp_secret`, and each broker's own fields such as `pin`,
 //!   `mobile`, `dob_or_pan`, `api_user_id`, `secret_code`; XTS has no password nor TOTP secret).
@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 
 use fake_brokers::{
     AngelUser, DhanUser, FakeAngelOne, FakeDhan, FakeFivePaisa, FakeFyers, FakeIifl, FakeKite,
-    FakeKotakNeo, FakeMotilal, FakeOptions, FakeShoonya, FakeXts, FivePaisaUser, FyersUser,
-    IiflUser, KiteUser, KotakUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism, ShoonyaUser,
-    XtsUser,
+    FakeKotakNeo, FakeMotilal, FakeOptions, FakeShoonya, FakeUpstox, FakeXts, FivePaisaUser,
+    FyersUser, IiflUser, KiteUser, KotakUser, MOTILAL_REGISTERED_IP, MotilalUser, Realism,
+    ShoonyaUser, UpstoxUser, XtsUser,
 };
 use serde_json::json;
 
@@ -117,7 +117,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     let kotak = FakeKotakNeo::start_with(options.clone()).await;
     let motilal = FakeMotilal::start_with(options.clone()).await;
     let fivepaisa = FakeFivePaisa::start_with(options.clone()).await;
-    let shoonya = FakeShoonya::start_with(options).await;
+    let shoonya = FakeShoonya::start_with(options.clone()).await;
+    let upstox = FakeUpstox::start_with(options).await;
 
     let kite_user = KiteUser::new(
         "AB1234",
@@ -199,6 +200,13 @@ async fn run(args: Args) -> std::io::Result<()> {
     // The official OAuth client is pointed at a local redirect the check script reads back.
     shoonya_user.redirect_url = "http://127.0.0.1:1/callback/shoonya".into();
     shoonya.add_user(shoonya_user.clone());
+    let upstox_user = UpstoxUser::new(
+        "UP1234",
+        &format!("615b1297-{}", random_alnum(12).to_ascii_lowercase()),
+        &random_alnum(10).to_ascii_lowercase(),
+    )
+    .with_redirect_uri("http://127.0.0.1:3000/callback/upstox");
+    upstox.add_user(upstox_user.clone());
 
     std::fs::create_dir_all(&args.dir)?;
     write(
@@ -215,7 +223,8 @@ async fn run(args: Args) -> std::io::Result<()> {
              [brokers.kotak-neo]\nlogin_url = {}\napi_url = {}\n\n\
              [brokers.motilal]\napi_url = {}\nclient_public_ip = {}\n\n\
              [brokers.fivepaisa]\napi_url = {}\nlogin_url = {}\n\n\
-             [brokers.shoonya]\nlegacy_url = {}\napi_url = {}\noauth_url = {}\nflow = \"quickauth\"\n",
+             [brokers.shoonya]\nlegacy_url = {}\napi_url = {}\noauth_url = {}\nflow = \"quickauth\"\n\n\
+             [brokers.upstox]\napi_url = {}\n",
             toml_str(kite.web_url()),
             toml_str(kite.api_url()),
             toml_str(&iifl.portal_url()),
@@ -236,6 +245,7 @@ async fn run(args: Args) -> std::io::Result<()> {
             toml_str(&shoonya.legacy_url()),
             toml_str(&shoonya.api_url()),
             toml_str(&shoonya.oauth_url()),
+            toml_str(&upstox.api_url()),
         ),
     )?;
     let credentials = [
@@ -338,6 +348,15 @@ async fn run(args: Args) -> std::io::Result<()> {
                 "api_secret": shoonya_user.api_key,
                 "secret_code": shoonya_user.secret_code,
                 "totp_secret": shoonya_user.totp_secret,
+            }),
+        ),
+        (
+            "upstox.json",
+            json!({
+                "broker_user_id": upstox_user.user_id,
+                "api_key": upstox_user.api_key,
+                "api_secret": upstox_user.api_secret,
+                "redirect_uri": upstox_user.redirect_uri,
             }),
         ),
     ];

@@ -10,4 +10,5 @@ mod openapi;
 mod routes;
 // Shared with the strategies tests that go through the API end to end.
 pub(crate) mod support;
+mod upstox;
 mod user_routes;

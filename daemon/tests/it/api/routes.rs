@@ -764,6 +764,29 @@ fn rows() -> Vec<Row> {
                 G::Public,
             )
         },
+        Row {
+            broker: BrokerAt::Path("no_such_hook"),
+            ..row(
+                Method::POST,
+                "/webhook/{broker}/{hook}",
+                "/webhook/kite/0000",
+                G::Public,
+            )
+        },
+        Row {
+            body: B::Required {
+                good: json!({"api_key": "app-key-1"}),
+                wrong_type: json!({"api_key": [ECHO]}),
+                missing: Some((json!({}), 422, "invalid_body")),
+            },
+            broker: BrokerAt::Path("unknown_broker"),
+            ..row(
+                Method::POST,
+                "/api/webhooks/{broker}",
+                "/api/webhooks/kite",
+                G::Key,
+            )
+        },
         row(Method::GET, "/openapi.json", "/openapi.json", G::Public),
         row(Method::GET, "/metrics", "/metrics", G::Integration),
     ]

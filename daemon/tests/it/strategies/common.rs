@@ -228,6 +228,8 @@ impl Harness {
             broker_user_id: account.broker_user_id.clone(),
             credentials: account.credentials(),
             query,
+            delivery: None,
+            redirect_url: None,
             base_urls: plugin.base_urls(urls),
             settings: self.settings(&plugin),
         };

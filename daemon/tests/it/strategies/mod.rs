@@ -10,4 +10,5 @@ mod kite;
 mod kotak_neo;
 mod motilal;
 mod shoonya;
+mod upstox;
 mod xts;

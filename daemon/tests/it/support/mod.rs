@@ -97,6 +97,7 @@ pub const BUNDLED_BROKERS: &[&str] = &[
     "motilal",
     "fivepaisa",
     "shoonya",
+    "upstox",
 ];
 
 /// Build the `tokenbot` binary with every bundled strategy but `broker`'s (its cargo feature
