@@ -194,7 +194,23 @@ impl Strategy for Upstox {
         let key = api_key(&req.credentials)?;
         let secret = secret(&req.credentials)?;
         let api = Api::new(host, base(&req.base_urls)?);
-        let requested = api.request_token(key, secret)?;
+        let requested = match api.request_token(key, secret) {
+            // A timeout or a reset may come after Upstox took the request: the person may have a
+            // prompt on their phone. Asking again would prompt again, and a second approval
+            // kills the first token, so the account waits as if the request went out. (A 5xx or
+            // a WAF page is an answer: the request was refused, and may be sent again.)
+            Err(e) if e.class == ErrorClass::Network => {
+                host.log(
+                    Level::Warn,
+                    "upstox: the token request's answer was lost; waiting for an approval as if                      it was sent (no new request today unless one is asked for by name)",
+                );
+                api::Requested {
+                    expiry_ms: api::token_expiry(host.now_unix_ms()),
+                    notifier_url: None,
+                }
+            }
+            other => other?,
+        };
         if let Some(url) = &requested.notifier_url
             && notifier_matches(url.expose(), req.redirect_url.as_deref()) == Some(false)
         {

@@ -222,7 +222,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "POST",
         path: "/webhook/{broker}/{hook}",
-        handler: || post(webhook::deliver),
+        // The limit before the body is read: the route takes no credential.
+        handler: || {
+            post(webhook::deliver).layer(DefaultBodyLimit::max(webhook::DELIVERY_LIMIT_BYTES))
+        },
     },
     Route {
         method: "POST",

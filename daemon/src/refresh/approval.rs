@@ -48,8 +48,26 @@ impl Refresher {
         trigger: Trigger,
         explicit: bool,
     ) -> Option<AccountResult> {
-        let pending = account.pending_approval?;
         let now = self.plugin_env.clock.now_ms();
+        let by_webhook = self
+            .plugins
+            .get(key.broker.as_str())
+            .is_some_and(|p| p.manifest.token_webhook);
+        if by_webhook && !explicit {
+            // Each request is a prompt on a person's phone, and a new approval kills the token
+            // of the last one: while a token is valid (it was given today), nobody is asked.
+            let (vault, k) = (self.vault.clone(), key.clone());
+            if let Ok(Some(token)) = blocking(move || vault.get_token(&k)).await
+                && token.expires_at_ms > now
+            {
+                return Some(AccountResult::skipped(
+                    key,
+                    "token_valid",
+                    "today's token is stored; no approval request sent",
+                ));
+            }
+        }
+        let pending = account.pending_approval?;
         if now < pending.until_ms {
             if explicit {
                 tracing::info!(account = %key, "approval pending; a new request was asked for by name");
@@ -104,10 +122,19 @@ impl Refresher {
             .plugins
             .get(key.broker.as_str())
             .is_some_and(|p| p.manifest.token_webhook);
-        let Some(until_ms) = error.pending_until_ms.filter(|_| takes_deliveries) else {
+        // An expiry already past, or more than a day off, is a broker that changed (say, seconds
+        // where milliseconds were): taken as is, it would end the wait at once and the next run
+        // would ask the person again, and again.
+        let now = self.plugin_env.clock.now_ms();
+        let sane = |until: &i64| *until > now + 60_000 && *until <= now + 26 * 3_600_000;
+        let Some(until_ms) = error
+            .pending_until_ms
+            .filter(|u| takes_deliveries && sane(u))
+        else {
             // A strategy that cannot deliver, or says not until when: nothing will come.
             let message = format!(
-                "the strategy answered pending_approval without a webhook or an expiry: {}",
+                "the strategy answered pending_approval without a webhook or a plausible \
+                 expiry: {}",
                 error.message
             );
             return self.give_up(key, ErrorClass::Protocol, &message, 1).await;

@@ -126,6 +126,13 @@ impl Refresher {
         let now = self.plugin_env.clock.now_ms();
         let schedules = schedules(&self.plugins, &self.config);
         let session = self.session();
+        let by_webhook: Vec<String> = self
+            .plugins
+            .all()
+            .values()
+            .filter(|p| p.manifest.token_webhook)
+            .map(|p| p.id.clone())
+            .collect();
         let vault = self.vault.clone();
         let due = tokio::task::spawn_blocking(
             move || -> Result<Vec<AccountKey>, crate::vault::VaultError> {
@@ -141,7 +148,8 @@ impl Refresher {
                         continue;
                     };
                     let key = account.key();
-                    let stale = match vault.get_token(&key)? {
+                    let token = vault.get_token(&key)?;
+                    let stale = match &token {
                         None => true,
                         Some(token) if schedule.validity == Validity::Rolling => {
                             session.due(now, token.expires_at_ms)
@@ -153,6 +161,19 @@ impl Refresher {
                                     .is_some_and(|last| token.issued_at_ms < last)
                         }
                     };
+                    // A broker whose tokens a person approves is asked at its scheduled time,
+                    // not whenever a token lapses (Upstox's die at 03:30, which would wake the
+                    // person): catch-up asks only when a scheduled time passed with neither a
+                    // token nor a request since (the daemon was down then, or the account is new).
+                    let stale = stale
+                        && (!by_webhook.iter().any(|b| b == account.broker.as_str()) || {
+                            let last = schedule.last_at_or_before(now).unwrap_or(i64::MIN);
+                            let issued = token.as_ref().map_or(i64::MIN, |t| t.issued_at_ms);
+                            let requested = account
+                                .pending_approval
+                                .map_or(i64::MIN, |p| p.requested_at_ms);
+                            last > issued.max(requested)
+                        });
                     if stale {
                         due.push(key);
                     }

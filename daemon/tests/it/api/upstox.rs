@@ -213,7 +213,7 @@ async fn approval_end_to_end_request_then_awaiting_then_the_notifier_post_stores
         .unwrap_or_else(|| panic!("no approval_requested event: {events:?}"));
     assert_eq!(event["broker"], "upstox");
     assert!(
-        event["expires_at"]
+        event["link_expires_at"]
             .as_str()
             .is_some_and(|t| t.starts_with("2025-03-10T22:00"))
     );
@@ -428,4 +428,45 @@ async fn finish_in_browser(w: &World, url: &str) -> (u16, String) {
 async fn login_in_browser(w: &World) -> (u16, String) {
     let url = login_url(w).await;
     finish_in_browser(w, &url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_is_asked_once_a_day_at_the_scheduled_time_never_by_catch_up_at_night() {
+    let w = world("approval").await;
+    let refresher = w.api.state.refresher.clone();
+    // Day 1, just after the 08:00 IST schedule: asked, approved.
+    w.scheduled_refresh().await;
+    assert!(
+        w.fake
+            .approve(USER)
+            .await
+            .unwrap()
+            .body
+            .contains("accepted")
+    );
+    assert_eq!(w.fake.token_requests(APP), 1);
+    // Catch-up while the token is valid, and at 03:31 IST once it has died: nobody is woken.
+    refresher.catch_up().await;
+    w.api.clock.set(MORNING + 19 * HOUR + 31 * 60_000);
+    refresher.catch_up().await;
+    assert_eq!(w.fake.token_requests(APP), 1, "no request at night");
+    // Day 2, 08:01 IST: the daemon missed the 08:00 run, so catch-up asks, once.
+    w.api.clock.set(MORNING + 24 * HOUR + 60_000);
+    refresher.catch_up().await;
+    assert_eq!(w.fake.token_requests(APP), 2);
+    w.api.clock.set(MORNING + 24 * HOUR + 5 * 60_000);
+    refresher.catch_up().await;
+    assert_eq!(w.fake.token_requests(APP), 2, "not again while pending");
+    // Approved at 08:06; a scheduled run after that leaves today's token alone.
+    w.api.clock.set(MORNING + 24 * HOUR + 6 * 60_000);
+    let d = w.fake.approve(USER).await.unwrap();
+    assert!(d.body.contains("accepted"), "{}", d.body);
+    let again = w.scheduled_refresh().await;
+    assert_eq!(again["outcome"], "skipped", "{again}");
+    assert_eq!(
+        w.fake.token_requests(APP),
+        2,
+        "a valid token is not replaced"
+    );
+    assert_eq!(w.token().await.as_deref(), Some(d.token.as_str()));
 }
