@@ -18,7 +18,9 @@ use super::outcome::{Finished, attempt_record};
 use super::{AccountResult, Refresher};
 use crate::notify::NoticeAccount;
 use crate::plugins::PluginError;
-use crate::vault::{Account, AccountKey, Attempt, Outcome, PendingApproval, Trigger, blocking};
+use crate::vault::{
+    Account, AccountKey, AccountState, Attempt, Outcome, PendingApproval, Trigger, blocking,
+};
 
 /// What became of a webhook delivery. Only `NotFound` is visible to the sender as such: every
 /// refusal is answered alike, so a forger learns nothing from the answer.
@@ -245,13 +247,14 @@ impl Refresher {
             .await
             .unwrap_or_else(|| Delivery::Ignored("the delivery's login was aborted".into()));
         if let Delivery::Ignored(why) = &delivery {
-            tracing::warn!(account = %key, reason = %why, "webhook delivery ignored");
+            // Debug-quoted: the reason may carry text the sender chose, which must not forge log lines.
+            tracing::warn!(account = %key, reason = ?why, "webhook delivery ignored");
         }
         delivery
     }
 
     fn ignored(&self, broker: &str, why: String) -> Delivery {
-        tracing::warn!(broker, reason = %why, "webhook delivery ignored");
+        tracing::warn!(broker, reason = ?why, "webhook delivery ignored");
         Delivery::Ignored(why)
     }
 
@@ -313,6 +316,10 @@ impl Refresher {
         else {
             return Delivery::Ignored("no approval request is pending any more".into());
         };
+        // A token another system now pushes for this account is not overwritten.
+        if account.account().state() == AccountState::ManagedExternally {
+            return Delivery::Ignored("the account's token is managed externally".into());
+        }
         let broker_config = self.broker_config(&plugin.id);
         let settings = match plugin.settings(&broker_config.settings) {
             Ok(s) => s,

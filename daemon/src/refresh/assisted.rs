@@ -151,9 +151,29 @@ impl Refresher {
         key: &AccountKey,
         query: BTreeMap<String, String>,
     ) -> Result<AssistedLogin, AssistedError> {
+        // With a broker that also delivers tokens by webhook, a delivery may be stored while
+        // this callback waits for the account's turn; the token it had then tells.
+        let generation = if plugin.manifest.token_webhook {
+            self.token_generation(key).await
+        } else {
+            None
+        };
         let (me, task_key) = (self.clone(), key.clone());
         let login = async move {
-            let finished = me.finish_assisted_now(plugin, &task_key, query).await;
+            let finished = if plugin.manifest.token_webhook
+                && me.token_generation(&task_key).await != generation
+            {
+                // The first token wins: a second login would kill it at the broker.
+                Err(AssistedError::Broker(PluginError::Failed(
+                    wire::ErrorOutput::new(
+                        wire::ErrorClass::Protocol,
+                        "another login stored this account's token while this one waited; \
+                     this one was not finished",
+                    ),
+                )))
+            } else {
+                me.finish_assisted_now(plugin, &task_key, query).await
+            };
             let result = match &finished {
                 Ok(_) => AccountResult::new(&task_key, Outcome::Success, 1),
                 Err(AssistedError::Broker(e)) => {
@@ -172,6 +192,16 @@ impl Refresher {
             .ok()
             .flatten()
             .unwrap_or(Err(AssistedError::Store(VaultError::Aborted)))
+    }
+
+    /// The generation of the account's stored token, if any (`None` also when unreadable).
+    async fn token_generation(&self, key: &AccountKey) -> Option<u64> {
+        let (vault, k) = (self.vault.clone(), key.clone());
+        blocking(move || vault.get_token(&k))
+            .await
+            .ok()
+            .flatten()
+            .map(|t| t.generation)
     }
 
     async fn finish_assisted_now(

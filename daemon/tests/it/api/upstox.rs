@@ -470,3 +470,24 @@ async fn a_person_is_asked_once_a_day_at_the_scheduled_time_never_by_catch_up_at
     );
     assert_eq!(w.token().await.as_deref(), Some(d.token.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_for_an_account_now_managed_externally_stores_nothing() {
+    let w = world("approval").await;
+    w.scheduled_refresh().await;
+    w.api
+        .send(request(
+            Method::PUT,
+            "/api/users/u1/accounts/upstox",
+            &KEY,
+            Some(json!({
+                "broker_user_id": USER, "api_key": APP, "api_secret": SECRET,
+                "managed_externally": true,
+            })),
+        ))
+        .await
+        .expect(200);
+    let d = w.fake.approve(USER).await.unwrap();
+    assert!(d.body.contains("ignored"), "{}", d.body);
+    assert_eq!(w.token().await, None);
+}
