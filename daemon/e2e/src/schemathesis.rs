@@ -52,6 +52,9 @@ pub fn run(
         .args(["--request-timeout", "120"])
         .args(["--seed", &crate::stats::unix_secs().to_string()])
         .args(["--generation-database", "none"])
+        // An event stream never ends: schemathesis reads each body whole, so it would report the
+        // connection it cuts as the server's error. `api::events` tests the stream.
+        .args(["--exclude-path", "/api/tokens/events"])
         // Valid credentials only (the terms). With generated ones, the coverage phase
         // sends requests without them, and after 20 failed authentications from 127.0.0.1 within
         // 60 s the daemon answers 429 instead of 401 to each further one: much of the run would
