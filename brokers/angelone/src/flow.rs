@@ -13,8 +13,6 @@ use crate::settings::Settings;
 
 /// Official SDKs' timeout (angelone.md).
 const TIMEOUT_MS: u64 = 7_000;
-/// A1 is limited to one request per second per client code.
-pub const LOGIN_SPACING_MS: i64 = 1_000;
 
 const LOGIN_PATH: &str = "/rest/auth/angelbroking/user/v1/loginByPassword";
 const PROFILE_PATH: &str = "/rest/secure/angelbroking/user/v1/getProfile";

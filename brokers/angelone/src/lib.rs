@@ -1,8 +1,8 @@
 //! Angel One SmartAPI login strategy (`../shared/protocols/angelone.md` in the design notes):
 //!
 //! - headless login: A1 `loginByPassword` with the MPIN (`pin`) and a TOTP code in one JSON POST
-//!   (one more try on a fresh step if only the code is refused, re-sending the MPIN: the single
-//!   case a PIN goes twice), then A2 `getProfile` to check the token before returning it;
+//!   (sent once: a refused code is not retried, since a retry would send the MPIN again), then A2
+//!   `getProfile` to check the token before returning it;
 //! - `verify` through A2;
 //! - assisted login: `{login_url}/publisher-login?api_key=..&state=..`; Angel One redirects to the
 //!   SmartAPI app's registered URL (the daemon's `/callback/angelone`) with `auth_token` and
@@ -83,50 +83,20 @@ fn totp_failure(e: &HostCallError) -> ErrorOutput {
     }
 }
 
-/// A1 with a fresh code; one more try on the next step when only the code is refused (`AB1050`).
-/// That retry re-sends the MPIN, as A1 takes both at once: the one case the lockout rules allow.
+/// A1 with a fresh code, sent once. A refused code (`AB1050`) is not retried: A1 takes the MPIN
+/// with the code, so a second A1 would send the MPIN twice in one refresh.
 fn login_with_totp(
     host: &Host<'_>,
     client: &Client<'_, '_>,
     client_code: &str,
     pin: &str,
 ) -> Result<Tokens, ErrorOutput> {
-    let mut last_sent: Option<i64> = None;
-    loop {
-        let code = host.totp().map_err(|e| {
-            let out = totp_failure(&e);
-            if last_sent.is_none() {
-                out.before_credentials()
-            } else {
-                out
-            }
-        })?;
-        if let Some(sent) = last_sent {
-            // loginByPassword allows one request per second per client code.
-            let since = host.now_unix_ms() - sent;
-            if since < flow::LOGIN_SPACING_MS {
-                let _ = host.sleep((flow::LOGIN_SPACING_MS - since) as u64);
-            }
-        }
-        let first = last_sent.is_none();
-        last_sent = Some(host.now_unix_ms());
-        match client.login(client_code, pin, code.code.expose()) {
-            Ok(tokens) => return Ok(tokens),
-            Err(e) if e.class == ErrorClass::TwofaRejected && first => host.log(
-                Level::Warn,
-                "angelone: the TOTP code was refused (AB1050); trying once more with the next \
-                 step's code (the MPIN goes with it)",
-            ),
-            Err(mut e) => {
-                if e.class == ErrorClass::TwofaRejected {
-                    e.message.push_str(
-                        " (refused on two different steps: check the TOTP secret and the host clock)",
-                    );
-                }
-                return Err(e);
-            }
-        }
-    }
+    let code = host
+        .totp()
+        .map_err(|e| totp_failure(&e).before_credentials())?;
+    client
+        .login(client_code, pin, code.code.expose())
+        .map_err(|e| http::code_refused_with_secret(e, "MPIN"))
 }
 
 /// The login's output: expiry at the first 00:00 IST after `issued`.

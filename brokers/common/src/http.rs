@@ -25,6 +25,19 @@ pub fn host_failure(broker: &str, step: &str, e: &HostCallError) -> ErrorOutput 
     )
 }
 
+/// A TOTP code refused in the same request as the password or PIN (`secret` names which). Such
+/// a code is never retried on a fresh step, since the retry would send the secret a second time
+/// in one refresh; the message says so and what to check.
+pub fn code_refused_with_secret(mut e: ErrorOutput, secret: &str) -> ErrorOutput {
+    if e.class == ErrorClass::TwofaRejected {
+        e.message.push_str(&format!(
+            " (not retried: the {secret} goes with the code, and is sent once per refresh; \
+             check the TOTP secret and the host clock)"
+        ));
+    }
+    e
+}
+
 /// Whether the response is a redirect: a 3xx with a `Location`, whatever its body and content
 /// type (Go's `http.Redirect` and nginx send a small HTML page with every redirect).
 pub fn is_redirect(resp: &HttpResponse) -> bool {

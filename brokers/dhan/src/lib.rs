@@ -1,9 +1,9 @@
 //! Dhan (DhanHQ v2) login strategy (`../shared/protocols/dhan.md` in the design notes):
 //!
 //! - headless login: D1 `POST {auth_url}/app/generateAccessToken` with the client id, the PIN
-//!   (`pin`) and a TOTP code in the query (one more try on a fresh step if only the code is
-//!   refused, re-sending the PIN: the single case a PIN goes twice), then D2 `GET
-//!   {api_url}/profile` to check the token before returning it;
+//!   (`pin`) and a TOTP code in the query (sent once: a refused code is not retried, since a
+//!   retry would send the PIN again), then D2 `GET {api_url}/profile` to check the token before
+//!   returning it;
 //! - `verify` through D2;
 //! - assisted login: the API-key consent flow. `assisted_url` runs C1 (`generate-consent`) and
 //!   returns the consent login page; `assisted_finish` exchanges the redirect's `tokenId` (C3),
@@ -85,39 +85,21 @@ fn totp_failure(e: &HostCallError) -> ErrorOutput {
     }
 }
 
-/// D1 with a fresh code; one more try on the next step when only the code is refused. That
-/// retry re-sends the PIN, as D1 takes both at once: the one case the lockout rules allow. A
-/// throttle answer is never retried here (it may re-arm the 2 minutes).
+/// D1 with a fresh code, sent once. A refused code is not retried: D1 takes the PIN with the
+/// code, so a second D1 would send the PIN twice in one refresh. A throttle answer is not retried
+/// here either (it may re-arm the 2 minutes).
 fn mint_with_totp(
     host: &Host<'_>,
     client: &Client<'_, '_>,
     id: &str,
     pin: &str,
 ) -> Result<Minted, ErrorOutput> {
-    let mut first = true;
-    loop {
-        let code = host.totp().map_err(|e| {
-            let out = totp_failure(&e);
-            if first { out.before_credentials() } else { out }
-        })?;
-        match client.mint(id, pin, code.code.expose()) {
-            Ok(minted) => return Ok(minted),
-            Err(e) if e.class == ErrorClass::TwofaRejected && first => host.log(
-                Level::Warn,
-                "dhan: the TOTP code was refused; trying once more with the next step's code \
-                 (the PIN goes with it)",
-            ),
-            Err(mut e) => {
-                if e.class == ErrorClass::TwofaRejected {
-                    e.message.push_str(
-                        " (refused on two different steps: check the TOTP secret and the host clock)",
-                    );
-                }
-                return Err(e);
-            }
-        }
-        first = false;
-    }
+    let code = host
+        .totp()
+        .map_err(|e| totp_failure(&e).before_credentials())?;
+    client
+        .mint(id, pin, code.code.expose())
+        .map_err(|e| http::code_refused_with_secret(e, "PIN"))
 }
 
 impl Strategy for Dhan {

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use broker_api::Host;
 use broker_api::wire::{
     ErrorClass, ErrorOutput, HttpRequest, HttpResponse, LoginOutput, Sensitive, WIRE_VERSION,
 };
-use broker_api::{Host, Level};
 use broker_common::http::{self, StepRetry};
 use broker_common::ist;
 use serde_json::{Value, json};
@@ -136,9 +136,8 @@ impl<'a, 'h> Client<'a, 'h> {
         result.map_err(|e| http::host_failure("fivepaisa", step.name(), &e))
     }
 
-    /// F1 with a fresh code per try: the RequestToken. An `Invalid TOTP` gets one more F1 on a
-    /// fresh step (which re-sends the PIN: 5paisa takes both in one request); nothing else is
-    /// retried, as every F1 carries the PIN.
+    /// F1 with a fresh code, sent once: the RequestToken. An `Invalid TOTP` is not retried: F1
+    /// carries the PIN with the code, so a second F1 would send the PIN twice in one refresh.
     pub fn totp_login(
         &self,
         user_key: &str,
@@ -146,27 +145,22 @@ impl<'a, 'h> Client<'a, 'h> {
         pin: &str,
     ) -> Result<String, ErrorOutput> {
         let step = Step::TotpLogin;
-        let mut refused_once = false;
-        loop {
-            let code = self.host.totp().map_err(|e| {
-                let out = totp_failure(&e);
-                if refused_once {
-                    out
-                } else {
-                    out.before_credentials()
-                }
-            })?;
-            let mut body = json!({
-                "head": {"Key": user_key},
-                "body": {"Email_ID": client, "TOTP": code.code.expose(), "PIN": pin},
-            });
-            let started = self.host.now_unix_ms();
-            let answer = self.post(step, &body, None);
-            if let Some(b) = body.get_mut("body").and_then(Value::as_object_mut) {
-                b.clear();
-            }
-            let took = self.host.now_unix_ms() - started;
-            let result = answer.and_then(|v| {
+        let code = self
+            .host
+            .totp()
+            .map_err(|e| totp_failure(&e).before_credentials())?;
+        let mut body = json!({
+            "head": {"Key": user_key},
+            "body": {"Email_ID": client, "TOTP": code.code.expose(), "PIN": pin},
+        });
+        let started = self.host.now_unix_ms();
+        let answer = self.post(step, &body, None);
+        if let Some(b) = body.get_mut("body").and_then(Value::as_object_mut) {
+            b.clear();
+        }
+        let took = self.host.now_unix_ms() - started;
+        answer
+            .and_then(|v| {
                 let (inner, o) =
                     outcome(&v).ok_or_else(|| protocol(step, "no body in the answer"))?;
                 match (o.status, str_ci(inner, "RequestToken")) {
@@ -174,31 +168,15 @@ impl<'a, 'h> Client<'a, 'h> {
                     (Some(0), None) => Err(protocol(step, "Status 0 without a RequestToken")),
                     _ => Err(errors::classify_login(&o)),
                 }
-            });
-            match result {
-                Err(e) if e.class == ErrorClass::TwofaRejected && !refused_once => {
-                    refused_once = true;
-                    let slow = if took > SLOW_F1_MS {
-                        format!(" (F1 took {took} ms: the code may have expired in flight)")
-                    } else {
-                        String::new()
-                    };
-                    self.host.log(
-                        Level::Warn,
-                        &format!(
-                            "fivepaisa: the TOTP code was refused{slow}; one more try with the next step's code"
-                        ),
-                    );
+            })
+            .map_err(|mut e| {
+                if e.class == ErrorClass::TwofaRejected && took > SLOW_F1_MS {
+                    e.message.push_str(&format!(
+                        " (F1 took {took} ms: the code may have expired in flight)"
+                    ));
                 }
-                Err(mut e) => {
-                    if e.class == ErrorClass::TwofaRejected {
-                        e.message.push_str(" (refused on two different steps)");
-                    }
-                    return Err(e);
-                }
-                Ok(t) => return Ok(t),
-            }
-        }
+                http::code_refused_with_secret(e, "PIN")
+            })
     }
 
     /// F2: the session for `request_token`, at once (the RequestToken may live 30 s).

@@ -1,8 +1,9 @@
 //! 5paisa Xstream OpenAPI login strategy (`../shared/protocols/fivepaisa.md` in the design notes):
 //!
 //! - headless login, **provisional** (5paisa is withdrawing it): F1 `TOTPLogin` with the client
-//!   code, a fresh TOTP code and the PIN (extra field `pin`) in one request; an `Invalid TOTP` gets
-//!   one more F1 on a fresh step; F2 `GetAccessToken` at once with the Encryption Key (`api_secret`)
+//!   code, a fresh TOTP code and the PIN (extra field `pin`) in one request, sent once (an `Invalid
+//!   TOTP` is not retried: a retry would send the PIN again); F2 `GetAccessToken` at once with the
+//!   Encryption Key (`api_secret`)
 //!   and the API User ID (extra field `api_user_id`); F3 `V1/TradeBook` with the token. An F1 that
 //!   answers like a withdrawn endpoint (404/410, HTML, empty or non-JSON body, a "deprecated"
 //!   message) is `automation_blocked`: use the OAuth login;

@@ -208,48 +208,26 @@ impl<'a, 'h> Client<'a, 'h> {
         errors::envelope(step, &resp)
     }
 
-    /// M1 with a fresh code per try: the AuthToken. A code refused with `MO1093` gets one more
-    /// M1 on a fresh step (setting `retry_rejected_totp`); every other failure stops.
+    /// M1 with a fresh code, sent once: the AuthToken. A code refused with `MO1093` is not
+    /// retried: M1 carries the password hash with it, so a second M1 would send the password
+    /// twice in one refresh.
     pub fn login(&self, user: &str, hash: &str, two_fa: &str) -> Result<String, ErrorOutput> {
         let step = Step::Login;
-        let retry_totp = self.settings.retry_rejected_totp()?;
-        let mut refused_once = false;
-        loop {
-            let code = self.host.totp().map_err(|e| {
-                let out = totp_failure(&e);
-                if refused_once {
-                    out
-                } else {
-                    out.before_credentials()
-                }
-            })?;
-            let mut body =
-                json!({"userid": user, "password": hash, "2FA": two_fa, "totp": code.code.expose()})
-                    .to_string();
-            let answer = self.post(step, &[], body.clone());
-            body.zeroize();
-            let result = match answer {
-                Ok(body) => Self::auth_token_of(&body),
-                Err(Ok(e)) => Err(errors::classify(step, &e)),
-                Err(Err(e)) => Err(e),
-            };
-            match result {
-                Err(e) if e.class == ErrorClass::TwofaRejected && retry_totp && !refused_once => {
-                    refused_once = true;
-                    self.host.log(
-                        Level::Warn,
-                        "motilal: the TOTP code was refused (MO1093); one more try on the next step",
-                    );
-                }
-                Err(mut e) => {
-                    if e.class == ErrorClass::TwofaRejected && refused_once {
-                        e.message.push_str(" (refused on two different steps)");
-                    }
-                    return Err(e);
-                }
-                Ok(token) => return Ok(token),
-            }
+        let code = self
+            .host
+            .totp()
+            .map_err(|e| totp_failure(&e).before_credentials())?;
+        let mut body =
+            json!({"userid": user, "password": hash, "2FA": two_fa, "totp": code.code.expose()})
+                .to_string();
+        let answer = self.post(step, &[], body.clone());
+        body.zeroize();
+        match answer {
+            Ok(body) => Self::auth_token_of(&body),
+            Err(Ok(e)) => Err(errors::classify(step, &e)),
+            Err(Err(e)) => Err(e),
         }
+        .map_err(|e| http::code_refused_with_secret(e, "password"))
     }
 
     fn auth_token_of(body: &Value) -> Result<String, ErrorOutput> {

@@ -2,8 +2,8 @@
 //!
 //! - headless login: M1 `authdirectapi` with the client code, `sha256(password + api_key)`, the
 //!   2FA value (date of birth or PAN, extra field `dob_or_pan`) and a fresh TOTP code, all in one
-//!   request; an `MO1093 Invalid TOTP` gets one more M1 on a fresh step (setting
-//!   `retry_rejected_totp`); then M2 `getaccesstoken` when an API secret is set (its failure never
+//!   request, sent once (an `MO1093 Invalid TOTP` is not retried: a retry would send the password
+//!   again); then M2 `getaccesstoken` when an API secret is set (its failure never
 //!   fails the login); then V `getprofile`, which must name the account's client code;
 //! - `verify` through V;
 //! - assisted login only where the operator configures a partner login page

@@ -33,8 +33,6 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("sdk_version", "V.1.1.0"),
     ("browser_name", "Chrome"),
     ("browser_version", "120"),
-    // One more M1 (password, 2FA and a fresh code) after an `MO1093 Invalid TOTP`.
-    ("retry_rejected_totp", "true"),
     // Assisted login (disabled unless `assisted_login_url` is configured): the callback's query
     // parameter carrying the AuthToken.
     ("assisted_token_param", "authtoken"),
@@ -59,19 +57,6 @@ impl Settings {
     /// A setting's value (empty when unknown).
     pub fn get(&self, name: &str) -> &str {
         self.values.get(name).map_or("", String::as_str)
-    }
-
-    /// `retry_rejected_totp` as a boolean.
-    pub fn retry_rejected_totp(&self) -> Result<bool, ErrorOutput> {
-        match self
-            .get("retry_rejected_totp")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "true" | "yes" | "1" => Ok(true),
-            "false" | "no" | "0" => Ok(false),
-            other => Err(bad("retry_rejected_totp", other, "true or false")),
-        }
     }
 
     /// The headers every call carries (motilal.md "Conventions"), checked before any is sent.

@@ -127,9 +127,9 @@ fn totp_failure(e: &HostCallError, user_id: &str) -> ErrorOutput {
     }
 }
 
-/// Q1 with a fresh code; one more try on the next step when only the code is refused (the
-/// password goes with it: Q1 takes both at once, and "Invalid OTP" says the password passed).
-/// Every other refusal ends the login: a wrong password is never sent twice.
+/// Q1 with a fresh code, sent once. A refused code is not retried: Q1 takes the password hash
+/// with the code, so a second Q1 would send the password twice in one refresh. A refusal that
+/// says QuickAuth is closed to the account points to the assisted login.
 fn quick_auth(
     host: &Host<'_>,
     client: &Client<'_, '_>,
@@ -147,41 +147,27 @@ fn quick_auth(
         "api_secret (the Prism API key, for QuickAuth)",
     )?;
     let imei = imei(c, uid)?;
-    let mut first = true;
-    loop {
-        let code = host.totp().map_err(|e| {
-            let out = totp_failure(&e, &req.user_id);
-            if first { out.before_credentials() } else { out }
-        })?;
-        match client.quick_auth(
+    let code = host
+        .totp()
+        .map_err(|e| totp_failure(&e, &req.user_id).before_credentials())?;
+    client
+        .quick_auth(
             uid,
             password,
             code.code.expose(),
             vendor_code,
             api_key,
             &imei,
-        ) {
-            Ok(session) => return Ok(session),
-            Err(e) if e.class == ErrorClass::TwofaRejected && first => host.log(
-                Level::Warn,
-                "shoonya: the TOTP code was refused; trying once more with the next step's code",
-            ),
-            Err(mut e) => {
-                if e.class == ErrorClass::TwofaRejected {
-                    e.message.push_str(
-                        " (refused on two different steps: check the TOTP secret and the host clock)",
-                    );
-                } else if noren::refuses_quickauth(e.class) {
-                    e.message.push_str(&format!(
-                        "; {}; set [brokers.shoonya] flow = \"oauth\" to stop trying QuickAuth",
-                        assisted_hint(&req.user_id)
-                    ));
-                }
-                return Err(e);
+        )
+        .map_err(|mut e| {
+            if noren::refuses_quickauth(e.class) {
+                e.message.push_str(&format!(
+                    "; {}; set [brokers.shoonya] flow = \"oauth\" to stop trying QuickAuth",
+                    assisted_hint(&req.user_id)
+                ));
             }
-        }
-        first = false;
-    }
+            http::code_refused_with_secret(e, "password")
+        })
 }
 
 fn text_extra(extras: &mut BTreeMap<String, serde_json::Value>, key: &str, value: Option<&str>) {

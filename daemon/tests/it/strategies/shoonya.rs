@@ -383,20 +383,19 @@ async fn a_wrong_password_is_sent_once_and_a_block_is_account_locked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_code_is_retried_once_on_a_fresh_step() {
+async fn a_refused_code_is_not_retried_as_the_password_goes_with_it() {
     let h = Harness::new(morning());
     let fake = FakeShoonya::start_with(h.fake_options()).await;
     h.set_setting("flow", "quickauth");
+    let r = fake.recorder();
+    // The fake would take the next step's code: the strategy still stops at the first refusal.
     let (acct, user) = account(30);
     fake.add_user(user.with_behaviour(ShoonyaBehaviour::RejectFirstTotp));
-    let out = h.login("shoonya", &acct, &fake.base_urls()).await.unwrap();
-    assert!(fake.token_is_valid(out.access_token.expose()));
-    let uses = fake.recorder().totp_uses(&acct.broker_user_id);
-    assert_eq!(
-        uses.iter().map(|u| u.accepted).collect::<Vec<_>>(),
-        vec![false, true]
-    );
-    assert_ne!(uses[0].step, uses[1].step);
+    let result = h.login("shoonya", &acct, &fake.base_urls()).await;
+    assert_eq!(class_of(&result), ErrorClass::TwofaRejected, "{result:?}");
+    assert!(failure(&result).message.contains("not retried"));
+    assert_eq!(r.totp_uses(&acct.broker_user_id).len(), 1);
+    assert_eq!(r.passwords(&acct.broker_user_id).len(), 1);
     assert_no_secret_logged();
 }
 
