@@ -51,7 +51,8 @@ impl Drop for Sensitive {
 
 /// Why a login failed. Drives the host's retry policy: only `rate_limited`, `broker_unavailable`
 /// and `network` are retried automatically; `twofa_rejected` gets at most one retry on a fresh
-/// TOTP step; everything else needs a person.
+/// TOTP step, and only where that retry sends no password or PIN again; everything else needs a
+/// person.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
