@@ -38,8 +38,25 @@ pub fn install() -> &'static Mutex<Vec<u8>> {
     })
 }
 
+fn buffer() -> std::sync::MutexGuard<'static, Vec<u8>> {
+    let log = LOG.get().expect("log_capture::install() ran");
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Everything logged since [`install`] ran.
 pub fn text() -> String {
-    let log = LOG.get().expect("log_capture::install() ran");
-    String::from_utf8_lossy(&log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    String::from_utf8_lossy(&buffer()).into_owned()
+}
+
+/// How many bytes have been logged: a mark for [`since`].
+pub fn len() -> usize {
+    LOG.get().map_or(0, |_| buffer().len())
+}
+
+/// The whole lines logged from byte `from` on (each event is written as one line).
+pub fn since(from: usize) -> Vec<u8> {
+    let log = buffer();
+    let tail = &log[from.min(log.len())..];
+    let end = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    tail[..end].to_vec()
 }

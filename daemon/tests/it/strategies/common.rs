@@ -161,10 +161,11 @@ impl Harness {
             redirect_url: None,
         };
         let ctx = self.context(&plugin, account, urls);
+        let mark = log_capture::len();
         let out =
             plugins::run_blocking(plugin, ctx, move |p, ctx| p.login_blocking(ctx, &req)).await;
         if let Ok(out) = &out {
-            remember(out.access_token.expose());
+            remember_from(out.access_token.expose(), mark);
         }
         out
     }
@@ -234,12 +235,13 @@ impl Harness {
             settings: self.settings(&plugin),
         };
         let ctx = self.context(&plugin, account, urls);
+        let mark = log_capture::len();
         let out = plugins::run_blocking(plugin, ctx, move |p, ctx| {
             p.assisted_finish_blocking(ctx, &req)
         })
         .await;
         if let Ok(out) = &out {
-            remember(out.access_token.expose());
+            remember_from(out.access_token.expose(), mark);
         }
         out
     }
@@ -305,7 +307,22 @@ pub fn assert_one_password_distinct_steps(recorder: &fake_brokers::Recorder, use
 
 // ---- captured log -------------------------------------------------------------------------------
 
-static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The values that must never be logged, and how far the log has been checked for them. The log
+/// is one buffer for the whole test binary, so each check reads only what is new since the last
+/// one, with every value in one pass (Aho-Corasick), rather than the whole log once per value.
+#[derive(Default)]
+struct LeakCheck {
+    /// Each value, with the log offset from which it is looked for.
+    secrets: BTreeMap<String, usize>,
+    /// Log bytes before this offset were checked against every value in `secrets` (from its
+    /// offset on), except those in `back`.
+    checked: usize,
+    /// Values remembered after the log they might be in was checked: looked for once, from
+    /// their offset up to `checked`, at the next check.
+    back: Vec<String>,
+}
+
+static LEAKS: Mutex<Option<LeakCheck>> = Mutex::new(None);
 
 /// Install (once per test binary) a subscriber writing every event at TRACE into a buffer.
 pub fn capture_logs() {
@@ -317,28 +334,45 @@ pub fn captured_log() -> String {
     log_capture::text()
 }
 
-/// Remember a value that must never be logged.
-pub fn remember(secret: &str) {
-    if secret.len() >= 4 {
-        SECRETS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(secret.to_owned());
+/// Remember a value that must never be logged from log offset `from` on.
+fn remember_from(secret: &str, from: usize) {
+    if secret.len() < 4 {
+        return;
+    }
+    let mut leaks = LEAKS.lock().unwrap_or_else(|e| e.into_inner());
+    let leaks = leaks.get_or_insert_with(LeakCheck::default);
+    match leaks.secrets.get_mut(secret) {
+        Some(known) if *known <= from => return,
+        Some(known) => *known = from,
+        None => {
+            leaks.secrets.insert(secret.to_owned(), from);
+        }
+    }
+    if from < leaks.checked {
+        leaks.back.push(secret.to_owned());
     }
 }
 
+/// Remember a value that must never be logged, wherever in the log it is (a token a login just
+/// returned, which that login may have logged already).
+pub fn remember(secret: &str) {
+    remember_from(secret, 0);
+}
+
+/// Remember a credential before it is handed to a plugin.
 fn remember_secrets(account: &Account) {
-    remember(&account.api_secret);
+    let now = log_capture::len();
+    remember_from(&account.api_secret, now);
     if let Some(p) = &account.password {
-        remember(p);
+        remember_from(p, now);
     }
     if let Some(t) = &account.totp_secret {
-        remember(t);
+        remember_from(t, now);
     }
     // A short PIN could match a port or a time in a log line: tests give their accounts PINs
     // that no log line would hold by chance.
     for value in account.extra.values() {
-        remember(value);
+        remember_from(value, now);
     }
 }
 
@@ -355,18 +389,84 @@ fn leaks(line: &str, secret: &str) -> bool {
     })
 }
 
+/// The lines of `text` (which starts at log offset `start`) that leak one of `secrets`, each
+/// looked for from its offset on.
+fn leaked_lines(text: &[u8], start: usize, secrets: &[(&str, usize)]) -> Vec<String> {
+    if secrets.is_empty() || text.is_empty() {
+        return Vec::new();
+    }
+    let matcher = aho_corasick::AhoCorasick::new(secrets.iter().map(|(s, _)| s)).unwrap();
+    let mut lines = Vec::new();
+    for m in matcher.find_overlapping_iter(text) {
+        let (secret, from) = secrets[m.pattern().as_usize()];
+        if start + m.start() < from {
+            continue;
+        }
+        let line_start = text[..m.start()]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line_end = text[m.end()..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| m.end() + i);
+        let line = String::from_utf8_lossy(&text[line_start..line_end]);
+        if leaks(&line, secret) {
+            lines.push(format!("({} characters) {line}", secret.len()));
+        }
+    }
+    lines
+}
+
 /// No remembered secret (passwords, API secrets, TOTP secrets, tokens) is in the captured log.
 pub fn assert_no_secret_logged() {
-    let log = captured_log();
-    for secret in SECRETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let lines: Vec<&str> = log.lines().filter(|l| leaks(l, secret)).collect();
-        assert!(
-            lines.is_empty(),
-            "a secret or token ({} characters) appears in the log:\n{}",
-            secret.len(),
-            lines.join("\n")
-        );
-    }
+    let mut leaks = LEAKS.lock().unwrap_or_else(|e| e.into_inner());
+    let leaks = leaks.get_or_insert_with(LeakCheck::default);
+    // Values remembered late, against the part of the log already checked.
+    let back: Vec<(&str, usize)> = leaks
+        .back
+        .iter()
+        .map(|s| (s.as_str(), leaks.secrets[s]))
+        .collect();
+    let mut found = match back.iter().map(|(_, from)| *from).min() {
+        Some(from) => {
+            let text = log_capture::since(from);
+            let text = &text[..text.len().min(leaks.checked - from)];
+            leaked_lines(text, from, &back)
+        }
+        None => Vec::new(),
+    };
+    // Every value, against what was logged since the last check.
+    let text = log_capture::since(leaks.checked);
+    let all: Vec<(&str, usize)> = leaks
+        .secrets
+        .iter()
+        .map(|(s, from)| (s.as_str(), *from))
+        .collect();
+    found.extend(leaked_lines(&text, leaks.checked, &all));
+    assert!(
+        found.is_empty(),
+        "a secret or token appears in the log:\n{}",
+        found.join("\n")
+    );
+    leaks.checked += text.len();
+    leaks.back.clear();
+}
+
+#[test]
+fn the_leak_check_finds_each_value_from_its_offset_on_in_one_pass() {
+    let text = b"a hunter22 b\nc 739311 d\ne 12:43:12.739311Z\n";
+    // The text starts at log offset 100; "hunter22" is at 102, "739311" alone at 115.
+    let found = leaked_lines(text, 100, &[("hunter22", 0), ("739311", 0), ("absent!", 0)]);
+    assert_eq!(
+        found,
+        ["(8 characters) a hunter22 b", "(6 characters) c 739311 d"]
+    );
+    assert_eq!(
+        leaked_lines(text, 100, &[("hunter22", 103)]),
+        Vec::<String>::new()
+    );
+    assert_eq!(leaked_lines(text, 100, &[("hunter22", 102)]).len(), 1);
 }
 
 #[test]
