@@ -16,7 +16,8 @@ const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
     about = "The end-to-end fault, load and abuse suite (run it through scripts/e2e)"
 )]
 pub struct Flags {
-    /// The tokenbot binary to test (a release build)
+    /// The tokenbot binary to test (release for the figures; `scripts/e2e --quick` passes a debug
+    /// build)
     #[arg(long, value_name = "PATH")]
     daemon: PathBuf,
     /// The schemathesis CLI (scripts/e2e installs it into target/e2e-venv)

@@ -1,5 +1,6 @@
 //! `tokenbot-e2e`: the end-to-end fault, load and abuse suite. Run it through `scripts/e2e`, which
-//! starts PostgreSQL, builds the release daemon and this driver, and installs schemathesis.
+//! starts PostgreSQL, builds the daemon and this driver (release, or debug for `--quick`), and
+//! installs schemathesis.
 //!
 //! The driver starts the fake Kite in-process (system clock, latency on every request), writes a
 //! work directory with a `tokenbot.toml` (ephemeral port, the fake's URLs, the mirror in a schema

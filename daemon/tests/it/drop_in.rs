@@ -42,7 +42,7 @@ async fn a_daemon_built_without_motilal_logs_in_a_motilal_account_from_its_so() 
     .unwrap();
     let workdir = dir.path().to_owned();
     let (before, after, add, refresh, token) = tokio::task::spawn_blocking(move || {
-        // Both builds go to their own target directory (the test run holds the main one's lock).
+        // Both builds reuse the test run's dependencies and put their outputs aside.
         let daemon = support::daemon_without("motilal");
         let so = support::broker_so("broker-motilal");
         let run = |args: &[&str]| {

@@ -11,27 +11,43 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// Directory for plugin builds made by tests, outside the main target directory so the builds
-/// never wait on (or invalidate) the test run's own build lock.
+/// Where builds made by tests put their final artifacts (binaries, `.so` files): away from
+/// `target/debug`, so a daemon built with other features never replaces the `tokenbot` binary
+/// the other tests run.
 pub fn fixtures_target() -> PathBuf {
     workspace_root().join("target").join("plugin-fixtures")
 }
 
-fn run_cargo(args: &[&str], target_dir: &Path) {
+/// Run cargo with its final artifacts in `target_dir`. Builds of this workspace keep their
+/// intermediate artifacts in the main build directory (`build_dir`), so they reuse the
+/// dependencies the test run compiled instead of building them all again. Cargo holds the build
+/// directory's lock only while it compiles, so these builds run while the tests do.
+fn run_cargo(args: &[&str], target_dir: &Path, build_dir: Option<&Path>) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .args(args)
         .arg("--target-dir")
         .arg(target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("running cargo");
+        .env_remove("CARGO_BUILD_BUILD_DIR");
+    if let Some(dir) = build_dir {
+        command
+            .arg("--config")
+            .arg(format!("build.build-dir={dir:?}"));
+    }
+    let output = command.output().expect("running cargo");
     assert!(
         output.status.success(),
         "cargo {args:?} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The main build directory: where the test run's own build keeps its dependencies.
+fn main_build_dir() -> PathBuf {
+    workspace_root().join("target")
 }
 
 /// Build the drop-in plugin of a workspace strategy crate (`broker-kite` is built by its plugin
@@ -53,6 +69,7 @@ pub fn broker_so(strategy: &str) -> PathBuf {
             &package,
         ],
         &target,
+        Some(&main_build_dir()),
     );
     target
         .join("debug")
@@ -71,6 +88,7 @@ pub fn external_so(project: &Path, lib_name: &str) -> PathBuf {
             manifest.to_str().unwrap(),
         ],
         &target,
+        None,
     );
     target.join("debug").join(format!("lib{lib_name}.so"))
 }
@@ -101,14 +119,24 @@ pub const BUNDLED_BROKERS: &[&str] = &[
 ];
 
 /// Build the `tokenbot` binary with every bundled strategy but `broker`'s (its cargo feature
-/// off), outside the main target directory (in the one the plugin builds of `broker_so` use, so
-/// they share their dependencies), and return its path.
+/// off), with the test run's optional features, and return its path (under [`fixtures_target`]).
 pub fn daemon_without(broker: &str) -> PathBuf {
     assert!(BUNDLED_BROKERS.contains(&broker), "{broker} is not bundled");
+    // The optional features this test run has too, so the build shares its dependencies.
+    let optional = [
+        ("sled", cfg!(feature = "sled")),
+        ("postgres-tls", cfg!(feature = "postgres-tls")),
+    ];
     let features = BUNDLED_BROKERS
         .iter()
         .filter(|&&b| b != broker)
         .map(|b| format!("broker-{b}"))
+        .chain(
+            optional
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(f, _)| f.to_string()),
+        )
         .collect::<Vec<_>>()
         .join(",");
     let target = fixtures_target().join("brokers");
@@ -132,6 +160,7 @@ pub fn daemon_without(broker: &str) -> PathBuf {
             &features,
         ],
         &target,
+        Some(&main_build_dir()),
     );
     let bin = target
         .join("debug")
