@@ -64,7 +64,7 @@ async fn refresh_in_process(
         .select(&selection)
         .await
         .map_err(anyhow::Error::msg)?;
-    let explicit = selection.is_explicit();
+    let named = selection.named();
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(keys.len() as u64);
         if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}") {
@@ -74,7 +74,7 @@ async fn refresh_in_process(
     });
     let mut running: FuturesUnordered<_> = keys
         .into_iter()
-        .map(|key| refresher.refresh_account(key, Trigger::Manual, explicit))
+        .map(|key| refresher.refresh_account(key, Trigger::Manual, named))
         .collect();
     let mut results = Vec::new();
     while let Some(result) = running.next().await {

@@ -3,7 +3,9 @@
 //! needs-attention) until a delivery for it is accepted or the request expires.
 //!
 //! The host's share of a delivery's checks: the hook names an app, a request of that app is
-//! pending, the token was not accepted before (replay). The strategy checks the body and asks
+//! pending, the token is not the one stored (a replay; the vault remembers it across restarts,
+//! and a token replaced since is dead at the broker, which the strategy's profile call finds).
+//! The strategy checks the body and asks
 //! the broker about the token ([`wire::TokenDelivery`]); only then does
 //! [`Refresher::finish_login`] store it, as the account's one login in flight.
 
@@ -15,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::assisted::assisted_credentials;
 use super::outcome::{Finished, attempt_record};
-use super::{AccountResult, Refresher};
+use super::{AccountResult, Named, Refresher};
 use crate::notify::NoticeAccount;
 use crate::plugins::PluginError;
 use crate::vault::{
@@ -41,15 +43,16 @@ pub fn sha256_hex(text: &str) -> String {
 
 impl Refresher {
     /// Before a login: whether an approval request is still pending (then no new request is
-    /// sent, unless a person asked for this account by name), or has expired (then it is
-    /// recorded as not given, and the login asks again).
+    /// sent, unless a person asked for this one account by user and broker), or has expired
+    /// (then it is recorded as not given, and the login asks again).
     pub(super) async fn approval_gate(
         &self,
         key: &AccountKey,
         account: &Account,
         trigger: Trigger,
-        explicit: bool,
+        named: Named,
     ) -> Option<AccountResult> {
+        let explicit = named == Named::Account;
         let now = self.plugin_env.clock.now_ms();
         let by_webhook = self
             .plugins
@@ -220,14 +223,6 @@ impl Refresher {
             return self.ignored(broker, "not a token delivery".into());
         }
         let token_hash = sha256_hex(token);
-        let now = self.plugin_env.clock.now_ms();
-        {
-            let mut seen = self.accepted_tokens.lock();
-            seen.retain(|_, expires| *expires > now);
-            if seen.contains_key(&token_hash) {
-                return self.ignored(broker, "replayed: this token was accepted before".into());
-            }
-        }
         let Some(key) = self.pending_account(broker, &app, text("user_id")).await else {
             return self.ignored(broker, "no approval request of this app is pending".into());
         };
@@ -320,6 +315,11 @@ impl Refresher {
         if account.account().state() == AccountState::ManagedExternally {
             return Delivery::Ignored("the account's token is managed externally".into());
         }
+        let (vault, k) = (self.vault.clone(), key.clone());
+        let stored = blocking(move || vault.get_token(&k)).await.ok().flatten();
+        if stored.is_some_and(|t| sha256_hex(t.access_token.expose_secret()) == token_hash) {
+            return Delivery::Ignored("replayed: this token is the one stored".into());
+        }
         let broker_config = self.broker_config(&plugin.id);
         let settings = match plugin.settings(&broker_config.settings) {
             Ok(s) => s,
@@ -361,16 +361,12 @@ impl Refresher {
             Err(PluginError::Failed(e)) => return Delivery::Ignored(e.message),
             Err(e) => return Delivery::Ignored(e.to_string()),
         };
-        let expires_at_ms = out.expires_at_ms;
         let duration = std::time::Duration::from_millis(
             (self.plugin_env.clock.now_ms() - started_ms).max(0) as u64,
         );
         let record = attempt_record(started_ms, Trigger::Assisted, 1, duration);
         match self.finish_login(key, record, Ok(out)).await {
             Finished::Stored { .. } => {
-                self.accepted_tokens
-                    .lock()
-                    .insert(token_hash, expires_at_ms);
                 tracing::info!(account = %key, "approved token delivered by webhook; stored");
                 Delivery::Accepted(key.clone())
             }

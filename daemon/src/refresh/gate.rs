@@ -10,7 +10,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{AccountResult, Refresher};
+use super::{AccountResult, Named, Refresher};
 use crate::plugins::Plugin;
 use crate::vault::{AccountKey, Trigger};
 
@@ -53,7 +53,7 @@ impl Refresher {
         self: &Arc<Self>,
         key: AccountKey,
         trigger: Trigger,
-        explicit: bool,
+        named: Named,
     ) -> AccountResult {
         let shared = {
             let mut inflight = self.inflight.lock();
@@ -62,7 +62,7 @@ impl Refresher {
                 None => {
                     let (me, task_key) = (self.clone(), key.clone());
                     let login = async move {
-                        let result = me.login_account(&task_key, trigger, explicit).await;
+                        let result = me.login_account(&task_key, trigger, named).await;
                         me.after_refresh(&task_key, &result).await;
                         result
                     };
@@ -248,7 +248,7 @@ mod tests {
         // The account does not exist: a login of its own would fail with `not_found`.
         let joined = tokio::spawn({
             let (me, key) = (refresher.clone(), key.clone());
-            async move { me.refresh_account(key, Trigger::Api, true).await }
+            async move { me.refresh_account(key, Trigger::Api, Named::Account).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         release_alone.send(()).unwrap();

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::gate::BrokerLimits;
 use super::outcome::attempt_record;
-use super::{AccountResult, Refresher};
+use super::{AccountResult, Named, Refresher};
 use crate::config::BrokerConfig;
 use crate::plugins::host::PluginCall;
 use crate::plugins::{AccountAccess, Plugin, PluginError};
@@ -65,9 +65,9 @@ impl Refresher {
         self: &Arc<Self>,
         key: &AccountKey,
         trigger: Trigger,
-        explicit: bool,
+        named: Named,
     ) -> AccountResult {
-        let plan = match self.plan_login(key, trigger, explicit).await {
+        let plan = match self.plan_login(key, trigger, named).await {
             Ok(plan) => plan,
             Err(done) => return done,
         };
@@ -116,7 +116,7 @@ impl Refresher {
         &self,
         key: &AccountKey,
         account: &Account,
-        explicit: bool,
+        named: Named,
     ) -> Option<AccountResult> {
         match account.state() {
             AccountState::ManagedExternally => {
@@ -138,12 +138,12 @@ impl Refresher {
                     format!("needs attention after {class}; update its credentials to retry"),
                 ));
             }
-            AccountState::Paused if !explicit => {
+            AccountState::Paused if !named.any() => {
                 return Some(AccountResult::skipped(key, "paused", "auto-refresh is off"));
             }
             _ => {}
         }
-        if explicit {
+        if named.any() {
             return None;
         }
         self.held(key, account)
@@ -154,14 +154,14 @@ impl Refresher {
         &self,
         key: &AccountKey,
         trigger: Trigger,
-        explicit: bool,
+        named: Named,
     ) -> Result<LoginPlan, AccountResult> {
         let (vault, k) = (self.vault.clone(), key.clone());
         let account = found(key, blocking(move || vault.get_account(&k)).await)?;
-        if let Some(skipped) = self.skip_reason(key, &account, explicit) {
+        if let Some(skipped) = self.skip_reason(key, &account, named) {
             return Err(skipped);
         }
-        if let Some(waiting) = self.approval_gate(key, &account, trigger, explicit).await {
+        if let Some(waiting) = self.approval_gate(key, &account, trigger, named).await {
             return Err(waiting);
         }
         let Some(plugin) = self.plugins.get(key.broker.as_str()) else {

@@ -65,9 +65,34 @@ impl Selection {
         }
     }
 
-    /// Whether a person asked for these accounts by name (then paused accounts are logged in too).
-    pub fn is_explicit(&self) -> bool {
-        self.user.is_some()
+    /// Whether, and how narrowly, a person asked for these accounts by name.
+    pub fn named(&self) -> Named {
+        match (&self.user, &self.broker) {
+            (Some(_), Some(_)) => Named::Account,
+            (Some(_), None) => Named::User,
+            (None, _) => Named::No,
+        }
+    }
+}
+
+/// Whether, and how narrowly, a person asked for a login by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// Nobody: a schedule, catch-up, or a refresh of every account (or of a broker's).
+    No,
+    /// A user's accounts: a paused account is logged in too, and the limits on routine logins
+    /// (minimum interval, breaker) do not hold it.
+    User,
+    /// One account, by user and broker: as `User`, and an approval request is sent even while
+    /// one is pending or today's token is valid. A user's accounts in bulk (the integration
+    /// route, a refresh without a broker) do not prompt a person again.
+    Account,
+}
+
+impl Named {
+    /// Whether anyone named the account.
+    pub fn any(self) -> bool {
+        self != Named::No
     }
 }
 
@@ -103,9 +128,6 @@ pub struct Refresher {
     /// Per-broker limits, built on first use from `[brokers.<id>]` or the strategy's manifest.
     brokers: Mutex<HashMap<String, Arc<gate::BrokerLimits>>>,
     sleep: SleepFn,
-    /// SHA-256 of each token accepted from a webhook, until it expires: a replayed delivery
-    /// is ignored even after its request was fulfilled (`approval`).
-    accepted_tokens: Mutex<HashMap<String, i64>>,
     /// Called after each token is stored, whatever started the login (wakes the Postgres mirror).
     on_token: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Tells people when an account needs them (`[refresh] webhook_url`, `[notify]`). Here
@@ -159,7 +181,6 @@ impl Refresher {
             breakers: backoff::Breakers::default(),
             brokers: Mutex::default(),
             sleep,
-            accepted_tokens: Mutex::default(),
             on_token: None,
             attempts: AtomicU64::new(0),
             successes: AtomicU64::new(0),
@@ -209,10 +230,7 @@ impl Refresher {
         trigger: Trigger,
     ) -> RefreshSummary {
         match self.select(&selection).await {
-            Ok(keys) => {
-                self.refresh_keys(keys, trigger, selection.is_explicit())
-                    .await
-            }
+            Ok(keys) => self.refresh_keys(keys, trigger, selection.named()).await,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list accounts");
                 RefreshSummary::default()
@@ -243,11 +261,11 @@ impl Refresher {
         self: &Arc<Self>,
         keys: Vec<AccountKey>,
         trigger: Trigger,
-        explicit: bool,
+        named: Named,
     ) -> RefreshSummary {
         let runs = keys
             .into_iter()
-            .map(|key| self.refresh_account(key, trigger, explicit));
+            .map(|key| self.refresh_account(key, trigger, named));
         RefreshSummary::from_results(futures::future::join_all(runs).await)
     }
 

@@ -23,7 +23,7 @@ use chrono::{TimeZone, Utc};
 
 use broker_api::wire::Validity;
 
-use super::{RefreshSummary, Refresher, Selection};
+use super::{Named, RefreshSummary, Refresher, Selection};
 use crate::config::{BrokerConfig, Config, ConfigError};
 use crate::plugins::Registry;
 use crate::vault::{AccountKey, AccountState, BrokerId, Trigger};
@@ -189,7 +189,7 @@ impl Refresher {
                     accounts = keys.len(),
                     "catch-up: logging in accounts with missing or stale tokens"
                 );
-                self.refresh_keys(keys, Trigger::CatchUp, false).await
+                self.refresh_keys(keys, Trigger::CatchUp, Named::No).await
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "catch-up cannot read the vault");

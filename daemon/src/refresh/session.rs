@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
 
-use super::{RefreshSummary, Refresher, Selection};
+use super::{Named, RefreshSummary, Refresher, Selection};
 use crate::config::{ConfigError, RefreshConfig};
 use crate::vault::{AccountKey, Trigger, VaultError, blocking};
 
@@ -132,7 +132,7 @@ impl Refresher {
         })
         .await;
         match due {
-            Ok(keys) => self.refresh_keys(keys, Trigger::Schedule, false).await,
+            Ok(keys) => self.refresh_keys(keys, Trigger::Schedule, Named::No).await,
             Err(e) => {
                 tracing::error!(error = %e, "scheduled refresh cannot read the vault");
                 RefreshSummary::default()

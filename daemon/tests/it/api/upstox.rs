@@ -1,7 +1,7 @@
 //! Upstox's approval mode through the daemon, against `FakeUpstox` on the API's manual clock:
 //! the refresher's request (Q1) leaves the account awaiting approval; the fake's notifier POST
 //! (Q3) over a real socket stores the token; forged, stale, replayed, wrong-account and
-//! unknown-hook deliveries store nothing; an unanswered request expires and the next run asks
+//! unknown-hook deliveries store nothing; a user's accounts refreshed in bulk ask nobody again; an unanswered request expires and the next run asks
 //! again; with both modes on, the first token wins.
 
 use std::net::SocketAddr;
@@ -170,6 +170,17 @@ impl World {
         r.json["access_token"].as_str().map(str::to_owned)
     }
 
+    /// The Upstox account's result of a refresh through the API route `path`.
+    async fn refresh(&self, path: &str) -> Value {
+        let r = self.api.send(request(Method::POST, path, &KEY, None)).await;
+        r.expect(200);
+        let results = r.json["results"].as_array().cloned().unwrap_or_default();
+        results
+            .into_iter()
+            .find(|a| a["broker"] == "upstox")
+            .unwrap_or_else(|| panic!("no upstox result in {}", r.text))
+    }
+
     async fn logs(&self) -> String {
         let r = self
             .api
@@ -236,35 +247,89 @@ async fn approval_end_to_end_request_then_awaiting_then_the_notifier_post_stores
     assert!(!logs.contains(&delivered.token), "{logs}");
     assert_eq!(w.fake.recorder().requests("/v2/user/profile"), 1);
 
-    // The same body again: a replay, ignored.
+    // Deliveries, accepted or not, are logged without the token, the secret or the hook.
+    let log = crate::log_capture::text();
+    let hook = w.hook_url.rsplit('/').next().unwrap();
+    for secret in [delivered.token.as_str(), SECRET, hook] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_delivery_is_ignored_while_a_new_request_waits() {
+    let w = world("approval").await;
+    w.scheduled_refresh().await;
+    let first = w.fake.approve(USER).await.unwrap();
+    assert!(first.body.contains("accepted"), "{}", first.body);
+    // Later the same day the account is refreshed by name: a new request waits, and the first
+    // token is still valid at Upstox, so only the replay check can refuse it.
+    w.api.clock.set(MORNING + HOUR);
+    let named = w
+        .refresh("/api/integration/tokens/refresh/u1?broker=upstox")
+        .await;
+    assert_eq!(named["error_class"], "pending_approval", "{named}");
+    assert_eq!(w.fake.token_requests(APP), 2);
+    assert!(w.fake.token_is_valid(&first.token));
+    let profiles = w.fake.recorder().requests("/v2/user/profile");
+    // Yesterday's body with a fresh `issued_at`: every other check passes (Upstox signs nothing).
     let replay = FakeUpstox::post(
         &w.hook_url,
         &json!({
-            "client_id": APP, "user_id": USER, "access_token": delivered.token,
+            "client_id": APP, "user_id": USER, "access_token": first.token,
             "token_type": "Bearer", "message_type": "access_token",
             "issued_at": w.api.clock.now_ms().to_string(),
             "expires_at": (w.api.clock.now_ms() + HOUR).to_string(),
         })
         .to_string(),
-        delivered.token.clone(),
+        first.token.clone(),
     )
     .await
     .unwrap();
-    assert_eq!(replay.status, 200);
     assert_eq!(
-        serde_json::from_str::<Value>(&replay.body).unwrap()["status"],
-        "ignored"
+        (
+            replay.status,
+            serde_json::from_str::<Value>(&replay.body).unwrap()
+        ),
+        (200, json!({"status": "ignored"}))
     );
-    // Deliveries, accepted or not, are logged without the token, the secret or the hook.
-    let log = crate::log_capture::text();
     assert!(
-        log.contains("webhook delivery ignored"),
-        "the replay is logged"
+        crate::log_capture::text().contains("replayed: this token is the one stored"),
+        "refused as a replay, not for another reason"
     );
-    let hook = w.hook_url.rsplit('/').next().unwrap();
-    for secret in [delivered.token.as_str(), SECRET, hook] {
-        assert!(!log.contains(secret), "a secret reached the log");
-    }
+    assert_eq!(
+        w.fake.recorder().requests("/v2/user/profile"),
+        profiles,
+        "refused before Upstox was asked"
+    );
+    assert_eq!(w.account().await["state"], "awaiting_approval");
+    // The genuine approval of the new request still gets through.
+    let second = w.fake.approve(USER).await.unwrap();
+    assert!(second.body.contains("accepted"), "{}", second.body);
+    assert_eq!(w.token().await.as_deref(), Some(second.token.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_accounts_refreshed_without_a_broker_never_prompt_the_person_again() {
+    let w = world("approval").await;
+    w.scheduled_refresh().await;
+    assert_eq!(w.fake.token_requests(APP), 1);
+    // While the request waits: the integration route without a broker asks nothing.
+    let bulk = w.refresh("/api/integration/tokens/refresh/u1").await;
+    assert_eq!(bulk["error_class"], "pending_approval", "{bulk}");
+    assert_eq!(w.fake.token_requests(APP), 1);
+    // Nor once today's token is stored.
+    let d = w.fake.approve(USER).await.unwrap();
+    assert!(d.body.contains("accepted"), "{}", d.body);
+    let bulk = w.refresh("/api/integration/tokens/refresh/u1").await;
+    assert_eq!(bulk["outcome"], "skipped", "{bulk}");
+    assert_eq!(w.fake.token_requests(APP), 1);
+    assert_eq!(w.token().await.as_deref(), Some(d.token.as_str()));
+    // Naming the account asks again.
+    let named = w
+        .refresh("/api/integration/tokens/refresh/u1?broker=upstox")
+        .await;
+    assert_eq!(named["error_class"], "pending_approval", "{named}");
+    assert_eq!(w.fake.token_requests(APP), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use tokenbot::clock::Clock;
 use tokenbot::config::{BrokerConfig, Config, PluginsConfig};
 use tokenbot::plugins::{CallLimits, PluginEnv, Registry};
 use tokenbot::refresh::schedule::Scheduler;
-use tokenbot::refresh::{Refresher, Selection};
+use tokenbot::refresh::{Named, Refresher, Selection};
 use tokenbot::vault::{AccountKey, AccountState, Flags, Outcome, Trigger};
 
 use super::world::*;
@@ -222,9 +222,9 @@ async fn two_simultaneous_triggers_for_one_account_perform_one_login() {
     w.kite.recorder().set_latency(Duration::from_millis(30));
     let (a, b) = tokio::join!(
         w.refresher
-            .refresh_account(key.clone(), Trigger::Schedule, false),
+            .refresh_account(key.clone(), Trigger::Schedule, Named::No),
         w.refresher
-            .refresh_account(key.clone(), Trigger::Api, false),
+            .refresh_account(key.clone(), Trigger::Api, Named::No),
     );
     assert_eq!((a.outcome, b.outcome), (Outcome::Success, Outcome::Success));
     assert_eq!(logins(&w), 1);
