@@ -1,6 +1,7 @@
 //! Assisted (browser) login, for brokers that refuse automation or accounts without a TOTP secret:
-//! `GET /api/login/{broker}/{userId}/url` issues a single-use, expiring state bound to the account
-//! and answers the broker's login URL (whose redirect leads to `{public_url}/callback/{broker}`);
+//! `GET /api/login/{broker}/{userId}/url` (or a notice's signed one-tap link, `GET
+//! /login/{broker}/{userId}?until=..&sig=..`, which redirects) issues a single-use, expiring state
+//! bound to the account and answers the broker's login URL (whose redirect leads to `{public_url}/callback/{broker}`);
 //! the broker sends the browser to `GET /callback/{broker}` with the state, which is consumed
 //! before the strategy finishes the login. A replayed, forged or stale callback finds no state and
 //! is refused; so is a state used on another broker's callback.
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
-use utoipa::ToSchema;
+use axum::response::Redirect;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::accounts::plugin_for;
@@ -22,7 +24,7 @@ use super::params::user_id;
 use super::views::iso;
 use crate::plugins::PluginError;
 use crate::refresh::AssistedError;
-use crate::vault::AccountKey;
+use crate::vault::{AccountKey, UserId};
 
 /// Where to send the person.
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,14 +101,19 @@ pub async fn url(
 ) -> Result<Json<LoginUrlView>, ApiError> {
     let user = user_id(user)?;
     caller.may_act_for(&user)?;
-    let Some(redirect_url) = api.app.config.server.callback_url(&broker) else {
+    start(&api, &broker, user).await.map(Json)
+}
+
+/// Issue a state bound to `broker`'s account of `user` and answer the broker's login URL.
+async fn start(api: &ApiState, broker: &str, user: UserId) -> Result<LoginUrlView, ApiError> {
+    let Some(redirect_url) = api.app.config.server.callback_url(broker) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "public_url_not_configured",
             "assisted login needs `server.public_url` (the address the broker redirects browsers to)",
         ));
     };
-    let (plugin, broker) = plugin_for(&api, &broker, StatusCode::NOT_FOUND)?;
+    let (plugin, broker) = plugin_for(api, broker, StatusCode::NOT_FOUND)?;
     if !plugin.has_assisted() {
         return Err(ApiError::bad_request(
             "assisted_login_unsupported",
@@ -140,11 +147,77 @@ pub async fn url(
         .await
         .map_err(assisted_error)?;
     tracing::info!(account = %key, "assisted login started");
-    Ok(Json(LoginUrlView {
+    Ok(LoginUrlView {
         url,
         redirect_url,
         expires_at: iso(now + super::ASSISTED_STATE_TTL.as_millis() as i64),
-    }))
+    })
+}
+
+/// The query of a one-tap login link.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LinkQuery {
+    /// Until when the link works (Unix ms).
+    until: i64,
+    /// The daemon's signature of the account and `until` (hex).
+    sig: String,
+}
+
+/// `GET /login/{broker}/{userId}`
+#[utoipa::path(
+    get,
+    path = "/login/{broker}/{userId}",
+    tag = "assisted login",
+    params(
+        ("broker" = String, Path, description = "Broker id"),
+        ("userId" = String, Path, description = "The platform's user id"),
+        LinkQuery,
+    ),
+    responses(
+        (status = 303, description = "To the broker's login page (`Location`), as `GET /api/login/{broker}/{userId}/url` answers it"),
+        (status = 400, description = "Malformed link, or the broker has no assisted login", body = ErrorBody),
+        (status = 404, description = "Not a link this daemon signed for this account (`invalid_link`), or the account is gone", body = ErrorBody),
+        (status = 410, description = "The link expired; the next notice brings a new one", body = ErrorBody),
+        (status = 429, description = "Too many login URLs asked for this user lately", body = ErrorBody),
+        (status = 502, description = "The strategy failed", body = ErrorBody),
+        (status = 503, description = "`server.public_url` is not configured, or too many logins pending", body = ErrorBody),
+    )
+)]
+pub async fn link(
+    State(api): State<Arc<ApiState>>,
+    ApiPath((broker, user)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<LinkQuery>,
+) -> Result<Redirect, ApiError> {
+    // As an unknown webhook hook: without the signature the path names nothing.
+    let refused = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_link",
+            "this link was not issued by this daemon for this account",
+        )
+    };
+    let user = user_id(user)?;
+    let broker_id = crate::vault::BrokerId::new(broker.as_str()).map_err(|_| refused())?;
+    let key = AccountKey::new(user, broker_id);
+    // The signature first: an unsigned link learns nothing, not even whether it expired.
+    let message = crate::notify::login_link_message(&key, q.until);
+    if !api.app.vault.link_signed(&message, &q.sig) {
+        tracing::warn!(account = %key, "login link with a wrong signature; refused");
+        return Err(refused());
+    }
+    if q.until <= api.now_ms() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "link_expired",
+            format!(
+                "this login link expired at {}; the next notice brings a new one",
+                iso(q.until)
+            ),
+        ));
+    }
+    let view = start(&api, &broker, key.user).await?;
+    Ok(Redirect::to(&view.url))
 }
 
 /// `GET /callback/{broker}`

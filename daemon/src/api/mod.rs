@@ -216,6 +216,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/login/{broker}/{userId}",
+        handler: || get(login::link),
+    },
+    Route {
+        method: "GET",
         path: "/callback/{broker}",
         handler: || get(login::callback),
     },

@@ -127,6 +127,7 @@ impl Modify for FailedAuthLimit {
         users::remove,
         users::list,
         login::url,
+        login::link,
         login::callback,
         webhook::deliver,
         webhook::create_hook,

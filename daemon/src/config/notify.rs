@@ -13,6 +13,8 @@ pub struct NotifyConfig {
     pub quiet_secs: u64,
     /// How long before a pending approval expires it is announced once more, in seconds.
     pub remind_before_secs: u64,
+    /// How long a notice's one-tap login link works, in seconds.
+    pub link_ttl_secs: u64,
     /// Notifications waiting per channel; one more is dropped (and logged) rather than slowing
     /// the refresher down.
     pub queue_capacity: usize,
@@ -25,6 +27,7 @@ impl Default for NotifyConfig {
         NotifyConfig {
             quiet_secs: 600,
             remind_before_secs: 900,
+            link_ttl_secs: 43_200,
             queue_capacity: 256,
             telegram: TelegramConfig::default(),
         }

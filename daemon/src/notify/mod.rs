@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 
 use crate::clock::Clock;
 use crate::config::{ChatId, Config, ConfigError, NotifyConfig};
-use crate::vault::{AccountKey, BrokerId, UserId};
+use crate::vault::{AccountKey, BrokerId, UserId, Vault};
 use deliver::{Channel, Outlet};
 use telegram::Telegram;
 
@@ -34,6 +34,10 @@ pub struct Notifier {
     clock: Arc<dyn Clock>,
     /// `[server] public_url`, the base of the assisted-login links.
     public_url: Option<url::Url>,
+    /// Signs the one-tap login links (none without a vault: then notices carry no link).
+    signer: Option<Arc<Vault>>,
+    /// How long a login link works (`[notify] link_ttl_secs`).
+    link_ttl_ms: i64,
     remind_before_ms: i64,
     quiet_ms: i64,
     /// The configured channels, each with its queue and task.
@@ -57,8 +61,9 @@ fn secs_ms(secs: u64) -> i64 {
 }
 
 impl Notifier {
-    /// The channels `config` configures; none is contacted before the first notice.
-    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Notifier {
+    /// The channels `config` configures; none is contacted before the first notice. `signer`
+    /// signs the one-tap login links.
+    pub fn new(config: &Config, clock: Arc<dyn Clock>, signer: Option<Arc<Vault>>) -> Notifier {
         let notify = &config.notify;
         let mut channels = Vec::new();
         if let Some(url) = &config.refresh.webhook_url {
@@ -70,6 +75,8 @@ impl Notifier {
         Notifier {
             clock,
             public_url: config.server.public_url.clone(),
+            signer,
+            link_ttl_ms: secs_ms(notify.link_ttl_secs),
             remind_before_ms: secs_ms(notify.remind_before_secs),
             quiet_ms: secs_ms(notify.quiet_secs),
             outlets: (channels.into_iter())
@@ -79,11 +86,28 @@ impl Notifier {
         }
     }
 
-    /// The daemon's assisted-login URL for `key`, when `[server] public_url` is set.
+    /// The API route answering the broker's login URL for `key` (a key or the user's token
+    /// needed), when `[server] public_url` is set.
     pub fn assisted_login_url(&self, key: &AccountKey) -> Option<url::Url> {
         let base = self.public_url.as_ref()?;
         base.join(&format!("api/login/{}/{}/url", key.broker, key.user))
             .ok()
+    }
+
+    /// The one-tap login link for `key` and when it expires: `{public_url}/login/{broker}/
+    /// {userId}?until=..&sig=..`, which opens the broker's login page without credentials, for
+    /// this account only, until then.
+    pub fn login_link(&self, key: &AccountKey) -> Option<(url::Url, i64)> {
+        let (base, signer) = (self.public_url.as_ref()?, self.signer.as_ref()?);
+        let until_ms = self.clock.now_ms().saturating_add(self.link_ttl_ms);
+        let sig = signer.sign_link(&login_link_message(key, until_ms));
+        let mut link = base
+            .join(&format!("login/{}/{}", key.broker, key.user))
+            .ok()?;
+        link.query_pairs_mut()
+            .append_pair("until", &until_ms.to_string())
+            .append_pair("sig", &sig);
+        Some((link, until_ms))
     }
 
     /// Queue `notice` on every channel. Returns at once.
@@ -96,20 +120,21 @@ impl Notifier {
 
     /// A login failed for a reason retrying cannot fix (`class`, with the strategy's `message`).
     pub fn needs_attention(&self, account: NoticeAccount, class: ErrorClass, message: &str) {
-        let link = self.assisted_login_url(&account.key);
+        let (link, expires_at_ms) = self.login_link(&account.key).unzip();
         self.send(Notice {
             kind: NoticeKind::NeedsAttention,
-            account,
             reason: attention_reason(class).to_owned(),
             failure: Some((class, message.to_owned())),
             link,
-            expires_at_ms: None,
+            assisted_login_url: self.assisted_login_url(&account.key),
+            expires_at_ms,
             reminder: false,
+            account,
         });
     }
 
-    /// Only a person can log `account` in now: `reason` in plain words, and `link` (default: the
-    /// daemon's assisted-login URL) valid until `expires_at_ms`, when it expires.
+    /// Only a person can log `account` in now: `reason` in plain words, and `link` valid until
+    /// `expires_at_ms`, when it expires (default: the daemon's one-tap login link).
     pub fn assisted_login_needed(
         &self,
         account: NoticeAccount,
@@ -117,15 +142,19 @@ impl Notifier {
         link: Option<url::Url>,
         expires_at_ms: Option<i64>,
     ) {
-        let link = link.or_else(|| self.assisted_login_url(&account.key));
+        let (link, expires_at_ms) = match link {
+            Some(link) => (Some(link), expires_at_ms),
+            None => self.login_link(&account.key).unzip(),
+        };
         self.send(Notice {
             kind: NoticeKind::AssistedLoginNeeded,
-            account,
             reason: reason.to_owned(),
             failure: None,
             link,
+            assisted_login_url: self.assisted_login_url(&account.key),
             expires_at_ms,
             reminder: false,
+            account,
         });
     }
 
@@ -161,6 +190,7 @@ impl Notifier {
             reason,
             failure: None,
             link,
+            assisted_login_url: None,
             expires_at_ms: Some(expires_at_ms),
             reminder: false,
         };
@@ -229,11 +259,17 @@ fn display_name(broker: &BrokerId) -> String {
         .unwrap_or_default()
 }
 
+/// What a login link signs: the account, and until when (Unix ms).
+pub fn login_link_message(key: &AccountKey, until_ms: i64) -> String {
+    format!("{}/{}/{until_ms}", key.broker, key.user)
+}
+
 /// Refuse a `[notify]` section that cannot work, naming the key (never the bot token's value).
 pub fn check_config(config: &NotifyConfig) -> Result<(), ConfigError> {
     for (key, value) in [
         ("notify.quiet_secs", config.quiet_secs),
         ("notify.remind_before_secs", config.remind_before_secs),
+        ("notify.link_ttl_secs", config.link_ttl_secs),
         ("notify.queue_capacity", config.queue_capacity as u64),
     ] {
         if value == 0 {

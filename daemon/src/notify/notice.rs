@@ -74,8 +74,13 @@ pub struct Notice {
     /// For `needs_attention`: the failed login's class and message (the strategy's words, which
     /// pass the host's redaction before they are recorded).
     pub failure: Option<(ErrorClass, String)>,
-    /// The one-tap link: the broker's approval page or the daemon's assisted-login URL.
+    /// The one-tap link: the broker's approval page, or the daemon's signed login link
+    /// (`{public_url}/login/...`), which opens the broker's login page without credentials.
     pub link: Option<url::Url>,
+    /// The API route that answers the broker's login URL to a caller with a key
+    /// (`{public_url}/api/login/{broker}/{userId}/url`), for backends; sent by the webhook as
+    /// `assisted_login_url`, as before the one-tap link existed.
+    pub assisted_login_url: Option<url::Url>,
     /// When the link stops working (Unix ms), when it does.
     pub expires_at_ms: Option<i64>,
     /// A second announcement of a pending approval, shortly before it expires.
@@ -131,11 +136,7 @@ impl Notice {
             Some((class, message)) => (Some(class.as_str()), message.as_str()),
             None => (None, self.reason.as_str()),
         };
-        // An approval link is the broker's page, not an assisted login.
-        let assisted = match self.kind {
-            NoticeKind::ApprovalRequested => None,
-            _ => self.link.as_ref().map(url::Url::as_str),
-        };
+        let assisted = self.assisted_login_url.as_ref().map(url::Url::as_str);
         json!({
             "event": self.kind.as_str(),
             "user_id": key.user.as_str(),
@@ -196,6 +197,7 @@ mod tests {
             reason: "Approve the request.".into(),
             failure: None,
             link: Some("https://example.com/approve".parse().unwrap()),
+            assisted_login_url: None,
             expires_at_ms: Some(1_732_226_400_000),
             reminder: false,
         }

@@ -92,7 +92,7 @@ fn an_account_is_routed_to_its_own_chat_then_its_users_then_the_default() {
 #[test]
 fn a_second_request_within_the_quiet_interval_is_not_announced_again() {
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let notifier = Notifier::new(&Config::default(), clock.clone());
+    let notifier = Notifier::new(&Config::default(), clock.clone(), None);
     let account = NoticeAccount::new(AccountKey::parse("u1", "upstox").unwrap(), "AB1");
     assert!(notifier.approval_requested(account.clone(), None, 1_000_000 + 3_600_000));
     clock.advance(60_000);

@@ -172,7 +172,11 @@ impl Refresher {
     ) -> Refresher {
         Refresher {
             global: Arc::new(Semaphore::new(config.refresh.concurrency as usize)),
-            notifier: Arc::new(Notifier::new(&config, plugin_env.clock.clone())),
+            notifier: Arc::new(Notifier::new(
+                &config,
+                plugin_env.clock.clone(),
+                Some(vault.clone()),
+            )),
             vault,
             plugins,
             plugin_env,

@@ -24,6 +24,7 @@ const MAC_LEN: usize = 32;
 const BLOCK: usize = 16;
 const INFO_ENC: &[u8] = b"tokenbot vault v1 aes-256-cbc";
 const INFO_MAC: &[u8] = b"tokenbot vault v1 hmac-sha256";
+const INFO_LINK: &[u8] = b"tokenbot link v1 hmac-sha256";
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -38,10 +39,12 @@ pub enum OpenError {
     Mac,
 }
 
-/// The encryption and MAC keys of one master key. Zeroized on drop; never printed.
+/// The encryption and MAC keys of one master key, and the key that signs login links. Zeroized
+/// on drop; never printed.
 pub struct RecordKeys {
     enc: Zeroizing<[u8; 32]>,
     mac: Zeroizing<[u8; 32]>,
+    link: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for RecordKeys {
@@ -51,16 +54,37 @@ impl std::fmt::Debug for RecordKeys {
 }
 
 impl RecordKeys {
-    /// Derive both keys from `master` with HKDF-SHA256 (distinct `info` strings).
+    /// Derive the keys from `master` with HKDF-SHA256 (distinct `info` strings).
     pub fn derive(master: &MasterKey) -> RecordKeys {
         let hk = Hkdf::<Sha256>::new(None, master.expose());
-        let mut enc = Zeroizing::new([0u8; 32]);
-        let mut mac = Zeroizing::new([0u8; 32]);
-        hk.expand(INFO_ENC, enc.as_mut())
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        hk.expand(INFO_MAC, mac.as_mut())
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        RecordKeys { enc, mac }
+        let expand = |info: &[u8]| {
+            let mut key = Zeroizing::new([0u8; 32]);
+            hk.expand(info, key.as_mut())
+                .expect("32 bytes is a valid HKDF-SHA256 output length");
+            key
+        };
+        RecordKeys {
+            enc: expand(INFO_ENC),
+            mac: expand(INFO_MAC),
+            link: expand(INFO_LINK),
+        }
+    }
+
+    fn link_mac(&self, message: &[u8]) -> HmacSha256 {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(self.link.as_ref())
+            .expect("HMAC takes keys of any length");
+        mac.update(message);
+        mac
+    }
+
+    /// The HMAC-SHA256 of `message` under the link key.
+    pub fn sign_link(&self, message: &[u8]) -> [u8; MAC_LEN] {
+        self.link_mac(message).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is `message`'s link signature (compared in constant time).
+    pub fn link_signed(&self, message: &[u8], tag: &[u8]) -> bool {
+        self.link_mac(message).verify_slice(tag).is_ok()
     }
 
     /// Encrypt `plaintext` for `table`/`key` with a fresh random IV.
@@ -161,6 +185,19 @@ mod tests {
 
     fn keys(byte: u8) -> RecordKeys {
         RecordKeys::derive(&MasterKey::from_bytes([byte; 32]))
+    }
+
+    #[test]
+    fn a_link_signature_holds_for_its_message_and_key_only() {
+        let k = keys(1);
+        let tag = k.sign_link(b"kite/u1/1700000000000");
+        assert!(k.link_signed(b"kite/u1/1700000000000", &tag));
+        assert!(!k.link_signed(b"kite/u2/1700000000000", &tag));
+        assert!(!k.link_signed(b"kite/u1/1700000000001", &tag));
+        assert!(!k.link_signed(b"kite/u1/1700000000000", &tag[..31]));
+        assert!(!keys(2).link_signed(b"kite/u1/1700000000000", &tag));
+        // Not the record MAC key: a link tag is no record tag.
+        assert_ne!(k.link.as_ref(), k.mac.as_ref());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod error;
 mod hooks;
 mod ids;
 pub mod key;
+mod links;
 mod logs;
 mod maint;
 pub mod migrate;

@@ -107,6 +107,60 @@ async fn assisted_login_stores_a_token_the_broker_accepts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_link_opens_the_brokers_login_without_credentials_for_its_account_until_it_expires()
+ {
+    let (t, fake) = setup().await;
+    let key = AccountKey::parse("u1", "kite").unwrap();
+    let (link, until) = t.state.refresher.notifier().login_link(&key).unwrap();
+    assert_eq!(
+        until,
+        t.clock.now_ms() + 12 * 3_600_000,
+        "[notify] link_ttl_secs"
+    );
+    let path = link
+        .as_str()
+        .strip_prefix("https://tokenbot.example.com")
+        .unwrap()
+        .to_owned();
+    assert!(path.starts_with("/login/kite/u1?until="), "{path}");
+
+    // One tap, no credentials: to the broker's login page, then the callback stores the token.
+    let r = t.send(request(Method::GET, &path, &As::Nobody, None)).await;
+    assert_eq!(r.status, 303, "{}", r.text);
+    let url = r.headers["location"].to_str().unwrap().to_owned();
+    assert!(url.starts_with(fake.web_url()), "{url}");
+    let redirect = fake.browser_login(&url, "AB1").unwrap();
+    t.send(request(Method::GET, &local(&redirect), &As::Nobody, None))
+        .await
+        .expect(200);
+    assert!(t.vault().get_token(&key).unwrap().is_some());
+
+    // The signature covers the account and the expiry.
+    let sig = path.rsplit("sig=").next().unwrap().to_owned();
+    for forged in [
+        path.replace("/u1?", "/u2?"),
+        path.replace(&format!("until={until}"), &format!("until={}", until + 1)),
+        path.replace(&sig, &"0".repeat(64)),
+        path.replace(&format!("&sig={sig}"), ""),
+    ] {
+        let r = t
+            .send(request(Method::GET, &forged, &As::Nobody, None))
+            .await;
+        assert!(
+            [400, 404].contains(&r.status.as_u16()),
+            "{forged}: {}",
+            r.text
+        );
+        assert!(r.headers.get("location").is_none(), "{forged}");
+    }
+    // Past its expiry the genuine link is refused too, saying so.
+    t.clock.set(until);
+    t.send(request(Method::GET, &path, &As::Nobody, None))
+        .await
+        .expect_error(410, "link_expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_cross_broker_callbacks_are_refused() {
     let (t, fake) = setup().await;
     t.send(request(

@@ -756,6 +756,15 @@ fn rows() -> Vec<Row> {
             )
         },
         Row {
+            broker: BrokerAt::Path("invalid_link"),
+            ..row(
+                Method::GET,
+                "/login/{broker}/{userId}",
+                "/login/kite/u1?until=4102444800000&sig=00",
+                G::Public,
+            )
+        },
+        Row {
             broker: BrokerAt::Path("unknown_broker"),
             ..row(
                 Method::GET,

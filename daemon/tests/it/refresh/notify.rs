@@ -88,9 +88,16 @@ async fn needs_attention_reaches_the_webhook_and_telegram_with_no_secret_in_them
         assert_eq!(event["broker"], "kite");
         assert_eq!(event["broker_user_id"], format!("ZK00{n}"));
         assert_eq!(event["error_class"], "automation_blocked");
-        let link = format!("https://tokens.example.com/api/login/kite/user-{n}/url");
-        assert_eq!(event["assisted_login_url"], link);
-        assert_eq!(event["link"], link);
+        let api_route = format!("https://tokens.example.com/api/login/kite/user-{n}/url");
+        assert_eq!(event["assisted_login_url"], api_route);
+        // The one-tap link: signed for this account, working for `link_ttl_secs` (12 h).
+        let link = event["link"].as_str().unwrap();
+        let prefix = format!("https://tokens.example.com/login/kite/user-{n}?until=");
+        assert!(
+            link.starts_with(&prefix) && link.contains("&sig="),
+            "{link}"
+        );
+        assert!(event["link_expires_at"].is_string(), "{event}");
         assert!(
             event["reason"].as_str().unwrap().contains("Log in by hand"),
             "{event}"
@@ -104,16 +111,13 @@ async fn needs_attention_reaches_the_webhook_and_telegram_with_no_secret_in_them
             .iter()
             .find(|m| m.text.contains(&format!("user user-{n} ")))
             .unwrap();
-        assert!(
-            m.text.contains(&format!("/api/login/kite/user-{n}/url")),
-            "{}",
-            m.text
-        );
+        let prefix = format!("https://tokens.example.com/login/kite/user-{n}?until=");
+        assert!(m.text.contains(&prefix), "{}", m.text);
         assert!(m.text.contains("blocked the automatic login"), "{}", m.text);
         let button = &m.reply_markup.as_ref().unwrap()["inline_keyboard"][0][0]["url"];
-        assert_eq!(
-            button,
-            &format!("https://tokens.example.com/api/login/kite/user-{n}/url")
+        assert!(
+            button.as_str().is_some_and(|b| b.starts_with(&prefix)),
+            "{button}"
         );
         m.chat_id.clone()
     };
@@ -150,7 +154,7 @@ fn notifier(fake: &FakeTelegram, token: &str, clock: Arc<ManualClock>) -> Notifi
     with_telegram(&mut config, fake, token);
     config.notify.quiet_secs = 600;
     config.notify.remind_before_secs = 900;
-    Notifier::new(&config, clock)
+    Notifier::new(&config, clock, None)
 }
 
 fn upstox(user: &str) -> NoticeAccount {
