@@ -460,6 +460,54 @@ async fn with_both_modes_on_the_first_token_wins_either_way() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_waited_for_a_delivery_in_flight_is_not_finished() {
+    let w = world("approval,redirect").await;
+    w.scheduled_refresh().await;
+    // The person has logged in in the browser; the redirect is about to reach the daemon.
+    let url = login_url(&w).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("{url}&_person={USER}"))
+        .send()
+        .await
+        .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let callback = location.strip_prefix(PUBLIC).unwrap().to_owned();
+
+    // Meanwhile the approval's delivery is being checked: its profile call is slow.
+    w.fake
+        .recorder()
+        .set_latency(std::time::Duration::from_millis(500));
+    let (body, token, url) = w.fake.delivery_body(USER, Tamper::None).unwrap();
+    let delivery =
+        tokio::spawn(async move { FakeUpstox::post(&url, &body.to_string(), token).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while w.fake.recorder().requests("/v2/user/profile") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no profile call");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The callback arrives while the delivery holds the account's turn, and waits for it.
+    let r = w
+        .api
+        .send(request(Method::GET, &callback, &As::Nobody, None))
+        .await;
+    let d = delivery.await.unwrap().unwrap();
+    assert!(d.body.contains("accepted"), "{}", d.body);
+    assert!(!r.status.is_success(), "{} {}", r.status, r.text);
+    assert!(r.text.contains("while this one waited"), "{}", r.text);
+    // The first token stands: the code was never exchanged for a second one.
+    assert_eq!(
+        w.fake.recorder().requests("/v2/login/authorization/token"),
+        0
+    );
+    assert_eq!(w.token().await.as_deref(), Some(d.token.as_str()));
+    assert!(w.fake.token_is_valid(&d.token));
+}
+
 async fn login_url(w: &World) -> String {
     let r = w
         .api
