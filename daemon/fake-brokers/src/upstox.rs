@@ -4,7 +4,8 @@
 //! Request (`authorization_expiry` as an epoch-ms string, `notifier_url`), V the profile
 //! (`UDAPI100050` on a dead token), and the notifier POST: [`FakeUpstox::approve`] (or
 //! `POST /_control/approve`) makes the fake POST the exact Q3 body to the app's notifier URL,
-//! and [`FakeUpstox::deliver`] sends tampered ones.
+//! and [`FakeUpstox::deliver`] sends tampered ones. `POST /_control/notifier {"api_key","url"}`
+//! sets an app's notifier URL, as a developer does once on Upstox's portal.
 //!
 //! Errors use Upstox's envelope `{"status":"error","errors":[{"errorCode",...}]}`, some with
 //! HTTP 200; tokens die at the first 03:30 IST after issue on the fake's clock.
@@ -206,6 +207,7 @@ impl FakeUpstox {
             )
             .route("/v2/user/profile", get(profile))
             .route("/_control/approve", post(control_approve))
+            .route("/_control/notifier", post(control_notifier))
             .route_layer(layer)
             .with_state(state.clone());
         FakeUpstox {
@@ -304,6 +306,8 @@ async fn approve(state: &UpstoxState, user_id: &str) -> Result<Delivered, String
 }
 
 async fn post_json(url: &str, body: &str, token: String) -> Result<Delivered, String> {
+    // Err when a provider is installed already (the daemon's tests): that one serves.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let resp = reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")
@@ -551,6 +555,21 @@ async fn profile(State(s): State<Arc<UpstoxState>>, headers: HeaderMap) -> Respo
 }
 
 /// `POST /_control/approve {"user_id"}`: [`FakeUpstox::approve`] over HTTP, for scripts.
+async fn control_notifier(State(s): State<Arc<UpstoxState>>, Json(body): Json<Value>) -> Response {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (app, url) = (text("api_key"), text("url"));
+    let mut inner = s.lock();
+    let mut changed = 0;
+    for user in inner.accounts.values_mut().filter(|u| u.api_key == app) {
+        user.notifier_url = url.to_owned();
+        changed += 1;
+    }
+    if changed == 0 {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "no such app"}))).into_response();
+    }
+    Json(json!({"apps_updated": changed})).into_response()
+}
+
 async fn control_approve(State(s): State<Arc<UpstoxState>>, Json(body): Json<Value>) -> Response {
     let user_id = body
         .get("user_id")
