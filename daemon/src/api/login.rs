@@ -32,7 +32,9 @@ use crate::vault::{AccountKey, UserId};
 pub struct LoginUrlView {
     /// The broker's login page; open it in a browser.
     pub url: String,
-    /// The callback the broker will redirect to.
+    /// The callback the broker will redirect to. For a broker whose redirect carries no state
+    /// (Shoonya, Dhan's consent) it ends in the account's tag, `?a=...`: register it as the
+    /// account's app redirect URL, so that several logins can wait at once.
     pub redirect_url: String,
     /// The login must be completed before this time.
     pub expires_at: String,
@@ -106,7 +108,7 @@ pub async fn url(
 
 /// Issue a state bound to `broker`'s account of `user` and answer the broker's login URL.
 async fn start(api: &ApiState, broker: &str, user: UserId) -> Result<LoginUrlView, ApiError> {
-    let Some(redirect_url) = api.app.config.server.callback_url(broker) else {
+    let Some(mut redirect_url) = api.app.config.server.callback_url(broker) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "public_url_not_configured",
@@ -121,6 +123,9 @@ async fn start(api: &ApiState, broker: &str, user: UserId) -> Result<LoginUrlVie
         ));
     }
     let key = AccountKey::new(user, broker);
+    if !plugin.manifest.callback_has_state {
+        redirect_url = format!("{redirect_url}?a={}", callback_tag(api, &key));
+    }
     let refresher = &api.app.refresher;
     let account = refresher.assisted_account(&key).await?;
     let now = api.now_ms();
@@ -152,6 +157,17 @@ async fn start(api: &ApiState, broker: &str, user: UserId) -> Result<LoginUrlVie
         redirect_url,
         expires_at: iso(now + super::ASSISTED_STATE_TTL.as_millis() as i64),
     })
+}
+
+/// The account tag of a broker whose callback carries no state (shoonya.md, "Assisted login"
+/// rule 1): the redirect URL registered for the account's app may end in `?a=<tag>`; if the
+/// broker keeps it, the callback names its account even with several logins pending. 64 bits of
+/// an HMAC under the link key: stable for the account, not guessable from its ids, and no
+/// credential (the single-use code and the strategy's user check still decide).
+fn callback_tag(api: &ApiState, key: &AccountKey) -> String {
+    let mut tag = (api.app.vault).sign_link(&format!("callback/{}/{}", key.broker, key.user));
+    tag.truncate(16);
+    tag
 }
 
 /// The query of a one-tap login link.
@@ -227,7 +243,8 @@ pub async fn link(
     tag = "assisted login",
     params(
         ("broker" = String, Path, description = "Broker id"),
-        ("state" = String, Query, description = "The single-use state issued with the login URL"),
+        ("state" = Option<String>, Query, description = "The single-use state issued with the login URL"),
+        ("a" = Option<String>, Query, description = "The account tag of a broker whose redirect carries no state, from the registered redirect URL"),
     ),
     responses(
         (status = 200, description = "Logged in; the token is stored (not shown)", body = CallbackView),
@@ -251,13 +268,18 @@ pub async fn callback(
         .map(|s| s.split('?').next().unwrap_or_default())
         .filter(|s| !s.is_empty());
     let now = api.now_ms();
-    // A broker whose redirect carries no state (its manifest says so): the one login pending
-    // there, dropped only once the broker finished it (the strategy also checks that the broker
-    // logged in that account's user).
+    // A broker whose redirect carries no state (its manifest says so): the login pending there
+    // for the account its tag names (`a`, when the registered redirect URL has it), else the one
+    // login pending there; dropped only once the broker finished it (the strategy also checks
+    // that the broker logged in that account's user).
     let stateless = state.is_none() && !plugin.manifest.callback_has_state;
+    let tag = query.get("a").filter(|_| stateless);
     let key = match state {
         Some(state) => api.assisted.consume(state, now),
-        None if stateless => (api.assisted).only_pending(|k| k.broker.as_str() == broker, now),
+        None if stateless => (api.assisted).only_pending(
+            |k| k.broker.as_str() == broker && tag.is_none_or(|t| *t == callback_tag(&api, k)),
+            now,
+        ),
         None => return Err(invalid("the callback has no state")),
     }
     .map_err(|e| invalid(&e.to_string()))?;

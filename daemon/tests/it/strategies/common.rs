@@ -420,6 +420,8 @@ fn leaked_lines(text: &[u8], start: usize, secrets: &[(&str, usize)]) -> Vec<Str
 
 /// No remembered secret (passwords, API secrets, TOTP secrets, tokens) is in the captured log.
 pub fn assert_no_secret_logged() {
+    // A test run alone may not have installed the capture yet: then nothing was logged to it.
+    log_capture::install();
     let mut leaks = LEAKS.lock().unwrap_or_else(|e| e.into_inner());
     let leaks = leaks.get_or_insert_with(LeakCheck::default);
     // Values remembered late, against the part of the log already checked.

@@ -84,11 +84,11 @@ async fn browser_login(login_url: &str, uid: &str, password: &str, otp: &str) ->
     assert_eq!(submitted.status(), 302);
     let location = submitted.headers()["location"].to_str().unwrap().to_owned();
     assert!(submitted.text().await.unwrap().contains("<a href="));
+    // The registered redirect URL's own query (an account tag) is kept, then a code, no state.
     let query = query_of(&location);
-    assert_eq!(
-        query.keys().collect::<Vec<_>>(),
-        ["code"],
-        "only a code: {location}"
+    assert!(
+        query.contains_key("code") && query.keys().all(|k| ["a", "code"].contains(&k.as_str())),
+        "a code and no state: {location}"
     );
     location
 }
@@ -477,7 +477,7 @@ async fn login_url(api: &TestApi, user: &str) -> String {
 
 async fn callback(api: &TestApi, location: &str) -> Reply {
     let path = location.trim_start_matches("https://tokenbot.example.com");
-    assert!(path.starts_with("/callback/shoonya?code="), "{path}");
+    assert!(path.starts_with("/callback/shoonya?"), "{path}");
     api.send(request(Method::GET, path, &As::Nobody, None))
         .await
 }
@@ -577,6 +577,67 @@ async fn with_two_shoonya_logins_pending_a_callback_is_refused_as_ambiguous_and_
     assert_eq!(fake.recorder().requests("/NorenWClientAPI/GenAcsTok"), 0);
     assert!(first.contains("client_id=FA40001_U"));
     assert_eq!(account_view(&api, "u2").await["has_token"], false);
+    assert_no_secret_logged();
+}
+
+/// shoonya.md's rule 1: the redirect URL registered for each account's app carries the tag the
+/// URL route answers; Shoonya keeps it, so each callback names its account while both wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_account_tag_in_the_redirect_url_two_pending_logins_each_finish_on_their_account()
+{
+    let (fake, api) = fake_and_api(&[]).await;
+    let mut urls = Vec::new();
+    for (n, uid) in UID.iter().enumerate() {
+        let r = api
+            .send(request(
+                Method::GET,
+                &format!("/api/login/shoonya/u{}/url", n + 1),
+                &KEY,
+                None,
+            ))
+            .await;
+        r.expect(200);
+        let redirect = r.json["redirect_url"].as_str().unwrap().to_owned();
+        assert!(
+            redirect.starts_with("https://tokenbot.example.com/callback/shoonya?a="),
+            "{redirect}"
+        );
+        // What the person registers once as the app's redirect URL.
+        let mut user = ShoonyaUser::new(uid, PASSWORD, TOTP, PRISM_KEY, SECRET_CODE);
+        user.redirect_url = redirect;
+        fake.add_user(user);
+        urls.push(r.json["url"].as_str().unwrap().to_owned());
+    }
+    // Both logins wait; the second account's person finishes first.
+    let otp = person_otp(TOTP, MORNING);
+    let second = browser_login(&urls[1], UID[1], PASSWORD, &otp).await;
+    let first = browser_login(&urls[0], UID[0], PASSWORD, &otp).await;
+    assert_ne!(query_of(&first)["a"], query_of(&second)["a"]);
+    let done = callback(&api, &second).await;
+    done.expect(200);
+    assert_eq!(
+        (
+            done.json["user_id"].as_str(),
+            done.json["broker_user_id"].as_str()
+        ),
+        (Some("u2"), Some(UID[1])),
+        "{}",
+        done.text
+    );
+    // With u1's login the only one pending, a tag that is not u1's is still refused, before
+    // Shoonya sees its code.
+    let forged = "/callback/shoonya?a=0123456789abcdef&code=whatever";
+    api.send(request(Method::GET, forged, &As::Nobody, None))
+        .await
+        .expect_error(400, "invalid_state");
+    assert_eq!(fake.recorder().requests("/NorenWClientAPI/GenAcsTok"), 1);
+    let done = callback(&api, &first).await;
+    done.expect(200);
+    assert_eq!(done.json["user_id"], "u1", "{}", done.text);
+    for user in ["u1", "u2"] {
+        assert_eq!(account_view(&api, user).await["has_token"], true, "{user}");
+    }
+    assert_eq!(fake.recorder().requests("/NorenWClientAPI/GenAcsTok"), 2);
     assert_no_secret_logged();
 }
 
