@@ -310,3 +310,89 @@ async fn the_webhook_receives_the_same_event_as_the_stream_without_the_token() {
         .unwrap();
     assert!(stream.within(Duration::from_secs(5)).await.is_none());
 }
+
+/// A receiver that answers each POST with the next status of `statuses` (then 200), and passes
+/// on every body it got with the status it answered.
+async fn scripted_receiver(
+    statuses: Vec<u16>,
+) -> (
+    url::Url,
+    tokio::sync::mpsc::UnboundedReceiver<(u16, String)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let script = Arc::new(std::sync::Mutex::new(statuses.into_iter()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let status = script.lock().unwrap().next().unwrap_or(200);
+            let _ = tx.send((status, body));
+            async move { axum::http::StatusCode::from_u16(status).unwrap() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url.parse().unwrap(), rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_retries_a_5xx_and_a_429_but_not_a_4xx() {
+    // 503 then 429 then 200: one event, three tries, delivered.
+    let (url, mut posts) = scripted_receiver(vec![503, 429]).await;
+    let (api, _fake) = with_kite(|c| c.events.webhook_url = Some(url)).await;
+    let task = tokenbot::events::webhook::spawn(&api.state.events, &api.state.config.events);
+    login(&api).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let post = tokio::time::timeout(Duration::from_secs(10), posts.recv()).await;
+        seen.push(post.expect("a retry within 10 s").unwrap());
+    }
+    assert_eq!(
+        seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [503, 429, 200]
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].1 == w[1].1),
+        "the same event each time"
+    );
+    api.state.events.close();
+    task.unwrap().await.unwrap();
+
+    // 400: refused for good, not tried again; the next event still goes.
+    let (url, mut posts) = scripted_receiver(vec![400]).await;
+    let (api, _fake) = with_kite(|c| c.events.webhook_url = Some(url)).await;
+    let task = tokenbot::events::webhook::spawn(&api.state.events, &api.state.config.events);
+    login(&api).await;
+    let (status, first) = posts.recv().await.unwrap();
+    assert_eq!(status, 400);
+    api.send(request(
+        Method::DELETE,
+        "/api/users/u1/accounts/kite",
+        &KEY,
+        None,
+    ))
+    .await
+    .expect(200);
+    let (status, next) = tokio::time::timeout(Duration::from_secs(10), posts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_ne!(first, next, "the refused event was not sent again: {next}");
+    assert!(next.contains("revoked"), "{next}");
+    api.state.events.close();
+    task.unwrap().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_gets_keep_alive_comments() {
+    let (api, _fake) = with_kite(|c| c.events.keepalive_secs = 1).await;
+    let mut stream = open(&api, None).await;
+    assert!(stream.within(Duration::from_millis(2_500)).await.is_none());
+    let comments = stream.raw.lines().filter(|l| l.starts_with(':')).count();
+    assert!(
+        comments >= 1,
+        "no keep-alive comment in 2.5 s: {:?}",
+        stream.raw
+    );
+}
