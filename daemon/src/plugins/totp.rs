@@ -27,21 +27,60 @@ pub enum TotpSecretError {
     /// Decoded to nothing useful.
     #[error("the TOTP secret is too short ({0} bytes; at least 10 expected)")]
     TooShort(usize),
+    /// An `otpauth://` URI asking for codes other than the brokers' (6 digits, 30 s, SHA1), or
+    /// for counter-based codes. The value is a parameter, never the secret.
+    #[error(
+        "the otpauth:// URI asks for {param}={value}; tokenbot makes the codes Indian brokers use \
+         (totp, 6 digits, period 30, SHA1): check that this is the broker's TOTP QR code"
+    )]
+    Unsupported {
+        /// `type`, `digits`, `period` or `algorithm`.
+        param: &'static str,
+        /// What the URI asked for.
+        value: String,
+    },
+}
+
+/// The `otpauth://` URI's `secret`, once its type and parameters are the brokers' (RFC 6238 as
+/// Google Authenticator's key-URI format spells it: the defaults are 6 digits, 30 s, SHA1).
+fn otpauth_secret(input: &str) -> Result<Zeroizing<String>, TotpSecretError> {
+    let url = url::Url::parse(input).map_err(|_| TotpSecretError::Unparseable)?;
+    let kind = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    if kind != "totp" {
+        return Err(TotpSecretError::Unsupported {
+            param: "type",
+            value: kind,
+        });
+    }
+    let mut secret = None;
+    for (k, v) in url.query_pairs() {
+        let k = k.to_ascii_lowercase();
+        let supported = match k.as_str() {
+            "secret" => {
+                secret = Some(Zeroizing::new(v.into_owned()));
+                continue;
+            }
+            "digits" => ("digits", v.trim() == "6"),
+            "period" => ("period", v.trim() == "30"),
+            "algorithm" => ("algorithm", v.trim().eq_ignore_ascii_case("SHA1")),
+            _ => continue,
+        };
+        if let (param, false) = supported {
+            let value: String = v.chars().take(16).collect();
+            return Err(TotpSecretError::Unsupported { param, value });
+        }
+    }
+    secret.ok_or(TotpSecretError::Unparseable)
 }
 
 /// Decode a TOTP secret as users paste it: base32 with spaces, dashes, lowercase or `=` padding,
-/// or an `otpauth://totp/...?secret=...` URI.
+/// or an `otpauth://totp/...?secret=...` URI (a QR code's text), whose `digits`, `period` and
+/// `algorithm`, when given, must be the brokers' 6, 30 and SHA1.
 pub fn parse_secret(input: &str) -> Result<Zeroizing<Vec<u8>>, TotpSecretError> {
     let input = input.trim();
     let base32: Zeroizing<String> =
         if input.len() >= 10 && input.as_bytes()[..10].eq_ignore_ascii_case(b"otpauth://") {
-            let url = url::Url::parse(input).map_err(|_| TotpSecretError::Unparseable)?;
-            let secret = url
-                .query_pairs()
-                .find(|(k, _)| k.eq_ignore_ascii_case("secret"))
-                .map(|(_, v)| v.into_owned())
-                .ok_or(TotpSecretError::Unparseable)?;
-            Zeroizing::new(secret)
+            otpauth_secret(input)?
         } else {
             Zeroizing::new(input.to_owned())
         };
@@ -210,9 +249,42 @@ mod tests {
             "GEZD-GNBV-GY3T-QOJQ-GEZD-GNBV-GY3T-QOJQ",
             "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ====",
             "otpauth://totp/Kite:AB1234?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Kite",
+            "OTPAUTH://TOTP/Zerodha%20Kite:AB1234?secret=gezdgnbvgy3tqojqgezdgnbvgy3tqojq\
+             &issuer=Zerodha%20Kite&algorithm=sha1&digits=6&period=30",
         ] {
             assert_eq!(*parse_secret(variant).unwrap(), *plain, "{variant}");
         }
+    }
+
+    #[test]
+    fn an_otpauth_uri_asking_for_other_codes_is_refused_naming_the_parameter_not_the_secret() {
+        let uri = |query: &str| {
+            format!("otpauth://totp/Kite:AB1234?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&{query}")
+        };
+        for (query, param, value) in [
+            ("period=60", "period", "60"),
+            ("digits=8", "digits", "8"),
+            ("algorithm=SHA256", "algorithm", "SHA256"),
+            ("period=15&digits=6", "period", "15"),
+        ] {
+            let e = parse_secret(&uri(query)).unwrap_err();
+            assert_eq!(
+                e,
+                TotpSecretError::Unsupported {
+                    param,
+                    value: value.into()
+                },
+                "{query}"
+            );
+            let text = e.to_string();
+            assert!(text.contains(&format!("{param}={value}")), "{text}");
+            assert!(!text.contains("GEZDGNBV"), "{text}");
+        }
+        let hotp = "otpauth://hotp/x?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&counter=1";
+        assert!(matches!(
+            parse_secret(hotp),
+            Err(TotpSecretError::Unsupported { param: "type", .. })
+        ));
     }
 
     #[test]

@@ -183,6 +183,16 @@ async fn provision_refuses_bad_input_with_the_right_status() {
     r.expect_error(422, "invalid_fields");
     assert!(r.text.contains("totp_secret") && !r.text.contains("not base32"));
 
+    // A QR code's text is taken as the secret; one for other codes than the brokers' is refused,
+    // naming the parameter and not the secret.
+    let secret = kite_fields("1")["totp_secret"].as_str().unwrap().to_owned();
+    let mut qr = kite_fields("1");
+    qr["totp_secret"] = json!(format!("otpauth://totp/Kite:AB1?secret={secret}&period=60"));
+    let r = send(qr, KEY).await;
+    r.expect_error(422, "invalid_fields");
+    assert!(r.text.contains("period=60"), "{}", r.text);
+    assert!(!r.text.contains(&secret), "{}", r.text);
+
     send(json!([1, 2]), KEY)
         .await
         .expect_error(422, "invalid_body");

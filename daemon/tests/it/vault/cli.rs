@@ -348,6 +348,14 @@ fn bad_input_is_refused_and_writes_nothing() {
     .assert_fails_with("field `totp_secret`");
     add(
         "kite",
+        &kite_json("AB2").replace(
+            TOTP,
+            &format!("otpauth://totp/Kite:AB2?secret={TOTP}&digits=8"),
+        ),
+    )
+    .assert_fails_with("asks for digits=8");
+    add(
+        "kite",
         &kite_json("AB2").replace("\"password\"", "\"pass\""),
     )
     .assert_fails_with("unknown field `pass`");
