@@ -14,6 +14,12 @@ mod token;
 mod user;
 mod vault;
 
+/// The command line's definition, for what is generated from it (`tokenbot-dist`: shell
+/// completions, man pages).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 #[derive(Parser)]
 #[command(
     name = "tokenbot",
