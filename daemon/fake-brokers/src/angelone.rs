@@ -220,7 +220,7 @@ impl FakeAngelOne {
     pub async fn start_with(options: FakeOptions) -> FakeAngelOne {
         let state = Arc::new(AngelState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
@@ -232,7 +232,7 @@ impl FakeAngelOne {
             .route_layer(layer)
             .with_state(state.clone());
         FakeAngelOne {
-            server: serve(mess::apply(router, options.realism, HostHabits::json())).await,
+            server: serve(mess::apply(router, &options, HostHabits::json())).await,
             state,
         }
     }

@@ -205,7 +205,7 @@ impl FakeDhan {
     pub async fn start_with(options: FakeOptions) -> FakeDhan {
         let state = Arc::new(DhanState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
@@ -221,8 +221,8 @@ impl FakeDhan {
             .route_layer(layer)
             .with_state(state.clone());
         FakeDhan {
-            auth: serve(mess::apply(auth, options.realism, HostHabits::json())).await,
-            api: serve(mess::apply(api, options.realism, HostHabits::json())).await,
+            auth: serve(mess::apply(auth, &options, HostHabits::json())).await,
+            api: serve(mess::apply(api, &options, HostHabits::json())).await,
             state,
         }
     }

@@ -141,7 +141,7 @@ impl FakeFivePaisa {
     pub async fn start_with(options: FakeOptions) -> FakeFivePaisa {
         let state = Arc::new(FpState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
@@ -153,7 +153,7 @@ impl FakeFivePaisa {
             .route_layer(layer)
             .with_state(state.clone());
         FakeFivePaisa {
-            server: serve(mess::apply(router, options.realism, HostHabits::json())).await,
+            server: serve(mess::apply(router, &options, HostHabits::json())).await,
             state,
         }
     }

@@ -191,7 +191,7 @@ impl FakeFyers {
     pub async fn start_with(options: FakeOptions) -> FakeFyers {
         let state = Arc::new(FyersState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
@@ -208,7 +208,7 @@ impl FakeFyers {
             .route_layer(layer)
             .with_state(state.clone());
         FakeFyers {
-            server: serve(mess::apply(router, options.realism, HostHabits::json())).await,
+            server: serve(mess::apply(router, &options, HostHabits::json())).await,
             state,
         }
     }

@@ -248,7 +248,7 @@ impl FakeIifl {
     pub async fn start_with(options: FakeOptions) -> FakeIifl {
         let state = Arc::new(IiflState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
             realism: options.realism,
             totp_auth: Mutex::default(),
@@ -274,8 +274,8 @@ impl FakeIifl {
             jsessionid: true,
         };
         FakeIifl {
-            portal: serve(mess::apply(portal, options.realism, portal_habits)).await,
-            api: serve(mess::apply(api, options.realism, HostHabits::json())).await,
+            portal: serve(mess::apply(portal, &options, portal_habits)).await,
+            api: serve(mess::apply(api, &options, HostHabits::json())).await,
             state,
         }
     }

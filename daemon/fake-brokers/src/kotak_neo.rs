@@ -174,7 +174,7 @@ impl FakeKotakNeo {
     pub async fn start_with(options: FakeOptions) -> FakeKotakNeo {
         let state = Arc::new(KotakState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
             url: Mutex::default(),
         });
@@ -185,7 +185,7 @@ impl FakeKotakNeo {
             .route("/quick/user/limits", post(limits))
             .route_layer(layer)
             .with_state(state.clone());
-        let server = serve(mess::apply(router, options.realism, HostHabits::json())).await;
+        let server = serve(mess::apply(router, &options, HostHabits::json())).await;
         *state.url.lock().unwrap_or_else(|e| e.into_inner()) = server.url.clone();
         FakeKotakNeo { server, state }
     }

@@ -15,8 +15,9 @@
 //!   size or type), with `Content-Encoding: gzip`; `Vary: Accept-Encoding` always;
 //! - the body sent chunked: no `Content-Length`, streamed in two chunks.
 //!
-//! Cookie `Expires` and `Date` follow the system clock, not the fake's: clients judge cookie
-//! expiry by their own clock, and tests run fakes on manual clocks far from today.
+//! `Date` follows the fake's clock (a broker whose clock is off is a fake whose `now` is).
+//! Cookie `Expires` follows the system clock: clients judge cookie expiry by their own clock,
+//! and tests run fakes on manual clocks far from today.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -64,12 +65,26 @@ impl HostHabits {
     }
 }
 
-/// The router, with the realistic habits of `habits` when `realism` is `Realistic`.
-pub(crate) fn apply(router: axum::Router, realism: Realism, habits: HostHabits) -> axum::Router {
-    match realism {
+/// A host's habits and the fake's clock, which its `Date` header shows.
+struct Host {
+    habits: HostHabits,
+    now: crate::NowFn,
+}
+
+/// The router, with the realistic habits of `habits` when `options.realism` is `Realistic`.
+pub(crate) fn apply(
+    router: axum::Router,
+    options: &crate::FakeOptions,
+    habits: HostHabits,
+) -> axum::Router {
+    match options.realism {
         Realism::Ideal => router,
         Realism::Realistic => {
-            router.layer(axum::middleware::from_fn_with_state(Arc::new(habits), mess))
+            let host = Arc::new(Host {
+                habits,
+                now: options.now.clone(),
+            });
+            router.layer(axum::middleware::from_fn_with_state(host, mess))
         }
     }
 }
@@ -169,7 +184,8 @@ fn add_cookie(headers: &mut HeaderMap, cookie: &str) {
 }
 
 /// The middleware.
-async fn mess(State(habits): State<Arc<HostHabits>>, request: Request, next: Next) -> Response {
+async fn mess(State(host): State<Arc<Host>>, request: Request, next: Next) -> Response {
+    let habits = &host.habits;
     let gzip_ok = accepts_gzip(request.headers());
     let has_jsessionid = has_cookie(request.headers(), "JSESSIONID");
     let head = request.method() == Method::HEAD;
@@ -206,7 +222,7 @@ async fn mess(State(habits): State<Arc<HostHabits>>, request: Request, next: Nex
     set_if_absent(h, header::SERVER, "nginx");
     h.insert(
         header::DATE,
-        HeaderValue::from_str(&http_date(now)).expect("a date"),
+        HeaderValue::from_str(&http_date((host.now)().div_euclid(1000))).expect("a date"),
     );
     h.insert(
         "x-request-id",

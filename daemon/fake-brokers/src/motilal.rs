@@ -189,7 +189,7 @@ impl FakeMotilal {
                 registered_ip: MOTILAL_REGISTERED_IP.into(),
                 ..Inner::default()
             }),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
@@ -206,7 +206,7 @@ impl FakeMotilal {
             ))
             .with_state(state.clone());
         FakeMotilal {
-            api: serve(mess::apply(api, options.realism, HostHabits::json())).await,
+            api: serve(mess::apply(api, &options, HostHabits::json())).await,
             state,
         }
     }

@@ -238,7 +238,7 @@ impl FakeShoonya {
     pub async fn start_with(options: FakeOptions) -> FakeShoonya {
         let state = Arc::new(ShoonyaState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
             quickauth_open: AtomicBool::new(true),
             expires_in_ms: Mutex::new(Some(DEFAULT_EXPIRES_IN_MS)),
@@ -251,7 +251,7 @@ impl FakeShoonya {
             jsessionid: true,
         };
         FakeShoonya {
-            server: serve(mess::apply(router, options.realism, habits)).await,
+            server: serve(mess::apply(router, &options, habits)).await,
             state,
         }
     }

@@ -103,7 +103,15 @@ impl FakeTelegram {
             .route("/{bot}/{method}", post(method))
             .with_state(state.clone());
         FakeTelegram {
-            server: serve(mess::apply(router, realism, HostHabits::json())).await,
+            server: serve(mess::apply(
+                router,
+                &crate::FakeOptions {
+                    realism,
+                    ..crate::FakeOptions::default()
+                },
+                HostHabits::json(),
+            ))
+            .await,
             state,
         }
     }

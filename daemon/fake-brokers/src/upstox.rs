@@ -194,7 +194,7 @@ impl FakeUpstox {
     pub async fn start_with(options: FakeOptions) -> FakeUpstox {
         let state = Arc::new(UpstoxState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
@@ -211,7 +211,7 @@ impl FakeUpstox {
             .route_layer(layer)
             .with_state(state.clone());
         FakeUpstox {
-            server: serve(mess::apply(router, options.realism, HostHabits::json())).await,
+            server: serve(mess::apply(router, &options, HostHabits::json())).await,
             state,
         }
     }

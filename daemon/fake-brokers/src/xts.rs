@@ -129,7 +129,7 @@ impl FakeXts {
     pub async fn start_with(options: FakeOptions) -> FakeXts {
         let state = Arc::new(XtsState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
         });
         let layer = axum::middleware::from_fn_with_state(state.recorder.clone(), track);
@@ -139,7 +139,7 @@ impl FakeXts {
             .route_layer(layer)
             .with_state(state.clone());
         FakeXts {
-            server: serve(mess::apply(router, options.realism, HostHabits::json())).await,
+            server: serve(mess::apply(router, &options, HostHabits::json())).await,
             state,
         }
     }

@@ -140,6 +140,12 @@ pub struct DetailedHealthView {
     /// Per-broker circuit breakers: brokers whose scheduled and catch-up logins pause after
     /// several accounts in a row found them unavailable. Brokers never tripped are absent.
     pub breakers: BTreeMap<String, BreakerView>,
+    /// Each broker's clock minus this host's, in milliseconds, from the `Date` of its recent
+    /// responses (brokers not heard from lately are absent).
+    pub clock_skew_ms: BTreeMap<String, i64>,
+    /// Set when a broker's clock is more than 5 s from this host's: TOTP codes then follow the
+    /// broker's time (up to 10 minutes off), and the host's NTP wants checking.
+    pub clock_warning: Option<String>,
 }
 
 /// One broker's circuit breaker.
@@ -175,6 +181,7 @@ pub async fn detailed(
     let outbox = blocking(move || vault.outbox_len()).await?;
     let refresher = api.refresher();
     let stats = refresher.stats();
+    let clock_skew_ms = (api.app.plugin_env.skew).report(api.now_ms());
     let (plugins, plugin_failures) = plugin_views(&api);
     let mirror = mirror_view(&api, outbox);
     Ok(Json(DetailedHealthView {
@@ -197,7 +204,33 @@ pub async fn detailed(
         plugin_failures,
         mirror,
         breakers: breaker_views(&refresher),
+        clock_warning: clock_warning(&clock_skew_ms),
+        clock_skew_ms,
     }))
+}
+
+/// The warning of `/health/detailed` for brokers whose clock is more than 5 s from ours.
+fn clock_warning(skews: &BTreeMap<String, i64>) -> Option<String> {
+    use crate::plugins::skew::{PLAUSIBLE_MS, WARN_MS};
+    let off: Vec<String> = skews
+        .iter()
+        .filter(|(_, ms)| ms.abs() > WARN_MS)
+        .map(|(broker, ms)| {
+            let note = if ms.abs() > PLAUSIBLE_MS {
+                "; implausible, not corrected for"
+            } else {
+                ""
+            };
+            format!("{broker} {:+.1} s{note}", *ms as f64 / 1000.0)
+        })
+        .collect();
+    (!off.is_empty()).then(|| {
+        format!(
+            "broker clocks differ from this host's by more than 5 s ({}): TOTP codes follow the \
+             broker's time; check the host's NTP",
+            off.join(", ")
+        )
+    })
 }
 
 /// The loaded strategies, and the plugin files that failed to load.

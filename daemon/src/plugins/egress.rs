@@ -86,6 +86,8 @@ pub(super) struct Exchange<'a> {
     pub(super) deadline: Instant,
     /// Told every token-like value a response carries, so a plugin log line cannot leak it.
     pub(super) learn_secret: &'a dyn Fn(&str),
+    /// Told the `Date` header of every response (the broker's clock).
+    pub(super) observe_date: &'a dyn Fn(&str),
 }
 
 impl Exchange<'_> {
@@ -222,7 +224,12 @@ fn send(
         Ok::<_, reqwest::Error>(Ok((status, headers, data)))
     });
     match response {
-        Ok(Ok(parts)) => Ok(parts),
+        Ok(Ok(parts)) => {
+            if let Some(date) = parts.1.get(reqwest::header::DATE) {
+                (ctx.observe_date)(date.to_str().unwrap_or_default());
+            }
+            Ok(parts)
+        }
         Ok(Err(())) => Err((
             Status::TOO_LARGE,
             "too_large",

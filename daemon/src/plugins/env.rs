@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::Egress;
 use super::host::{self, PluginCall};
-use super::{Plugin, totp};
+use super::{Plugin, skew, totp};
 
 /// The limits of every plugin call: how long it may take and how much it may read.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct PluginEnv {
     pub clock: Arc<dyn crate::clock::Clock>,
     /// TOTP steps handed out, process-wide.
     pub steps: Arc<totp::StepGuard>,
+    /// Each broker's clock skew, from the `Date` of its responses.
+    pub skew: Arc<skew::ClockSkew>,
     /// Deadlines and caps.
     pub limits: CallLimits,
     /// One pooled client per egress family (`true`: IPv4 only); built on first use.
@@ -73,6 +75,7 @@ impl PluginEnv {
         PluginEnv {
             clock,
             steps: Arc::default(),
+            skew: Arc::default(),
             limits,
             clients: Default::default(),
         }
@@ -125,6 +128,7 @@ impl PluginEnv {
             clock: self.clock.clone(),
             totp_secret: target.totp_secret,
             steps: self.steps.clone(),
+            skew: self.skew.clone(),
             step_log: None,
             deadline: deadline(&self.limits),
             clock_deadline_ms: self

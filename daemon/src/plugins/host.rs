@@ -48,6 +48,8 @@ pub struct PluginCall {
     pub totp_secret: Option<Zeroizing<Vec<u8>>>,
     /// Steps already handed out, process-wide.
     pub steps: Arc<StepGuard>,
+    /// Each broker's clock skew: fed by the `Date` of every response, read to choose TOTP steps.
+    pub skew: Arc<crate::plugins::skew::ClockSkew>,
     /// Records a step durably before its code is handed out (the vault, for logins the
     /// refresher runs). `None`: the step lives in `steps` alone.
     pub step_log: Option<StepLog>,
@@ -216,7 +218,16 @@ unsafe extern "C" fn host_totp(call: *mut CallCtx, request: Bytes, out: Sink) ->
         };
         // Waiting for a fresh step must still fit in the call's deadline.
         let budget = ctx.remaining().unwrap_or_default().as_millis() as u64;
-        match fresh_code(&ctx.steps, ctx.clock.as_ref(), &ctx.account, secret, budget) {
+        // The step is the broker's: our clock plus its skew, when that is known and large.
+        let offset = ctx.skew.correction_ms(&ctx.broker, ctx.clock.now_ms());
+        match fresh_code(
+            &ctx.steps,
+            ctx.clock.as_ref(),
+            offset,
+            &ctx.account,
+            secret,
+            budget,
+        ) {
             Ok(fresh) => {
                 // Written before the code leaves: after a crash, the next process knows the
                 // step was used even if the broker saw the code and nothing else was recorded.
@@ -264,11 +275,13 @@ unsafe extern "C" fn host_http(call: *mut CallCtx, request: Bytes, out: Sink) ->
             Err(e) => return fail(out, Status::BAD_INPUT, "bad_request", e.to_string()),
         };
         let learn_secret = |secret: &str| ctx.redactor.add(secret);
+        let observe_date = |date: &str| ctx.skew.observe(&ctx.broker, date, ctx.clock.now_ms());
         let scope = Exchange {
             http: &ctx.http,
             runtime: &ctx.runtime,
             deadline: ctx.deadline,
             learn_secret: &learn_secret,
+            observe_date: &observe_date,
         };
         match exchange(&scope, request) {
             Ok(response) => {

@@ -12,6 +12,7 @@ pub mod host;
 mod manifest;
 mod plugin;
 mod registry;
+pub mod skew;
 pub mod totp;
 
 /// Credential field names shared by every broker (the vault's list).

@@ -202,14 +202,16 @@ impl StepGuard {
 
 /// Hand out a code for `account`, waiting on `clock` when the rules require it, but never longer
 /// than `max_wait_ms` (then `Err` with the wait that would have been needed, and nothing reserved).
+/// Steps are counted on the broker's time: `clock` plus `offset_ms` (its skew, `plugins::skew`).
 pub fn fresh_code(
     guard: &StepGuard,
     clock: &dyn Clock,
+    offset_ms: i64,
     account: &str,
     secret: &[u8],
     max_wait_ms: u64,
 ) -> Result<FreshCode, u64> {
-    let reservation = guard.reserve(account, clock.now_ms(), max_wait_ms)?;
+    let reservation = guard.reserve(account, clock.now_ms() + offset_ms, max_wait_ms)?;
     if reservation.wait_ms > 0 {
         clock.sleep_ms(reservation.wait_ms);
     }
@@ -217,7 +219,7 @@ pub fn fresh_code(
     Ok(FreshCode {
         code: code_at_step(secret, reservation.step),
         step: reservation.step,
-        valid_for_ms: (end_ms - clock.now_ms()).max(0) as u64,
+        valid_for_ms: (end_ms - clock.now_ms() - offset_ms).max(0) as u64,
     })
 }
 
@@ -313,7 +315,8 @@ mod tests {
     fn waits_for_next_step_when_three_seconds_remain() {
         let clock = ManualClock::new(27_000 + 300_000);
         let guard = StepGuard::default();
-        let code = fresh_code(&guard, &clock, "u/kite", b"12345678901234567890", 60_000).unwrap();
+        let code =
+            fresh_code(&guard, &clock, 0, "u/kite", b"12345678901234567890", 60_000).unwrap();
         assert_eq!(code.step, 11);
         assert_eq!(clock.sleeps(), vec![3_000]);
         assert_eq!(code.valid_for_ms, 30_000);
@@ -326,7 +329,7 @@ mod tests {
         let mut steps = Vec::new();
         for _ in 0..4 {
             let code =
-                fresh_code(&guard, &clock, "u/kite", b"12345678901234567890", 60_000).unwrap();
+                fresh_code(&guard, &clock, 0, "u/kite", b"12345678901234567890", 60_000).unwrap();
             steps.push(code.step);
         }
         steps.dedup();
@@ -337,7 +340,7 @@ mod tests {
         assert!(reserved.step > 33_333_334);
         // Another account is independent: its current step is fine.
         let before = clock.sleeps().len();
-        fresh_code(&guard, &clock, "v/kite", b"12345678901234567890", 60_000).unwrap();
+        fresh_code(&guard, &clock, 0, "v/kite", b"12345678901234567890", 60_000).unwrap();
         assert_eq!(clock.sleeps().len(), before);
     }
 

@@ -81,7 +81,9 @@ impl Refresher {
             // take, do not send the password at all.
             let now_ms = self.plugin_env.clock.now_ms();
             let totp_wait = if plan.totp_secret.is_some() {
-                self.plugin_env.steps.wait_ms(&plan.label, now_ms)
+                // On the broker's time, as the TOTP callback counts steps.
+                let skew = (self.plugin_env.skew).correction_ms(key.broker.as_str(), now_ms);
+                self.plugin_env.steps.wait_ms(&plan.label, now_ms + skew)
             } else {
                 0
             };

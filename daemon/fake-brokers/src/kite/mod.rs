@@ -310,7 +310,7 @@ impl FakeKite {
     pub async fn start_with(options: FakeOptions) -> FakeKite {
         let state = Arc::new(KiteState {
             inner: Mutex::default(),
-            now: options.now,
+            now: options.now.clone(),
             recorder: Arc::new(Recorder::new(options.latency)),
             realism: options.realism,
         });
@@ -334,8 +334,8 @@ impl FakeKite {
             ..HostHabits::json()
         };
         FakeKite {
-            web: serve(mess::apply(web, options.realism, habits.clone())).await,
-            api: serve(mess::apply(api, options.realism, habits)).await,
+            web: serve(mess::apply(web, &options, habits.clone())).await,
+            api: serve(mess::apply(api, &options, habits)).await,
             state,
         }
     }

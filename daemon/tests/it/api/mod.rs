@@ -3,6 +3,7 @@
 mod assisted;
 mod auth;
 mod brokers;
+mod clock;
 mod e2e;
 mod events;
 mod extras;

@@ -324,6 +324,39 @@ async fn a_refused_first_code_is_retried_once_on_a_fresh_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_clock_40_s_ahead_is_read_from_its_date_and_the_code_follows_its_step() {
+    // This host stands 21 s into a TOTP step; the broker's clock (its Date, and the time it
+    // checks codes by) 40 s later: 1 s into the step after next. A code of this host's own step
+    // would be two steps behind the broker's, outside the one step either side it accepts.
+    let host_now = morning() / 30_000 * 30_000 + 21_000;
+    let h = Harness::new(host_now);
+    let clock = h.clock.clone();
+    let fake = FakeKite::start_with(fake_brokers::FakeOptions {
+        now: std::sync::Arc::new(move || clock.now_ms() + 40_000),
+        ..h.fake_options()
+    })
+    .await;
+    let (acct, user) = account(6);
+    fake.add_user(user);
+    let out = h.login("kite", &acct, &fake.base_urls()).await.unwrap();
+    assert!(fake.token_is_valid(&acct.api_key, out.access_token.expose()));
+    let uses = fake.recorder().totp_uses(&acct.broker_user_id);
+    assert_eq!(uses.len(), 1, "one code, accepted at once: {uses:?}");
+    assert!(uses[0].accepted);
+    let broker_step = ((host_now + 40_000) / 30_000) as u64;
+    assert_eq!(uses[0].step, Some(broker_step));
+    assert_eq!(broker_step, (host_now / 30_000) as u64 + 2);
+    // The estimate, from the Dates of the login's first two answers, is what health shows.
+    let skew = h.services.skew.report(h.clock.now_ms())["kite"];
+    assert!((40_000..=41_000).contains(&skew), "{skew}");
+    assert!(
+        captured_log().contains("the broker's clock (its Date header) is more than 5 s"),
+        "warned"
+    );
+    assert_no_secret_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_followed_by_hand_through_relative_and_old_style_hops() {
     let h = Harness::new(morning());
     let fake = FakeKite::start_with(h.fake_options()).await;
