@@ -124,6 +124,10 @@ impl Default for VaultConfig {
 /// offline from one token (RFC 7518 asks for a key as long as the hash, 32 bytes).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
+/// `TOKENBOT_API_KEY` is a bearer credential read in plain text: a placeholder left in an env
+/// file (`REPLACE_ME`) or a word must not become a working service key.
+pub const MIN_API_KEY_BYTES: usize = 16;
+
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -154,6 +154,22 @@ fn an_empty_or_short_jwt_secret_is_refused_at_start_naming_the_key() {
 }
 
 #[test]
+fn a_short_env_api_key_is_refused_at_start_without_its_value() {
+    for key in ["", "REPLACE_ME", "fifteen-chars-x"] {
+        let err = load("", &[("TOKENBOT_API_KEY", key)])
+            .map_err(chain)
+            .unwrap_err();
+        assert!(
+            err.contains("TOKENBOT_API_KEY") && err.contains("at least 16"),
+            "{err}"
+        );
+        assert!(key.is_empty() || !err.contains(key), "{err}");
+    }
+    let config = load("", &[("TOKENBOT_API_KEY", "sixteen-chars-ok")]).unwrap();
+    assert!(config.auth.api_key.is_some());
+}
+
+#[test]
 fn an_empty_jwt_issuer_or_audience_is_refused() {
     for key in ["jwt_issuer", "jwt_audience"] {
         let err = load(&format!("[auth]\n{key} = \"\"\n"), &[])

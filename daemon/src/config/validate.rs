@@ -2,7 +2,7 @@
 
 use secrecy::ExposeSecret;
 
-use super::{BrokerConfig, Config, ConfigError, MIN_JWT_SECRET_BYTES};
+use super::{BrokerConfig, Config, ConfigError, MIN_API_KEY_BYTES, MIN_JWT_SECRET_BYTES};
 
 impl Config {
     /// Checks that need more than the types, of the sections this module owns: everything but
@@ -104,6 +104,18 @@ impl Config {
                 format!(
                     "must be at least {MIN_JWT_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`); \
                      leave it and JWT_SECRET unset to accept no JWT"
+                ),
+            ));
+        }
+        if let Some(key) = &self.auth.api_key
+            && key.expose_secret().trim().len() < MIN_API_KEY_BYTES
+        {
+            return Err(ConfigError::invalid(
+                "auth.api_key (TOKENBOT_API_KEY)",
+                "(hidden)",
+                format!(
+                    "must be at least {MIN_API_KEY_BYTES} bytes (e.g. `openssl rand -hex 24`); \
+                     leave it unset for no env key"
                 ),
             ));
         }
