@@ -1,18 +1,13 @@
 //! Clock skew through the API: a broker whose clock is 40 s ahead shows in `/health/detailed`
-//! after one login, and the login's code was for the broker's step.
-
-use std::sync::{Arc, OnceLock};
+//! after one login, with a warning.
 
 use axum::http::Method;
-use fake_brokers::{FakeKite, FakeOptions, KiteUser};
-use tokenbot::clock::{Clock, ManualClock};
-use tokenbot::config::BrokerConfig;
 
 use super::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_clock_40_s_off_is_shown_in_detailed_health_with_a_warning() {
-    let t = TestApi::with(|_| {});
+    let (t, _fake) = api_with_kite(40_000, |_| {}).await;
     let health = t
         .send(request(Method::GET, "/health/detailed", &KEY, None))
         .await;
@@ -20,42 +15,6 @@ async fn a_broker_clock_40_s_off_is_shown_in_detailed_health_with_a_warning() {
     assert_eq!(health.json["clock_skew_ms"], serde_json::json!({}));
     assert!(health.json["clock_warning"].is_null());
 
-    // The fake reads the API's clock (40 s on), which exists only once the API does.
-    let api_clock: Arc<OnceLock<Arc<ManualClock>>> = Arc::default();
-    let read = api_clock.clone();
-    let fake = FakeKite::start_with(FakeOptions {
-        now: Arc::new(move || read.get().map_or(MORNING, |c| c.now_ms()) + 40_000),
-        ..FakeOptions::default()
-    })
-    .await;
-    let fields = kite_fields("1");
-    let field = |name: &str| fields[name].as_str().unwrap().to_owned();
-    fake.add_user(KiteUser::new(
-        "AB1",
-        &field("password"),
-        &field("api_key"),
-        &field("api_secret"),
-        &field("totp_secret"),
-    ));
-    let urls = fake.base_urls();
-    let t = TestApi::with(|c| {
-        c.brokers.insert(
-            "kite".into(),
-            BrokerConfig {
-                urls,
-                ..BrokerConfig::default()
-            },
-        );
-    });
-    assert!(api_clock.set(t.clock.clone()).is_ok());
-    t.send(request(
-        Method::PUT,
-        "/api/users/u1/accounts/kite",
-        &KEY,
-        Some(fields.clone()),
-    ))
-    .await
-    .expect(201);
     let refreshed = t
         .send(request(
             Method::POST,
@@ -65,7 +24,6 @@ async fn a_broker_clock_40_s_off_is_shown_in_detailed_health_with_a_warning() {
         ))
         .await;
     assert_eq!(refreshed.json["successful"], 1, "{}", refreshed.text);
-
     let health = t
         .send(request(Method::GET, "/health/detailed", &KEY, None))
         .await;

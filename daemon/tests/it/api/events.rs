@@ -7,12 +7,11 @@ use std::time::Duration;
 use axum::body::BodyDataStream;
 use axum::extract::ConnectInfo;
 use axum::http::Method;
-use fake_brokers::{FakeKite, FakeOptions, KiteUser};
+use fake_brokers::FakeKite;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use tokenbot::clock::Clock;
-use tokenbot::config::{BrokerConfig, Config};
+use tokenbot::config::Config;
 use tokenbot::vault::AccountKey;
 use tower::ServiceExt;
 
@@ -96,43 +95,7 @@ async fn open(api: &TestApi, last_id: Option<&str>) -> Stream {
 
 /// An API with the fake Kite and account `u1` provisioned, on one manual clock.
 async fn with_kite(change: impl FnOnce(&mut Config)) -> (TestApi, FakeKite) {
-    let clock = Arc::new(tokenbot::clock::ManualClock::new(MORNING));
-    let now = clock.clone();
-    let fake = FakeKite::start_with(FakeOptions {
-        now: Arc::new(move || now.now_ms()),
-        latency: Duration::ZERO,
-        ..FakeOptions::default()
-    })
-    .await;
-    let fields = kite_fields("1");
-    let field = |name: &str| fields[name].as_str().unwrap().to_owned();
-    fake.add_user(KiteUser::new(
-        "AB1",
-        &field("password"),
-        &field("api_key"),
-        &field("api_secret"),
-        &field("totp_secret"),
-    ));
-    let urls = fake.base_urls();
-    let api = TestApi::with(|c| {
-        c.brokers.insert(
-            "kite".into(),
-            BrokerConfig {
-                urls,
-                ..BrokerConfig::default()
-            },
-        );
-        change(c);
-    });
-    api.send(request(
-        Method::PUT,
-        "/api/users/u1/accounts/kite",
-        &KEY,
-        Some(fields),
-    ))
-    .await
-    .expect(201);
-    (api, fake)
+    api_with_kite(0, change).await
 }
 
 async fn login(api: &TestApi) {

@@ -281,3 +281,51 @@ pub fn kite_fields(user: &str) -> Value {
         "totp_secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
     })
 }
+
+/// An API serving the fake Kite (configured as `change` leaves it), with account `u1` at `kite`
+/// (`kite_fields("1")`, broker user `AB1`) provisioned. The fake reads the API's clock,
+/// `ahead_ms` on: a broker whose clock is off by that much.
+pub async fn api_with_kite(
+    ahead_ms: i64,
+    change: impl FnOnce(&mut Config),
+) -> (TestApi, fake_brokers::FakeKite) {
+    // The API's clock exists only once the API does, after the fake's URLs are configured.
+    let api_clock: Arc<std::sync::OnceLock<Arc<ManualClock>>> = Arc::default();
+    let read = api_clock.clone();
+    let fake = fake_brokers::FakeKite::start_with(fake_brokers::FakeOptions {
+        now: Arc::new(move || read.get().map_or(MORNING, |c| c.now_ms()) + ahead_ms),
+        latency: std::time::Duration::ZERO,
+        ..fake_brokers::FakeOptions::default()
+    })
+    .await;
+    let fields = kite_fields("1");
+    let field = |name: &str| fields[name].as_str().unwrap().to_owned();
+    fake.add_user(fake_brokers::KiteUser::new(
+        "AB1",
+        &field("password"),
+        &field("api_key"),
+        &field("api_secret"),
+        &field("totp_secret"),
+    ));
+    let urls = fake.base_urls();
+    let api = TestApi::with(|c| {
+        c.brokers.insert(
+            "kite".into(),
+            tokenbot::config::BrokerConfig {
+                urls,
+                ..tokenbot::config::BrokerConfig::default()
+            },
+        );
+        change(c);
+    });
+    assert!(api_clock.set(api.clock.clone()).is_ok());
+    api.send(request(
+        Method::PUT,
+        "/api/users/u1/accounts/kite",
+        &KEY,
+        Some(fields),
+    ))
+    .await
+    .expect(201);
+    (api, fake)
+}

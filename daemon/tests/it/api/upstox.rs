@@ -16,6 +16,7 @@ use tokenbot::refresh::Selection;
 use tokenbot::vault::Trigger;
 
 use super::support::*;
+use crate::strategies::upstox::person_logs_in;
 
 const USER: &str = "UP0001";
 const APP: &str = "615b1297-0001-4a9e-8c1d-5e2f00a1b2c3";
@@ -465,17 +466,7 @@ async fn a_callback_that_waited_for_a_delivery_in_flight_is_not_finished() {
     let w = world("approval,redirect").await;
     w.scheduled_refresh().await;
     // The person has logged in in the browser; the redirect is about to reach the daemon.
-    let url = login_url(&w).await;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let resp = client
-        .get(format!("{url}&_person={USER}"))
-        .send()
-        .await
-        .unwrap();
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = person_logs_in(&login_url(&w).await, USER).await;
     let callback = location.strip_prefix(PUBLIC).unwrap().to_owned();
 
     // Meanwhile the approval's delivery is being checked: its profile call is slow.
@@ -519,17 +510,7 @@ async fn login_url(w: &World) -> String {
 
 /// The person logs in at the fake's A1 page; the browser follows the 302 to the daemon.
 async fn finish_in_browser(w: &World, url: &str) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let resp = client
-        .get(format!("{url}&_person={USER}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 302);
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = person_logs_in(url, USER).await;
     let path = location.strip_prefix(PUBLIC).unwrap();
     let r = w
         .api

@@ -10,5 +10,5 @@ mod kite;
 mod kotak_neo;
 mod motilal;
 mod shoonya;
-mod upstox;
+pub(crate) mod upstox;
 mod xts;

@@ -31,7 +31,7 @@ fn account(n: u32) -> (Account, UpstoxUser) {
 }
 
 /// The person logs in on the page A1 shows: the fake's 302, read without following it.
-async fn person_logs_in(url: &str, user_id: &str) -> String {
+pub(crate) async fn person_logs_in(url: &str, user_id: &str) -> String {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
