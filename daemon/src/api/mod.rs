@@ -9,7 +9,7 @@
 //! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
 //! - `credentials`, `tokens`, `events`, `integration`, `users`, `login`, `health`: the routes. Route files
 //!   never import each other: what several share is in `accounts` (account operations), `params`
-//!   (request parameters) and `views` (response bodies).
+//!   (request parameters), `views` (response bodies) and `status` (the daemon's figures).
 //! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
 //!
 //! Names: a response body is a `*View`, a request body a `*Body` (and `ErrorBody` the error
@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod openapi;
 mod params;
 pub mod serve;
+mod status;
 mod token_counts;
 mod tokens;
 mod users;
