@@ -208,8 +208,24 @@ pub struct SignInForm {
 pub async fn sign_in(
     State(api): State<Arc<ApiState>>,
     Client(client): Client,
+    headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
+    // The one form without a session, hence without a CSRF token: a browser that says the form
+    // came from another site (`Sec-Fetch-Site`) is refused, so no page elsewhere signs a
+    // browser into a session of its own choosing.
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !matches!(v, "same-origin" | "none"))
+    {
+        return message(
+            StatusCode::FORBIDDEN,
+            None,
+            "Refused",
+            "Sign in from the console's own page.",
+        );
+    }
     let Some(name) = api.auth.key_name(form.key.trim()).cloned() else {
         return match api.auth.record_failure(client) {
             None => sign_in_page(

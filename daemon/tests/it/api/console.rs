@@ -132,6 +132,18 @@ async fn a_good_key_gets_a_session_cookie_with_exactly_the_specified_attributes(
         attributes,
         " HttpOnly; SameSite=Strict; Path=/console; Secure"
     );
+    // A sign-in form posted from another site is refused, even with a good key.
+    let mut cross = post("/console/sign-in", None, &format!("key={ENV_KEY}"));
+    cross
+        .headers_mut()
+        .insert("sec-fetch-site", "cross-site".parse().unwrap());
+    let r = t.send(cross).await;
+    r.expect(403);
+    assert!(!r.headers.contains_key("set-cookie"));
+    let mut same = post("/console/sign-in", None, &format!("key={ENV_KEY}"));
+    same.headers_mut()
+        .insert("sec-fetch-site", "same-origin".parse().unwrap());
+    t.send(same).await.expect(303);
     // Another sign-in, another id.
     let other = t.console_sign_in(BACKEND_KEY).await;
     assert_ne!(other.cookie, format!("tokenbot_console={id}"));
@@ -554,4 +566,55 @@ async fn no_page_or_response_holds_a_credential_or_a_token_of_the_test_accounts(
         // The TOTP secret's base32 in part, too.
         assert!(!body.contains("JBSWY3DP"), "{body}");
     }
+}
+
+#[tokio::test]
+async fn the_overview_shows_counts_schedules_breakers_the_mirror_and_the_plugins() {
+    let t = TestApi::new();
+    t.seed("u1", "kite", Some(8 * HOUR));
+    t.seed("u2", "iifl", Some(HOUR / 2));
+    t.seed("u3", "kite", None);
+    t.vault()
+        .set_flags(
+            &AccountKey::parse("u3", "kite").unwrap(),
+            tokenbot::vault::Flags {
+                auto_refresh: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let s = t.console_sign_in(BACKEND_KEY).await;
+    let r = t.send(get("/console", Some(&s))).await;
+    r.expect(200);
+    let count = |n: usize, label: &str| format!("<span class=\"n\">{n}</span> {label}");
+    for (n, label) in [
+        (2, "logged in"),
+        (1, "expiring within the hour"),
+        (0, "need attention"),
+        (1, "paused"),
+        (0, "managed externally"),
+        (0, "awaiting approval"),
+    ] {
+        assert!(r.text.contains(&count(n, label)), "{label}: {}", r.text);
+    }
+    // The next runs in IST (Kite's is 07:30 IST by default, the clock is 08:00 IST: tomorrow).
+    assert!(
+        r.text.contains("<td>kite</td><td>2025-03-11 "),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains(" IST</td><td>closed</td>"), "{}", r.text);
+    // The mirror's backlog (one outbox record per token put) and every plugin's version.
+    assert!(r.text.contains("Backlog: 2 token changes"), "{}", r.text);
+    for plugin in t.state.plugins.all().values() {
+        assert!(
+            r.text.contains(&format!(
+                "<td>{}</td><td>{}</td>",
+                plugin.id, plugin.version
+            )),
+            "{}",
+            plugin.id
+        );
+    }
+    assert!(!r.text.contains("tok-u1-kite"));
 }
