@@ -10,10 +10,10 @@ use super::ApiState;
 use super::error::ApiError;
 use super::views::{AccountView, DeletedView, account_view};
 use crate::credential_input::{Fields, check_fields};
-use crate::plugins::Plugin;
-use crate::refresh::{RefreshSummary, Selection};
+use crate::plugins::{Plugin, PluginError};
+use crate::refresh::{AssistedError, RefreshSummary, Selection};
 use crate::vault::blocking;
-use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, Trigger, VaultError};
+use crate::vault::{AccountKey, BrokerId, Flags, NewAccount, Trigger, UserId, VaultError};
 
 /// The strategy for `broker`; `status` is the answer when there is none (404 for a path, 422 for
 /// a body field).
@@ -140,4 +140,104 @@ pub async fn refresh_selection(
         "refresh through the API"
     );
     Ok(summary)
+}
+
+/// The answer to an assisted login that could not start or finish.
+pub fn assisted_error(e: AssistedError) -> ApiError {
+    match e {
+        AssistedError::Store(e) => ApiError::from(e),
+        AssistedError::Configuration(message) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
+        }
+        AssistedError::Broker(PluginError::Failed(out)) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "login_failed",
+            format!("{}: {}", out.class, out.message),
+        ),
+        AssistedError::Broker(other) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "plugin_error",
+            format!("the broker strategy failed: {other}"),
+        ),
+    }
+}
+
+/// An assisted login started: where to send the person.
+#[derive(Debug)]
+pub struct AssistedStart {
+    /// The broker's login page.
+    pub url: String,
+    /// The callback the broker will redirect to.
+    pub redirect_url: String,
+    /// The login must be completed before this time (Unix ms).
+    pub expires_at_ms: i64,
+}
+
+/// Issue a state bound to `broker`'s account of `user` and answer the broker's login URL (the
+/// URL route, the one-tap link and the console start assisted logins here).
+pub async fn start_assisted(
+    api: &ApiState,
+    broker: &str,
+    user: UserId,
+) -> Result<AssistedStart, ApiError> {
+    let Some(mut redirect_url) = api.app.config.server.callback_url(broker) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "public_url_not_configured",
+            "assisted login needs `server.public_url` (the address the broker redirects browsers to)",
+        ));
+    };
+    let (plugin, broker) = plugin_for(api, broker, StatusCode::NOT_FOUND)?;
+    if !plugin.has_assisted() {
+        return Err(ApiError::bad_request(
+            "assisted_login_unsupported",
+            format!("broker {broker} has no assisted login"),
+        ));
+    }
+    let key = AccountKey::new(user, broker);
+    if !plugin.manifest.callback_has_state {
+        redirect_url = format!("{redirect_url}?a={}", callback_tag(api, &key));
+    }
+    let refresher = &api.app.refresher;
+    let account = refresher.assisted_account(&key).await?;
+    let now = api.now_ms();
+    let state = api
+        .assisted
+        .issue(key.clone(), key.user.as_str(), now)
+        .map_err(|e| match e {
+            crate::assisted::StateError::TooMany { retry_ms } => {
+                let secs = (retry_ms.max(1000) + 999) / 1000;
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+                    .with_header(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from(secs),
+                    )
+            }
+            e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "assisted_login_unavailable",
+                e.to_string(),
+            ),
+        })?;
+    let url = refresher
+        .assisted_url(plugin, &key, &account, state, redirect_url.clone())
+        .await
+        .map_err(assisted_error)?;
+    tracing::info!(account = %key, "assisted login started");
+    Ok(AssistedStart {
+        url,
+        redirect_url,
+        expires_at_ms: now + super::ASSISTED_STATE_TTL.as_millis() as i64,
+    })
+}
+
+/// The account tag of a broker whose callback carries no state (shoonya.md, "Assisted login"
+/// rule 1): the redirect URL registered for the account's app may end in `?a=<tag>`; if the
+/// broker keeps it, the callback names its account even with several logins pending. 64 bits of
+/// an HMAC under the link key: stable for the account, not guessable from its ids, and no
+/// credential (the single-use code and the strategy's user check still decide).
+pub fn callback_tag(api: &ApiState, key: &AccountKey) -> String {
+    let mut tag = (api.app.vault).sign_link(&format!("callback/{}/{}", key.broker, key.user));
+    tag.truncate(16);
+    tag
 }

@@ -105,6 +105,11 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// The message (for people; never a secret).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -160,6 +165,14 @@ pub struct ApiJson<T>(pub T);
 
 /// As [`ApiJson`], but an empty body (no content type needed) is `T::default()`.
 pub struct OptionalJson<T>(pub T);
+
+/// The console's pages, errors included, are HTML for a person; axum's own answers never are.
+fn is_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/html"))
+}
 
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -330,7 +343,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 /// error shape, keeping its status and headers. Applied to every response by `layers::observe`.
 pub fn json_error_shape(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json(response.headers())
+        || is_html(response.headers())
+    {
         return response;
     }
     let (code, message) = match status {

@@ -17,14 +17,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::accounts::plugin_for;
+use super::accounts::{assisted_error, callback_tag, plugin_for, start_assisted};
 use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::params::user_id;
 use super::views::iso;
-use crate::plugins::PluginError;
-use crate::refresh::AssistedError;
-use crate::vault::{AccountKey, UserId};
+use crate::vault::AccountKey;
 
 /// Where to send the person.
 #[derive(Debug, Serialize, ToSchema)]
@@ -56,26 +54,6 @@ pub struct CallbackView {
     pub expires_at: String,
 }
 
-/// The answer to an assisted login that could not start or finish.
-fn assisted_error(e: AssistedError) -> ApiError {
-    match e {
-        AssistedError::Store(e) => ApiError::from(e),
-        AssistedError::Configuration(message) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration", message)
-        }
-        AssistedError::Broker(PluginError::Failed(out)) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "login_failed",
-            format!("{}: {}", out.class, out.message),
-        ),
-        AssistedError::Broker(other) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "plugin_error",
-            format!("the broker strategy failed: {other}"),
-        ),
-    }
-}
-
 /// `GET /api/login/{broker}/{userId}/url`
 #[utoipa::path(
     get,
@@ -103,71 +81,12 @@ pub async fn url(
 ) -> Result<Json<LoginUrlView>, ApiError> {
     let user = user_id(user)?;
     caller.may_act_for(&user)?;
-    start(&api, &broker, user).await.map(Json)
-}
-
-/// Issue a state bound to `broker`'s account of `user` and answer the broker's login URL.
-async fn start(api: &ApiState, broker: &str, user: UserId) -> Result<LoginUrlView, ApiError> {
-    let Some(mut redirect_url) = api.app.config.server.callback_url(broker) else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "public_url_not_configured",
-            "assisted login needs `server.public_url` (the address the broker redirects browsers to)",
-        ));
-    };
-    let (plugin, broker) = plugin_for(api, broker, StatusCode::NOT_FOUND)?;
-    if !plugin.has_assisted() {
-        return Err(ApiError::bad_request(
-            "assisted_login_unsupported",
-            format!("broker {broker} has no assisted login"),
-        ));
-    }
-    let key = AccountKey::new(user, broker);
-    if !plugin.manifest.callback_has_state {
-        redirect_url = format!("{redirect_url}?a={}", callback_tag(api, &key));
-    }
-    let refresher = &api.app.refresher;
-    let account = refresher.assisted_account(&key).await?;
-    let now = api.now_ms();
-    let state = api
-        .assisted
-        .issue(key.clone(), key.user.as_str(), now)
-        .map_err(|e| match e {
-            crate::assisted::StateError::TooMany { retry_ms } => {
-                let secs = (retry_ms.max(1000) + 999) / 1000;
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
-                    .with_header(
-                        axum::http::header::RETRY_AFTER,
-                        axum::http::HeaderValue::from(secs),
-                    )
-            }
-            e => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "assisted_login_unavailable",
-                e.to_string(),
-            ),
-        })?;
-    let url = refresher
-        .assisted_url(plugin, &key, &account, state, redirect_url.clone())
-        .await
-        .map_err(assisted_error)?;
-    tracing::info!(account = %key, "assisted login started");
-    Ok(LoginUrlView {
-        url,
-        redirect_url,
-        expires_at: iso(now + super::ASSISTED_STATE_TTL.as_millis() as i64),
-    })
-}
-
-/// The account tag of a broker whose callback carries no state (shoonya.md, "Assisted login"
-/// rule 1): the redirect URL registered for the account's app may end in `?a=<tag>`; if the
-/// broker keeps it, the callback names its account even with several logins pending. 64 bits of
-/// an HMAC under the link key: stable for the account, not guessable from its ids, and no
-/// credential (the single-use code and the strategy's user check still decide).
-fn callback_tag(api: &ApiState, key: &AccountKey) -> String {
-    let mut tag = (api.app.vault).sign_link(&format!("callback/{}/{}", key.broker, key.user));
-    tag.truncate(16);
-    tag
+    let started = start_assisted(&api, &broker, user).await?;
+    Ok(Json(LoginUrlView {
+        url: started.url,
+        redirect_url: started.redirect_url,
+        expires_at: iso(started.expires_at_ms),
+    }))
 }
 
 /// The query of a one-tap login link.
@@ -232,8 +151,8 @@ pub async fn link(
             ),
         ));
     }
-    let view = start(&api, &broker, key.user).await?;
-    Ok(Redirect::to(&view.url))
+    let started = start_assisted(&api, &broker, key.user).await?;
+    Ok(Redirect::to(&started.url))
 }
 
 /// `GET /callback/{broker}`

@@ -9,7 +9,10 @@
 //! - `layers`: request ids, spans, security headers, CORS; `metrics`: Prometheus.
 //! - `credentials`, `tokens`, `events`, `integration`, `users`, `login`, `health`: the routes. Route files
 //!   never import each other: what several share is in `accounts` (account operations), `params`
-//!   (request parameters) and `views` (response bodies).
+//!   (request parameters), `views` (response bodies) and `status` (the daemon's figures).
+//! - `console/`: the operator console, HTML pages at `/console` signed in by a session cookie
+//!   (not in the OpenAPI document). A route group like the others: it imports only the shared
+//!   modules.
 //! - `audit`: group-committed audit log of token reads. `openapi`: `/openapi.json`.
 //!
 //! Names: a response body is a `*View`, a request body a `*Body` (and `ErrorBody` the error
@@ -19,6 +22,7 @@
 mod accounts;
 mod audit;
 pub mod auth;
+mod console;
 mod credentials;
 pub mod error;
 mod events;
@@ -30,6 +34,7 @@ pub mod metrics;
 pub mod openapi;
 mod params;
 pub mod serve;
+mod status;
 mod token_counts;
 mod tokens;
 mod users;
@@ -70,6 +75,8 @@ pub struct ApiState {
     hsts: bool,
     /// When the router was built, for the uptime in `/health/detailed`.
     started: std::time::Instant,
+    /// The console's signed-in sessions (in memory).
+    console: console::Sessions,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -96,6 +103,7 @@ impl ApiState {
                 .as_ref()
                 .is_some_and(|u| u.scheme() == "https"),
             started: std::time::Instant::now(),
+            console: console::Sessions::new(&app.config.console),
             app,
         }
     }
@@ -119,6 +127,9 @@ pub struct Route {
     pub method: &'static str,
     /// Path template.
     pub path: &'static str,
+    /// Listed in `/openapi.json`: every route of the JSON API is; the console's HTML pages and
+    /// forms (`/console...`) are not, being no API a client is generated for.
+    pub openapi: bool,
     handler: Handler,
 }
 
@@ -127,107 +138,128 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/health",
+        openapi: true,
         handler: || get(health::health),
     },
     Route {
         method: "GET",
         path: "/health/detailed",
+        openapi: true,
         handler: || get(health::detailed),
     },
     Route {
         method: "POST",
         path: "/api/credentials",
+        openapi: true,
         handler: || post(credentials::create),
     },
     Route {
         method: "GET",
         path: "/api/credentials/status",
+        openapi: true,
         handler: || get(credentials::status),
     },
     Route {
         method: "DELETE",
         path: "/api/credentials",
+        openapi: true,
         handler: || delete(credentials::remove),
     },
     Route {
         method: "PATCH",
         path: "/api/credentials/toggle",
+        openapi: true,
         handler: || patch(credentials::toggle),
     },
     Route {
         method: "POST",
         path: "/api/tokens/refresh",
+        openapi: true,
         handler: || post(tokens::refresh_mine),
     },
     Route {
         method: "GET",
         path: "/api/tokens/status",
+        openapi: true,
         handler: || get(tokens::status),
     },
     Route {
         method: "GET",
         path: "/api/tokens/events",
+        openapi: true,
         handler: || get(events::stream),
     },
     Route {
         method: "GET",
         path: "/api/tokens/{userId}",
+        openapi: true,
         handler: || get(tokens::read),
     },
     Route {
         method: "GET",
         path: "/api/tokens/logs/{userId}",
+        openapi: true,
         handler: || get(tokens::logs),
     },
     Route {
         method: "POST",
         path: "/api/integration/tokens/refresh-all",
+        openapi: true,
         handler: || post(integration::refresh_all),
     },
     Route {
         method: "POST",
         path: "/api/integration/tokens/refresh/{userId}",
+        openapi: true,
         handler: || post(integration::refresh_user),
     },
     Route {
         method: "PUT",
         path: "/api/users/{userId}/accounts/{broker}",
+        openapi: true,
         handler: || put(users::provision),
     },
     Route {
         method: "PATCH",
         path: "/api/users/{userId}/accounts/{broker}",
+        openapi: true,
         handler: || patch(users::change),
     },
     Route {
         method: "DELETE",
         path: "/api/users/{userId}/accounts/{broker}",
+        openapi: true,
         handler: || delete(users::remove),
     },
     Route {
         method: "GET",
         path: "/api/users",
+        openapi: true,
         handler: || get(users::list),
     },
     Route {
         method: "GET",
         path: "/api/login/{broker}/{userId}/url",
+        openapi: true,
         handler: || get(login::url),
     },
     Route {
         method: "GET",
         path: "/login/{broker}/{userId}",
+        openapi: true,
         handler: || get(login::link),
     },
     Route {
         method: "GET",
         path: "/callback/{broker}",
+        openapi: true,
         handler: || get(login::callback),
     },
     Route {
         method: "POST",
         path: "/webhook/{broker}/{hook}",
         // The limit before the body is read: the route takes no credential.
+        openapi: true,
         handler: || {
             post(webhook::deliver).layer(DefaultBodyLimit::max(webhook::DELIVERY_LIMIT_BYTES))
         },
@@ -235,17 +267,88 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "POST",
         path: "/api/webhooks/{broker}",
+        openapi: true,
         handler: || post(webhook::create_hook),
     },
     Route {
         method: "GET",
         path: "/openapi.json",
+        openapi: true,
         handler: || get(openapi::openapi_json),
     },
     Route {
         method: "GET",
         path: "/metrics",
+        openapi: true,
         handler: || get(metrics::metrics),
+    },
+    // The console (`console`): HTML for people, signed in by a session cookie, not in the
+    // OpenAPI document.
+    Route {
+        method: "GET",
+        path: "/console",
+        openapi: false,
+        handler: || get(console::overview),
+    },
+    Route {
+        method: "GET",
+        path: "/console/console.css",
+        openapi: false,
+        handler: || get(console::stylesheet),
+    },
+    Route {
+        method: "POST",
+        path: "/console/sign-in",
+        openapi: false,
+        handler: || post(console::sign_in),
+    },
+    Route {
+        method: "POST",
+        path: "/console/sign-out",
+        openapi: false,
+        handler: || post(console::sign_out),
+    },
+    Route {
+        method: "GET",
+        path: "/console/accounts",
+        openapi: false,
+        handler: || get(console::accounts),
+    },
+    Route {
+        method: "GET",
+        path: "/console/accounts/{userId}/{broker}",
+        openapi: false,
+        handler: || get(console::account),
+    },
+    Route {
+        method: "POST",
+        path: "/console/accounts/{userId}/{broker}/login",
+        openapi: false,
+        handler: || post(console::log_in_now),
+    },
+    Route {
+        method: "POST",
+        path: "/console/accounts/{userId}/{broker}/assisted",
+        openapi: false,
+        handler: || post(console::assisted),
+    },
+    Route {
+        method: "POST",
+        path: "/console/accounts/{userId}/{broker}/flags",
+        openapi: false,
+        handler: || post(console::flags),
+    },
+    Route {
+        method: "GET",
+        path: "/console/accounts/{userId}/{broker}/remove",
+        openapi: false,
+        handler: || get(console::confirm_remove),
+    },
+    Route {
+        method: "POST",
+        path: "/console/accounts/{userId}/{broker}/remove",
+        openapi: false,
+        handler: || post(console::remove),
     },
 ];
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// `[events]`
     pub events: EventsConfig,
+    /// `[console]`
+    pub console: ConsoleConfig,
 }
 
 impl ServerConfig {
@@ -283,6 +285,26 @@ impl Default for EventsConfig {
             max_retained: 10_000,
             keepalive_secs: 15,
             webhook_url: None,
+        }
+    }
+}
+
+/// `[console]`: the operator console at `/console` (sessions live in memory; a restart signs
+/// every operator out).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// A session unused for this long (seconds) is over.
+    pub session_idle_secs: u64,
+    /// A session is over this long (seconds) after sign-in, however much it is used.
+    pub session_max_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session_idle_secs: 30 * 60,
+            session_max_secs: 12 * 3_600,
         }
     }
 }

@@ -12,6 +12,7 @@ impl Config {
         self.validate_refresh()?;
         self.validate_server()?;
         self.validate_auth()?;
+        self.validate_console()?;
         for (name, hash) in &self.auth.api_keys {
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ConfigError::invalid(
@@ -38,6 +39,25 @@ impl Config {
 }
 
 impl Config {
+    fn validate_console(&self) -> Result<(), ConfigError> {
+        let c = &self.console;
+        if c.session_idle_secs == 0 {
+            return Err(ConfigError::invalid(
+                "console.session_idle_secs",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if c.session_max_secs < c.session_idle_secs {
+            return Err(ConfigError::invalid(
+                "console.session_max_secs",
+                c.session_max_secs.to_string(),
+                "must not be less than console.session_idle_secs",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_refresh(&self) -> Result<(), ConfigError> {
         if self.refresh.max_attempts == 0 {
             return Err(ConfigError::invalid(

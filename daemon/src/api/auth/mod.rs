@@ -91,6 +91,13 @@ impl Auth {
         self.jwt.user(token)
     }
 
+    /// Count a failed authentication of `client` that no extractor saw (the console's sign-in
+    /// form); `Some(wait)` when it is past the limit, as [`MAX_FAILURES`] says.
+    pub fn record_failure(&self, client: IpAddr) -> Option<std::time::Duration> {
+        tracing::debug!(%client, reason = "unknown API key (console sign-in)", "authentication failed");
+        self.failures.record(client)
+    }
+
     /// The address a request comes from: the peer's, or, when the peer is a trusted proxy, the
     /// nearest address in `X-Forwarded-For` that is not a trusted proxy (each proxy appends the
     /// address it was reached from, so everything left of the first untrusted one is the

@@ -4,6 +4,7 @@ mod assisted;
 mod auth;
 mod brokers;
 mod clock;
+mod console;
 mod e2e;
 mod events;
 mod extras;

@@ -519,6 +519,10 @@ enum Guard {
     Integration,
     /// `X-API-Key` or a user's JWT, which may act for its own user only.
     KeyOrJwt,
+    /// The console's session cookie (HTML, not in the OpenAPI document): without a session a
+    /// page sends the browser to the sign-in form (`/console` shows it) and a form is refused
+    /// 403; an API key or a JWT is no session; a form also needs the session's CSRF token.
+    Session,
 }
 
 /// What a route's JSON body is.
@@ -808,7 +812,180 @@ fn rows() -> Vec<Row> {
         },
         row(Method::GET, "/openapi.json", "/openapi.json", G::Public),
         row(Method::GET, "/metrics", "/metrics", G::Integration),
+        row(Method::GET, "/console", "/console", G::Session),
+        row(
+            Method::GET,
+            "/console/console.css",
+            "/console/console.css",
+            G::Public,
+        ),
+        // Takes the key in its form: a wrong one is 401 (and counted), as everywhere.
+        row(
+            Method::POST,
+            "/console/sign-in",
+            "/console/sign-in",
+            G::Public,
+        ),
+        row(
+            Method::POST,
+            "/console/sign-out",
+            "/console/sign-out",
+            G::Session,
+        ),
+        row(
+            Method::GET,
+            "/console/accounts",
+            "/console/accounts",
+            G::Session,
+        ),
+        row(
+            Method::GET,
+            "/console/accounts/{userId}/{broker}",
+            "/console/accounts/u1/kite",
+            G::Session,
+        ),
+        row(
+            Method::POST,
+            "/console/accounts/{userId}/{broker}/login",
+            "/console/accounts/u1/kite/login",
+            G::Session,
+        ),
+        row(
+            Method::POST,
+            "/console/accounts/{userId}/{broker}/assisted",
+            "/console/accounts/u1/kite/assisted",
+            G::Session,
+        ),
+        row(
+            Method::POST,
+            "/console/accounts/{userId}/{broker}/flags",
+            "/console/accounts/u1/kite/flags",
+            G::Session,
+        ),
+        row(
+            Method::GET,
+            "/console/accounts/{userId}/{broker}/remove",
+            "/console/accounts/u1/kite/remove",
+            G::Session,
+        ),
+        row(
+            Method::POST,
+            "/console/accounts/{userId}/{broker}/remove",
+            "/console/accounts/u1/kite/remove",
+            G::Session,
+        ),
     ]
+}
+
+/// The console's rows (not in the OpenAPI document; HTML, not the JSON error shape): what a
+/// request without a session, with the wrong kind of credentials, or (for a form) without the
+/// session's CSRF token earns. None of them acts.
+async fn check_console_row(t: &TestApi, row: &Row, session: &ConsoleSession) {
+    let route = format!("{} {}", row.method, row.template);
+    let html = |r: &Reply| {
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    };
+    let is_form = row.method == Method::POST;
+    let form = |csrf: &str| format!("action=pause&confirm=yes&key=not-a-key&csrf={csrf}");
+    let without: Vec<(&str, axum::http::Request<axum::body::Body>)> = vec![
+        (
+            "no session",
+            console_request(
+                row.method.clone(),
+                row.path,
+                None,
+                is_form.then(|| form("")).as_deref(),
+            ),
+        ),
+        ("an API key", {
+            let mut r = console_request(
+                row.method.clone(),
+                row.path,
+                None,
+                is_form.then(|| form("")).as_deref(),
+            );
+            r.headers_mut()
+                .insert("x-api-key", BACKEND_KEY.parse().unwrap());
+            r
+        }),
+        ("a user's JWT", {
+            let mut r = console_request(
+                row.method.clone(),
+                row.path,
+                None,
+                is_form.then(|| form("")).as_deref(),
+            );
+            let As::Jwt(jwt) = jwt("u1") else {
+                unreachable!()
+            };
+            r.headers_mut()
+                .insert("authorization", format!("Bearer {jwt}").parse().unwrap());
+            r
+        }),
+    ];
+    for (what, req) in without {
+        let r = t.send(req).await;
+        match row.guard {
+            Guard::Public if row.template == "/console/sign-in" => {
+                assert_eq!(r.status.as_u16(), 401, "{route}: {what}: {}", r.text);
+                assert!(html(&r) && !r.headers.contains_key("set-cookie"), "{route}");
+            }
+            Guard::Public => {
+                assert_eq!(r.status.as_u16(), 200, "{route}: {what}");
+            }
+            _ if row.template == "/console" => {
+                assert_eq!(r.status.as_u16(), 200, "{route}: {what}");
+                assert!(
+                    r.text.contains("action=\"/console/sign-in\""),
+                    "{route}: {what}"
+                );
+            }
+            _ if is_form => {
+                assert_eq!(r.status.as_u16(), 403, "{route}: {what}: {}", r.text);
+                assert!(html(&r), "{route}: {what}");
+            }
+            _ => {
+                assert_eq!(r.status.as_u16(), 303, "{route}: {what}: {}", r.text);
+                assert_eq!(r.headers["location"], "/console", "{route}: {what}");
+            }
+        }
+    }
+    if row.guard == Guard::Session {
+        if is_form {
+            for csrf in ["", "00"] {
+                let r = t
+                    .send(console_request(
+                        row.method.clone(),
+                        row.path,
+                        Some(session),
+                        Some(&form(csrf)),
+                    ))
+                    .await;
+                assert_eq!(r.status.as_u16(), 403, "{route}: CSRF {csrf:?}: {}", r.text);
+            }
+        } else {
+            let r = t
+                .send(console_request(
+                    row.method.clone(),
+                    row.path,
+                    Some(session),
+                    None,
+                ))
+                .await;
+            assert_eq!(
+                r.status.as_u16(),
+                200,
+                "{route}: with the session: {}",
+                r.text
+            );
+            assert!(html(&r), "{route}");
+            assert_eq!(r.headers["cache-control"], "no-store", "{route}");
+            assert_eq!(r.headers["x-frame-options"], "DENY", "{route}");
+        }
+    }
 }
 
 /// Every error body is `{"error":{"code","message"}}` (those keys only, non-empty strings), as JSON.
@@ -901,9 +1078,18 @@ async fn every_route_refuses_bad_requests_with_the_documented_error() {
         "x".repeat(BODY_LIMIT)
     );
 
+    let console_session = t.console_sign_in(BACKEND_KEY).await;
     for row in &rows {
         let route = format!("{} {}", row.method, row.template);
         let operation = &doc["paths"][row.template][row.method.as_str().to_lowercase()];
+        if row.template.starts_with("/console") {
+            assert!(
+                operation.is_null(),
+                "{route}: the console is not in the OpenAPI document"
+            );
+            check_console_row(&t, row, &console_session).await;
+            continue;
+        }
         assert!(
             operation.is_object(),
             "{route}: not in the OpenAPI document"
@@ -912,6 +1098,7 @@ async fn every_route_refuses_bad_requests_with_the_documented_error() {
         let good_who = match row.guard {
             Guard::Public | Guard::Key | Guard::KeyOrJwt | Guard::Integration => KEY,
             Guard::Jwt => jwt("u1"),
+            Guard::Session => unreachable!("the console's rows are checked above"),
         };
         let good_body = match &row.body {
             BodyKind::None => None,
@@ -937,7 +1124,7 @@ async fn every_route_refuses_bad_requests_with_the_documented_error() {
 
         // Credentials.
         let wrong: Vec<(&str, As)> = match row.guard {
-            Guard::Public => vec![],
+            Guard::Public | Guard::Session => vec![],
             Guard::Jwt => vec![
                 ("a JWT signed with another secret", wrong_secret.clone()),
                 ("an expired JWT", expired.clone()),

@@ -329,3 +329,72 @@ pub async fn api_with_kite(
     .expect(201);
     (api, fake)
 }
+
+/// A console session: its cookie (`name=value`) and CSRF token.
+#[derive(Clone, Debug)]
+pub struct ConsoleSession {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// A console request: `body` as a form (`None`: a `GET`-style request without one), with the
+/// session's cookie when given.
+pub fn console_request(
+    method: Method,
+    path: &str,
+    session: Option<&ConsoleSession>,
+    form: Option<&str>,
+) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(s) = session {
+        builder = builder.header("cookie", &s.cookie);
+    }
+    match form {
+        Some(form) => builder
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_owned()))
+            .unwrap(),
+        None => builder.body(Body::empty()).unwrap(),
+    }
+}
+
+/// The first `name="csrf" value="..."` of a page.
+pub fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    html[at..at + 64].to_owned()
+}
+
+impl TestApi {
+    /// Sign in to the console with `key`; the session's cookie and CSRF token.
+    pub async fn console_sign_in(&self, key: &str) -> ConsoleSession {
+        let form = format!("key={}", key);
+        let r = self
+            .send(console_request(
+                Method::POST,
+                "/console/sign-in",
+                None,
+                Some(&form),
+            ))
+            .await;
+        assert_eq!(r.status.as_u16(), 303, "{}", r.text);
+        let set = r.headers["set-cookie"].to_str().unwrap();
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let session = ConsoleSession {
+            cookie,
+            csrf: String::new(),
+        };
+        let page = self
+            .send(console_request(
+                Method::GET,
+                "/console",
+                Some(&session),
+                None,
+            ))
+            .await;
+        assert_eq!(page.status.as_u16(), 200, "{}", page.text);
+        ConsoleSession {
+            csrf: csrf_of(&page.text),
+            ..session
+        }
+    }
+}
