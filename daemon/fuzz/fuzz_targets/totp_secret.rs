@@ -7,7 +7,9 @@
 //! - surrounding whitespace and ASCII case change nothing;
 //! - an accepted secret, written back as canonical base32 (own encoder, RFC 4648), grouped in
 //!   lowercase, or in an `otpauth://` URI, parses to the same bytes;
-//! - its code at any step is six ASCII digits.
+//! - its code at any step is six ASCII digits;
+//! - only an `otpauth://` URI is refused as `Unsupported`, and only for `type`, `digits`,
+//!   `period` or `algorithm`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -66,6 +68,17 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(TotpSecretError::TooShort(n)) => assert!(n < 10, "TooShort({n})"),
         Err(TotpSecretError::Unparseable) => {}
+        // Only a URI can ask for other codes, and only by these parameters.
+        Err(TotpSecretError::Unsupported { param, .. }) => {
+            assert!(
+                input.trim().to_ascii_lowercase().starts_with("otpauth://"),
+                "{param} refused in a non-URI"
+            );
+            assert!(
+                ["type", "digits", "period", "algorithm"].contains(&param),
+                "{param}"
+            );
+        }
     }
 });
 

@@ -66,7 +66,10 @@ fn otpauth_secret(input: &str) -> Result<Zeroizing<String>, TotpSecretError> {
             _ => continue,
         };
         if let (param, false) = supported {
-            let value: String = v.chars().take(16).collect();
+            // Upper case: the same URI in either case is refused alike (a QR code's text is
+            // case-insensitive but for the secret).
+            let value: String = v.trim().chars().take(16).collect();
+            let value = value.to_ascii_uppercase();
             return Err(TotpSecretError::Unsupported { param, value });
         }
     }
