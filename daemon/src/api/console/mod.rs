@@ -696,6 +696,23 @@ pub async fn flags(
             );
         }
     };
+    // The lockout rules: after "wrong password" or "locked", only new credentials resume logins.
+    if flags.clear_attention {
+        let blocked = match account_view(&api, key.clone()).await {
+            Ok(view) => reason_of(&view).is_some_and(|r| !r.clearable),
+            Err(e) => return error_page(&signed, &e),
+        };
+        if blocked {
+            return message(
+                StatusCode::CONFLICT,
+                Some(&signed),
+                "Refused",
+                "The broker said the password is wrong, or the account is locked: clearing the \
+                 attention would send the same password again. Update the credentials; logins \
+                 resume once they change.",
+            );
+        }
+    }
     tracing::info!(key = %signed.key, account = %key, action = %form.action, "console: account changed");
     if let Err(e) = set_flags(&api, key.clone(), flags).await {
         return error_page(&signed, &e);

@@ -88,6 +88,10 @@ pub struct Reason {
     pub message: String,
     /// Since when (IST).
     pub since: String,
+    /// Whether "Clear attention" may be offered: not after the broker said the password is
+    /// wrong or the account locked, where clearing would send the same password again (the
+    /// lockout rules); changing the credentials lets logins resume by itself.
+    pub clearable: bool,
 }
 
 pub struct AccountRow {
@@ -174,7 +178,7 @@ pub fn reason(class: &str, message: &str, since_iso: &str) -> Reason {
     let (what, remedy) = match parsed {
         ErrorClass::InvalidCredentials => (
             "wrong password",
-            "update it (PUT /api/users/{userId}/accounts/{broker}, or tokenbot user add), then clear attention",
+            "update it (PUT /api/users/{userId}/accounts/{broker}, or tokenbot user add): logins resume once it changes",
         ),
         ErrorClass::TwofaRejected => (
             "one-time code refused",
@@ -190,7 +194,7 @@ pub fn reason(class: &str, message: &str, since_iso: &str) -> Reason {
         ),
         ErrorClass::AccountLocked => (
             "account locked at the broker",
-            "unlock it at the broker, then clear attention",
+            "unlock it at the broker (a new password or PIN), then update it here: logins resume once it changes",
         ),
         ErrorClass::AutomationBlocked => ("automation blocked", "use assisted login"),
         _ => (
@@ -204,6 +208,10 @@ pub fn reason(class: &str, message: &str, since_iso: &str) -> Reason {
         detail: crate::notify::attention_reason(parsed),
         message: message.to_owned(),
         since: ist(since_iso),
+        clearable: !matches!(
+            parsed,
+            ErrorClass::InvalidCredentials | ErrorClass::AccountLocked
+        ),
     }
 }
 
