@@ -170,6 +170,41 @@ fn a_short_env_api_key_is_refused_at_start_without_its_value() {
 }
 
 #[test]
+fn console_sessions_need_an_idle_time_and_a_maximum_no_shorter() {
+    let err = load("[console]\nsession_idle_secs = 0\n", &[])
+        .map_err(chain)
+        .unwrap_err();
+    assert!(err.contains("console.session_idle_secs"), "{err}");
+    let err = load(
+        "[console]\nsession_idle_secs = 600\nsession_max_secs = 599\n",
+        &[],
+    )
+    .map_err(chain)
+    .unwrap_err();
+    assert!(
+        err.contains("console.session_max_secs") && err.contains("session_idle_secs"),
+        "{err}"
+    );
+    let config = load(
+        "[console]\nsession_idle_secs = 600\nsession_max_secs = 600\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            config.console.session_idle_secs,
+            config.console.session_max_secs
+        ),
+        (600, 600)
+    );
+    let defaults = load("", &[]).unwrap().console;
+    assert_eq!(
+        (defaults.session_idle_secs, defaults.session_max_secs),
+        (1_800, 43_200)
+    );
+}
+
+#[test]
 fn an_empty_jwt_issuer_or_audience_is_refused() {
     for key in ["jwt_issuer", "jwt_audience"] {
         let err = load(&format!("[auth]\n{key} = \"\"\n"), &[])
