@@ -77,6 +77,8 @@ pub struct ApiState {
     started: std::time::Instant,
     /// The console's signed-in sessions (in memory).
     console: console::Sessions,
+    /// The console's refresh-all in progress, if any (one per daemon).
+    refresh_all: console::RefreshAll,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -104,6 +106,7 @@ impl ApiState {
                 .is_some_and(|u| u.scheme() == "https"),
             started: std::time::Instant::now(),
             console: console::Sessions::new(&app.config.console),
+            refresh_all: console::RefreshAll::default(),
             app,
         }
     }
@@ -297,6 +300,30 @@ pub const ROUTES: &[Route] = &[
         handler: || get(console::stylesheet),
     },
     Route {
+        method: "GET",
+        path: "/console/console.js",
+        openapi: false,
+        handler: || get(console::script),
+    },
+    Route {
+        method: "POST",
+        path: "/console/refresh-all",
+        openapi: false,
+        handler: || post(console::start_refresh_all),
+    },
+    Route {
+        method: "GET",
+        path: "/console/refresh-all",
+        openapi: false,
+        handler: || get(console::refresh_all_page),
+    },
+    Route {
+        method: "GET",
+        path: "/console/refresh-all/events",
+        openapi: false,
+        handler: || get(console::progress_events),
+    },
+    Route {
         method: "POST",
         path: "/console/sign-in",
         openapi: false,
@@ -313,6 +340,30 @@ pub const ROUTES: &[Route] = &[
         path: "/console/accounts",
         openapi: false,
         handler: || get(console::accounts),
+    },
+    Route {
+        method: "GET",
+        path: "/console/accounts/new",
+        openapi: false,
+        handler: || get(console::new_account_form),
+    },
+    Route {
+        method: "POST",
+        path: "/console/accounts/new",
+        openapi: false,
+        handler: || post(console::add_account),
+    },
+    Route {
+        method: "GET",
+        path: "/console/accounts/{userId}/{broker}/credentials",
+        openapi: false,
+        handler: || get(console::credentials_form),
+    },
+    Route {
+        method: "POST",
+        path: "/console/accounts/{userId}/{broker}/credentials",
+        openapi: false,
+        handler: || post(console::update_credentials),
     },
     Route {
         method: "GET",

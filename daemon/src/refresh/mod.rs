@@ -23,7 +23,7 @@ mod summary;
 
 pub use approval::{Delivery, sha256_hex};
 pub use assisted::{AssistedAccount, AssistedError, AssistedLogin};
-pub use summary::{AccountResult, RefreshSummary};
+pub use summary::{AccountResult, LastRun, Progress, RefreshSummary};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,9 +33,11 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::{BrokerConfig, Config};
 use crate::notify::Notifier;
@@ -137,6 +139,8 @@ pub struct Refresher {
     attempts: AtomicU64,
     successes: AtomicU64,
     attempt_ms: AtomicU64,
+    /// The last refresh of every account, or of a broker's (`Selection` without a user).
+    last_run: Mutex<Option<LastRun>>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -189,6 +193,7 @@ impl Refresher {
             attempts: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             attempt_ms: AtomicU64::new(0),
+            last_run: Mutex::default(),
         }
     }
 
@@ -233,13 +238,55 @@ impl Refresher {
         selection: Selection,
         trigger: Trigger,
     ) -> RefreshSummary {
+        self.refresh_observed(selection, trigger, &watch::Sender::default())
+            .await
+    }
+
+    /// As [`Refresher::refresh`], updating `progress` as each account finishes.
+    pub async fn refresh_observed(
+        self: &Arc<Self>,
+        selection: Selection,
+        trigger: Trigger,
+        progress: &watch::Sender<Progress>,
+    ) -> RefreshSummary {
+        let started_ms = self.plugin_env.clock.now_ms();
         match self.select(&selection).await {
-            Ok(keys) => self.refresh_keys(keys, trigger, selection.named()).await,
+            Ok(keys) => {
+                let summary = self
+                    .refresh_keys_observed(keys, trigger, selection.named(), progress)
+                    .await;
+                self.record_run(&selection, trigger, started_ms, *progress.borrow());
+                summary
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot list accounts");
                 RefreshSummary::default()
             }
         }
+    }
+
+    /// Remember a run over every account, or every account of a broker, for the console.
+    fn record_run(
+        &self,
+        selection: &Selection,
+        trigger: Trigger,
+        started_ms: i64,
+        progress: Progress,
+    ) {
+        if selection.user.is_none() {
+            *self.last_run.lock() = Some(LastRun {
+                broker: selection.broker.clone(),
+                trigger,
+                started_ms,
+                finished_ms: self.plugin_env.clock.now_ms(),
+                progress,
+            });
+        }
+    }
+
+    /// The last refresh of every account, or of every account at a broker, since start.
+    pub fn last_run(&self) -> Option<LastRun> {
+        self.last_run.lock().clone()
     }
 
     /// The accounts a selection covers, sorted by user then broker.
@@ -267,10 +314,38 @@ impl Refresher {
         trigger: Trigger,
         named: Named,
     ) -> RefreshSummary {
-        let runs = keys
+        self.refresh_keys_observed(keys, trigger, named, &watch::Sender::default())
+            .await
+    }
+
+    /// As [`Refresher::refresh_keys`], updating `progress` as each account finishes. The
+    /// summary lists the accounts in the order given, whatever order they finish in.
+    async fn refresh_keys_observed(
+        self: &Arc<Self>,
+        keys: Vec<AccountKey>,
+        trigger: Trigger,
+        named: Named,
+        progress: &watch::Sender<Progress>,
+    ) -> RefreshSummary {
+        let total = keys.len();
+        progress.send_replace(Progress {
+            total,
+            ..Progress::default()
+        });
+        let mut runs: FuturesUnordered<_> = keys
             .into_iter()
-            .map(|key| self.refresh_account(key, trigger, named));
-        RefreshSummary::from_results(futures::future::join_all(runs).await)
+            .enumerate()
+            .map(|(i, key)| {
+                self.refresh_account(key, trigger, named)
+                    .map(move |result| (i, result))
+            })
+            .collect();
+        let mut results = vec![None; total];
+        while let Some((i, result)) = runs.next().await {
+            progress.send_modify(|p| p.add(&result));
+            results[i] = Some(result);
+        }
+        RefreshSummary::from_results(results.into_iter().flatten().collect())
     }
 
     /// Next scheduled run per enabled broker (Unix ms), from the clock's now.

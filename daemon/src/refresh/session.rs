@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
+use tokio::sync::watch;
 
 use super::{Named, RefreshSummary, Refresher, Selection};
 use crate::config::{ConfigError, RefreshConfig};
@@ -132,7 +133,14 @@ impl Refresher {
         })
         .await;
         match due {
-            Ok(keys) => self.refresh_keys(keys, Trigger::Schedule, Named::No).await,
+            Ok(keys) => {
+                let progress = watch::Sender::default();
+                let summary = self
+                    .refresh_keys_observed(keys, Trigger::Schedule, Named::No, &progress)
+                    .await;
+                self.record_run(&selection, Trigger::Schedule, now_ms, *progress.borrow());
+                summary
+            }
             Err(e) => {
                 tracing::error!(error = %e, "scheduled refresh cannot read the vault");
                 RefreshSummary::default()

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::vault::{AccountKey, Outcome};
+use crate::vault::{AccountKey, BrokerId, Outcome, Trigger};
 
 /// The outcome of one account's refresh.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,4 +93,46 @@ impl RefreshSummary {
             results,
         }
     }
+}
+
+/// How far a refresh has got, updated as each account finishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Accounts finished so far (any outcome).
+    pub done: usize,
+    /// Accounts the refresh covers.
+    pub total: usize,
+    /// Finished with a new token.
+    pub successful: usize,
+    /// Finished with a failed login.
+    pub failed: usize,
+    /// Not attempted.
+    pub skipped: usize,
+}
+
+impl Progress {
+    pub(super) fn add(&mut self, result: &AccountResult) {
+        self.done += 1;
+        match result.outcome {
+            Outcome::Success => self.successful += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::Skipped => self.skipped += 1,
+            Outcome::PendingApproval => {}
+        }
+    }
+}
+
+/// A finished refresh of every account, or of every account at one broker: what the console's
+/// overview shows as the last refresh-all.
+#[derive(Debug, Clone)]
+pub struct LastRun {
+    /// The broker it covered; `None` for every broker.
+    pub broker: Option<BrokerId>,
+    /// What started it (the schedule, the API, the console, the CLI).
+    pub trigger: Trigger,
+    /// When it started and finished (Unix ms, the refresher's clock).
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    /// Its counts.
+    pub progress: Progress,
 }

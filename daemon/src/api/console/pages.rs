@@ -8,6 +8,7 @@ use chrono::{DateTime, FixedOffset};
 
 use super::session::Flash;
 use crate::api::status::{MirrorView, PluginFailureView, PluginView};
+use crate::refresh::Progress;
 use broker_api::wire::ErrorClass;
 
 /// What every page's frame needs.
@@ -67,6 +68,68 @@ pub struct Overview {
     pub plugins: Vec<PluginView>,
     pub plugin_failures: Vec<PluginFailureView>,
     pub clock_warning: Option<String>,
+    pub last_run: Option<LastRun>,
+    /// A console refresh-all is running.
+    pub running: bool,
+}
+
+/// The last refresh of every account (or of a broker's), in words.
+pub struct LastRun {
+    /// "every account", "every account at kite".
+    pub scope: String,
+    /// What started it.
+    pub trigger: &'static str,
+    /// When it finished (IST).
+    pub finished: String,
+    pub seconds: i64,
+    pub progress: Progress,
+}
+
+/// The refresh-all page: the bar as it stands when the page is made; `console.js` moves it.
+#[derive(Template)]
+#[template(path = "console/refresh_all.html")]
+pub struct RefreshAll {
+    pub layout: Layout,
+    pub progress: Progress,
+    pub finished: bool,
+    /// The run's failed and skipped accounts, once it has finished.
+    pub problems: Vec<Problem>,
+}
+
+/// An account a refresh-all did not log in.
+pub struct Problem {
+    pub user: String,
+    pub broker: String,
+    pub outcome: &'static str,
+    pub message: String,
+    pub href: String,
+}
+
+/// One field of the credentials form.
+pub struct Field {
+    pub name: String,
+    pub label: String,
+    /// Only ever the broker's user id: no credential is filled in.
+    pub value: String,
+    pub secret: bool,
+    pub required: bool,
+    pub hint: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "console/credentials.html")]
+pub struct Credentials {
+    pub layout: Layout,
+    pub heading: String,
+    /// Where the form posts.
+    pub action: String,
+    pub back: String,
+    /// For a new account: the brokers to choose from (empty for a stored account).
+    pub brokers: Vec<Choice>,
+    pub broker: String,
+    pub user: String,
+    pub fields: Vec<Field>,
+    pub error: Option<String>,
 }
 
 /// A `<select>` option.

@@ -17,11 +17,14 @@ use super::support::*;
 
 const MINUTE: u64 = 60_000;
 
-fn get(path: &str, session: Option<&ConsoleSession>) -> axum::http::Request<axum::body::Body> {
+pub(super) fn get(
+    path: &str,
+    session: Option<&ConsoleSession>,
+) -> axum::http::Request<axum::body::Body> {
     console_request(Method::GET, path, session, None)
 }
 
-fn post(
+pub(super) fn post(
     path: &str,
     session: Option<&ConsoleSession>,
     form: &str,
@@ -368,7 +371,7 @@ async fn signing_out_ends_the_session() {
 
 /// An API whose Kite section points at a fake Kite with `AB1` (the fields of `kite_fields("1")`)
 /// and `AB2` (whose password is not the one provisioned), and accounts `u1` and `u2` for them.
-async fn with_kite() -> (TestApi, FakeKite) {
+pub(super) async fn with_kite() -> (TestApi, FakeKite) {
     let clock = Arc::new(tokenbot::clock::ManualClock::new(MORNING));
     let now = clock.clone();
     let fake = FakeKite::start_with(FakeOptions {
@@ -417,7 +420,7 @@ async fn with_kite() -> (TestApi, FakeKite) {
     (api, fake)
 }
 
-async fn log_in_now(t: &TestApi, s: &ConsoleSession, user: &str) -> Reply {
+pub(super) async fn log_in_now(t: &TestApi, s: &ConsoleSession, user: &str) -> Reply {
     let r = t
         .send(post(
             &format!("/console/accounts/{user}/kite/login"),
@@ -546,6 +549,9 @@ async fn no_page_or_response_holds_a_credential_or_a_token_of_the_test_accounts(
         "/console/accounts/u1/kite",
         "/console/accounts/u2/kite",
         "/console/accounts/u1/kite/remove",
+        "/console/accounts/u1/kite/credentials",
+        "/console/accounts/u2/kite/credentials",
+        "/console/accounts/new?broker=kite",
     ] {
         let r = t.send(get(path, Some(&s))).await;
         r.expect(200);
@@ -556,10 +562,26 @@ async fn no_page_or_response_holds_a_credential_or_a_token_of_the_test_accounts(
         ("/console/accounts/u1/kite/flags", "action=resume"),
         ("/console/accounts/u2/kite/flags", "action=nonsense"),
         ("/console/accounts/u1/kite/remove", ""),
+        ("/console/refresh-all", ""),
+        // Refused: the page shows the form again, without the secrets it was given.
+        (
+            "/console/accounts/u2/kite/credentials",
+            "password=the-real-password-2&totp_secret=otpauth%3A%2F%2Ftotp%2Fx%3Fsecret%3DJBSWY3DPEHPK3PXP%26digits%3D8",
+        ),
+        (
+            "/console/accounts/new",
+            "broker=kite&user_id=u9&password=the-real-password-2&api_secret=kite-api-secret-0001",
+        ),
     ] {
         let r = t
             .send(post(path, Some(&s), &format!("{form}&csrf={}", s.csrf)))
             .await;
+        bodies.push(r.text);
+    }
+    // The refresh-all the form above started: its events, then its page once it has finished.
+    for path in ["/console/refresh-all/events", "/console/refresh-all"] {
+        let r = t.send(get(path, Some(&s))).await;
+        r.expect(200);
         bodies.push(r.text);
     }
     bodies.push(t.send(get("/console", None)).await.text);

@@ -5,6 +5,7 @@ mod auth;
 mod brokers;
 mod clock;
 mod console;
+mod console_forms;
 mod e2e;
 mod events;
 mod extras;

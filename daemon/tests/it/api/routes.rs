@@ -819,6 +819,55 @@ fn rows() -> Vec<Row> {
             "/console/console.css",
             G::Public,
         ),
+        row(
+            Method::GET,
+            "/console/console.js",
+            "/console/console.js",
+            G::Public,
+        ),
+        row(
+            Method::POST,
+            "/console/refresh-all",
+            "/console/refresh-all",
+            G::Session,
+        ),
+        row(
+            Method::GET,
+            "/console/refresh-all",
+            "/console/refresh-all",
+            G::Session,
+        ),
+        // With no run to follow: 204, which tells an `EventSource` not to reconnect.
+        row(
+            Method::GET,
+            "/console/refresh-all/events",
+            "/console/refresh-all/events",
+            G::Session,
+        ),
+        row(
+            Method::GET,
+            "/console/accounts/new",
+            "/console/accounts/new",
+            G::Session,
+        ),
+        row(
+            Method::POST,
+            "/console/accounts/new",
+            "/console/accounts/new",
+            G::Session,
+        ),
+        row(
+            Method::GET,
+            "/console/accounts/{userId}/{broker}/credentials",
+            "/console/accounts/u1/kite/credentials",
+            G::Session,
+        ),
+        row(
+            Method::POST,
+            "/console/accounts/{userId}/{broker}/credentials",
+            "/console/accounts/u1/kite/credentials",
+            G::Session,
+        ),
         // Takes the key in its form: a wrong one is 401 (and counted), as everywhere.
         row(
             Method::POST,
@@ -966,6 +1015,16 @@ async fn check_console_row(t: &TestApi, row: &Row, session: &ConsoleSession) {
                     .await;
                 assert_eq!(r.status.as_u16(), 403, "{route}: CSRF {csrf:?}: {}", r.text);
             }
+        } else if row.template == "/console/refresh-all/events" {
+            let r = t
+                .send(console_request(
+                    row.method.clone(),
+                    row.path,
+                    Some(session),
+                    None,
+                ))
+                .await;
+            assert_eq!(r.status.as_u16(), 204, "{route}: with the session, no run");
         } else {
             let r = t
                 .send(console_request(
