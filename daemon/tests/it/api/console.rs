@@ -3,14 +3,9 @@
 //! fake Kite, a wrong-password account under "needs attention" with its remedy, and no page or
 //! response body holding a credential or a token of the test accounts.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::http::Method;
-use fake_brokers::{FakeKite, FakeOptions, KiteUser};
 use secrecy::ExposeSecret;
 use tokenbot::clock::Clock;
-use tokenbot::config::BrokerConfig;
 use tokenbot::vault::AccountKey;
 
 use super::support::*;
@@ -369,57 +364,6 @@ async fn signing_out_ends_the_session() {
     .expect(403);
 }
 
-/// An API whose Kite section points at a fake Kite with `AB1` (the fields of `kite_fields("1")`)
-/// and `AB2` (whose password is not the one provisioned), and accounts `u1` and `u2` for them.
-pub(super) async fn with_kite() -> (TestApi, FakeKite) {
-    let clock = Arc::new(tokenbot::clock::ManualClock::new(MORNING));
-    let now = clock.clone();
-    let fake = FakeKite::start_with(FakeOptions {
-        now: Arc::new(move || now.now_ms()),
-        latency: Duration::ZERO,
-        ..FakeOptions::default()
-    })
-    .await;
-    for (id, user) in [("AB1", "1"), ("AB2", "2")] {
-        let fields = kite_fields(user);
-        let field = |name: &str| fields[name].as_str().unwrap().to_owned();
-        let password = if user == "1" {
-            field("password")
-        } else {
-            "the-real-password-2".to_owned()
-        };
-        fake.add_user(KiteUser::new(
-            id,
-            &password,
-            &field("api_key"),
-            &field("api_secret"),
-            &field("totp_secret"),
-        ));
-    }
-    let urls = fake.base_urls();
-    let api = TestApi::with(|c| {
-        c.brokers.insert(
-            "kite".into(),
-            BrokerConfig {
-                urls,
-                rate_limit_per_sec: Some(1_000.0),
-                ..BrokerConfig::default()
-            },
-        );
-    });
-    for user in ["1", "2"] {
-        api.send(request(
-            Method::PUT,
-            &format!("/api/users/u{user}/accounts/kite"),
-            &KEY,
-            Some(kite_fields(user)),
-        ))
-        .await
-        .expect(201);
-    }
-    (api, fake)
-}
-
 pub(super) async fn log_in_now(t: &TestApi, s: &ConsoleSession, user: &str) -> Reply {
     let r = t
         .send(post(
@@ -439,7 +383,7 @@ pub(super) async fn log_in_now(t: &TestApi, s: &ConsoleSession, user: &str) -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_in_now_logs_a_kite_account_in_against_the_fake() {
-    let (t, _fake) = with_kite().await;
+    let (t, _fake) = api_with_two_kite_accounts(|_| {}).await;
     let s = t.console_sign_in(BACKEND_KEY).await;
     let key = AccountKey::parse("u1", "kite").unwrap();
     assert!(t.vault().get_token(&key).unwrap().is_none());
@@ -462,7 +406,7 @@ async fn log_in_now_logs_a_kite_account_in_against_the_fake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_account_shows_first_under_needs_attention_with_its_remedy() {
-    let (t, _fake) = with_kite().await;
+    let (t, _fake) = api_with_two_kite_accounts(|_| {}).await;
     let s = t.console_sign_in(BACKEND_KEY).await;
     let page = log_in_now(&t, &s, "u2").await;
     assert!(page.text.contains("The login failed"), "{}", page.text);
@@ -535,7 +479,7 @@ async fn a_wrong_password_account_shows_first_under_needs_attention_with_its_rem
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_page_or_response_holds_a_credential_or_a_token_of_the_test_accounts() {
-    let (t, _fake) = with_kite().await;
+    let (t, _fake) = api_with_two_kite_accounts(|_| {}).await;
     let s = t.console_sign_in(BACKEND_KEY).await;
     let mut bodies = Vec::new();
     bodies.push(log_in_now(&t, &s, "u1").await.text);
@@ -591,28 +535,12 @@ async fn no_page_or_response_holds_a_credential_or_a_token_of_the_test_accounts(
             .text,
     );
 
-    let mut secrets: Vec<String> = vec![BACKEND_KEY.into(), ENV_KEY.into()];
-    for user in ["1", "2"] {
-        let fields = kite_fields(user);
-        for name in ["password", "api_key", "api_secret", "totp_secret"] {
-            secrets.push(fields[name].as_str().unwrap().to_owned());
-        }
-        let key = AccountKey::parse(&format!("u{user}"), "kite").unwrap();
-        if let Some(token) = t.vault().get_token(&key).unwrap() {
-            secrets.push(token.access_token.expose_secret().to_owned());
-        }
-    }
-    secrets.push("the-real-password-2".into());
-    assert!(secrets.len() >= 11, "u1's token is among them");
+    let u1 = AccountKey::parse("u1", "kite").unwrap();
+    let token = t.vault().get_token(&u1).unwrap().expect("u1 logged in");
+    let secrets = secrets_of(&t);
+    assert!(secrets.contains(&token.access_token.expose_secret().to_owned()));
     for body in &bodies {
-        for secret in &secrets {
-            assert!(
-                !body.contains(secret.as_str()),
-                "{secret} in a page:\n{body}"
-            );
-        }
-        // The TOTP secret's base32 in part, too.
-        assert!(!body.contains("JBSWY3DP"), "{body}");
+        assert_holds_no_secret("a page", body, &secrets);
     }
 }
 

@@ -1,13 +1,13 @@
 //! The console's refresh-all (its server-sent progress, its summary, the overview's last run)
 //! and its credentials forms (change a stored account, add one), through `oneshot` against the
-//! fake Kite of `console::with_kite`: `u1` provisioned right, `u2` with a password the fake
+//! fake Kite of `api_with_two_kite_accounts`: `u1` provisioned right, `u2` with a password the fake
 //! refuses.
 
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokenbot::vault::AccountKey;
 
-use super::console::{get, log_in_now, post, with_kite};
+use super::console::{get, log_in_now, post};
 use super::support::*;
 
 /// The `(event, data)` pairs of a `text/event-stream` body.
@@ -45,7 +45,7 @@ fn needs_attention(t: &TestApi, user: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_all_streams_its_progress_and_ends_in_the_summary_the_overview_then_shows() {
-    let (t, _fake) = with_kite().await;
+    let (t, _fake) = api_with_two_kite_accounts(|_| {}).await;
     let s = t.console_sign_in(BACKEND_KEY).await;
     let before = t.send(get("/console", Some(&s))).await;
     assert!(
@@ -135,7 +135,7 @@ async fn refresh_all_streams_its_progress_and_ends_in_the_summary_the_overview_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_credentials_form_changes_only_what_is_typed_and_clears_attention_only_when_that_can_help()
  {
-    let (t, _fake) = with_kite().await;
+    let (t, _fake) = api_with_two_kite_accounts(|_| {}).await;
     let s = t.console_sign_in(BACKEND_KEY).await;
     log_in_now(&t, &s, "u2").await;
     assert!(needs_attention(&t, "u2"));
@@ -195,7 +195,7 @@ async fn the_credentials_form_changes_only_what_is_typed_and_clears_attention_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_added_from_the_console_passes_the_apis_checks() {
-    let (t, _fake) = with_kite().await;
+    let (t, _fake) = api_with_two_kite_accounts(|_| {}).await;
     let s = t.console_sign_in(BACKEND_KEY).await;
     let choose = t.send(get("/console/accounts/new", Some(&s))).await;
     choose.expect(200);

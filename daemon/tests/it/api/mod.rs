@@ -1,10 +1,12 @@
-//! The HTTP API: through `api::app(state)` with `oneshot`, and the real binary on a socket.
+//! The HTTP API: through `api::app(state)` with `oneshot`, the real binary on a socket, and the
+//! console in a headless browser.
 
 mod assisted;
 mod auth;
 mod brokers;
 mod clock;
 mod console;
+mod console_browser;
 mod console_forms;
 mod e2e;
 mod events;

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use base64::Engine as _;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokenbot::AppState;
@@ -328,6 +329,91 @@ pub async fn api_with_kite(
     .await
     .expect(201);
     (api, fake)
+}
+
+/// The password the fake Kite of [`api_with_two_kite_accounts`] expects for `AB2`, which `u2`'s
+/// stored one is not. No page may show it either.
+pub const KITE_REAL_PASSWORD_2: &str = "the-real-password-2";
+
+/// An API (configured as `change` leaves it) whose Kite section points at a fake Kite with `AB1`
+/// (the fields of `kite_fields("1")`) and `AB2` (whose password is [`KITE_REAL_PASSWORD_2`], not
+/// the one provisioned), and accounts `u1` and `u2` for them: one that logs in, one that is told
+/// "wrong password".
+pub async fn api_with_two_kite_accounts(
+    change: impl FnOnce(&mut Config),
+) -> (TestApi, fake_brokers::FakeKite) {
+    let (api, fake) = api_with_kite(0, |c| {
+        // Two logins in a row: no wait for the broker's request rate.
+        if let Some(kite) = c.brokers.get_mut("kite") {
+            kite.rate_limit_per_sec = Some(1_000.0);
+        }
+        change(c);
+    })
+    .await;
+    let fields = kite_fields("2");
+    let field = |name: &str| fields[name].as_str().unwrap().to_owned();
+    fake.add_user(fake_brokers::KiteUser::new(
+        "AB2",
+        KITE_REAL_PASSWORD_2,
+        &field("api_key"),
+        &field("api_secret"),
+        &field("totp_secret"),
+    ));
+    api.send(request(
+        Method::PUT,
+        "/api/users/u2/accounts/kite",
+        &KEY,
+        Some(fields),
+    ))
+    .await
+    .expect(201);
+    (api, fake)
+}
+
+/// What no page or response may hold, read from `t`'s vault as it is now (so a token stored a
+/// moment ago is among them): every stored credential field of every account (password, API key
+/// and secret, TOTP secret, and the extra fields such as a PIN), every token with the fields of
+/// its extras named `*token*` (Kite's `public_token`; not `login_time`, which pages rightly show
+/// as a time), the API keys that sign in, and [`KITE_REAL_PASSWORD_2`].
+pub fn secrets_of(t: &TestApi) -> Vec<String> {
+    let mut secrets: Vec<String> = vec![
+        BACKEND_KEY.into(),
+        ENV_KEY.into(),
+        KITE_REAL_PASSWORD_2.into(),
+    ];
+    for account in t.vault().list_accounts().unwrap() {
+        let key = account.key();
+        let c = t.vault().credentials(&key).unwrap().expect("credentials");
+        let fields = [&c.password, &c.api_key, &c.api_secret, &c.totp_secret];
+        for field in fields.into_iter().flatten().chain(c.extra.values()) {
+            secrets.push(field.expose_secret().to_owned());
+        }
+        if let Some(token) = t.vault().get_token(&key).unwrap() {
+            secrets.push(token.access_token.expose_secret().to_owned());
+            let extras: Value = serde_json::from_str(token.extras.expose_text()).unwrap();
+            for (name, value) in extras.as_object().into_iter().flatten() {
+                if let (true, Some(value)) = (name.contains("token"), value.as_str()) {
+                    secrets.push(value.to_owned());
+                }
+            }
+        }
+    }
+    secrets
+}
+
+/// Fail if `text` (what `what` names: a page, its visible text, a response body) holds one of
+/// `secrets`, or the start of the test TOTP secrets' base32, which no page has a reason to show.
+pub fn assert_holds_no_secret(what: &str, text: &str, secrets: &[String]) {
+    for secret in secrets {
+        assert!(
+            !text.contains(secret.as_str()),
+            "{secret} in {what}:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("JBSWY3DP"),
+        "a TOTP secret in {what}:\n{text}"
+    );
 }
 
 /// A console session: its cookie (`name=value`) and CSRF token.

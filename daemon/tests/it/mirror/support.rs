@@ -20,13 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// The test database's URL, or `None` after saying plainly that the test is skipped.
-///
-/// The notice goes straight to the process's stderr: libtest captures `eprintln!` of a passing
-/// test, which would hide the skip behind an `ok`. Under CI (`CI` set) a missing database is a
-/// failure, never a skip: CI must run these tests.
+/// The test database's URL, or `None` after saying plainly that the test is skipped. Under CI
+/// (`CI` set) a missing database is a failure, never a skip: CI must run these tests.
 pub fn database_url(test: &str) -> Option<String> {
-    use std::io::Write;
     match std::env::var("TOKENBOT_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
@@ -34,10 +30,10 @@ pub fn database_url(test: &str) -> Option<String> {
                 std::env::var_os("CI").is_none(),
                 "{test}: TOKENBOT_TEST_DATABASE_URL is not set under CI; run the tests with scripts/test"
             );
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "SKIPPED {test}: TOKENBOT_TEST_DATABASE_URL is not set (scripts/test sets it when \
-                 PostgreSQL runs on 127.0.0.1:5432)"
+            crate::support::say_skipped(
+                test,
+                "TOKENBOT_TEST_DATABASE_URL is not set (scripts/test sets it when PostgreSQL runs \
+                 on 127.0.0.1:5432)",
             );
             None
         }

@@ -1,4 +1,7 @@
-//! Helpers shared by integration tests: building plugins as the operator would.
+//! Helpers shared by integration tests: building plugins as the operator would, and a headless
+//! browser (`browser`).
+
+pub mod browser;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -6,6 +9,22 @@ use std::process::Command;
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Say that `test` was skipped and why, where a person running the tests sees it: straight to the
+/// process's stderr, since libtest would hide an `eprintln!` of a passing test behind its `ok`.
+pub fn say_skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// The target directory of this build (`CARGO_TARGET_DIR`'s, or the workspace's `target`): the
+/// parent of the `tmp` folder cargo names to integration tests when it compiles them.
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
         .to_owned()
