@@ -199,6 +199,12 @@ pub struct Manifest {
     /// [`AssistedFinishRequest::delivery`].
     #[serde(default)]
     pub token_webhook: bool,
+    /// Names of [`LoginOutput::extras`] that outlive one token: when a later login does not send
+    /// one, the host keeps the stored value (Upstox's `extended_token`, valid a year, sent only
+    /// when a new one is minted). Every other extra is replaced with the login's set. A JSON
+    /// field with a default: an older host ignores it, and an older plugin keeps nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_extras: Vec<String>,
 }
 
 /// How a broker's tokens expire, which decides when the scheduler logs an account in again.

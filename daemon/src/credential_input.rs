@@ -202,6 +202,7 @@ mod tests {
             min_login_interval_ms: 0,
             callback_has_state: true,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

@@ -151,6 +151,7 @@ impl Strategy for Dhan {
             // The consent flow redirects with `?tokenId=` only [OFF docs].
             callback_has_state: false,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

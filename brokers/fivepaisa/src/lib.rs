@@ -138,6 +138,7 @@ impl Strategy for FivePaisa {
             min_login_interval_ms: 60_000,
             callback_has_state: true,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

@@ -171,6 +171,7 @@ impl Strategy for Fyers {
             min_login_interval_ms: 0,
             callback_has_state: true,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

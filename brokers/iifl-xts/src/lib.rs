@@ -235,6 +235,7 @@ impl Strategy for IiflXts {
             min_login_interval_ms: 0,
             callback_has_state: true,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

@@ -278,6 +278,7 @@ impl Strategy for Iifl {
             min_login_interval_ms: 0,
             callback_has_state: true,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

@@ -258,6 +258,7 @@ impl Strategy for Shoonya {
             // The OAuth page takes only `client_id` and redirects with `?code=` alone.
             callback_has_state: false,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

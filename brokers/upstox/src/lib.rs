@@ -178,6 +178,8 @@ impl Strategy for Upstox {
             min_login_interval_ms: 0,
             callback_has_state: true,
             token_webhook: true,
+            // Minted rarely and valid a year: a daily login that does not send it keeps it.
+            kept_extras: vec!["extended_token".into()],
         }
     }
 

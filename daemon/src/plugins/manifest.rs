@@ -105,6 +105,7 @@ mod tests {
             min_login_interval_ms: 120_000,
             callback_has_state: true,
             token_webhook: false,
+            kept_extras: Vec::new(),
         }
     }
 

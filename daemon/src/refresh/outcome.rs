@@ -161,23 +161,35 @@ impl Refresher {
         output: wire::LoginOutput,
     ) -> Result<(), VaultError> {
         let plugin = self.plugins.get(key.broker.as_str());
-        let served = plugin
-            .as_ref()
-            .map_or(&[][..], |p| &p.manifest.served_extras[..]);
-        let token = NewToken {
-            access_token: SecretString::from(output.access_token.expose().to_owned()),
-            issued_at_ms: output.issued_at_ms,
-            expires_at_ms: output.expires_at_ms,
-            served_extras: SecretJson::from_value(&serde_json::Value::Object(served_extras(
-                served,
-                &output.extras,
-            ))),
-            extras: SecretJson::from_value(&serde_json::Value::Object(
-                output.extras.into_iter().collect::<serde_json::Map<_, _>>(),
-            )),
-        };
+        let (served, kept) = plugin.as_ref().map_or((Vec::new(), Vec::new()), |p| {
+            (
+                p.manifest.served_extras.clone(),
+                p.manifest.kept_extras.clone(),
+            )
+        });
+        let access_token = SecretString::from(output.access_token.expose().to_owned());
+        let (issued_at_ms, expires_at_ms) = (output.issued_at_ms, output.expires_at_ms);
+        let mut extras = output.extras;
         let (vault, k) = (self.vault.clone(), key.clone());
         blocking(move || {
+            // Single flight: no other login of this account stores a token between this read
+            // and the write below.
+            if !kept.is_empty()
+                && let Some(previous) = vault.get_token(&k)?
+            {
+                keep_extras(&mut extras, &previous.extras.expose_value(), &kept);
+            }
+            let token = NewToken {
+                access_token,
+                issued_at_ms,
+                expires_at_ms,
+                served_extras: SecretJson::from_value(&serde_json::Value::Object(served_extras(
+                    &served, &extras,
+                ))),
+                extras: SecretJson::from_value(&serde_json::Value::Object(
+                    extras.into_iter().collect::<serde_json::Map<_, _>>(),
+                )),
+            };
             vault.put_token(&k, &token)?;
             super::attention::clear_resolved(&vault, &k, trigger)
         })
@@ -194,6 +206,22 @@ impl Refresher {
         let (vault, k) = (self.vault.clone(), key.clone());
         if let Err(e) = blocking(move || vault.append_attempt(&k, &attempt)).await {
             tracing::error!(error = %e, "cannot record a login attempt");
+        }
+    }
+}
+
+/// Copy into `extras` each of `kept` that it lacks and `previous` (the stored token's extras)
+/// holds: an extra the broker mints rarely outlives the daily token it came with.
+fn keep_extras(
+    extras: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    previous: &serde_json::Value,
+    kept: &[String],
+) {
+    for name in kept {
+        if !extras.contains_key(name)
+            && let Some(value) = previous.get(name)
+        {
+            extras.insert(name.clone(), value.clone());
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::http::Method;
 use fake_brokers::{FakeOptions, FakeUpstox, Tamper, UpstoxUser};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokenbot::clock::{Clock, ManualClock};
 use tokenbot::config::BrokerConfig;
@@ -584,4 +585,44 @@ async fn a_delivery_for_an_account_now_managed_externally_stores_nothing() {
     let d = w.fake.approve(USER).await.unwrap();
     assert!(d.body.contains("ignored"), "{}", d.body);
     assert_eq!(w.token().await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_year_long_extended_token_outlives_the_daily_tokens_that_do_not_bring_one() {
+    let w = world("approval,redirect").await;
+    let key = tokenbot::vault::AccountKey::parse("u1", "upstox").unwrap();
+    let stored_extras = |w: &World| {
+        let token = w.api.vault().get_token(&key).unwrap().unwrap();
+        (token.access_token, token.extras.expose_value())
+    };
+    // Day one in the browser: Get Token answers an `extended_token`, kept in the vault only.
+    w.scheduled_refresh().await;
+    let browser = login_in_browser(&w).await;
+    assert_eq!(browser.0, 200, "{}", browser.1);
+    let (_, extras) = stored_extras(&w);
+    let extended = extras["extended_token"].as_str().unwrap().to_owned();
+    assert!(extended.starts_with("ext-"), "{extras}");
+
+    // Day two by approval: the notifier's delivery carries no `extended_token`; the stored one
+    // stays, with the new daily token beside it.
+    w.api.clock.advance(24 * 3_600_000);
+    let result = w.scheduled_refresh().await;
+    assert_eq!(result["error_class"], "pending_approval", "{result}");
+    let delivered = w.fake.approve(USER).await.unwrap();
+    assert!(delivered.body.contains("accepted"), "{}", delivered.body);
+    let (access, extras) = stored_extras(&w);
+    assert_eq!(access.expose_secret(), delivered.token);
+    assert_eq!(extras["extended_token"], extended.as_str(), "{extras}");
+    // Kept, never served.
+    let served = w
+        .api
+        .send(request(
+            Method::GET,
+            "/api/tokens/u1?broker=upstox",
+            &KEY,
+            None,
+        ))
+        .await;
+    served.expect(200);
+    assert!(!served.text.contains(&extended), "{}", served.text);
 }
