@@ -55,7 +55,7 @@ end
 /// A vault in `dir` with one account holding a token valid for a day.
 fn setup_vault(dir: &Path) {
     let vault = Vault::create(
-        &dir.join("vault.redb"),
+        dir.join("vault.redb"),
         Engine::Redb,
         &KeyMaterial::Key(MasterKey::from_bytes(MASTER)),
         VaultOptions::default(),

@@ -65,7 +65,7 @@ fn main() {
         let key = KeyMaterial::Key(MasterKey::from_bytes([3; 32]));
         let vault = Arc::new(
             Vault::create(
-                &dir.path().join("vault.redb"),
+                dir.path().join("vault.redb"),
                 Engine::Redb,
                 &key,
                 VaultOptions::default(),

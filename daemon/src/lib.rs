@@ -85,7 +85,7 @@ impl AppState {
         let options = vault::VaultOptions::default();
         let (vault, _origin) = vault::Vault::open_configured(&config.vault, options, create)
             .map_err(|source| StartError::Vault {
-                path: config.vault.path.clone(),
+                at: vault::location(&config.vault).to_string(),
                 source,
             })?;
         Ok(AppState::with_registry(config, Arc::new(vault), plugins))
@@ -148,10 +148,10 @@ impl AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The vault could not be opened or created.
-    #[error("vault {}", path.display())]
+    #[error("vault {at}")]
     Vault {
-        /// The vault's path.
-        path: std::path::PathBuf,
+        /// Where the vault is (a path, or a database without its password).
+        at: String,
         /// Why.
         source: vault::VaultError,
     },
@@ -388,7 +388,9 @@ mod check_config_tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("vault.engine") && err.contains("lmdb") && err.contains("redb or sled"),
+            err.contains("vault.engine")
+                && err.contains("lmdb")
+                && err.contains("redb, sled or postgres"),
             "{err}"
         );
         assert_eq!(load("", &[]).unwrap().vault.engine, "redb");

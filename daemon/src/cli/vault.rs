@@ -10,7 +10,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
 use crate::vault::key::{self, KeyOrigin, ResolvedKey};
-use crate::vault::{Engine, KeyMaterial, MasterKey, Vault, VaultError, VaultOptions};
+use crate::vault::{
+    Engine, KeyMaterial, Location, MasterKey, PgTarget, Vault, VaultError, VaultOptions, location,
+};
 
 /// Env variable holding the new master key (64 hex chars) for `vault rekey`.
 pub(super) const NEW_KEY_ENV: &str = "TOKENBOT_NEW_ENCRYPTION_KEY";
@@ -33,11 +35,13 @@ pub(super) enum VaultCommand {
     /// Decrypt every record; print counts per table and every failure. Exit status 1 on any
     /// failure.
     Verify,
-    /// Copy the vault into a new one on another engine, e.g. `--to sled:data/vault.sled`. The copy
-    /// opens with the same key; it is verified after copying.
+    /// Copy the vault into a new one on another engine, e.g. `--to sled:data/vault.sled` or
+    /// `--to postgres:` (the database of [vault] url / TOKENBOT_VAULT_URL, schema [vault]
+    /// schema). The copy opens with the same key; it is verified after copying.
     Copy {
-        /// Destination as `<engine>:<path>` (engine `redb` or `sled`); the path must not exist.
-        #[arg(long, value_name = "ENGINE:PATH")]
+        /// Destination as `<engine>:<path>` (`redb`, `sled`; the path must not exist) or
+        /// `postgres:[URL]` (no vault in that schema yet; without a URL, [vault] url).
+        #[arg(long, value_name = "ENGINE:WHERE")]
         to: String,
     },
 }
@@ -82,7 +86,7 @@ fn resolve_key(config: &Config) -> anyhow::Result<ResolvedKey> {
         Err(VaultError::NoKey(why))
             if std::io::stdin().is_terminal()
                 && Engine::configured(vc)
-                    .and_then(|engine| Vault::inspect(&vc.path, engine))
+                    .and_then(|engine| Vault::inspect(location(vc), engine))
                     .is_ok_and(|info| info.passphrase) =>
         {
             tracing::debug!("{why}; prompting for the passphrase");
@@ -91,7 +95,7 @@ fn resolve_key(config: &Config) -> anyhow::Result<ResolvedKey> {
                 origin: KeyOrigin::Prompt,
             })
         }
-        Err(e) => Err(anyhow::Error::new(e).context(format!("vault {}", vc.path.display()))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("vault {}", location(vc)))),
     }
 }
 
@@ -102,42 +106,41 @@ pub(super) fn open_vault(config: &Config, write: bool) -> anyhow::Result<(Vault,
     let options = VaultOptions::default();
     let engine = Engine::configured(vc)?;
     let vault = if write {
-        Vault::open(&vc.path, engine, &resolved.material, options)
+        Vault::open(location(vc), engine, &resolved.material, options)
     } else {
-        Vault::open_read_only(&vc.path, engine, &resolved.material, options)
+        Vault::open_read_only(location(vc), engine, &resolved.material, options)
     }
-    .with_context(|| format!("vault {} (key from {})", vc.path.display(), resolved.origin))?;
+    .with_context(|| format!("vault {} (key from {})", location(vc), resolved.origin))?;
     Ok((vault, resolved))
 }
 
 /// `tokenbot init`.
 pub(super) fn init(config: &Config, args: &InitArgs) -> anyhow::Result<ExitCode> {
     let vc = &config.vault;
-    let existed = vc.path.exists();
+    let at = location(vc);
+    let existed = at.exists().with_context(|| format!("vault {at}"))?;
     let (vault, origin) = if args.passphrase {
         if existed {
             bail!(
-                "vault {} already exists; use `tokenbot vault rekey --passphrase` to change its key",
-                vc.path.display()
+                "vault {at} already exists; use `tokenbot vault rekey --passphrase` to change its key"
             );
         }
         let pass = prompt_new_passphrase()?;
         let vault = Vault::create(
-            &vc.path,
+            at.clone(),
             Engine::configured(vc)?,
             &KeyMaterial::Passphrase(pass),
             VaultOptions::default(),
         )
-        .with_context(|| format!("vault {}", vc.path.display()))?;
+        .with_context(|| format!("vault {at}"))?;
         (vault, KeyOrigin::Prompt)
     } else {
         Vault::open_configured(vc, VaultOptions::default(), true)
-            .with_context(|| format!("vault {}", vc.path.display()))?
+            .with_context(|| format!("vault {at}"))?
     };
     let accounts = vault.counts()?.get("accounts").copied().unwrap_or(0);
     println!(
-        "vault {} {} ({:?}, schema {}, {accounts} accounts); key from {origin}",
-        vc.path.display(),
+        "vault {at} {} ({:?}, schema {}, {accounts} accounts); key from {origin}",
         if existed {
             "already exists, key checked"
         } else {
@@ -279,30 +282,56 @@ fn rekey_to_key_file(vault: &Vault, current: &KeyOrigin, path: &Path) -> anyhow:
     Ok(())
 }
 
-fn parse_target(to: &str) -> anyhow::Result<(Engine, PathBuf)> {
-    let Some((engine, path)) = to.split_once(':') else {
-        bail!("--to {to:?}: expected <engine>:<path>, e.g. sled:data/vault.sled");
+/// `--to <engine>:<where>`: a path for redb and sled; for postgres a URL, or nothing for
+/// `[vault] url` (`TOKENBOT_VAULT_URL`), which keeps a password off the command line. The
+/// schema is `[vault] schema`.
+fn parse_target(config: &Config, to: &str) -> anyhow::Result<(Engine, Location)> {
+    let Some((engine, rest)) = to.split_once(':') else {
+        bail!(
+            "--to {to:?}: expected <engine>:<path or URL>, e.g. sled:data/vault.sled or postgres:"
+        );
     };
     let engine = match engine {
         "redb" => Engine::Redb,
         "sled" => Engine::Sled,
-        other => bail!("--to: unknown engine {other:?} (redb or sled)"),
+        "postgres" => {
+            let url = match rest {
+                "" => config.vault.url.clone().with_context(|| {
+                    "--to postgres: needs [vault] url or TOKENBOT_VAULT_URL".to_owned()
+                })?,
+                url => SecretString::from(url.to_owned()),
+            };
+            let target = PgTarget {
+                url,
+                schema: config.vault.schema.clone(),
+            };
+            target
+                .check()
+                .map_err(|why| anyhow::anyhow!("--to postgres: {why}"))?;
+            return Ok((Engine::Postgres, Location::Postgres(target)));
+        }
+        other => bail!("--to: unknown engine {other:?} (redb, sled or postgres)"),
     };
-    if path.is_empty() {
+    if rest.is_empty() {
         bail!("--to {to:?}: the path is empty");
     }
-    Ok((engine, PathBuf::from(path)))
+    Ok((engine, Location::Path(PathBuf::from(rest))))
 }
 
 fn copy(config: &Config, to: &str) -> anyhow::Result<ExitCode> {
-    let (engine, path) = parse_target(to)?;
+    let (engine, at) = parse_target(config, to)?;
     let (vault, resolved) = open_vault(config, false)?;
     let copied = vault
-        .copy_to(engine, &path)
-        .with_context(|| format!("copying to {engine:?} at {}", path.display()))?;
+        .copy_to(engine, at.clone())
+        .with_context(|| format!("copying to {engine:?} at {at}"))?;
     drop(vault);
-    let target = Vault::open_read_only(&path, engine, &resolved.material, VaultOptions::default())
-        .with_context(|| format!("opening the copy at {}", path.display()))?;
+    let target = Vault::open_read_only(
+        at.clone(),
+        engine,
+        &resolved.material,
+        VaultOptions::default(),
+    )
+    .with_context(|| format!("opening the copy at {at}"))?;
     let report = target.verify().context("verifying the copy")?;
     for (table, count) in &copied.counts {
         println!("{table:<12} {count}");
@@ -314,12 +343,9 @@ fn copy(config: &Config, to: &str) -> anyhow::Result<ExitCode> {
                 failure.table, failure.key, failure.error
             );
         }
-        println!("the copy at {} does not verify", path.display());
+        println!("the copy at {at} does not verify");
         return Ok(ExitCode::FAILURE);
     }
-    println!(
-        "copied to {engine:?} at {} and verified; it opens with the same key",
-        path.display()
-    );
+    println!("copied to {engine:?} at {at} and verified; it opens with the same key");
     Ok(ExitCode::SUCCESS)
 }

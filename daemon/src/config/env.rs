@@ -12,6 +12,7 @@ const NODE_ENV: &[(&str, &str)] = &[
     ("JWT_SECRET", "auth.jwt_secret"),
     ("TOKENBOT_API_KEY", "auth.api_key"),
     ("TOKENBOT_PASSPHRASE", "vault.passphrase"),
+    ("TOKENBOT_VAULT_URL", "vault.url"),
     ("TOKENBOT_TELEGRAM_BOT_TOKEN", "notify.telegram.bot_token"),
     ("LOG_LEVEL", "log.level"),
 ];

@@ -91,8 +91,14 @@ impl Default for ServerConfig {
 pub struct VaultConfig {
     /// Vault file.
     pub path: PathBuf,
-    /// Storage engine, `redb` or `sled` (cargo feature `sled`); checked by the vault.
+    /// Storage engine, `redb`, `sled` (cargo feature `sled`) or `postgres`; checked by the vault.
     pub engine: String,
+    /// The PostgreSQL database of `engine = "postgres"` (`TOKENBOT_VAULT_URL`): a URL or
+    /// key-value connection string, which may hold a password.
+    #[serde(skip_serializing)]
+    pub url: Option<SecretString>,
+    /// The schema holding the vault's table in that database; one vault per schema.
+    pub schema: String,
     /// Key file holding the master key (64 hex chars). Default when no key is configured:
     /// `vault.key` beside the vault, created on first start.
     pub key_file: Option<PathBuf>,
@@ -114,6 +120,8 @@ impl Default for VaultConfig {
         VaultConfig {
             path: PathBuf::from("data/vault.redb"),
             engine: "redb".into(),
+            url: None,
+            schema: "tokenbot".into(),
             key_file: None,
             encryption_key: None,
             passphrase: None,

@@ -191,7 +191,7 @@ mod tests {
             ..VaultOptions::default()
         };
         let key = KeyMaterial::Key(MasterKey::from_bytes([7; 32]));
-        let vault = Vault::create(&dir.join("vault.redb"), Engine::Redb, &key, options).unwrap();
+        let vault = Vault::create(dir.join("vault.redb"), Engine::Redb, &key, options).unwrap();
         let plugins = Registry::load(&PluginsConfig {
             dir: dir.join("plugins"),
             sha256_allowlist: vec![],

@@ -4,16 +4,42 @@
 use crate::config::{ConfigError, VaultConfig};
 
 use super::key::{self, KeyOrigin};
-use super::{Engine, Vault, VaultError, VaultOptions};
+use super::{Engine, Location, PgTarget, Vault, VaultError, VaultOptions};
 
-/// Refuse a `[vault]` section whose engine is unknown or not in this build.
+/// Where `config` puts the vault: `[vault] url` and `schema` for the postgres engine, else
+/// `[vault] path`.
+pub fn location(config: &VaultConfig) -> Location {
+    match (Engine::configured(config), &config.url) {
+        (Ok(Engine::Postgres), Some(url)) => Location::Postgres(PgTarget {
+            url: url.clone(),
+            schema: config.schema.clone(),
+        }),
+        _ => Location::Path(config.path.clone()),
+    }
+}
+
+/// Refuse a `[vault]` section whose engine is unknown or not in this build, or a postgres one
+/// without a usable URL and schema.
 pub fn check_config(config: &VaultConfig) -> Result<(), ConfigError> {
     match config.engine.parse::<Engine>() {
         Err(_) => Err(ConfigError::invalid(
             "vault.engine",
             &config.engine,
-            "unknown engine (redb or sled)",
+            "unknown engine (redb, sled or postgres)",
         )),
+        Ok(Engine::Postgres) => match &config.url {
+            None => Err(ConfigError::invalid(
+                "vault.url",
+                "(none)",
+                "engine = \"postgres\" needs the database's URL ([vault] url or TOKENBOT_VAULT_URL)",
+            )),
+            Some(url) => PgTarget {
+                url: url.clone(),
+                schema: config.schema.clone(),
+            }
+            .check()
+            .map_err(|why| ConfigError::invalid("vault.url", "(not shown)", why)),
+        },
         Ok(Engine::Sled) if !cfg!(feature = "sled") => Err(ConfigError::invalid(
             "vault.engine",
             "sled",
@@ -45,11 +71,56 @@ impl Vault {
         };
         let engine = Engine::configured(config)?;
         let resolved = key::resolve(config, create)?;
+        let at = location(config);
         let vault = if create {
-            Vault::open_or_create(&config.path, engine, &resolved.material, options)?
+            Vault::open_or_create(at, engine, &resolved.material, options)?
         } else {
-            Vault::open(&config.path, engine, &resolved.material, options)?
+            Vault::open(at, engine, &resolved.material, options)?
         };
         Ok((vault, resolved.origin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn postgres(url: Option<&str>, schema: &str) -> VaultConfig {
+        VaultConfig {
+            engine: "postgres".into(),
+            url: url.map(|u| SecretString::from(u.to_owned())),
+            schema: schema.into(),
+            ..VaultConfig::default()
+        }
+    }
+
+    #[test]
+    fn postgres_needs_a_url_and_a_plain_schema_and_no_message_shows_the_url() {
+        let url = "postgres://tb:pw-Secret-1@db:5432/tb";
+        assert!(check_config(&postgres(Some(url), "tokenbot")).is_ok());
+        let missing = check_config(&postgres(None, "tokenbot")).unwrap_err();
+        assert!(
+            missing.to_string().contains("TOKENBOT_VAULT_URL"),
+            "{missing}"
+        );
+        for schema in ["", "Vault", "1st", "a;drop", "x\"y", &"s".repeat(64)] {
+            let e = check_config(&postgres(Some(url), schema)).unwrap_err();
+            assert!(e.to_string().contains("schema"), "{schema:?}: {e}");
+            assert!(!e.to_string().contains("pw-Secret-1"), "{e}");
+        }
+        let tls = check_config(&postgres(
+            Some(&format!("{url}?sslmode=require")),
+            "tokenbot",
+        ))
+        .unwrap_err();
+        assert!(tls.to_string().contains("TLS"), "{tls}");
+        assert!(!tls.to_string().contains("pw-Secret-1"), "{tls}");
+        let Location::Postgres(target) = location(&postgres(Some(url), "tokenbot")) else {
+            panic!("a postgres location");
+        };
+        assert_eq!(target.label(), "postgres db:5432/tb, schema tokenbot");
+        assert!(!format!("{target:?}").contains("pw-Secret-1"));
     }
 }

@@ -28,10 +28,10 @@ pub enum VaultError {
          `tokenbot serve --dev`); if it exists elsewhere, check [vault] path and the working \
          directory"
     )]
-    NotFound(PathBuf),
+    NotFound(String),
     /// A vault (or something else) already exists where a new one was to be created.
     #[error("{0} already exists; refusing to overwrite it")]
-    AlreadyExists(PathBuf),
+    AlreadyExists(String),
     /// Another process holds the vault: redb and sled allow one writer per file.
     #[error(
         "the vault is in use by another process (is `tokenbot serve` running? stop it, or use the \

@@ -255,16 +255,16 @@ pub fn resolve(config: &VaultConfig, allow_create: bool) -> Result<ResolvedKey, 
             origin: KeyOrigin::KeyFile(path),
         });
     }
-    if config.path.exists() {
+    let at = super::configured::location(config);
+    if at.exists()? {
         return Err(VaultError::NoKey(format!(
-            "the vault {} exists but the key file {} does not; set ENCRYPTION_KEY, \
+            "the vault {at} exists but the key file {} does not; set ENCRYPTION_KEY, \
              TOKENBOT_PASSPHRASE or [vault] key_file",
-            config.path.display(),
             path.display()
         )));
     }
     if !allow_create {
-        return Err(VaultError::NotFound(config.path.clone()));
+        return Err(VaultError::NotFound(at.to_string()));
     }
     let key = MasterKey::generate();
     write_key_file(&path, &key)?;

@@ -1,7 +1,6 @@
 //! Maintenance: verify every record, rekey in one transaction, copy to another engine.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use super::codec::{from_plain_json, open_credentials, open_token, record_key_text, seal, unseal};
 use super::crypto::RecordKeys;
@@ -13,7 +12,7 @@ use super::model::{Account, VerifyFailure, VerifyReport};
 use super::opening::{META_KEY_CHECK, read_kdf, read_schema, write_key_records};
 use super::outbox::open_outbox;
 use super::store::{Mode, Table};
-use super::{Engine, KeyMaterial, Vault, VaultError};
+use super::{Engine, KeyMaterial, Location, Vault, VaultError};
 
 /// Tables whose records are sealed (besides `meta/key_check`).
 const SEALED: [Table; 3] = [Table::Credentials, Table::Tokens, Table::Outbox];
@@ -126,14 +125,19 @@ impl Vault {
         write_key_records(&mut *tx, &new_keys, &kdf)?;
         tx.commit()?;
         *keys = new_keys;
-        tracing::info!(path = %self.path.display(), "vault rekeyed");
+        tracing::info!(at = %self.location, "vault rekeyed");
         Ok(())
     }
 
-    /// Copy every record, as stored, into a new vault at `path` on `engine`; it opens with the same
+    /// Copy every record, as stored, into a new vault at `at` on `engine`; it opens with the same
     /// key. Returns the number of records copied per table.
-    pub fn copy_to(&self, engine: Engine, path: &Path) -> Result<VerifyReport, VaultError> {
-        let target = engine::open(engine, path, Mode::Create)?.expect("a create yields a store");
+    pub fn copy_to(
+        &self,
+        engine: Engine,
+        at: impl Into<Location>,
+    ) -> Result<VerifyReport, VaultError> {
+        let target =
+            engine::open(engine, &at.into(), Mode::Create)?.expect("a create yields a store");
         self.read(|tx, _| {
             let mut out = target.write()?;
             let mut report = VerifyReport::default();

@@ -30,6 +30,7 @@ pub mod migrate;
 pub mod model;
 mod opening;
 mod outbox;
+mod pg_engine;
 mod records;
 mod redb_engine;
 #[cfg(feature = "sled")]
@@ -37,15 +38,14 @@ mod sled_engine;
 mod store;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-pub use configured::check_config;
+pub use configured::{check_config, location};
 pub use credentials::{CREDENTIAL_FIELDS, Credentials, is_extra_field_name};
-pub use engine::Engine;
+pub use engine::{Engine, Location};
 pub use entries::*;
 pub use error::VaultError;
 pub use ids::{AccountKey, BrokerId, InvalidId, UserId};
@@ -54,6 +54,7 @@ pub use logs::AttemptScope;
 pub use migrate::SCHEMA_VERSION;
 pub use model::*;
 pub use opening::VaultInfo;
+pub use pg_engine::PgTarget;
 
 /// Run a vault call from async code on tokio's blocking pool: the vault's methods block on file
 /// I/O and locks, which must not stall the runtime's workers.
@@ -131,7 +132,7 @@ pub struct Vault {
     /// Told of every committed token change (the daemon's event hub); none in the CLI. Set once
     /// the daemon's state is built, after the vault is open, hence the lock.
     listener: RwLock<Option<TokenListener>>,
-    path: PathBuf,
+    location: Location,
     engine: Engine,
     options: VaultOptions,
 }
@@ -139,7 +140,7 @@ pub struct Vault {
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")
-            .field("path", &self.path)
+            .field("location", &self.location)
             .field("engine", &self.engine)
             .field("read_only", &self.read_only)
             .finish_non_exhaustive()
@@ -147,9 +148,9 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// The vault's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the vault lives.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The vault's engine.
@@ -238,7 +239,7 @@ impl Vault {
         *store = Box::new(Closed);
         let mut why = String::new();
         for attempt in 1..=REOPEN_TRIES {
-            match engine::open(self.engine, &self.path, Mode::Write) {
+            match engine::open(self.engine, &self.location, Mode::Write) {
                 Ok(Some(reopened)) => {
                     *store = reopened;
                     self.available.store(true, Ordering::Release);

@@ -4,11 +4,10 @@
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
 use super::crypto::RecordKeys;
-use super::engine::{self, Engine};
+use super::engine::{self, Engine, Location};
 use super::error::VaultError;
 use super::key::{KdfRecord, KeyMaterial, MasterKey};
 use super::migrate::{self, SCHEMA_VERSION};
@@ -46,50 +45,50 @@ struct Unlocked {
 impl Vault {
     /// Create a new vault; fails if `path` exists.
     pub fn create(
-        path: &Path,
+        at: impl Into<Location>,
         engine: Engine,
         key: &KeyMaterial,
         options: VaultOptions,
     ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::Create)
+        Vault::open_as(&at.into(), engine, key, options, Intent::Create)
     }
 
     /// Open an existing vault for reading and writing.
     pub fn open(
-        path: &Path,
+        at: impl Into<Location>,
         engine: Engine,
         key: &KeyMaterial,
         options: VaultOptions,
     ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::Open)
+        Vault::open_as(&at.into(), engine, key, options, Intent::Open)
     }
 
     /// Open the vault at `path`, creating it if there is none (`init`, `serve`).
     pub fn open_or_create(
-        path: &Path,
+        at: impl Into<Location>,
         engine: Engine,
         key: &KeyMaterial,
         options: VaultOptions,
     ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::OpenOrCreate)
+        Vault::open_as(&at.into(), engine, key, options, Intent::OpenOrCreate)
     }
 
     /// Open an existing vault and refuse writes through this handle ([`VaultError::ReadOnly`]).
     /// The open itself may still write to a redb file once the key has been checked: its page
     /// checksum verification commits, and a file left by a crash is repaired.
     pub fn open_read_only(
-        path: &Path,
+        at: impl Into<Location>,
         engine: Engine,
         key: &KeyMaterial,
         options: VaultOptions,
     ) -> Result<Vault, VaultError> {
-        Vault::open_as(path, engine, key, options, Intent::ReadOnly)
+        Vault::open_as(&at.into(), engine, key, options, Intent::ReadOnly)
     }
 
     /// How the vault at `path` is unlocked and its schema version, without a key and without
     /// writing.
-    pub fn inspect(path: &Path, engine: Engine) -> Result<VaultInfo, VaultError> {
-        let store = engine::open(engine, path, Mode::ReadOnly)?.ok_or_else(|| {
+    pub fn inspect(at: impl Into<Location>, engine: Engine) -> Result<VaultInfo, VaultError> {
+        let store = engine::open(engine, &at.into(), Mode::ReadOnly)?.ok_or_else(|| {
             VaultError::Corrupt("not closed cleanly; open it once to repair it".into())
         })?;
         let tx = store.read()?;
@@ -101,32 +100,36 @@ impl Vault {
     }
 
     fn open_as(
-        path: &Path,
+        at: &Location,
         engine: Engine,
         material: &KeyMaterial,
         options: VaultOptions,
         intent: Intent,
     ) -> Result<Vault, VaultError> {
-        let exists = path.exists();
+        let exists = at.exists()?;
         match intent {
             Intent::Create | Intent::OpenOrCreate if !exists => {
-                return Vault::create_new(path, engine, material, options);
+                return Vault::create_new(at, engine, material, options);
             }
-            Intent::Create => return Err(VaultError::AlreadyExists(path.to_owned())),
+            Intent::Create => return Err(VaultError::AlreadyExists(at.to_string())),
             _ => {}
         }
         // Check the key and the schema on a read-only handle first: nothing is written unless both
         // pass. Then open for writing, which for redb verifies every page checksum (a damaged file
         // is refused, unchanged) and repairs after a crash; `ReadOnly` is enforced by the vault.
-        // sled has no read-only handle, so its handle is writable already.
-        let (store, unlocked) = match engine::open(engine, path, Mode::ReadOnly)? {
+        // sled has no read-only handle, so its handle is writable already; a PostgreSQL one is
+        // writable only when it takes the vault's one writing daemon's claim.
+        let (store, unlocked) = match engine::open(engine, at, Mode::ReadOnly)? {
             Some(store) => {
                 let checked = unlock(&*store, material, None)?;
-                if engine == Engine::Sled {
+                // A PostgreSQL reader needs nothing a writable open does (no repair, no
+                // checksums), and a writable open would take the daemon's claim on the vault.
+                let reader = engine == Engine::Postgres && intent == Intent::ReadOnly;
+                if engine == Engine::Sled || reader {
                     (store, checked)
                 } else {
                     drop(store);
-                    let store = engine::open(engine, path, Mode::Write)?
+                    let store = engine::open(engine, at, Mode::Write)?
                         .expect("a writable open yields a store");
                     let checked = unlock(&*store, material, Some(checked))?;
                     (store, checked)
@@ -134,8 +137,8 @@ impl Vault {
             }
             // Not closed cleanly (a crash): only a writable open repairs it; the key is checked then.
             None => {
-                let store = engine::open(engine, path, Mode::Write)?
-                    .expect("a writable open yields a store");
+                let store =
+                    engine::open(engine, at, Mode::Write)?.expect("a writable open yields a store");
                 let checked = unlock(&*store, material, None)?;
                 (store, checked)
             }
@@ -143,7 +146,7 @@ impl Vault {
         let vault = Vault::assemble(
             store,
             &unlocked,
-            path,
+            at,
             engine,
             options,
             intent == Intent::ReadOnly,
@@ -159,7 +162,7 @@ impl Vault {
     }
 
     fn create_new(
-        path: &Path,
+        at: &Location,
         engine: Engine,
         material: &KeyMaterial,
         options: VaultOptions,
@@ -168,7 +171,7 @@ impl Vault {
         // Derive before creating the file, so bad parameters leave nothing behind.
         let master = kdf.derive(material)?;
         let keys = RecordKeys::derive(&master);
-        let store = engine::open(engine, path, Mode::Create)?.expect("a create yields a store");
+        let store = engine::open(engine, at, Mode::Create)?.expect("a create yields a store");
         let now = options.clock.now_ms();
         {
             let mut tx = store.write()?;
@@ -184,12 +187,12 @@ impl Vault {
             }
             tx.commit()?;
         }
-        tracing::info!(path = %path.display(), ?engine, "created a new vault");
+        tracing::info!(at = %at, ?engine, "created a new vault");
         let kdf = serde_json::to_vec(&kdf).expect("the KDF record serialises");
         Ok(Vault::assemble(
             store,
             &Unlocked { master, kdf },
-            path,
+            at,
             engine,
             options,
             false,
@@ -199,7 +202,7 @@ impl Vault {
     fn assemble(
         store: Box<dyn Store>,
         unlocked: &Unlocked,
-        path: &Path,
+        at: &Location,
         engine: Engine,
         options: VaultOptions,
         read_only: bool,
@@ -213,7 +216,7 @@ impl Vault {
             epoch: AtomicU64::new(0),
             user_cache: Mutex::new(HashMap::new()),
             listener: RwLock::new(None),
-            path: path.to_owned(),
+            location: at.clone(),
             engine,
             options,
         }

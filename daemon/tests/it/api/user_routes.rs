@@ -541,7 +541,7 @@ fn audit_batches_keep_their_order_and_the_retention_limit() {
     use tokenbot::vault::{AuditEntry, BrokerId, Engine, KeyMaterial, MasterKey, UserId, Vault};
     let dir = tempfile::tempdir().unwrap();
     let vault = Vault::create(
-        &dir.path().join("v.redb"),
+        dir.path().join("v.redb"),
         Engine::Redb,
         &KeyMaterial::Key(MasterKey::from_bytes([1; 32])),
         tokenbot::vault::VaultOptions {

@@ -4,6 +4,7 @@ mod delivery;
 mod extras;
 mod failures;
 mod restart;
-mod support;
+// Its database URL is shared with the vault suite's PostgreSQL engine.
+pub(crate) mod support;
 mod template;
 mod tls;

@@ -186,7 +186,7 @@ pub fn vault(dir: &std::path::Path) -> Arc<Vault> {
         ..VaultOptions::default()
     };
     let key = KeyMaterial::Key(MasterKey::from_bytes([9; 32]));
-    Arc::new(Vault::create(&dir.join("vault.redb"), Engine::Redb, &key, options).unwrap())
+    Arc::new(Vault::create(dir.join("vault.redb"), Engine::Redb, &key, options).unwrap())
 }
 
 /// Store an account (paused, so no scheduler ever logs it in) without a token.

@@ -42,7 +42,7 @@ async fn a_rolling_token_is_replaced_before_the_session_it_would_not_last_throug
     let dir = tempfile::tempdir().unwrap();
     let vault = Arc::new(
         Vault::create(
-            &dir.path().join("vault.redb"),
+            dir.path().join("vault.redb"),
             Engine::Redb,
             &KeyMaterial::Key(MasterKey::from_bytes([7; 32])),
             VaultOptions {

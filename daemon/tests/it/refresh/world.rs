@@ -62,7 +62,7 @@ pub async fn world(now_ms: i64, tune: impl FnOnce(&mut Config)) -> World {
     };
     let key = KeyMaterial::Key(MasterKey::from_bytes([7; 32]));
     let vault = Arc::new(
-        Vault::create(&dir.path().join("vault.redb"), Engine::Redb, &key, options).unwrap(),
+        Vault::create(dir.path().join("vault.redb"), Engine::Redb, &key, options).unwrap(),
     );
     let plugins = Arc::new(Registry::load(&PluginsConfig {
         dir: dir.path().join("plugins"),

@@ -291,7 +291,7 @@ fn user_commands_manage_accounts_and_never_print_secrets() {
     );
 
     let vault = Vault::open(
-        &s.vault(),
+        s.vault(),
         Engine::Redb,
         &library_key(&s),
         VaultOptions::default(),
@@ -478,7 +478,7 @@ fn wrong_keys_and_damaged_files_fail_cleanly_and_leave_the_file_unchanged() {
     };
     drop(
         Vault::create(
-            &p.vault(),
+            p.vault(),
             Engine::Redb,
             &KeyMaterial::Passphrase("right one".into()),
             options,
@@ -524,7 +524,7 @@ fn verify_counts_records_and_fails_on_a_swapped_record() {
     );
 
     let vault = Vault::open(
-        &s.vault(),
+        s.vault(),
         Engine::Redb,
         &library_key(&s),
         VaultOptions::default(),
@@ -651,6 +651,106 @@ fn copy_moves_the_vault_to_another_engine() {
         s.run(&["vault", "copy", "--to", "sled:data/copy.sled"], &[], None)
             .assert_fails_with("no sled engine");
     }
+}
+
+/// Schemas of the test database a test made; dropped with it.
+struct Schemas(String, Vec<String>);
+
+impl Drop for Schemas {
+    fn drop(&mut self) {
+        let sql: String = (self.1.iter())
+            .map(|s| format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE;"))
+            .collect();
+        let _ = Command::new("psql")
+            .args(["-q", "-d", &self.0, "-c", &sql])
+            .output();
+    }
+}
+
+#[test]
+fn a_vault_in_postgres_is_created_used_and_copied_both_ways_without_showing_its_password() {
+    let Some(url) = crate::mirror::support::database_url("vault in postgres through the CLI")
+    else {
+        return;
+    };
+    // The test server trusts local connections, so a password in the URL is accepted and
+    // ignored: it stands for a real one, which no output may show.
+    let password = "pg-Pa55word-never-shown";
+    let with_password = url.replacen("://postgres@", &format!("://postgres:{password}@"), 1);
+    assert_ne!(
+        with_password, url,
+        "the test URL names the postgres user: {url}"
+    );
+    let (schema, copied) = (
+        format!("cli_vault_{}", std::process::id()),
+        format!("cli_copy_{}", std::process::id()),
+    );
+    let _cleanup = Schemas(url.clone(), vec![schema.clone(), copied.clone()]);
+    let s = Sandbox::new();
+    let pg = |schema: &str| {
+        vec![
+            ("TOKENBOT_VAULT__ENGINE", "postgres".to_owned()),
+            ("TOKENBOT_VAULT_URL", with_password.clone()),
+            ("TOKENBOT_VAULT__SCHEMA", schema.to_owned()),
+            ("ENCRYPTION_KEY", KEY_A.to_owned()),
+        ]
+    };
+    let run = |args: &[&str], env: &[(&'static str, String)], stdin: Option<&str>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let run = s.run(args, &env, stdin);
+        assert!(
+            !run.all().contains(password),
+            "the password in: {}",
+            run.all()
+        );
+        run
+    };
+    let main = pg(&schema);
+
+    // No vault in the schema yet: serve refuses, naming the database, not the password.
+    let refused = run(&["serve"], &main, None);
+    refused.assert_fails_with("tokenbot init");
+    assert!(
+        refused.all().contains(&format!("schema {schema}")),
+        "{}",
+        refused.all()
+    );
+
+    let init = run(&["init"], &main, None);
+    assert!(init.0.status.success(), "{}", init.all());
+    assert!(init.stdout().contains("created"), "{}", init.all());
+    assert!(init.stdout().contains("Postgres"), "{}", init.all());
+    let added = run(
+        &["user", "add", "a", "--broker", "kite", "--from-json", "-"],
+        &main,
+        Some(&kite_json("A1")),
+    );
+    assert!(added.0.status.success(), "{}", added.all());
+    assert!(run(&["user", "list"], &main, None).stdout().contains("A1"));
+    assert!(!s.path("data/vault.redb").exists(), "nothing on disk");
+
+    // To a redb file and back into another schema: each copy verified, each opening with the key.
+    let to_file = run(
+        &["vault", "copy", "--to", "redb:data/back.redb"],
+        &main,
+        None,
+    );
+    assert!(to_file.stdout().contains("verified"), "{}", to_file.all());
+    let file = vec![
+        ("TOKENBOT_VAULT__PATH", "data/back.redb".to_owned()),
+        ("TOKENBOT_VAULT_URL", with_password.clone()),
+        ("TOKENBOT_VAULT__SCHEMA", copied.clone()),
+        ("ENCRYPTION_KEY", KEY_A.to_owned()),
+    ];
+    assert!(run(&["user", "list"], &file, None).stdout().contains("A1"));
+    let to_pg = run(&["vault", "copy", "--to", "postgres:"], &file, None);
+    assert!(to_pg.stdout().contains("verified"), "{}", to_pg.all());
+    assert!(
+        run(&["user", "list"], &pg(&copied), None)
+            .stdout()
+            .contains("A1")
+    );
+    run(&["vault", "copy", "--to", "postgres:"], &file, None).assert_fails_with("already exists");
 }
 
 fn free_port() -> u16 {

@@ -1,6 +1,7 @@
-//! The vault test suite, run against every engine: redb always, sled with `--features sled`.
+//! The vault test suite, run against every engine: redb always, sled with `--features sled`,
+//! PostgreSQL on the test database (`TOKENBOT_TEST_DATABASE_URL`; without it those tests say they
+//! were skipped, except under CI).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -27,11 +28,96 @@ fn passphrase(p: &str) -> KeyMaterial {
     KeyMaterial::Passphrase(SecretString::from(p))
 }
 
-fn vault_path(dir: &Path, engine: Engine) -> PathBuf {
-    dir.join(match engine {
-        Engine::Redb => "vault.redb",
-        Engine::Sled => "vault.sled",
+/// Where a test's vaults live: files in a temporary directory, or schemas of the test database
+/// (dropped with the place).
+struct Place {
+    dir: tempfile::TempDir,
+    engine: Engine,
+    /// For PostgreSQL: the test database, and this place's prefix for schema names.
+    db: Option<(String, String)>,
+    schemas: std::sync::Mutex<Vec<String>>,
+}
+
+impl Place {
+    fn new(engine: Engine) -> Place {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let db = std::env::var("TOKENBOT_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(|url| {
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (url, format!("vault_test_{}_{n}", std::process::id()))
+            });
+        Place {
+            dir: tempfile::tempdir().unwrap(),
+            engine,
+            db,
+            schemas: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The vault called `name` on this place's engine.
+    fn at(&self, name: &str) -> Location {
+        self.at_for(self.engine, name)
+    }
+
+    /// The vault called `name` on `engine`.
+    fn at_for(&self, engine: Engine, name: &str) -> Location {
+        match engine {
+            Engine::Redb => Location::Path(self.dir.path().join(format!("{name}.redb"))),
+            Engine::Sled => Location::Path(self.dir.path().join(format!("{name}.sled"))),
+            Engine::Postgres => {
+                let (url, prefix) = self.db.as_ref().expect("a test database");
+                let schema = format!("{prefix}_{name}");
+                self.schemas.lock().unwrap().push(schema.clone());
+                Location::Postgres(PgTarget {
+                    url: SecretString::from(url.clone()),
+                    schema,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Some((url, _)) = &self.db else { return };
+        let schemas = std::mem::take(&mut *self.schemas.lock().unwrap());
+        if !schemas.is_empty() {
+            let sql: String = schemas
+                .iter()
+                .map(|s| format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE;"))
+                .collect();
+            pg(
+                url,
+                move |c| async move { c.batch_execute(&sql).await.unwrap() },
+            );
+        }
+    }
+}
+
+/// Run `f` on a connection to the test database.
+fn pg<T, Fut>(url: &str, f: impl FnOnce(Arc<tokio_postgres::Client>) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the test database");
+        tokio::spawn(connection);
+        f(Arc::new(client)).await
     })
+}
+
+/// Whether `engine` can be tested here: PostgreSQL needs the test database.
+fn available(engine: Engine) -> bool {
+    engine != Engine::Postgres
+        || crate::mirror::support::database_url("the vault suite on PostgreSQL").is_some()
 }
 
 fn account_key(user: &str, broker: &str) -> AccountKey {
@@ -90,21 +176,41 @@ fn assert_credentials(vault: &Vault, key: &AccountKey, i: usize) {
     );
 }
 
-/// Every file under `path` (a redb file, or a sled directory), concatenated.
-fn raw_bytes(path: &Path) -> Vec<u8> {
+/// Everything stored: every file under a path (a redb file, or a sled directory), or every key
+/// and value of a PostgreSQL vault's table, as the database holds them.
+fn raw_bytes(at: &Location) -> Vec<u8> {
+    match at {
+        Location::Path(path) => file_bytes(path),
+        Location::Postgres(target) => {
+            let sql = format!(
+                "SELECT k, v FROM \"{}\".records ORDER BY tbl, k",
+                target.schema
+            );
+            pg(target.url.expose_secret(), move |c| async move {
+                let rows = c.query(&sql, &[]).await.unwrap();
+                rows.iter()
+                    .flat_map(|r| [r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)])
+                    .flatten()
+                    .collect()
+            })
+        }
+    }
+}
+
+fn file_bytes(path: &std::path::Path) -> Vec<u8> {
     let mut out = Vec::new();
     if path.is_file() {
         out.extend(std::fs::read(path).unwrap());
     } else {
         for entry in std::fs::read_dir(path).unwrap() {
-            out.extend(raw_bytes(&entry.unwrap().path()));
+            out.extend(file_bytes(&entry.unwrap().path()));
         }
     }
     out
 }
 
-fn digest(path: &Path) -> Vec<u8> {
-    Sha256::digest(raw_bytes(path)).to_vec()
+fn digest(at: &Location) -> Vec<u8> {
+    Sha256::digest(raw_bytes(at)).to_vec()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -124,8 +230,8 @@ fn attempt(time_ms: i64, outcome: Outcome) -> Attempt {
 }
 
 fn round_trips(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Vault::create(
         &path,
         engine,
@@ -383,8 +489,8 @@ fn round_trips(engine: Engine) {
 }
 
 fn plaintexts_never_reach_the_file(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Vault::create(&path, engine, &raw_key(2), options()).unwrap();
     let accounts: Vec<NewAccount> = (0..1000)
         .map(|i| new_account(&format!("user{i:04}"), "kite", i))
@@ -415,11 +521,45 @@ fn plaintexts_never_reach_the_file(engine: Engine) {
     }
     // The scan does see data: broker user ids are not secret and are stored as they are.
     assert!(contains(&bytes, b"BU00999Pl41n"));
+    if let Location::Postgres(target) = &path {
+        dump_holds_no_secret(target);
+    }
+}
+
+/// What an operator's `pg_dump` of the vault's schema shows: values as text, `bytea` in hex.
+/// Neither form of any secret is there; the broker user ids are, so the search sees data.
+fn dump_holds_no_secret(target: &PgTarget) {
+    let out = std::process::Command::new("pg_dump")
+        .args(["--schema", &target.schema, "--data-only", "--dbname"])
+        .arg(target.url.expose_secret())
+        .output()
+        .expect("pg_dump runs (PostgreSQL's client tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        dump.contains(&hex::encode("BU00999Pl41n")),
+        "the dump shows no data"
+    );
+    for i in (0..1000).step_by(97) {
+        for kind in ["pw", "ak", "as", "totp", "pin", "tok", "rt", "ft"] {
+            let plain = secret(kind, i);
+            assert!(!dump.contains(&plain), "{kind} {i} in the dump");
+            assert!(
+                !dump.contains(&hex::encode(&plain)),
+                "{kind} {i} in the dump, in hex"
+            );
+        }
+    }
+    assert!(!dump.contains(MARK) && !dump.contains(&hex::encode(MARK)));
 }
 
 fn tampered_records_fail_integrity(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Vault::create(&path, engine, &raw_key(3), options()).unwrap();
     let (a, b) = (account_key("alice", "kite"), account_key("bob", "kite"));
     vault.put_account(&new_account("alice", "kite", 1)).unwrap();
@@ -516,8 +656,8 @@ fn tampered_records_fail_integrity(engine: Engine) {
 }
 
 fn wrong_keys_are_refused_before_any_write(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Vault::create(&path, engine, &raw_key(4), options()).unwrap();
     vault.put_account(&new_account("u", "kite", 1)).unwrap();
     drop(vault);
@@ -534,16 +674,14 @@ fn wrong_keys_are_refused_before_any_write(engine: Engine) {
         Vault::open(&path, engine, &passphrase("x"), options()),
         Err(VaultError::KeyKindMismatch { .. })
     ));
-    // sled has no read-only handle, and its open writes: only redb promises an untouched file.
-    if engine == Engine::Redb {
+    // sled has no read-only handle, and its open writes: redb and PostgreSQL promise untouched
+    // storage.
+    if engine != Engine::Sled {
         assert_eq!(digest(&path), before, "a refused open changed the file");
     }
     assert!(Vault::open(&path, engine, &raw_key(4), options()).is_ok());
 
-    let path = dir.path().join(format!(
-        "pass-{}",
-        path.file_name().unwrap().to_string_lossy()
-    ));
+    let path = place.at("pass");
     let vault = Vault::create(&path, engine, &passphrase("correct horse"), options()).unwrap();
     vault.put_account(&new_account("u", "kite", 1)).unwrap();
     drop(vault);
@@ -563,14 +701,14 @@ fn wrong_keys_are_refused_before_any_write(engine: Engine) {
         Vault::open(&path, engine, &raw_key(4), options()),
         Err(VaultError::KeyKindMismatch { .. })
     ));
-    if engine == Engine::Redb {
+    if engine != Engine::Sled {
         assert_eq!(digest(&path), before);
     }
     let vault = Vault::open(&path, engine, &passphrase("correct horse"), options()).unwrap();
     assert_credentials(&vault, &account_key("u", "kite"), 1);
 
     assert!(matches!(
-        Vault::open(&dir.path().join("none"), engine, &raw_key(4), options()),
+        Vault::open(place.at("none"), engine, &raw_key(4), options()),
         Err(VaultError::NotFound(_))
     ));
     assert!(matches!(
@@ -580,8 +718,8 @@ fn wrong_keys_are_refused_before_any_write(engine: Engine) {
 }
 
 fn rekey_of_1000_accounts(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Vault::create(&path, engine, &raw_key(6), options()).unwrap();
     let accounts: Vec<NewAccount> = (0..1000)
         .map(|i| new_account(&format!("user{i:04}"), "iifl", i))
@@ -665,8 +803,8 @@ fn rekey_of_1000_accounts(engine: Engine) {
 }
 
 fn copies_open_with_the_same_key(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Vault::create(&path, engine, &passphrase("copy me"), options()).unwrap();
     for i in 0..20 {
         let a = new_account(&format!("u{i}"), "kite", i);
@@ -680,8 +818,11 @@ fn copies_open_with_the_same_key(engine: Engine) {
     if cfg!(feature = "sled") {
         targets.push(Engine::Sled);
     }
+    if available(Engine::Postgres) {
+        targets.push(Engine::Postgres);
+    }
     for target in targets {
-        let to = dir.path().join(format!("copy-{target:?}"));
+        let to = place.at_for(target, &format!("copy_{target:?}").to_lowercase());
         let copied = vault.copy_to(target, &to).unwrap();
         assert_eq!(copied.counts, vault.counts().unwrap());
         assert!(matches!(
@@ -708,8 +849,8 @@ fn copies_open_with_the_same_key(engine: Engine) {
 }
 
 fn shared_across_threads(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Arc::new(Vault::create(&path, engine, &raw_key(8), options()).unwrap());
     for t in 0..4 {
         vault
@@ -743,14 +884,8 @@ fn shared_across_threads(engine: Engine) {
 /// `user_tokens` is served from memory; every write that can change what it returns must show
 /// through at once, and log appends must not disturb it.
 fn cached_reads_follow_every_write(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let vault = Vault::create(
-        &vault_path(dir.path(), engine),
-        engine,
-        &raw_key(9),
-        options(),
-    )
-    .unwrap();
+    let place = Place::new(engine);
+    let vault = Vault::create(place.at("vault"), engine, &raw_key(9), options()).unwrap();
     let user = UserId::new("cache-user").unwrap();
     let tokens = |vault: &Vault| -> Vec<(String, Option<String>)> {
         vault
@@ -836,14 +971,8 @@ fn attention(class: &str) -> Attention {
 /// Re-saving an account (periodic provisioning, a form sent twice) must not re-arm a password the
 /// broker called wrong: attention is cleared only by a change of a field its class depends on.
 fn attention_survives_saves_that_cannot_fix_it(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let vault = Vault::create(
-        &vault_path(dir.path(), engine),
-        engine,
-        &raw_key(9),
-        options(),
-    )
-    .unwrap();
+    let place = Place::new(engine);
+    let vault = Vault::create(place.at("vault"), engine, &raw_key(9), options()).unwrap();
     let account = new_account("u1", "kite", 1);
     let key = account.key.clone();
     vault.put_account(&account).unwrap();
@@ -935,8 +1064,8 @@ fn attention_survives_saves_that_cannot_fix_it(engine: Engine) {
 /// With sharing allowed, a wrong password found through one user's account stops the others'
 /// logins of the same broker account; with it refused (the default), the second is refused.
 fn shared_broker_accounts_share_a_wrong_password(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = vault_path(dir.path(), engine);
+    let place = Place::new(engine);
+    let path = place.at("vault");
     let vault = Vault::create(&path, engine, &raw_key(10), options()).unwrap();
     let first = new_account("u1", "kite", 1);
     vault.put_account(&first).unwrap();
@@ -980,52 +1109,72 @@ macro_rules! suite {
 
             #[test]
             fn every_record_type_round_trips() {
-                round_trips($engine)
+                if available($engine) {
+                    round_trips($engine)
+                }
             }
 
             #[test]
             fn plaintexts_of_1000_accounts_never_reach_the_file() {
-                plaintexts_never_reach_the_file($engine)
+                if available($engine) {
+                    plaintexts_never_reach_the_file($engine)
+                }
             }
 
             #[test]
             fn flipped_or_swapped_records_fail_integrity() {
-                tampered_records_fail_integrity($engine)
+                if available($engine) {
+                    tampered_records_fail_integrity($engine)
+                }
             }
 
             #[test]
             fn wrong_key_or_passphrase_is_refused_before_any_write() {
-                wrong_keys_are_refused_before_any_write($engine)
+                if available($engine) {
+                    wrong_keys_are_refused_before_any_write($engine)
+                }
             }
 
             #[test]
             fn rekey_of_1000_accounts_reencrypts_everything() {
-                rekey_of_1000_accounts($engine)
+                if available($engine) {
+                    rekey_of_1000_accounts($engine)
+                }
             }
 
             #[test]
             fn copies_to_every_engine_open_with_the_same_key() {
-                copies_open_with_the_same_key($engine)
+                if available($engine) {
+                    copies_open_with_the_same_key($engine)
+                }
             }
 
             #[test]
             fn one_vault_serves_many_threads() {
-                shared_across_threads($engine)
+                if available($engine) {
+                    shared_across_threads($engine)
+                }
             }
 
             #[test]
             fn resaving_identical_credentials_keeps_needs_attention() {
-                attention_survives_saves_that_cannot_fix_it($engine)
+                if available($engine) {
+                    attention_survives_saves_that_cannot_fix_it($engine)
+                }
             }
 
             #[test]
             fn one_broker_account_for_two_users_is_refused_or_shares_its_attention() {
-                shared_broker_accounts_share_a_wrong_password($engine)
+                if available($engine) {
+                    shared_broker_accounts_share_a_wrong_password($engine)
+                }
             }
 
             #[test]
             fn cached_token_reads_follow_every_write() {
-                cached_reads_follow_every_write($engine)
+                if available($engine) {
+                    cached_reads_follow_every_write($engine)
+                }
             }
         }
     };
@@ -1034,3 +1183,39 @@ macro_rules! suite {
 suite!(redb, Engine::Redb);
 #[cfg(feature = "sled")]
 suite!(sled, Engine::Sled);
+suite!(postgres, Engine::Postgres);
+
+#[test]
+fn a_postgres_vault_has_one_writing_daemon_and_any_number_of_readers() {
+    if !available(Engine::Postgres) {
+        return;
+    }
+    let place = Place::new(Engine::Postgres);
+    let at = place.at("claim");
+    let first = Vault::create(&at, Engine::Postgres, &raw_key(11), options()).unwrap();
+    first.put_account(&new_account("u", "kite", 1)).unwrap();
+    assert!(matches!(
+        Vault::open(&at, Engine::Postgres, &raw_key(11), options()),
+        Err(VaultError::Locked)
+    ));
+    let reader = Vault::open_read_only(&at, Engine::Postgres, &raw_key(11), options()).unwrap();
+    assert_credentials(&reader, &account_key("u", "kite"), 1);
+    // The claim ends with the handle that held it.
+    drop(first);
+    let second = Vault::open(&at, Engine::Postgres, &raw_key(11), options()).unwrap();
+    second.put_account(&new_account("u2", "kite", 2)).unwrap();
+    assert_credentials(&reader, &account_key("u2", "kite"), 2);
+}
+
+#[test]
+fn an_unreachable_vault_database_is_named_without_its_password() {
+    let at = Location::Postgres(PgTarget {
+        url: SecretString::from("postgres://tokenbot:s3cret-Pw-9@127.0.0.1:1/vaultdb"),
+        schema: "tokenbot".into(),
+    });
+    let e = Vault::open(&at, Engine::Postgres, &raw_key(1), options())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("127.0.0.1:1/vaultdb, schema tokenbot"), "{e}");
+    assert!(!e.contains("s3cret-Pw-9"), "{e}");
+}
