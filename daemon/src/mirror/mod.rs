@@ -21,6 +21,7 @@ pub mod template;
 #[cfg(feature = "postgres-tls")]
 mod tls;
 mod url;
+mod values;
 
 use std::sync::Arc;
 
