@@ -12,8 +12,8 @@ use super::pages::{self, ist, ist_or_dash};
 use super::sign_in::sign_in_page;
 use super::{error_page, layout, render, signed_in};
 use crate::api::ApiState;
-use crate::api::status;
-use crate::api::views::account_views;
+use crate::api::status::{self, DetailedHealthView};
+use crate::api::views::{AccountView, account_views};
 use crate::clock::iso;
 use crate::refresh::LastRun;
 use crate::vault::Trigger;
@@ -31,61 +31,8 @@ pub async fn overview(State(api): State<Arc<ApiState>>, headers: HeaderMap) -> R
         Ok(v) => v,
         Err(e) => return error_page(Some(&signed), &e),
     };
-    let of = |state: &str| views.iter().filter(|v| v.state == state).count();
-    let href = |state: &str| format!("/console/accounts?state={state}");
-    let counts = vec![
-        pages::Count {
-            label: "logged in",
-            n: figures.active_tokens,
-            href: "/console/accounts".into(),
-        },
-        pages::Count {
-            label: "expiring within the hour",
-            n: figures.tokens_expiring_within_hour,
-            href: "/console/accounts".into(),
-        },
-        pages::Count {
-            label: "need attention",
-            n: of("needs_attention"),
-            href: href("needs_attention"),
-        },
-        pages::Count {
-            label: "paused",
-            n: of("paused"),
-            href: href("paused"),
-        },
-        pages::Count {
-            label: "managed externally",
-            n: of("managed_externally"),
-            href: href("managed_externally"),
-        },
-        pages::Count {
-            label: "awaiting approval",
-            n: of("awaiting_approval"),
-            href: href("awaiting_approval"),
-        },
-    ];
-    let brokers: BTreeSet<&String> = figures
-        .next_runs
-        .keys()
-        .chain(figures.breakers.keys())
-        .collect();
-    let schedules = brokers
-        .into_iter()
-        .map(|broker| pages::Schedule {
-            broker: broker.clone(),
-            next_run: ist_or_dash(figures.next_runs.get(broker).cloned().flatten().as_deref()),
-            breaker: match figures.breakers.get(broker) {
-                None => "closed".to_owned(),
-                Some(b) if b.open => format!(
-                    "open until {}: scheduled logins pause ({} accounts found the broker down)",
-                    ist_or_dash(b.open_until.as_deref()),
-                    b.failing_accounts
-                ),
-                Some(b) => format!("closed ({} accounts failing in a row)", b.failing_accounts),
-            },
-        })
-        .collect();
+    let counts = counts(&figures, &views);
+    let schedules = schedules(&figures);
     let flash = api.console.take_flash(&signed);
     render(
         StatusCode::OK,
@@ -106,6 +53,57 @@ pub async fn overview(State(api): State<Arc<ApiState>>, headers: HeaderMap) -> R
             running: api.refresh_all.running(),
         },
     )
+}
+
+/// The account counts, each a link to the accounts it counts.
+fn counts(figures: &DetailedHealthView, views: &[AccountView]) -> Vec<pages::Count> {
+    let all = "/console/accounts".to_owned();
+    let of = |label: &'static str, state: &str| pages::Count {
+        label,
+        n: views.iter().filter(|v| v.state == state).count(),
+        href: format!("/console/accounts?state={state}"),
+    };
+    vec![
+        pages::Count {
+            label: "logged in",
+            n: figures.active_tokens,
+            href: all.clone(),
+        },
+        pages::Count {
+            label: "expiring within the hour",
+            n: figures.tokens_expiring_within_hour,
+            href: all,
+        },
+        of("need attention", "needs_attention"),
+        of("paused", "paused"),
+        of("managed externally", "managed_externally"),
+        of("awaiting approval", "awaiting_approval"),
+    ]
+}
+
+/// Each broker's next scheduled run (IST) and its circuit breaker.
+fn schedules(figures: &DetailedHealthView) -> Vec<pages::Schedule> {
+    let brokers: BTreeSet<&String> = figures
+        .next_runs
+        .keys()
+        .chain(figures.breakers.keys())
+        .collect();
+    brokers
+        .into_iter()
+        .map(|broker| pages::Schedule {
+            broker: broker.clone(),
+            next_run: ist_or_dash(figures.next_runs.get(broker).cloned().flatten().as_deref()),
+            breaker: match figures.breakers.get(broker) {
+                None => "closed".to_owned(),
+                Some(b) if b.open => format!(
+                    "open until {}: scheduled logins pause ({} accounts found the broker down)",
+                    ist_or_dash(b.open_until.as_deref()),
+                    b.failing_accounts
+                ),
+                Some(b) => format!("closed ({} accounts failing in a row)", b.failing_accounts),
+            },
+        })
+        .collect()
 }
 
 /// The last refresh-all in words.
