@@ -104,6 +104,12 @@ impl Refresher {
                 if totp_wait > 0 {
                     self.plugin_env.clock.wait_ms(totp_wait).await;
                 }
+                // Another daemon that took over a PostgreSQL vault logs its accounts in; two
+                // logins of one account at once is how accounts lock.
+                let vault = self.vault.clone();
+                if let Err(e) = blocking(move || vault.check_writer()).await {
+                    return AccountResult::skipped(key, "vault_unavailable", e.to_string());
+                }
                 let (record, result) = self.attempt(key, &plan, trigger, attempt).await;
                 self.settle(key, record, result, true).await
             };

@@ -257,6 +257,21 @@ impl Vault {
         false
     }
 
+    /// Whether this process may log accounts in: its vault is writable and, for a PostgreSQL
+    /// vault, this daemon's claim on it still holds. When the claim was lost to another daemon,
+    /// the vault reports itself unavailable (`/health` 503) until a reopen takes it back.
+    pub fn check_writer(&self) -> Result<(), VaultError> {
+        if self.read_only {
+            return Err(VaultError::ReadOnly);
+        }
+        let result = self.store.read().check_writer();
+        if let Err(e) = &result {
+            self.available.store(false, Ordering::Release);
+            tracing::error!(error = %e, "vault: this daemon may not write it now");
+        }
+        result
+    }
+
     /// Whether the vault is usable as far as this process knows (no reopen is tried).
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::Acquire)

@@ -175,6 +175,11 @@ impl Vault {
         let now = options.clock.now_ms();
         {
             let mut tx = store.write()?;
+            // Checked again under the write lock: another `init` may have made a vault there
+            // since the existence check (a database is shared; a file's create is exclusive).
+            if tx.get(Table::Meta, META_KDF)?.is_some() {
+                return Err(VaultError::AlreadyExists(at.to_string()));
+            }
             write_key_records(&mut *tx, &keys, &kdf)?;
             tx.put(
                 Table::Meta,

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, NoTls};
@@ -64,7 +64,8 @@ impl PgTarget {
     }
 
     /// Refuse a schema name that is not a plain identifier, and a URL that does not parse or
-    /// asks for TLS (not built for the vault engine yet: refused rather than sent in the clear).
+    /// would reach a remote server without TLS (not built for the vault engine yet) unless it
+    /// says `sslmode=disable`.
     pub fn check(&self) -> Result<(), String> {
         let s = &self.schema;
         let plain = (1..=63).contains(&s.len())
@@ -78,10 +79,26 @@ impl PgTarget {
         }
         let config = (self.url.expose_secret().parse::<tokio_postgres::Config>())
             .map_err(|_| "the URL does not parse as a PostgreSQL connection string".to_owned())?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err("sslmode=require: TLS to the vault's database is not built yet".into());
+        // Without TLS a remote server may be sent the password in the clear: only a local one,
+        // or an explicit `sslmode=disable`, is accepted until TLS is built for the vault.
+        let local = config.get_hosts().iter().all(|h| match h {
+            tokio_postgres::config::Host::Unix(_) => true,
+            tokio_postgres::config::Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        });
+        match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => Ok(()),
+            _ if local => Ok(()),
+            _ => Err(
+                "TLS to the vault's database is not built yet: use a database on this host, or \
+                 add sslmode=disable to accept a connection in the clear"
+                    .into(),
+            ),
         }
-        Ok(())
     }
 
     /// The advisory-lock key of this vault: the first 4 bytes of the SHA-256 of its schema
@@ -107,9 +124,19 @@ fn pg_err(e: tokio_postgres::Error) -> VaultError {
 }
 
 /// How long a connection may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the server allows one statement (a lock wait included), and a transaction left idle:
+/// a stalled daemon cannot hold the vault's write lock for longer.
+const SERVER_LIMITS: &str = "-c statement_timeout=30000 -c lock_timeout=30000 \
+                             -c idle_in_transaction_session_timeout=60000";
+/// How long a call waits for its answer before giving its connection up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 /// Idle connections kept for the next transaction.
-const POOL_MAX: usize = 8;
+const IDLE_MAX: usize = 8;
+/// Transactions open at once; more wait for one to end.
+const ACTIVE_MAX: usize = 16;
+/// How long a transaction waits for a free connection.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
 
 /// An open PostgreSQL vault.
 pub(crate) struct PgStore {
@@ -117,15 +144,20 @@ pub(crate) struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     target: PgTarget,
     idle: Mutex<Vec<Arc<Client>>>,
-    /// The session holding this process's claim on the vault (writable opens only).
-    claim: Option<Arc<Client>>,
+    /// Transactions open now, at most [`ACTIVE_MAX`].
+    active: Mutex<usize>,
+    freed: Condvar,
+    /// Whether this store writes: it then holds the daemon's claim on the vault.
+    writer: bool,
+    /// The session holding the claim (`pg_advisory_lock(vault, 1)`).
+    claim: Mutex<Option<Arc<Client>>>,
 }
 
 impl Drop for PgStore {
     fn drop(&mut self) {
         // Give the claim back now, not when the server notices the connection gone: a daemon
         // restarting in place opens the vault again at once.
-        if let Some(claim) = self.claim.take() {
+        if let Some(claim) = self.claim.lock().take().filter(|c| !c.is_closed()) {
             let key = self.target.lock_key();
             let _ = self.run(async move {
                 claim
@@ -143,10 +175,10 @@ impl Drop for PgStore {
 impl PgStore {
     /// Whether the database holds a vault (its key-derivation record) under `target`.
     pub(crate) fn exists(target: &PgTarget) -> Result<bool, VaultError> {
-        let store = PgStore::connect(target)?;
+        let store = PgStore::connect(target, false)?;
         let table = target.table();
         let schema = target.schema.clone();
-        let client = store.client()?;
+        let client = store.connection()?;
         store.run(async move {
             let found = client
                 .query_opt(
@@ -171,46 +203,34 @@ impl PgStore {
     }
 
     /// Open the vault under `target` (`Create`: make its schema and table; the caller has
-    /// checked no vault is there).
+    /// checked no vault is there, and the first write checks again under the write lock).
     pub(crate) fn open(
         target: &PgTarget,
         mode: Mode,
     ) -> Result<Option<Box<dyn Store>>, VaultError> {
-        let mut store = PgStore::connect(target)?;
+        let store = PgStore::connect(target, mode != Mode::ReadOnly)?;
         if mode == Mode::Create {
-            let client = store.client()?;
-            let (c, schema, table) = (client.clone(), target.schema.clone(), target.table());
+            let client = store.connection()?;
+            let (schema, table) = (target.schema.clone(), target.table());
             store.run(async move {
-                c.batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+                client
+                    .batch_execute(&format!(
+                        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
                          CREATE TABLE IF NOT EXISTS {table} (
                              tbl smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
                              PRIMARY KEY (tbl, k))"
-                ))
-                .await
-                .map_err(pg_err)
-            })??;
-            store.give_back(client);
-        }
-        if mode != Mode::ReadOnly {
-            let claim = store.client()?;
-            let (c, key) = (claim.clone(), target.lock_key());
-            let held = store.run(async move {
-                let row = c
-                    .query_one("SELECT pg_try_advisory_lock($1, 1)", &[&key])
+                    ))
                     .await
-                    .map_err(pg_err)?;
-                Ok::<bool, VaultError>(row.get(0))
+                    .map_err(pg_err)
             })??;
-            if !held {
-                return Err(VaultError::Locked);
-            }
-            store.claim = Some(claim);
+        }
+        if store.writer && !store.take_claim()? {
+            return Err(VaultError::Locked);
         }
         Ok(Some(Box::new(store)))
     }
 
-    fn connect(target: &PgTarget) -> Result<PgStore, VaultError> {
+    fn connect(target: &PgTarget, writer: bool) -> Result<PgStore, VaultError> {
         target.check().map_err(VaultError::Storage)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -224,11 +244,32 @@ impl PgStore {
             runtime: Some(runtime),
             target: target.clone(),
             idle: Mutex::new(Vec::new()),
-            claim: None,
+            active: Mutex::new(0),
+            freed: Condvar::new(),
+            writer,
+            claim: Mutex::new(None),
         })
     }
 
-    /// Run `fut` on the store's runtime and wait for it, from any thread.
+    /// Take the claim on a connection of its own; false when another daemon holds it.
+    fn take_claim(&self) -> Result<bool, VaultError> {
+        let client = self.connection()?;
+        let (c, key) = (client.clone(), self.target.lock_key());
+        let held = self.run(async move {
+            let row = c
+                .query_one("SELECT pg_try_advisory_lock($1, 1)", &[&key])
+                .await
+                .map_err(pg_err)?;
+            Ok::<bool, VaultError>(row.get(0))
+        })??;
+        if held {
+            *self.claim.lock() = Some(client);
+        }
+        Ok(held)
+    }
+
+    /// Run `fut` on the store's runtime and wait for it (at most [`CALL_TIMEOUT`]), from any
+    /// thread.
     fn run<T: Send + 'static>(
         &self,
         fut: impl Future<Output = T> + Send + 'static,
@@ -239,27 +280,49 @@ impl PgStore {
             .expect("the runtime lives as long as the store");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
-            let _ = tx.send(fut.await);
+            let _ = tx.send(tokio::time::timeout(CALL_TIMEOUT, fut).await);
         });
-        rx.recv()
-            .map_err(|_| VaultError::Unavailable("the vault's database task ended".into()))
+        match rx.recv() {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(_)) => Err(VaultError::Unavailable(format!(
+                "no answer from the vault's database within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+            Err(_) => Err(VaultError::Unavailable(
+                "the vault's database task ended".into(),
+            )),
+        }
     }
 
-    /// An idle connection, or a new one.
-    fn client(&self) -> Result<Arc<Client>, VaultError> {
+    /// An idle connection, or a new one: keepalives on, so a dead peer is noticed in about
+    /// 25 s rather than the system's two hours, and the server's limits set.
+    fn connection(&self) -> Result<Arc<Client>, VaultError> {
         if let Some(client) = self.idle.lock().pop().filter(|c| !c.is_closed()) {
             return Ok(client);
         }
-        let config = self
+        let mut config = self
             .target
             .url
             .expose_secret()
             .parse::<tokio_postgres::Config>()
             .map_err(|_| VaultError::Storage("the vault's database URL does not parse".into()))?;
+        let options = match config.get_options() {
+            Some(theirs) => format!("{theirs} {SERVER_LIMITS}"),
+            None => SERVER_LIMITS.to_owned(),
+        };
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .options(&options);
+        if config.get_application_name().is_none() {
+            // What an operator's `pg_stat_activity` shows for these sessions.
+            config.application_name("tokenbot vault");
+        }
         let label = self.target.label();
         self.run(async move {
-            let mut config = config;
-            config.connect_timeout(CONNECT_TIMEOUT);
             let (client, connection) = config.connect(NoTls).await.map_err(|e| {
                 VaultError::Unavailable(format!("cannot connect to the vault's {label}: {e}"))
             })?;
@@ -274,25 +337,65 @@ impl PgStore {
 
     fn give_back(&self, client: Arc<Client>) {
         let mut idle = self.idle.lock();
-        if !client.is_closed() && idle.len() < POOL_MAX {
+        if !client.is_closed() && idle.len() < IDLE_MAX {
             idle.push(client);
         }
     }
 
-    /// A transaction begun with `begin` on a connection of its own.
+    /// A transaction begun with `begin` on a connection of its own, once fewer than
+    /// [`ACTIVE_MAX`] are open.
     fn begin(&self, begin: String) -> Result<PgTx<'_>, VaultError> {
-        let client = self.client()?;
-        let c = client.clone();
-        self.run(async move { c.batch_execute(&begin).await.map_err(pg_err) })??;
-        Ok(PgTx {
+        {
+            let mut active = self.active.lock();
+            while *active >= ACTIVE_MAX {
+                if self.freed.wait_for(&mut active, SLOT_WAIT).timed_out() {
+                    return Err(VaultError::Unavailable(format!(
+                        "all {ACTIVE_MAX} connections to the vault's database stayed busy for {} s",
+                        SLOT_WAIT.as_secs()
+                    )));
+                }
+            }
+            *active += 1;
+        }
+        let mut tx = PgTx {
             store: self,
-            client: Some(client),
+            client: None,
+            broken: std::cell::Cell::new(false),
             table: self.target.table(),
-        })
+        };
+        let client = self.connection()?;
+        tx.client = Some(client.clone());
+        tx.step(self.run(async move { client.batch_execute(&begin).await }))?;
+        Ok(tx)
+    }
+
+    /// The claim is still held, or was taken again: a writer may go on. When its connection
+    /// died (a database restart, a terminated session) another daemon may hold it now, and
+    /// then this one must stop writing and logging in.
+    fn claim_held(&self) -> Result<(), VaultError> {
+        if !self.writer {
+            return Ok(());
+        }
+        if self.claim.lock().as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        if self.take_claim()? {
+            tracing::warn!("vault: the claim's connection was lost; claimed again");
+            return Ok(());
+        }
+        Err(VaultError::Unavailable(
+            "this daemon's claim on the vault was lost and another daemon holds it now; this \
+             one neither writes nor logs in"
+                .into(),
+        ))
     }
 }
 
 impl Store for PgStore {
+    fn check_writer(&self) -> Result<(), VaultError> {
+        self.claim_held()
+    }
+
     fn read(&self) -> Result<Box<dyn ReadTx + '_>, VaultError> {
         Ok(Box::new(self.begin(
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY".into(),
@@ -300,6 +403,7 @@ impl Store for PgStore {
     }
 
     fn write(&self) -> Result<Box<dyn WriteTx + '_>, VaultError> {
+        self.claim_held()?;
         let tx = self.begin("BEGIN ISOLATION LEVEL READ COMMITTED".into())?;
         let key = self.target.lock_key();
         tx.exec(move |c| async move {
@@ -311,11 +415,14 @@ impl Store for PgStore {
     }
 }
 
-/// A read or write transaction on one connection. Dropped without `commit`, it rolls back.
+/// A read or write transaction on one connection. Dropped without `commit`, it rolls back; a
+/// connection that failed or timed out mid-transaction is closed instead of reused.
 struct PgTx<'a> {
     store: &'a PgStore,
     /// `None` once committed or given up.
     client: Option<Arc<Client>>,
+    /// A call on the connection failed in a way that leaves its state unknown.
+    broken: std::cell::Cell<bool>,
     table: String,
 }
 
@@ -344,13 +451,27 @@ impl PgTx<'_> {
             .client
             .clone()
             .ok_or_else(|| VaultError::Storage("the transaction has ended".into()))?;
-        self.store.run(f(client))?.map_err(pg_err)
+        self.step(self.store.run(f(client)))
+    }
+
+    /// A call's answer; one that leaves the connection's state unknown breaks the transaction.
+    fn step<T>(
+        &self,
+        answer: Result<Result<T, tokio_postgres::Error>, VaultError>,
+    ) -> Result<T, VaultError> {
+        let result = answer.and_then(|r| r.map_err(pg_err));
+        if let Err(VaultError::Unavailable(_)) = &result {
+            self.broken.set(true);
+        }
+        result
     }
 }
 
 impl Drop for PgTx<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        if let Some(client) = self.client.take()
+            && !self.broken.get()
+        {
             let c = client.clone();
             let rolled_back = self
                 .store
@@ -360,6 +481,8 @@ impl Drop for PgTx<'_> {
                 self.store.give_back(client);
             }
         }
+        *self.store.active.lock() -= 1;
+        self.store.freed.notify_one();
     }
 }
 
@@ -433,9 +556,10 @@ impl WriteTx for PgTx<'_> {
             .take()
             .ok_or_else(|| VaultError::Storage("the transaction has ended".into()))?;
         let c = client.clone();
-        self.store
-            .run(async move { c.batch_execute("COMMIT").await })?
-            .map_err(pg_err)?;
+        self.step(
+            self.store
+                .run(async move { c.batch_execute("COMMIT").await }),
+        )?;
         self.store.give_back(client);
         Ok(())
     }

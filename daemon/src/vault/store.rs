@@ -81,6 +81,11 @@ pub(crate) trait WriteTx: ReadTx {
 
 /// An open store.
 pub(crate) trait Store: Send + Sync {
+    /// Whether this process may still write: always, for a file its engine holds locked; for a
+    /// PostgreSQL vault, while this daemon's claim on it holds.
+    fn check_writer(&self) -> Result<(), VaultError> {
+        Ok(())
+    }
     /// Begin a read.
     fn read(&self) -> Result<Box<dyn ReadTx + '_>, VaultError>;
     /// Begin a write; the vault holds its writer lock around this.

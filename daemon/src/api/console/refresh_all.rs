@@ -60,7 +60,7 @@ impl RefreshAll {
         }
         let (tx, rx) = watch::channel(Progress::default());
         let summary = Arc::new(OnceLock::new());
-        let done = summary.clone();
+        let done = Finish(summary.clone());
         let refresher = api.refresher();
         tokio::spawn(async move {
             let result = refresher
@@ -73,7 +73,7 @@ impl RefreshAll {
                 total = result.total,
                 "refresh-all from the console"
             );
-            let _ = done.set(result);
+            let _ = done.0.set(result);
             // Dropping `tx` here, after the summary is kept, ends the run's event streams.
         });
         *current = Some(Run {
@@ -81,6 +81,16 @@ impl RefreshAll {
             summary,
         });
         true
+    }
+}
+
+/// Ends a run's record even if its task panics: an empty summary, so the next "Refresh all"
+/// can start.
+struct Finish(Arc<OnceLock<RefreshSummary>>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let _ = self.0.set(RefreshSummary::default());
     }
 }
 

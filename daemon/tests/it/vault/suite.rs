@@ -1219,3 +1219,61 @@ fn an_unreachable_vault_database_is_named_without_its_password() {
     assert!(e.contains("127.0.0.1:1/vaultdb, schema tokenbot"), "{e}");
     assert!(!e.contains("s3cret-Pw-9"), "{e}");
 }
+
+/// End the session holding the daemon's claim on the vault of `target` (the advisory lock
+/// `(SHA-256 prefix of its schema, 1)`), as a database restart or an operator's
+/// `pg_terminate_backend` would.
+fn end_claim_session(target: &PgTarget) {
+    let digest = Sha256::digest(format!("tokenbot vault {}", target.schema).as_bytes());
+    let key = i64::from(u32::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3],
+    ]));
+    pg(target.url.expose_secret(), move |c| async move {
+        let ended = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND classid::bigint = $1 \
+                 AND objid = 1 AND objsubid = 2",
+                &[&key],
+            )
+            .await
+            .unwrap();
+        assert_eq!(ended.get::<_, i64>(0), 1, "one claim session to end");
+    });
+    // The client notices its connection closed within moments.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+#[test]
+fn a_lost_claim_is_taken_again_or_else_the_daemon_stops_writing_and_logging_in() {
+    if !available(Engine::Postgres) {
+        return;
+    }
+    let place = Place::new(Engine::Postgres);
+    let at = place.at("lost_claim");
+    let Location::Postgres(target) = &at else {
+        unreachable!()
+    };
+    let first = Vault::create(&at, Engine::Postgres, &raw_key(12), options()).unwrap();
+    first.put_account(&new_account("u", "kite", 1)).unwrap();
+
+    // Nobody else wanted it: taken again, and writing goes on.
+    end_claim_session(target);
+    first.check_writer().unwrap();
+    first.put_account(&new_account("u2", "kite", 2)).unwrap();
+
+    // Another daemon took it meanwhile: this one stops, and says so on /health.
+    end_claim_session(target);
+    let second = Vault::open(&at, Engine::Postgres, &raw_key(12), options()).unwrap();
+    assert!(matches!(
+        first.check_writer(),
+        Err(VaultError::Unavailable(_))
+    ));
+    assert!(!first.is_available());
+    assert!(first.put_account(&new_account("u3", "kite", 3)).is_err());
+    second.put_account(&new_account("u3", "kite", 3)).unwrap();
+    // Once the other daemon is gone, the first takes the vault back.
+    drop(second);
+    assert!(first.check_available());
+    first.check_writer().unwrap();
+}
