@@ -57,13 +57,36 @@ pub async fn store_account(
     auto_refresh: Option<bool>,
     managed_externally: Option<bool>,
 ) -> Result<(bool, AccountView), ApiError> {
+    store_account_seen(
+        api,
+        key,
+        plugin,
+        fields,
+        auto_refresh,
+        managed_externally,
+        None,
+    )
+    .await
+}
+
+/// As [`store_account`]; with `seen`, only while the stored credentials are still those
+/// (409 `account_changed` otherwise): for fields filled in from them.
+pub async fn store_account_seen(
+    api: &Arc<ApiState>,
+    key: AccountKey,
+    plugin: &Plugin,
+    fields: Fields,
+    auto_refresh: Option<bool>,
+    managed_externally: Option<bool>,
+    seen: Option<crate::vault::Credentials>,
+) -> Result<(bool, AccountView), ApiError> {
     let (broker_user_id, credentials) = check_fields(&plugin.manifest, key.broker.as_str(), fields)
         .map_err(|e| ApiError::unprocessable("invalid_fields", e.to_string()))?;
     let vault = api.app.vault.clone();
     let k = key.clone();
     let created = blocking(move || {
         let existing = vault.get_account(&k)?;
-        vault.put_account(&NewAccount {
+        let new = NewAccount {
             key: k.clone(),
             broker_user_id,
             credentials,
@@ -71,7 +94,11 @@ pub async fn store_account(
                 .unwrap_or_else(|| existing.as_ref().is_none_or(|a| a.auto_refresh)),
             managed_externally: managed_externally
                 .unwrap_or_else(|| existing.as_ref().is_some_and(|a| a.managed_externally)),
-        })?;
+        };
+        match &seen {
+            Some(seen) => vault.put_account_if_unchanged(&new, seen)?,
+            None => vault.put_account(&new)?,
+        };
         Ok(existing.is_none())
     })
     .await?;

@@ -145,6 +145,9 @@ impl From<VaultError> for ApiError {
             e @ VaultError::BrokerAccountTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "broker_account_taken", e.to_string())
             }
+            e @ VaultError::Changed(_) => {
+                ApiError::new(StatusCode::CONFLICT, "account_changed", e.to_string())
+            }
             e @ VaultError::Unavailable(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "vault_unavailable",

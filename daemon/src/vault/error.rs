@@ -32,6 +32,14 @@ pub enum VaultError {
     /// A vault (or something else) already exists where a new one was to be created.
     #[error("{0} already exists; refusing to overwrite it")]
     AlreadyExists(String),
+    /// The account's stored credentials changed since they were read; nothing was written.
+    #[error(
+        "the credentials of user {} at broker {} changed meanwhile; nothing was written: reload \
+         and try again",
+        .0.user,
+        .0.broker
+    )]
+    Changed(AccountKey),
     /// Another process holds the vault: redb and sled allow one writer per file.
     #[error(
         "the vault is in use by another process (is `tokenbot serve` running? stop it, or use the \

@@ -165,9 +165,40 @@ impl Vault {
     /// time and its token (dropped if the broker-side user id changed); its attention is cleared
     /// only if the new credentials can fix it ([`Attention::cleared_by`]).
     pub fn put_account(&self, new: &NewAccount) -> Result<Account, VaultError> {
+        self.put_account_seen(new, None)
+    }
+
+    /// As [`put_account`](Self::put_account), only while the stored credentials are still
+    /// `seen` ([`VaultError::Changed`] otherwise): a form that kept some stored values (its
+    /// blank fields) must not write back ones replaced meanwhile, which could be a password the
+    /// broker refused.
+    pub fn put_account_if_unchanged(
+        &self,
+        new: &NewAccount,
+        seen: &Credentials,
+    ) -> Result<Account, VaultError> {
+        self.put_account_seen(new, Some(seen))
+    }
+
+    fn put_account_seen(
+        &self,
+        new: &NewAccount,
+        seen: Option<&Credentials>,
+    ) -> Result<Account, VaultError> {
         let now = self.now();
         let shared = self.options.allow_shared_broker_accounts;
         self.write(|tx, keys| {
+            if let Some(seen) = seen {
+                let k = new.key.encode();
+                let sealed = (tx.get(Table::Credentials, &k)?)
+                    .ok_or_else(|| VaultError::NoSuchAccount(new.key.clone()))?;
+                let current = open_credentials(keys, &k, &sealed)?;
+                if !current.changed_fields(seen).is_empty()
+                    || !seen.changed_fields(&current).is_empty()
+                {
+                    return Err(VaultError::Changed(new.key.clone()));
+                }
+            }
             if !shared {
                 claim_broker_account(&mut broker_account_holders(tx)?, new)?;
             }

@@ -1277,3 +1277,36 @@ fn a_lost_claim_is_taken_again_or_else_the_daemon_stops_writing_and_logging_in()
     assert!(first.check_available());
     first.check_writer().unwrap();
 }
+
+#[test]
+fn a_save_from_credentials_read_earlier_is_refused_once_they_changed() {
+    let place = Place::new(Engine::Redb);
+    let vault = Vault::create(place.at("vault"), Engine::Redb, &raw_key(13), options()).unwrap();
+    let account = new_account("u", "kite", 1);
+    vault.put_account(&account).unwrap();
+    let key = account_key("u", "kite");
+    let seen = vault.credentials(&key).unwrap().unwrap();
+    // Meanwhile the password is replaced through another path.
+    let mut replaced = account.clone();
+    replaced.credentials.password = Some("pw-new".into());
+    vault.put_account(&replaced).unwrap();
+    // A form that kept the password it read (and changed the API secret) is refused whole.
+    let mut from_form = account.clone();
+    from_form.credentials.api_secret = Some("as-new".into());
+    assert!(matches!(
+        vault.put_account_if_unchanged(&from_form, &seen),
+        Err(VaultError::Changed(_))
+    ));
+    let now = vault.credentials(&key).unwrap().unwrap();
+    assert_eq!(exposed(&now.password), Some("pw-new"));
+    assert_eq!(exposed(&now.api_secret), Some(secret("as", 1).as_str()));
+    // Read again, the same save goes through.
+    let mut from_form = replaced.clone();
+    from_form.credentials.api_secret = Some("as-new".into());
+    let seen = vault.credentials(&key).unwrap().unwrap();
+    vault.put_account_if_unchanged(&from_form, &seen).unwrap();
+    assert_eq!(
+        exposed(&vault.credentials(&key).unwrap().unwrap().api_secret),
+        Some("as-new")
+    );
+}
