@@ -15,6 +15,7 @@ pub mod mirror;
 #[cfg(test)]
 mod module_graph;
 pub mod notify;
+mod pg;
 pub mod plugins;
 pub mod redact;
 pub mod refresh;

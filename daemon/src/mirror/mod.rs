@@ -18,9 +18,6 @@
 mod postgres;
 mod target;
 pub mod template;
-#[cfg(feature = "postgres-tls")]
-mod tls;
-mod url;
 mod values;
 
 use std::sync::Arc;

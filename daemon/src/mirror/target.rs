@@ -5,8 +5,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::postgres::{self, Target};
 use super::template::{Template, TemplateError};
-use super::url::{hide_odd_option, libpq_url, target_text};
 use crate::config::{ConfigError, PostgresMirrorConfig};
+use crate::pg::url::{hide_odd_option, libpq_url, target_text};
 use crate::redact::redact;
 
 /// Why a `[mirror.postgres]` configuration is refused; each names the key.
@@ -139,7 +139,7 @@ pub(super) fn target(config: &PostgresMirrorConfig) -> Result<Target, MirrorConf
         secrets.push(SecretString::from(password));
     }
     #[cfg(feature = "postgres-tls")]
-    let tls = super::tls::connector(root_cert.as_deref()).map_err(MirrorConfigError::Url)?;
+    let tls = crate::pg::tls::connector(root_cert.as_deref()).map_err(MirrorConfigError::Url)?;
     #[cfg(not(feature = "postgres-tls"))]
     if root_cert.is_some() {
         return Err(MirrorConfigError::Url(

@@ -27,6 +27,14 @@ use tokio_postgres::{Client, NoTls};
 use super::error::VaultError;
 use super::store::{Entries, Mode, ReadTx, Store, Table, WriteTx, prefix_end};
 
+/// How a connection is secured.
+#[derive(Clone)]
+enum Tls {
+    Off,
+    #[cfg(feature = "postgres-tls")]
+    On(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
 /// Where a PostgreSQL vault lives.
 #[derive(Clone)]
 pub struct PgTarget {
@@ -63,9 +71,8 @@ impl PgTarget {
         }
     }
 
-    /// Refuse a schema name that is not a plain identifier, and a URL that does not parse or
-    /// would reach a remote server without TLS (not built for the vault engine yet) unless it
-    /// says `sslmode=disable`.
+    /// Refuse a schema name that is not a plain identifier, and a URL that does not parse, or
+    /// whose TLS cannot be set up ([`PgTarget::prepared`]).
     pub fn check(&self) -> Result<(), String> {
         let s = &self.schema;
         let plain = (1..=63).contains(&s.len())
@@ -77,27 +84,47 @@ impl PgTarget {
                 "schema {s:?}: 1-63 of a-z, 0-9 and _, not starting with a digit"
             ));
         }
-        let config = (self.url.expose_secret().parse::<tokio_postgres::Config>())
+        self.prepared().map(|_| ())
+    }
+
+    /// The connection settings, and how to secure the connection. TLS (cargo feature
+    /// `postgres-tls`: rustls, the system's roots and the URL's `sslrootcert`, certificates
+    /// always verified) is required for a remote host unless the URL says `sslmode=disable`:
+    /// libpq's default `prefer` would fall back to the clear without a word. A local host
+    /// (loopback, a Unix socket) goes without TLS unless `sslmode=require` asks for it.
+    fn prepared(&self) -> Result<(tokio_postgres::Config, Tls), String> {
+        use tokio_postgres::config::{Host, SslMode};
+        let (url, root_cert) = crate::pg::url::libpq_url(self.url.expose_secret());
+        let mut config = (url.parse::<tokio_postgres::Config>())
             .map_err(|_| "the URL does not parse as a PostgreSQL connection string".to_owned())?;
-        // Without TLS a remote server may be sent the password in the clear: only a local one,
-        // or an explicit `sslmode=disable`, is accepted until TLS is built for the vault.
         let local = config.get_hosts().iter().all(|h| match h {
-            tokio_postgres::config::Host::Unix(_) => true,
-            tokio_postgres::config::Host::Tcp(name) => {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => {
                 name == "localhost"
                     || name
                         .parse::<std::net::IpAddr>()
                         .is_ok_and(|ip| ip.is_loopback())
             }
         });
-        match config.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Disable => Ok(()),
-            _ if local => Ok(()),
-            _ => Err(
-                "TLS to the vault's database is not built yet: use a database on this host, or \
-                 add sslmode=disable to accept a connection in the clear"
+        let mode = config.get_ssl_mode();
+        if mode == SslMode::Disable || (local && mode != SslMode::Require) {
+            return Ok((config, Tls::Off));
+        }
+        #[cfg(feature = "postgres-tls")]
+        {
+            config.ssl_mode(SslMode::Require);
+            let tls = crate::pg::tls::connector(root_cert.as_deref())?;
+            Ok((config, Tls::On(tls)))
+        }
+        #[cfg(not(feature = "postgres-tls"))]
+        {
+            let _ = (&mut config, root_cert);
+            Err(
+                "this build has no TLS to PostgreSQL (cargo feature `postgres-tls`): use a \
+                 database on this host, or add sslmode=disable to accept a connection in the \
+                 clear"
                     .into(),
-            ),
+            )
         }
     }
 
@@ -143,6 +170,9 @@ pub(crate) struct PgStore {
     /// The runtime the connections live on; shut down (without waiting) with the store.
     runtime: Option<tokio::runtime::Runtime>,
     target: PgTarget,
+    /// Every connection's settings and security, worked out once.
+    config: tokio_postgres::Config,
+    tls: Tls,
     idle: Mutex<Vec<Arc<Client>>>,
     /// Transactions open now, at most [`ACTIVE_MAX`].
     active: Mutex<usize>,
@@ -232,6 +262,22 @@ impl PgStore {
 
     fn connect(target: &PgTarget, writer: bool) -> Result<PgStore, VaultError> {
         target.check().map_err(VaultError::Storage)?;
+        let (mut config, tls) = target.prepared().map_err(VaultError::Storage)?;
+        let options = match config.get_options() {
+            Some(theirs) => format!("{theirs} {SERVER_LIMITS}"),
+            None => SERVER_LIMITS.to_owned(),
+        };
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .options(&options);
+        if config.get_application_name().is_none() {
+            // What an operator's `pg_stat_activity` shows for these sessions.
+            config.application_name("tokenbot vault");
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("vault-postgres")
@@ -243,6 +289,8 @@ impl PgStore {
         Ok(PgStore {
             runtime: Some(runtime),
             target: target.clone(),
+            config,
+            tls,
             idle: Mutex::new(Vec::new()),
             active: Mutex::new(0),
             freed: Condvar::new(),
@@ -300,37 +348,27 @@ impl PgStore {
         if let Some(client) = self.idle.lock().pop().filter(|c| !c.is_closed()) {
             return Ok(client);
         }
-        let mut config = self
-            .target
-            .url
-            .expose_secret()
-            .parse::<tokio_postgres::Config>()
-            .map_err(|_| VaultError::Storage("the vault's database URL does not parse".into()))?;
-        let options = match config.get_options() {
-            Some(theirs) => format!("{theirs} {SERVER_LIMITS}"),
-            None => SERVER_LIMITS.to_owned(),
-        };
-        config
-            .connect_timeout(CONNECT_TIMEOUT)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
-            .options(&options);
-        if config.get_application_name().is_none() {
-            // What an operator's `pg_stat_activity` shows for these sessions.
-            config.application_name("tokenbot vault");
-        }
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let label = self.target.label();
         self.run(async move {
-            let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-                VaultError::Unavailable(format!("cannot connect to the vault's {label}: {e}"))
-            })?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "vault: a database connection ended");
+            let unreachable =
+                |e| VaultError::Unavailable(format!("cannot connect to the vault's {label}: {e}"));
+            let ended = |e: tokio_postgres::Error| {
+                tracing::warn!(error = %e, "vault: a database connection ended");
+            };
+            let client = match tls {
+                Tls::Off => {
+                    let (client, connection) = config.connect(NoTls).await.map_err(unreachable)?;
+                    tokio::spawn(async move { connection.await.unwrap_or_else(ended) });
+                    client
                 }
-            });
+                #[cfg(feature = "postgres-tls")]
+                Tls::On(tls) => {
+                    let (client, connection) = config.connect(tls).await.map_err(unreachable)?;
+                    tokio::spawn(async move { connection.await.unwrap_or_else(ended) });
+                    client
+                }
+            };
             Ok(Arc::new(client))
         })?
     }

@@ -1310,3 +1310,56 @@ fn a_save_from_credentials_read_earlier_is_refused_once_they_changed() {
         Some("as-new")
     );
 }
+
+#[test]
+fn a_vault_database_demanding_tls_is_reached_over_verified_tls() {
+    if !available(Engine::Postgres) {
+        return;
+    }
+    // The test server's Debian snake-oil certificate, issued to `localhost`.
+    const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    if cfg!(feature = "postgres-tls") && !std::path::Path::new(SNAKEOIL).exists() {
+        crate::support::say_skipped("the vault over TLS", &format!("no {SNAKEOIL} here"));
+        return;
+    }
+    let place = Place::new(Engine::Postgres);
+    let Location::Postgres(mut target) = place.at("tls") else {
+        unreachable!()
+    };
+    let application = format!("tokenbot_vault_tls_{}", std::process::id());
+    let mut url = url::Url::parse(target.url.expose_secret()).unwrap();
+    url.set_host(Some("localhost")).unwrap();
+    let root = if cfg!(feature = "postgres-tls") {
+        format!("&sslrootcert={SNAKEOIL}")
+    } else {
+        String::new()
+    };
+    target.url = SecretString::from(format!(
+        "{url}?hostaddr=127.0.0.1&sslmode=require&application_name={application}{root}"
+    ));
+    let at = Location::Postgres(target.clone());
+    if !cfg!(feature = "postgres-tls") {
+        let e = Vault::create(&at, Engine::Postgres, &raw_key(14), options())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("postgres-tls"), "{e}");
+        return;
+    }
+    let vault = Vault::create(&at, Engine::Postgres, &raw_key(14), options()).unwrap();
+    vault.put_account(&new_account("u", "kite", 1)).unwrap();
+    let (sessions, all_tls): (i64, bool) = pg(&place.db.as_ref().unwrap().0, |c| async move {
+        let row = c
+            .query_one(
+                "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_ssl s \
+                 JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+                &[&application],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    });
+    assert!(
+        sessions >= 1 && all_tls,
+        "{sessions} sessions, all TLS: {all_tls}"
+    );
+}

@@ -19,7 +19,7 @@ const PRISMA_PARAMS: &[&str] = &[
 /// turned into the search path Prisma would have used (`options=-c search_path=X`), and libpq's
 /// `sslrootcert` taken out (returned second: the TLS set-up reads it). Other URLs and key=value
 /// strings are returned as they are.
-pub(super) fn libpq_url(raw: &str) -> (String, Option<String>) {
+pub(crate) fn libpq_url(raw: &str) -> (String, Option<String>) {
     let Ok(mut url) = url::Url::parse(raw) else {
         return (raw.to_owned(), None);
     };
@@ -69,7 +69,7 @@ fn percent_encode(text: &str) -> String {
 }
 
 /// `host:port/db` of the target: no user, no password.
-pub(super) fn target_text(pg: &tokio_postgres::Config) -> String {
+pub(crate) fn target_text(pg: &tokio_postgres::Config) -> String {
     let ports = pg.get_ports();
     let hosts: Vec<String> = pg
         .get_hosts()
@@ -98,7 +98,7 @@ pub(super) fn target_text(pg: &tokio_postgres::Config) -> String {
 /// tokio-postgres reads what is not a `postgres://` URL as key=value pairs, and quotes a key it
 /// does not know. For a mistyped URL (`postgress://u:pw@h/db?sslmode=require`) that "key" is the
 /// URL up to its first `=`, password included: a quoted key that is not a word is not repeated.
-pub(super) fn hide_odd_option(message: &str) -> String {
+pub(crate) fn hide_odd_option(message: &str) -> String {
     const UNKNOWN: &str = "unknown option `";
     let Some(start) = message.find(UNKNOWN) else {
         return message.to_owned();
