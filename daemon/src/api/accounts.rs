@@ -49,29 +49,9 @@ pub fn unknown_broker_in_body(api: &ApiState, broker: &str, miss: ApiError) -> A
 }
 
 /// Store an account from provisioned fields. Whether it was created (not replaced), and its view.
+/// With `seen`, only while the stored credentials are still those (409 `account_changed`
+/// otherwise): for fields filled in from them.
 pub async fn store_account(
-    api: &Arc<ApiState>,
-    key: AccountKey,
-    plugin: &Plugin,
-    fields: Fields,
-    auto_refresh: Option<bool>,
-    managed_externally: Option<bool>,
-) -> Result<(bool, AccountView), ApiError> {
-    store_account_seen(
-        api,
-        key,
-        plugin,
-        fields,
-        auto_refresh,
-        managed_externally,
-        None,
-    )
-    .await
-}
-
-/// As [`store_account`]; with `seen`, only while the stored credentials are still those
-/// (409 `account_changed` otherwise): for fields filled in from them.
-pub async fn store_account_seen(
     api: &Arc<ApiState>,
     key: AccountKey,
     plugin: &Plugin,

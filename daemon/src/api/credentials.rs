@@ -112,6 +112,7 @@ pub async fn create(
         fields,
         body.auto_refresh,
         None,
+        None,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(view)))

@@ -133,6 +133,7 @@ pub async fn provision(
         fields,
         auto_refresh,
         managed_externally,
+        None,
     )
     .await?;
     let status = if created {

@@ -464,17 +464,9 @@ struct PgTx<'a> {
     table: String,
 }
 
-/// A table's number in the `tbl` column (never renumber one).
+/// A table's number in the `tbl` column.
 fn tbl(table: Table) -> i16 {
-    match table {
-        Table::Meta => 1,
-        Table::Accounts => 2,
-        Table::Credentials => 3,
-        Table::Tokens => 4,
-        Table::Attempts => 5,
-        Table::Audit => 6,
-        Table::Outbox => 7,
-    }
+    i16::from(table.tag())
 }
 
 impl PgTx<'_> {

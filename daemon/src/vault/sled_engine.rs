@@ -9,21 +9,9 @@ use std::path::Path;
 use super::error::VaultError;
 use super::store::{Entries, Mode, ReadTx, Store, Table, WriteTx, prefix_end};
 
-fn tag(table: Table) -> u8 {
-    match table {
-        Table::Meta => 1,
-        Table::Accounts => 2,
-        Table::Credentials => 3,
-        Table::Tokens => 4,
-        Table::Attempts => 5,
-        Table::Audit => 6,
-        Table::Outbox => 7,
-    }
-}
-
 fn full_key(table: Table, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + key.len());
-    out.push(tag(table));
+    out.push(table.tag());
     out.extend_from_slice(key);
     out
 }
@@ -124,7 +112,7 @@ impl ReadTx for SledRead<'_> {
     }
 
     fn len(&self, table: Table) -> Result<u64, VaultError> {
-        Ok(self.db.scan_prefix([tag(table)]).count() as u64)
+        Ok(self.db.scan_prefix([table.tag()]).count() as u64)
     }
 }
 

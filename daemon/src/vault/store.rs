@@ -38,6 +38,20 @@ impl Table {
         Table::Outbox,
     ];
 
+    /// The table's number where one keyspace holds every table (sled's key prefix, PostgreSQL's
+    /// `tbl` column): never renumber one.
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            Table::Meta => 1,
+            Table::Accounts => 2,
+            Table::Credentials => 3,
+            Table::Tokens => 4,
+            Table::Attempts => 5,
+            Table::Audit => 6,
+            Table::Outbox => 7,
+        }
+    }
+
     /// Table name (also bound into sealed records' MACs: never rename one).
     pub(crate) fn name(self) -> &'static str {
         match self {

@@ -20,7 +20,7 @@ use super::pages;
 use super::session::{Flash, Signed};
 use super::{PathAccount, Posted, Session, error_page, key_href, layout, render, see_other};
 use crate::api::ApiState;
-use crate::api::accounts::{plugin_for, store_account, store_account_seen};
+use crate::api::accounts::{plugin_for, store_account};
 use crate::api::error::{ApiError, ApiQuery};
 use crate::api::views::account_view;
 use crate::credential_input::Fields;
@@ -203,7 +203,17 @@ pub async fn add_account(
         Err(e) => return error_page(Some(&signed), &e.into()),
     }
     let broker_user_id = form.get("broker_user_id").cloned().unwrap_or_default();
-    match store_account(&api, key.clone(), &plugin, fields_of(form), None, None).await {
+    match store_account(
+        &api,
+        key.clone(),
+        &plugin,
+        fields_of(form),
+        None,
+        None,
+        None,
+    )
+    .await
+    {
         Ok(_) => {
             tracing::info!(key = %signed.key, account = %key, "console: account added");
             api.console.set_flash(
@@ -290,8 +300,7 @@ pub async fn update_credentials(
     let shown_id = fields.broker_user_id.clone().unwrap_or_default();
     // Written only if nobody changed the credentials since they were read here: the kept ones
     // must not bring back a password replaced (and perhaps refused) meanwhile.
-    let stored_now =
-        store_account_seen(&api, key.clone(), &plugin, fields, None, None, Some(stored));
+    let stored_now = store_account(&api, key.clone(), &plugin, fields, None, None, Some(stored));
     match stored_now.await {
         Ok((_, after)) => {
             tracing::info!(key = %signed.key, account = %key, "console: credentials changed");
