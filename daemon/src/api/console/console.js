@@ -1,7 +1,18 @@
-// The console's one script: moves the refresh-all progress bar from the run's server-sent
-// events. Every page works without it (the refresh-all page then says to reload).
+// The console's one script. Every page works without it.
+// - A form with `data-busy` ("Log in now") says what is happening while its request runs.
+// - The refresh-all page's bar moves with the run's server-sent events (without the script,
+//   the page says to reload).
 (function () {
   "use strict";
+  document.querySelectorAll("form[data-busy]").forEach(function (form) {
+    form.addEventListener("submit", function () {
+      var button = form.querySelector("button");
+      if (button) {
+        button.disabled = true;
+        button.textContent = form.getAttribute("data-busy");
+      }
+    });
+  });
   var section = document.getElementById("refresh-all");
   if (!section || !window.EventSource) {
     return;
