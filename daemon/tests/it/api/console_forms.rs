@@ -103,7 +103,10 @@ async fn refresh_all_streams_its_progress_and_ends_in_the_summary_the_overview_t
         assert!(page.text.contains(cell), "{cell}: {}", page.text);
     }
     assert!(!page.text.contains(">u1</a>"), "{}", page.text);
-    assert!(page.text.contains("<script src=\"/console/console.js\" defer>"));
+    assert!(
+        page.text
+            .contains("<script src=\"/console/console.js\" defer>")
+    );
 
     let overview = t.send(get("/console", Some(&s))).await;
     assert!(
