@@ -241,7 +241,7 @@ pub fn reason(class: &str, message: &str, since_iso: &str) -> Reason {
     let (what, remedy) = match parsed {
         ErrorClass::InvalidCredentials => (
             "wrong password",
-            "update it (PUT /api/users/{userId}/accounts/{broker}, or tokenbot user add): logins resume once it changes",
+            "update it (\"Change the credentials…\" on the account's page, PUT /api/users/{userId}/accounts/{broker}, or tokenbot user add): logins resume once it changes",
         ),
         ErrorClass::TwofaRejected => (
             "one-time code refused",
@@ -257,7 +257,7 @@ pub fn reason(class: &str, message: &str, since_iso: &str) -> Reason {
         ),
         ErrorClass::AccountLocked => (
             "account locked at the broker",
-            "unlock it at the broker (a new password or PIN), then update it here: logins resume once it changes",
+            "unlock it at the broker (a new password or PIN), then update it with \"Change the credentials…\": logins resume once it changes",
         ),
         ErrorClass::AutomationBlocked => ("automation blocked", "use assisted login"),
         _ => (
