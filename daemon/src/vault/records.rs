@@ -110,6 +110,13 @@ fn claim_broker_account(holders: &mut Holders, new: &NewAccount) -> Result<(), V
     Ok(())
 }
 
+/// Whether two broker-side user ids name the same broker account: brokers read them in any case
+/// (Angel One upper-cases them), so a case-only edit fixes nothing a login was refused for, and
+/// the account's token stays its own.
+fn same_broker_user(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
 fn put_account_in(
     tx: &mut dyn WriteTx,
     keys: &RecordKeys,
@@ -121,7 +128,7 @@ fn put_account_in(
     let (attention, backoff) = match &old {
         Some(old) => {
             let mut changed = changed_credentials(tx, keys, &k, &new.credentials)?;
-            if old.broker_user_id != new.broker_user_id {
+            if !same_broker_user(&old.broker_user_id, &new.broker_user_id) {
                 changed.push("broker_user_id".to_owned());
             }
             (
@@ -147,7 +154,7 @@ fn put_account_in(
     };
     if old
         .as_ref()
-        .is_some_and(|a| a.broker_user_id != new.broker_user_id)
+        .is_some_and(|a| !same_broker_user(&a.broker_user_id, &new.broker_user_id))
     {
         revoke_token(tx, keys, &account, now)?;
     }

@@ -993,6 +993,18 @@ fn attention_survives_saves_that_cannot_fix_it(engine: Engine) {
         AccountState::NeedsAttention,
         "identical import"
     );
+    // Brokers read their user ids in any case (Angel One upper-cases them): a case-only edit
+    // names the same broker account, fixes nothing, and keeps its token.
+    vault.put_token(&key, &new_token(1)).unwrap();
+    let mut recased = account.clone();
+    recased.broker_user_id = account.broker_user_id.to_lowercase();
+    vault.put_account(&recased).unwrap();
+    assert_eq!(
+        state(&vault),
+        AccountState::NeedsAttention,
+        "a case-only user id edit"
+    );
+    assert!(vault.get_token(&key).unwrap().is_some(), "the token stays");
     let mut new_totp = account.clone();
     new_totp.credentials.totp_secret = Some("another totp secret".into());
     vault.put_account(&new_totp).unwrap();
