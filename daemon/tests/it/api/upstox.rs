@@ -158,17 +158,21 @@ impl World {
             .unwrap_or_else(|| panic!("no upstox account in {text}"))
     }
 
-    /// The token the API serves, if any.
-    async fn token(&self) -> Option<String> {
-        let r = self
-            .api
+    /// What the API serves for the account's token.
+    async fn served(&self) -> Reply {
+        self.api
             .send(request(
                 Method::GET,
                 "/api/tokens/u1?broker=upstox",
                 &KEY,
                 None,
             ))
-            .await;
+            .await
+    }
+
+    /// The token the API serves, if any.
+    async fn token(&self) -> Option<String> {
+        let r = self.served().await;
         r.json["access_token"].as_str().map(str::to_owned)
     }
 
@@ -614,15 +618,7 @@ async fn the_year_long_extended_token_outlives_the_daily_tokens_that_do_not_brin
     assert_eq!(access.expose_secret(), delivered.token);
     assert_eq!(extras["extended_token"], extended.as_str(), "{extras}");
     // Kept, never served.
-    let served = w
-        .api
-        .send(request(
-            Method::GET,
-            "/api/tokens/u1?broker=upstox",
-            &KEY,
-            None,
-        ))
-        .await;
+    let served = w.served().await;
     served.expect(200);
     assert!(!served.text.contains(&extended), "{}", served.text);
 }
