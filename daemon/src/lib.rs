@@ -7,6 +7,7 @@ pub mod api;
 pub mod assisted;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod credential_input;
 pub mod events;
@@ -65,8 +66,10 @@ pub struct AppState {
     /// `mirror.status()` feeds `/health/detailed` and `/metrics`.
     pub mirror: Option<Arc<mirror::Mirror>>,
     /// Token-change events (`GET /api/tokens/events`, `[events] webhook_url`), fed by the vault
-    /// on every committed token change, whichever path made it.
+    /// on every committed token change, whichever path (or, on a shared vault, daemon) made it.
     pub events: Arc<events::Hub>,
+    /// This daemon's role among those sharing its vault; a vault file's daemon always leads.
+    pub cluster: Arc<cluster::Cluster>,
 }
 
 impl AppState {
@@ -132,6 +135,7 @@ impl AppState {
         }
         let refresher = Arc::new(refresher);
         let events = events::Hub::attach(&config.events, plugin_env.clock.clone(), &vault);
+        let cluster = Arc::new(cluster::Cluster::new(&vault));
         AppState {
             config,
             plugins,
@@ -141,6 +145,7 @@ impl AppState {
             refresher,
             mirror,
             events,
+            cluster,
         }
     }
 }
@@ -211,16 +216,23 @@ pub async fn run(
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let scheduler = tokio::spawn(refresh::schedule::run(
-        state.refresher.clone(),
+    // What runs once per vault runs on its leader only: a file's daemon always leads.
+    let role = state.cluster.subscribe();
+    let leadership = tokio::spawn(cluster::run(
+        state.cluster.clone(),
+        state.vault.clone(),
         until_stopped(),
     ));
-    let renotify = tokio::spawn(notify::run(
-        state.refresher.notifier().clone(),
-        until_stopped(),
-    ));
+    let scheduler = tokio::spawn(cluster::while_leading(role.clone(), until_stopped(), {
+        let (refresher, until_stopped) = (state.refresher.clone(), until_stopped.clone());
+        move || refresh::schedule::run(refresher.clone(), until_stopped())
+    }));
+    let renotify = tokio::spawn(cluster::while_leading(role.clone(), until_stopped(), {
+        let (notifier, until_stopped) = (state.refresher.notifier().clone(), until_stopped.clone());
+        move || notify::run(notifier.clone(), until_stopped())
+    }));
     let login_timeout = std::time::Duration::from_secs(state.config.refresh.login_timeout_secs);
-    let webhook = events::webhook::spawn(&state.events, &state.config.events);
+    let webhook = events::webhook::spawn(&state.events, &state.config.events, role.clone());
     let (hub, draining) = (state.events.clone(), state.refresher.clone());
     let shutdown = async move {
         shutdown.await;
@@ -234,7 +246,7 @@ pub async fn run(
         });
     };
     let mirror = state.mirror.clone().map(|m| {
-        let task = m.spawn();
+        let task = m.spawn_leading(role.clone());
         (m, task)
     });
     let refresher = state.refresher.clone();
@@ -250,6 +262,7 @@ pub async fn run(
         tracing::warn!("logins still in flight at shutdown were abandoned");
     }
     let _ = renotify.await;
+    let _ = leadership.await;
     // The mirror stops last, so tokens from logins that finished during shutdown may still go out.
     // Stopping drops an uncommitted batch; its records stay in the outbox for the next start.
     if let Some((mirror, task)) = mirror {
@@ -395,5 +408,18 @@ mod check_config_tests {
             "{err}"
         );
         assert_eq!(load("", &[]).unwrap().vault.engine, "redb");
+    }
+
+    #[test]
+    fn a_failover_bound_outside_3_to_300_seconds_is_refused() {
+        let postgres = "[vault]\nengine = \"postgres\"\nurl = \"postgres://u@localhost/db\"\n";
+        for secs in [2, 301] {
+            let err = load(&format!("{postgres}failover_secs = {secs}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("vault.failover_secs"), "{err}");
+        }
+        let config = load(&format!("{postgres}failover_secs = 5\n"), &[]).unwrap();
+        assert_eq!(config.vault.failover_secs, 5);
     }
 }

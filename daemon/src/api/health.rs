@@ -19,8 +19,13 @@ use super::status::{self, DetailedHealthView};
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = HealthOut)]
 pub struct HealthView {
-    /// `ok`, or `unavailable` while the vault's file cannot be used.
+    /// `ok`; `degraded` while the vault's database cannot be reached (tokens are served from
+    /// the cache while they are valid); `unavailable` while the vault's file cannot be used.
     pub status: String,
+    /// `leader` or `follower`, for a daemon sharing its vault with others (`[vault] engine =
+    /// "postgres"`); absent for a vault file's one daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::cluster::Role>,
 }
 
 /// `GET /health`
@@ -29,7 +34,7 @@ pub struct HealthView {
     path = "/health",
     tag = "service",
     responses(
-        (status = 200, description = "The daemon is up", body = HealthView),
+        (status = 200, description = "The daemon is up (`degraded`: serving cached tokens without its vault's database)", body = HealthView),
         (status = 503, description = "The vault's file failed and could not be reopened yet", body = HealthView),
     )
 )]
@@ -40,21 +45,16 @@ pub async fn health(State(api): State<Arc<ApiState>>) -> (StatusCode, Json<Healt
         || tokio::task::spawn_blocking(move || vault.check_available())
             .await
             .unwrap_or(false);
-    if available {
-        (
-            StatusCode::OK,
-            Json(HealthView {
-                status: "ok".into(),
-            }),
-        )
+    let role = api.app.vault.is_shared().then(|| api.app.cluster.role());
+    let (code, status) = if !available {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if api.app.vault.is_degraded() {
+        (StatusCode::OK, "degraded")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(HealthView {
-                status: "unavailable".into(),
-            }),
-        )
-    }
+        (StatusCode::OK, "ok")
+    };
+    let status = status.into();
+    (code, Json(HealthView { status, role }))
 }
 
 /// `GET /health/detailed`

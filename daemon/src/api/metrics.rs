@@ -76,6 +76,14 @@ fn describe_metrics() {
         "Token changes waiting for the Postgres mirror"
     );
     metrics::describe_gauge!(
+        "tokenbot_leader",
+        "1 while this daemon leads those sharing its vault (always, on a vault file), else 0"
+    );
+    metrics::describe_gauge!(
+        "tokenbot_vault_degraded",
+        "1 while the vault's database cannot be reached and tokens are served from the cache"
+    );
+    metrics::describe_gauge!(
         "tokenbot_broker_breaker_open",
         "1 while a broker's scheduled and catch-up logins pause after repeated unavailability"
     );
@@ -154,6 +162,9 @@ pub async fn metrics(
             "another metrics recorder was installed in this process",
         ));
     };
+    let leads = api.app.cluster.role() == crate::cluster::Role::Leader;
+    metrics::gauge!("tokenbot_leader").set(f64::from(u8::from(leads)));
+    metrics::gauge!("tokenbot_vault_degraded").set(f64::from(u8::from(api.app.vault.is_degraded())));
     let counts = super::token_counts::token_counts(&api).await?;
     let vault = api.app.vault.clone();
     let backlog = blocking(move || vault.outbox_len()).await?;

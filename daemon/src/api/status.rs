@@ -65,6 +65,13 @@ pub struct MirrorView {
 pub struct DetailedHealthView {
     /// Always `ok` when the vault answers.
     pub status: String,
+    /// This daemon's role among those sharing its vault (`[vault] engine = "postgres"`): the
+    /// `leader` runs the schedules, catch-up, reminders, the mirror and the events webhook; a
+    /// `follower` serves and runs the logins asked of it. A vault file's daemon always leads.
+    pub role: crate::cluster::Role,
+    /// Whether the vault's database could not be reached lately: tokens are then served from
+    /// this daemon's cache while they are valid.
+    pub degraded: bool,
     /// Seconds since this router was built (≈ daemon uptime).
     pub uptime_secs: u64,
     /// Distinct users with at least one account.
@@ -125,6 +132,8 @@ pub async fn detailed(api: &ApiState) -> Result<DetailedHealthView, ApiError> {
     let mirror = mirror_view(api, outbox);
     Ok(DetailedHealthView {
         status: "ok".into(),
+        role: api.app.cluster.role(),
+        degraded: api.app.vault.is_degraded(),
         uptime_secs: api.started.elapsed().as_secs(),
         users: counts.users,
         accounts: counts.accounts,

@@ -301,10 +301,7 @@ fn parse_target(config: &Config, to: &str) -> anyhow::Result<(Engine, Location)>
                 })?,
                 url => SecretString::from(url.to_owned()),
             };
-            let target = PgTarget {
-                url,
-                schema: config.vault.schema.clone(),
-            };
+            let target = PgTarget::new(url, &config.vault.schema);
             target
                 .check()
                 .map_err(|why| anyhow::anyhow!("--to postgres: {why}"))?;

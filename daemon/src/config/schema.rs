@@ -99,6 +99,10 @@ pub struct VaultConfig {
     pub url: Option<SecretString>,
     /// The schema holding the vault's table in that database; one vault per schema.
     pub schema: String,
+    /// With `engine = "postgres"`, several daemons may share the vault: one leads (runs the
+    /// schedules, catch-up and the mirror) and another takes over within this many seconds of
+    /// the leader's end. Checked by the vault (3 to 300).
+    pub failover_secs: u64,
     /// Key file holding the master key (64 hex chars). Default when no key is configured:
     /// `vault.key` beside the vault, created on first start.
     pub key_file: Option<PathBuf>,
@@ -122,6 +126,7 @@ impl Default for VaultConfig {
             engine: "redb".into(),
             url: None,
             schema: "tokenbot".into(),
+            failover_secs: 15,
             key_file: None,
             encryption_key: None,
             passphrase: None,

@@ -228,6 +228,11 @@ impl Hub {
         self.signal.send_replace(true);
     }
 
+    /// Resolves once the hub is closed.
+    pub async fn closed(&self) {
+        let _ = self.signal.subscribe().wait_for(|closed| *closed).await;
+    }
+
     /// A subscription after `last_id` (a client's `Last-Event-ID`), or from now on.
     pub fn subscribe(self: &Arc<Self>, last_id: Option<u64>) -> Subscription {
         let rx = self.signal.subscribe();

@@ -36,9 +36,22 @@ pub fn body(item: &Item) -> Value {
 
 /// Start the webhook task when `[events] webhook_url` is set: it sends every event from now on
 /// until the hub closes. Call inside the runtime.
-pub fn spawn(hub: &Arc<Hub>, config: &EventsConfig) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    hub: &Arc<Hub>,
+    config: &EventsConfig,
+    role: tokio::sync::watch::Receiver<crate::cluster::Role>,
+) -> Option<tokio::task::JoinHandle<()>> {
     let url = config.webhook_url.clone()?;
-    Some(tokio::spawn(run(hub.subscribe(None), url)))
+    // On the leader only: every daemon sharing a vault hears every change, and each would send it.
+    // The webhook ends with the hub, whose end is also the end of waiting to lead.
+    let hub = hub.clone();
+    let closed = {
+        let hub = hub.clone();
+        async move { hub.closed().await }
+    };
+    Some(tokio::spawn(crate::cluster::while_leading(role, closed, move || {
+        run(hub.subscribe(None), url.clone())
+    })))
 }
 
 /// POST every item of `subscription` to `url` until the hub closes.

@@ -167,6 +167,35 @@ impl Mirror {
         })
     }
 
+    /// As [`Mirror::spawn`], delivering only while this daemon leads: the other daemons sharing
+    /// its vault would deliver the same records.
+    pub fn spawn_leading(
+        self: &Arc<Self>,
+        role: watch::Receiver<crate::cluster::Role>,
+    ) -> tokio::task::JoinHandle<()> {
+        let mirror = self.clone();
+        let stop = self.stop.subscribe();
+        let until_stopped = move || {
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        };
+        tokio::spawn(async move {
+            crate::cluster::while_leading(role, until_stopped(), || {
+                let (mirror, stopped) = (mirror.clone(), until_stopped());
+                async move {
+                    let _disconnected = Disconnected(mirror.clone());
+                    tokio::select! {
+                        () = stopped => {}
+                        () = mirror.run() => {}
+                    }
+                }
+            })
+            .await;
+        })
+    }
+
     fn update(&self, change: impl FnOnce(&mut MirrorStatus)) {
         change(&mut self.status.lock());
     }
@@ -309,4 +338,14 @@ impl Mirror {
 enum DeliveryEnd {
     Postgres(String),
     Vault(String),
+}
+
+/// Marks the mirror not connected when its delivery stops, whether it ended or leadership
+/// dropped it mid-way.
+struct Disconnected(Arc<Mirror>);
+
+impl Drop for Disconnected {
+    fn drop(&mut self) {
+        self.0.update(|s| s.connected = false);
+    }
 }

@@ -12,7 +12,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{AccountResult, Named, Refresher};
 use crate::plugins::Plugin;
-use crate::vault::{AccountKey, Trigger};
+use crate::vault::{AccountKey, AccountLease, Trigger, blocking};
+
+/// How often a login waiting for another daemon's login of the same account asks again.
+const LEASE_POLL: Duration = Duration::from_millis(200);
 
 /// Concurrency and request-rate limits of one broker, shared by all its logins.
 pub(super) struct BrokerLimits {
@@ -130,6 +133,68 @@ impl Refresher {
         .shared();
         inflight.insert(key, shared.clone());
         shared
+    }
+
+    /// The account's lease across the daemons sharing the vault (always free on a vault file).
+    /// While another daemon holds it, wait for its login to end, for as long as a whole login
+    /// may take; if it made an attempt meanwhile, its result is this login's too, as a trigger
+    /// joins a login in flight in one daemon.
+    pub(super) async fn account_lease(&self, key: &AccountKey) -> Result<AccountLease, AccountResult> {
+        let since_ms = self.plugin_env.clock.now_ms();
+        let refresh = &self.config.refresh;
+        let patience = Duration::from_secs(refresh.login_timeout_secs)
+            .saturating_mul(refresh.max_attempts.max(1))
+            .saturating_add(Duration::from_secs(60));
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut waited = false;
+        loop {
+            let (vault, k) = (self.vault.clone(), key.clone());
+            match blocking(move || vault.lease(&k)).await {
+                Ok(Some(lease)) => {
+                    if waited && let Some(theirs) = self.login_elsewhere(key, since_ms).await {
+                        return Err(theirs);
+                    }
+                    return Ok(lease);
+                }
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    waited = true;
+                    tokio::time::sleep(LEASE_POLL).await;
+                }
+                Ok(None) => {
+                    return Err(AccountResult::skipped(
+                        key,
+                        "in_flight_elsewhere",
+                        "another daemon sharing the vault is still logging this account in",
+                    ));
+                }
+                Err(e) => {
+                    return Err(AccountResult::skipped(key, "vault_unavailable", e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The result of the last attempt, if another daemon made it since `since_ms`.
+    async fn login_elsewhere(&self, key: &AccountKey, since_ms: i64) -> Option<AccountResult> {
+        let (vault, k) = (self.vault.clone(), key.clone());
+        let last = blocking(move || vault.attempts(&k, 1))
+            .await
+            .ok()?
+            .into_iter()
+            .next()?;
+        let ended_ms = last.attempt.time_ms + last.attempt.duration_ms as i64;
+        if ended_ms < since_ms {
+            return None;
+        }
+        let attempt = last.attempt;
+        Some(AccountResult {
+            error_class: attempt.error_class,
+            message: Some(match attempt.message {
+                Some(theirs) => format!("logged in by another daemon sharing the vault: {theirs}"),
+                None => "logged in by another daemon sharing the vault".into(),
+            }),
+            ..AccountResult::new(key, attempt.outcome, 0)
+        })
     }
 
     /// Wait for a login slot under the global cap and the broker's.

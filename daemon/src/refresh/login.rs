@@ -67,6 +67,12 @@ impl Refresher {
         trigger: Trigger,
         named: Named,
     ) -> AccountResult {
+        // Held for the whole login; the plan reads the account after taking it, so it sees what
+        // another daemon's login just recorded (a wrong password, a new token).
+        let lease = match self.account_lease(key).await {
+            Ok(lease) => lease,
+            Err(done) => return done,
+        };
         let plan = match self.plan_login(key, trigger, named).await {
             Ok(plan) => plan,
             Err(done) => return done,
@@ -104,11 +110,15 @@ impl Refresher {
                 if totp_wait > 0 {
                     self.plugin_env.clock.wait_ms(totp_wait).await;
                 }
-                // Another daemon that took over a PostgreSQL vault logs its accounts in; two
-                // logins of one account at once is how accounts lock.
-                let vault = self.vault.clone();
-                if let Err(e) = blocking(move || vault.check_writer()).await {
-                    return AccountResult::skipped(key, "vault_unavailable", e.to_string());
+                // Two logins of one account at once is how accounts lock: once the session
+                // holding the lease ended, another daemon sharing the vault may have taken it.
+                if !lease.held() {
+                    return AccountResult::skipped(
+                        key,
+                        "vault_unavailable",
+                        "this daemon lost its lease on the account's logins (its database \
+                         session ended); another daemon may log it in",
+                    );
                 }
                 let (record, result) = self.attempt(key, &plan, trigger, attempt).await;
                 self.settle(key, record, result, true).await

@@ -11,8 +11,8 @@ use super::{Engine, Location, PgTarget, Vault, VaultError, VaultOptions};
 pub fn location(config: &VaultConfig) -> Location {
     match (Engine::configured(config), &config.url) {
         (Ok(Engine::Postgres), Some(url)) => Location::Postgres(PgTarget {
-            url: url.clone(),
-            schema: config.schema.clone(),
+            failover_secs: config.failover_secs,
+            ..PgTarget::new(url.clone(), &config.schema)
         }),
         _ => Location::Path(config.path.clone()),
     }
@@ -33,12 +33,14 @@ pub fn check_config(config: &VaultConfig) -> Result<(), ConfigError> {
                 "(none)",
                 "engine = \"postgres\" needs the database's URL ([vault] url or TOKENBOT_VAULT_URL)",
             )),
-            Some(url) => PgTarget {
-                url: url.clone(),
-                schema: config.schema.clone(),
-            }
-            .check()
-            .map_err(|why| ConfigError::invalid("vault.url", "(not shown)", why)),
+            Some(_) if !(3..=300).contains(&config.failover_secs) => Err(ConfigError::invalid(
+                "vault.failover_secs",
+                config.failover_secs.to_string(),
+                "from 3 to 300 seconds",
+            )),
+            Some(url) => PgTarget::new(url.clone(), &config.schema)
+                .check()
+                .map_err(|why| ConfigError::invalid("vault.url", "(not shown)", why)),
         },
         Ok(Engine::Sled) if !cfg!(feature = "sled") => Err(ConfigError::invalid(
             "vault.engine",

@@ -136,8 +136,9 @@ pub enum OutboxStatus {
 }
 
 /// A committed token change as listeners see it: the outbox record without the token, so it can
-/// travel to consumers (server-sent events, webhooks) that must never see one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// travel to consumers (server-sent events, webhooks) that must never see one, and to the other
+/// daemons sharing a PostgreSQL vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenChange {
     /// The outbox record's sequence number: grows forever, in commit order, across restarts.
     pub seq: u64,

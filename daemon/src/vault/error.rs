@@ -40,6 +40,9 @@ pub enum VaultError {
         .0.broker
     )]
     Changed(AccountKey),
+    /// A TOTP step was to be handed out again for an account.
+    #[error("TOTP step {0} of this account was handed out already; it is never sent twice")]
+    StepUsed(u64),
     /// Another process holds the vault: redb and sled allow one writer per file.
     #[error(
         "the vault is in use by another process (is `tokenbot serve` running? stop it, or use the \

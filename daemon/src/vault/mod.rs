@@ -125,13 +125,15 @@ pub struct Vault {
     /// or a token (attempts, audit, outbox acks). A cached read is served only while the epoch it
     /// was read at is current; readers load it *before* their read transaction and writers bump
     /// it *after* commit, so a cached entry is never newer-looking than its data.
-    epoch: AtomicU64,
+    /// Other daemons' changes to a shared (PostgreSQL) vault bump it too, as they are announced.
+    epoch: Arc<AtomicU64>,
     /// `user_tokens` results by user, tagged with the epoch they were read at. Holds decrypted
     /// tokens in memory only (zeroised on drop); bounded by `USER_CACHE_MAX` entries.
     user_cache: Mutex<HashMap<UserId, (u64, Arc<UserTokens>)>>,
     /// Told of every committed token change (the daemon's event hub); none in the CLI. Set once
     /// the daemon's state is built, after the vault is open, hence the lock.
-    listener: RwLock<Option<TokenListener>>,
+    /// Shared with the store's change listener, which tells it of other daemons' changes.
+    listener: Arc<RwLock<Option<TokenListener>>>,
     location: Location,
     engine: Engine,
     options: VaultOptions,
@@ -211,6 +213,9 @@ impl Vault {
             let store = self.store.read();
             store.write().and_then(|mut tx| {
                 let out = f(&mut *tx, &keys)?;
+                if let Some(changes) = outbox::pending_json() {
+                    tx.announce(changes);
+                }
                 tx.commit()?;
                 Ok(out)
             })
@@ -223,8 +228,11 @@ impl Vault {
         {
             listener(&changes);
         }
-        if let Err(e @ (VaultError::Io(_) | VaultError::Unavailable(_))) = &result {
-            // This write is lost (the caller sees its error); the next ones must not be.
+        if let Err(e @ (VaultError::Io(_) | VaultError::Unavailable(_))) = &result
+            && self.engine != Engine::Postgres
+        {
+            // This write is lost (the caller sees its error); the next ones must not be. (A
+            // PostgreSQL store reconnects by itself.)
             tracing::error!(error = %e, "vault write failed; reopening the vault");
             self.reopen();
         }
@@ -257,19 +265,34 @@ impl Vault {
         false
     }
 
-    /// Whether this process may log accounts in: its vault is writable and, for a PostgreSQL
-    /// vault, this daemon's claim on it still holds. When the claim was lost to another daemon,
-    /// the vault reports itself unavailable (`/health` 503) until a reopen takes it back.
-    pub fn check_writer(&self) -> Result<(), VaultError> {
+    /// Whether other daemons may share this vault (the postgres engine): then one leads and
+    /// logins take account leases.
+    pub fn is_shared(&self) -> bool {
+        !self.read_only && self.store.read().shared()
+    }
+
+    /// Take or keep the leadership among the daemons sharing the vault; whether this one leads.
+    /// A file's one daemon always does; a read-only handle never.
+    pub fn lead(&self) -> Result<bool, VaultError> {
+        if self.read_only {
+            return Ok(false);
+        }
+        self.store.read().lead()
+    }
+
+    /// The lease on `key`'s logins across every daemon sharing the vault, or `None` while
+    /// another daemon holds it (it is logging the account in). Hold it for the whole login.
+    pub fn lease(&self, key: &AccountKey) -> Result<Option<AccountLease>, VaultError> {
         if self.read_only {
             return Err(VaultError::ReadOnly);
         }
-        let result = self.store.read().check_writer();
-        if let Err(e) = &result {
-            self.available.store(false, Ordering::Release);
-            tracing::error!(error = %e, "vault: this daemon may not write it now");
-        }
-        result
+        Ok(self.store.read().lease(&key.encode())?.map(AccountLease))
+    }
+
+    /// Whether the vault's database cannot be reached now: tokens are then served from what
+    /// was cached, while they last.
+    pub fn is_degraded(&self) -> bool {
+        self.store.read().degraded()
     }
 
     /// Whether the vault is usable as far as this process knows (no reopen is tried).
@@ -285,6 +308,47 @@ impl Vault {
         let _writer = self.writer.lock();
         self.available.load(Ordering::Acquire) || self.reopen()
     }
+}
+
+/// This daemon's hold on one account's logins ([`Vault::lease`]); given back when dropped.
+pub struct AccountLease(Box<dyn store::Lease>);
+
+impl AccountLease {
+    /// Whether it still holds. False once the database session holding it ended: another
+    /// daemon may be logging the account in, so this one must not go on.
+    pub fn held(&self) -> bool {
+        self.0.held()
+    }
+}
+
+impl std::fmt::Debug for AccountLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountLease")
+            .field("held", &self.held())
+            .finish()
+    }
+}
+
+/// What a store calls when another daemon changed the vault: every cached read goes, and the
+/// token changes it announced reach this daemon's listener (its event hub) too.
+fn changes_elsewhere(
+    epoch: Arc<AtomicU64>,
+    listener: Arc<RwLock<Option<TokenListener>>>,
+) -> store::OnChange {
+    Arc::new(move |changes: &str| {
+        epoch.fetch_add(1, Ordering::Release);
+        if changes.is_empty() {
+            return;
+        }
+        match serde_json::from_str::<Vec<TokenChange>>(changes) {
+            Ok(changes) => {
+                if let Some(listener) = &*listener.read() {
+                    listener(&changes);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "vault: an unreadable change notification"),
+        }
+    })
 }
 
 /// Reopens tried after an I/O failure before the vault reports itself unavailable.

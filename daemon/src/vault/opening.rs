@@ -4,6 +4,7 @@
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::crypto::RecordKeys;
@@ -12,7 +13,7 @@ use super::error::VaultError;
 use super::key::{KdfRecord, KeyMaterial, MasterKey};
 use super::migrate::{self, SCHEMA_VERSION};
 use super::store::{Mode, ReadTx, Store, Table, WriteTx};
-use super::{Vault, VaultOptions};
+use super::{TokenListener, Vault, VaultOptions};
 
 const META_KDF: &[u8] = b"kdf";
 pub(crate) const META_KEY_CHECK: &[u8] = b"key_check";
@@ -117,13 +118,12 @@ impl Vault {
         // Check the key and the schema on a read-only handle first: nothing is written unless both
         // pass. Then open for writing, which for redb verifies every page checksum (a damaged file
         // is refused, unchanged) and repairs after a crash; `ReadOnly` is enforced by the vault.
-        // sled has no read-only handle, so its handle is writable already; a PostgreSQL one is
-        // writable only when it takes the vault's one writing daemon's claim.
+        // sled has no read-only handle, so its handle is writable already.
         let (store, unlocked) = match engine::open(engine, at, Mode::ReadOnly)? {
             Some(store) => {
                 let checked = unlock(&*store, material, None)?;
                 // A PostgreSQL reader needs nothing a writable open does (no repair, no
-                // checksums), and a writable open would take the daemon's claim on the vault.
+                // checksums, no change listener).
                 let reader = engine == Engine::Postgres && intent == Intent::ReadOnly;
                 if engine == Engine::Sled || reader {
                     (store, checked)
@@ -212,15 +212,20 @@ impl Vault {
         options: VaultOptions,
         read_only: bool,
     ) -> Vault {
+        let epoch = Arc::new(AtomicU64::new(0));
+        let listener: Arc<RwLock<Option<TokenListener>>> = Arc::default();
+        if !read_only {
+            store.watch(super::changes_elsewhere(epoch.clone(), listener.clone()));
+        }
         Vault {
             store: RwLock::new(store),
             available: std::sync::atomic::AtomicBool::new(true),
             keys: RwLock::new(RecordKeys::derive(&unlocked.master)),
             writer: Mutex::new(()),
             read_only,
-            epoch: AtomicU64::new(0),
+            epoch,
             user_cache: Mutex::new(HashMap::new()),
-            listener: RwLock::new(None),
+            listener,
             location: at.clone(),
             engine,
             options,

@@ -30,6 +30,15 @@ pub(crate) fn clear_pending() {
     PENDING.with(|p| p.borrow_mut().clear());
 }
 
+/// The changes the transaction running on this thread has made so far, as JSON for the other
+/// daemons sharing the vault; none when it made none.
+pub(crate) fn pending_json() -> Option<String> {
+    PENDING.with(|p| {
+        let pending = p.borrow();
+        (!pending.is_empty()).then(|| serde_json::to_string(&*pending).expect("changes serialise"))
+    })
+}
+
 /// The changes the transaction that just committed on this thread made.
 pub(crate) fn take_pending() -> Vec<TokenChange> {
     PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))

@@ -290,12 +290,24 @@ impl Vault {
         {
             return Ok(cached.clone());
         }
-        let mut pairs = Vec::new();
-        for account in self.user_accounts(user)? {
-            let token = self.get_token(&account.key())?;
-            pairs.push((account, token));
-        }
-        let pairs = Arc::new(pairs);
+        let read = || -> Result<UserTokens, VaultError> {
+            let mut pairs = Vec::new();
+            for account in self.user_accounts(user)? {
+                let token = self.get_token(&account.key())?;
+                pairs.push((account, token));
+            }
+            Ok(pairs)
+        };
+        let pairs = match read() {
+            Ok(pairs) => Arc::new(pairs),
+            // The database cannot be reached: what was read last, whose tokens the API still
+            // checks for expiry, is better than nothing for a trading backend at 09:15.
+            Err(VaultError::Unavailable(why)) => match self.user_cache.lock().get(user) {
+                Some((_, cached)) => return Ok(cached.clone()),
+                None => return Err(VaultError::Unavailable(why)),
+            },
+            Err(e) => return Err(e),
+        };
         let mut cache = self.user_cache.lock();
         if cache.len() >= USER_CACHE_MAX {
             cache.clear();
@@ -402,9 +414,19 @@ impl Vault {
     }
 
     /// Record, durably, that `step` is handed out for this account. `Err` means it must not be.
+    /// Refused when this step, or a later one, was recorded already: by this daemon or, for a
+    /// shared vault, by another one (writes are serialised, so two daemons cannot both pass).
     pub fn record_totp_step(&self, key: &AccountKey, step: u64) -> Result<Account, VaultError> {
-        self.update_account(key, |a| {
-            a.last_totp_step = Some(a.last_totp_step.map_or(step, |s| s.max(step)));
+        let now = self.now();
+        self.write(|tx, _| {
+            let mut account = require_account(tx, key)?;
+            if account.last_totp_step.is_some_and(|last| last >= step) {
+                return Err(VaultError::StepUsed(step));
+            }
+            account.last_totp_step = Some(step);
+            account.updated_at_ms = now;
+            store_account(tx, &account)?;
+            Ok(account)
         })
     }
 

@@ -89,21 +89,62 @@ pub(crate) trait WriteTx: ReadTx {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), VaultError>;
     /// Remove; whether there was an entry.
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, VaultError>;
+    /// Tell the other processes sharing the store of these token changes (JSON) when this
+    /// transaction commits; nothing for a file's one process.
+    fn announce(&mut self, _changes: String) {}
     /// Commit atomically and durably (fsync before returning).
     fn commit(self: Box<Self>) -> Result<(), VaultError>;
 }
 
+/// What a store calls when another process changed the vault: with the token changes it
+/// announced (JSON of `[TokenChange]`, possibly empty), or an empty string when changes may have
+/// been missed (a lost notification connection) and every cached read must go.
+pub(crate) type OnChange = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// This process's hold on one account's logins across every daemon sharing the vault. Dropped,
+/// it is given back.
+pub(crate) trait Lease: Send + Sync {
+    /// Whether it still holds: false once the session holding it ended, when another daemon may
+    /// hold it now.
+    fn held(&self) -> bool;
+}
+
+/// The lease of an engine only one process can open: always held.
+pub(crate) struct SoleLease;
+
+impl Lease for SoleLease {
+    fn held(&self) -> bool {
+        true
+    }
+}
+
 /// An open store.
 pub(crate) trait Store: Send + Sync {
-    /// Whether this process may still write: always, for a file its engine holds locked; for a
-    /// PostgreSQL vault, while this daemon's claim on it holds.
-    fn check_writer(&self) -> Result<(), VaultError> {
-        Ok(())
-    }
     /// Begin a read.
     fn read(&self) -> Result<Box<dyn ReadTx + '_>, VaultError>;
     /// Begin a write; the vault holds its writer lock around this.
     fn write(&self) -> Result<Box<dyn WriteTx + '_>, VaultError>;
+    /// Whether other processes may open this store at the same time (PostgreSQL).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Take or keep the leadership among the processes sharing the store; whether this one
+    /// leads. A file's one process always does.
+    fn lead(&self) -> Result<bool, VaultError> {
+        Ok(true)
+    }
+    /// The lease on one account's logins (`key`: the account's record key), or `None` while
+    /// another process holds it.
+    fn lease(&self, _key: &[u8]) -> Result<Option<Box<dyn Lease>>, VaultError> {
+        Ok(Some(Box::new(SoleLease)))
+    }
+    /// Call `on_change` whenever another process commits a change (nothing for a file's one
+    /// process).
+    fn watch(&self, _on_change: OnChange) {}
+    /// Whether the store's database is unreachable as far as this process knows.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 /// How to open a store.

@@ -248,7 +248,11 @@ async fn receiver() -> (url::Url, tokio::sync::mpsc::UnboundedReceiver<String>) 
 async fn the_webhook_receives_the_same_event_as_the_stream_without_the_token() {
     let (url, mut bodies) = receiver().await;
     let (api, _fake) = with_kite(|c| c.events.webhook_url = Some(url)).await;
-    let task = tokenbot::events::webhook::spawn(&api.state.events, &api.state.config.events);
+    let task = tokenbot::events::webhook::spawn(
+        &api.state.events,
+        &api.state.config.events,
+        api.state.cluster.subscribe(),
+    );
     let task = task.expect("a webhook task");
     let mut stream = open(&api, None).await;
     login(&api).await;
@@ -303,7 +307,11 @@ async fn the_webhook_retries_a_5xx_and_a_429_but_not_a_4xx() {
     // 503 then 429 then 200: one event, three tries, delivered.
     let (url, mut posts) = scripted_receiver(vec![503, 429]).await;
     let (api, _fake) = with_kite(|c| c.events.webhook_url = Some(url)).await;
-    let task = tokenbot::events::webhook::spawn(&api.state.events, &api.state.config.events);
+    let task = tokenbot::events::webhook::spawn(
+        &api.state.events,
+        &api.state.config.events,
+        api.state.cluster.subscribe(),
+    );
     login(&api).await;
     let mut seen = Vec::new();
     while seen.len() < 3 {
@@ -324,7 +332,11 @@ async fn the_webhook_retries_a_5xx_and_a_429_but_not_a_4xx() {
     // 400: refused for good, not tried again; the next event still goes.
     let (url, mut posts) = scripted_receiver(vec![400]).await;
     let (api, _fake) = with_kite(|c| c.events.webhook_url = Some(url)).await;
-    let task = tokenbot::events::webhook::spawn(&api.state.events, &api.state.config.events);
+    let task = tokenbot::events::webhook::spawn(
+        &api.state.events,
+        &api.state.config.events,
+        api.state.cluster.subscribe(),
+    );
     login(&api).await;
     let (status, first) = posts.recv().await.unwrap();
     assert_eq!(status, 400);

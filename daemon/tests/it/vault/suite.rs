@@ -70,10 +70,7 @@ impl Place {
                 let (url, prefix) = self.db.as_ref().expect("a test database");
                 let schema = format!("{prefix}_{name}");
                 self.schemas.lock().unwrap().push(schema.clone());
-                Location::Postgres(PgTarget {
-                    url: SecretString::from(url.clone()),
-                    schema,
-                })
+                Location::Postgres(PgTarget::new(SecretString::from(url.clone()), &schema))
             }
         }
     }
@@ -1197,34 +1194,97 @@ suite!(redb, Engine::Redb);
 suite!(sled, Engine::Sled);
 suite!(postgres, Engine::Postgres);
 
+/// Poll `check` every 20 ms for up to `within`; how long it took, or `None`.
+fn within(within: std::time::Duration, mut check: impl FnMut() -> bool) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
 #[test]
-fn a_postgres_vault_has_one_writing_daemon_and_any_number_of_readers() {
+fn daemons_sharing_a_postgres_vault_have_one_leader_one_login_per_account_and_fresh_caches() {
     if !available(Engine::Postgres) {
         return;
     }
     let place = Place::new(Engine::Postgres);
-    let at = place.at("claim");
+    let at = place.at("shared");
     let first = Vault::create(&at, Engine::Postgres, &raw_key(11), options()).unwrap();
     first.put_account(&new_account("u", "kite", 1)).unwrap();
-    assert!(matches!(
-        Vault::open(&at, Engine::Postgres, &raw_key(11), options()),
-        Err(VaultError::Locked)
-    ));
-    let reader = Vault::open_read_only(&at, Engine::Postgres, &raw_key(11), options()).unwrap();
-    assert_credentials(&reader, &account_key("u", "kite"), 1);
-    // The claim ends with the handle that held it.
-    drop(first);
     let second = Vault::open(&at, Engine::Postgres, &raw_key(11), options()).unwrap();
-    second.put_account(&new_account("u2", "kite", 2)).unwrap();
-    assert_credentials(&reader, &account_key("u2", "kite"), 2);
+    let reader = Vault::open_read_only(&at, Engine::Postgres, &raw_key(11), options()).unwrap();
+    assert!(first.is_shared() && second.is_shared() && !reader.is_shared());
+
+    // One leader; the other follows, and asking again changes nothing.
+    assert!(first.lead().unwrap());
+    assert!(!second.lead().unwrap());
+    assert!(first.lead().unwrap());
+    assert!(!reader.lead().unwrap());
+
+    // One login of an account at a time, across daemons; another account is free.
+    let key = account_key("u", "kite");
+    let lease = first.lease(&key).unwrap().expect("free");
+    assert!(lease.held());
+    assert!(second.lease(&key).unwrap().is_none());
+    assert!(second.lease(&account_key("v", "kite")).unwrap().is_some());
+    drop(lease);
+    let theirs = std::cell::RefCell::new(None);
+    within(std::time::Duration::from_secs(2), || {
+        *theirs.borrow_mut() = second.lease(&key).unwrap();
+        theirs.borrow().is_some()
+    })
+    .expect("given back when dropped");
+    assert!(first.lease(&key).unwrap().is_none());
+    drop(theirs);
+
+    // A TOTP step handed out by one daemon is refused to the other.
+    first.record_totp_step(&key, 1_000).unwrap();
+    assert!(matches!(
+        second.record_totp_step(&key, 1_000),
+        Err(VaultError::StepUsed(1_000))
+    ));
+    second.record_totp_step(&key, 1_001).unwrap();
+
+    // A token stored by one daemon reaches the other's cached reads and its listener.
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = heard.clone();
+    second.set_token_listener(Arc::new(move |changes: &[TokenChange]| {
+        h.lock().unwrap().extend(changes.iter().cloned());
+    }));
+    let user = UserId::new("u").unwrap();
+    let token_of = |vault: &Vault| {
+        vault.user_tokens(&user).unwrap()[0]
+            .1
+            .as_ref()
+            .map(|t| t.access_token.expose_secret().to_owned())
+    };
+    assert_eq!(token_of(&second), None);
+    first.put_token(&key, &new_token(7)).unwrap();
+    let took = within(std::time::Duration::from_secs(1), || {
+        token_of(&second) == Some(secret("tok", 7))
+    })
+    .expect("the new token on the other daemon within 1 s");
+    eprintln!("cache propagation: {took:?}");
+    within(std::time::Duration::from_secs(1), || !heard.lock().unwrap().is_empty())
+        .expect("the other daemon's listener hears the change");
+    assert_eq!(heard.lock().unwrap()[0].user, user);
+
+    // Leadership passes when its holder ends.
+    drop(first);
+    within(std::time::Duration::from_secs(2), || second.lead().unwrap()).expect("taken over");
+    assert_credentials(&reader, &account_key("u", "kite"), 1);
 }
 
 #[test]
 fn an_unreachable_vault_database_is_named_without_its_password() {
-    let at = Location::Postgres(PgTarget {
-        url: SecretString::from("postgres://tokenbot:s3cret-Pw-9@127.0.0.1:1/vaultdb"),
-        schema: "tokenbot".into(),
-    });
+    let at = Location::Postgres(PgTarget::new(
+        SecretString::from("postgres://tokenbot:s3cret-Pw-9@127.0.0.1:1/vaultdb"),
+        "tokenbot",
+    ));
     let e = Vault::open(&at, Engine::Postgres, &raw_key(1), options())
         .unwrap_err()
         .to_string();
@@ -1232,62 +1292,80 @@ fn an_unreachable_vault_database_is_named_without_its_password() {
     assert!(!e.contains("s3cret-Pw-9"), "{e}");
 }
 
-/// End the session holding the daemon's claim on the vault of `target` (the advisory lock
-/// `(SHA-256 prefix of its schema, 1)`), as a database restart or an operator's
-/// `pg_terminate_backend` would.
-fn end_claim_session(target: &PgTarget) {
-    let digest = Sha256::digest(format!("tokenbot vault {}", target.schema).as_bytes());
-    let key = i64::from(u32::from_be_bytes([
-        digest[0], digest[1], digest[2], digest[3],
-    ]));
+/// End the session holding an advisory lock of the vault of `target`, as a database restart or
+/// an operator's `pg_terminate_backend` would: its leadership (the lock `(SHA-256 prefix of
+/// "tokenbot vault <schema>", 1)`), or the lease of `account` (the one-`bigint` lock of the
+/// SHA-256 prefix of "tokenbot lease <schema>\0" and the account's record key).
+fn end_session(target: &PgTarget, account: Option<(&str, &str)>) {
+    let (classid, objid, subid) = match account {
+        None => {
+            let digest = Sha256::digest(format!("tokenbot vault {}", target.schema).as_bytes());
+            let key = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+            (i64::from(key), 1_i64, 2_i32)
+        }
+        Some((user, broker)) => {
+            let mut hash = Sha256::new();
+            hash.update(format!("tokenbot lease {}\0", target.schema).as_bytes());
+            hash.update((user.len() as u16).to_be_bytes());
+            hash.update(user.as_bytes());
+            hash.update([broker.len() as u8]);
+            hash.update(broker.as_bytes());
+            let d = hash.finalize();
+            let high = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+            let low = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+            (i64::from(high), i64::from(low), 1)
+        }
+    };
     pg(target.url.expose_secret(), move |c| async move {
         let ended = c
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
                  WHERE locktype = 'advisory' AND classid::bigint = $1 \
-                 AND objid = 1 AND objsubid = 2",
-                &[&key],
+                 AND objid::bigint = $2 AND objsubid = $3",
+                &[&classid, &objid, &(subid as i16)],
             )
             .await
             .unwrap();
-        assert_eq!(ended.get::<_, i64>(0), 1, "one claim session to end");
+        assert_eq!(ended.get::<_, i64>(0), 1, "one session to end");
     });
     // The client notices its connection closed within moments.
     std::thread::sleep(std::time::Duration::from_millis(300));
 }
 
 #[test]
-fn a_lost_claim_is_taken_again_or_else_the_daemon_stops_writing_and_logging_in() {
+fn a_lost_leadership_or_lease_session_stops_this_daemon_at_once() {
     if !available(Engine::Postgres) {
         return;
     }
     let place = Place::new(Engine::Postgres);
-    let at = place.at("lost_claim");
+    let at = place.at("lost_session");
     let Location::Postgres(target) = &at else {
         unreachable!()
     };
     let first = Vault::create(&at, Engine::Postgres, &raw_key(12), options()).unwrap();
     first.put_account(&new_account("u", "kite", 1)).unwrap();
+    assert!(first.lead().unwrap());
 
-    // Nobody else wanted it: taken again, and writing goes on.
-    end_claim_session(target);
-    first.check_writer().unwrap();
-    first.put_account(&new_account("u2", "kite", 2)).unwrap();
+    // Nobody else wanted it: taken again.
+    end_session(target, None);
+    assert!(first.lead().unwrap());
 
-    // Another daemon took it meanwhile: this one stops, and says so on /health.
-    end_claim_session(target);
+    // Another daemon took it meanwhile: this one follows, and still writes.
+    end_session(target, None);
     let second = Vault::open(&at, Engine::Postgres, &raw_key(12), options()).unwrap();
-    assert!(matches!(
-        first.check_writer(),
-        Err(VaultError::Unavailable(_))
-    ));
-    assert!(!first.is_available());
-    assert!(first.put_account(&new_account("u3", "kite", 3)).is_err());
-    second.put_account(&new_account("u3", "kite", 3)).unwrap();
-    // Once the other daemon is gone, the first takes the vault back.
+    assert!(second.lead().unwrap());
+    assert!(!first.lead().unwrap());
+    first.put_account(&new_account("u2", "kite", 2)).unwrap();
     drop(second);
-    assert!(first.check_available());
-    first.check_writer().unwrap();
+    within(std::time::Duration::from_secs(2), || first.lead().unwrap()).expect("led again");
+
+    // A lease whose session ended says so, and the account is free for another daemon.
+    let key = account_key("u", "kite");
+    let lease = first.lease(&key).unwrap().unwrap();
+    end_session(target, Some(("u", "kite")));
+    assert!(!lease.held());
+    let second = Vault::open(&at, Engine::Postgres, &raw_key(12), options()).unwrap();
+    assert!(second.lease(&key).unwrap().is_some());
 }
 
 #[test]
