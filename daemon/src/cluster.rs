@@ -98,7 +98,11 @@ pub async fn run(cluster: Arc<Cluster>, vault: Arc<Vault>, shutdown: impl Future
         let role = if leads { Role::Leader } else { Role::Follower };
         let was = cluster.role.send_replace(role);
         if was != role {
-            tracing::warn!(role = role.as_str(), "cluster: this daemon is now the {}", role.as_str());
+            tracing::warn!(
+                role = role.as_str(),
+                "cluster: this daemon is now the {}",
+                role.as_str()
+            );
         }
         let pause = if leads {
             leader_check

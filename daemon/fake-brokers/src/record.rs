@@ -16,6 +16,15 @@ pub struct TotpUse {
     pub accepted: bool,
 }
 
+/// One login of one account: its password step, its last step so far, whether it ended.
+#[derive(Debug)]
+struct LoginSpan {
+    login: String,
+    begin: Instant,
+    last: Instant,
+    ended: bool,
+}
+
 /// Counters shared by a fake's routes. Cheap per request: atomics and briefly held mutexes.
 #[derive(Debug)]
 pub struct Recorder {
@@ -27,6 +36,8 @@ pub struct Recorder {
     totp: Mutex<HashMap<String, Vec<TotpUse>>>,
     logins: Mutex<HashSet<String>>,
     max_logins: AtomicUsize,
+    /// Every login per account (uppercase user id), for [`Recorder::max_concurrent_logins_per_account`].
+    spans: Mutex<HashMap<String, Vec<LoginSpan>>>,
     requests_in_flight: AtomicUsize,
     max_requests: AtomicUsize,
     per_second: Mutex<Vec<u64>>,
@@ -43,6 +54,7 @@ impl Recorder {
             totp: Mutex::default(),
             logins: Mutex::default(),
             max_logins: AtomicUsize::new(0),
+            spans: Mutex::default(),
             requests_in_flight: AtomicUsize::new(0),
             max_requests: AtomicUsize::new(0),
             per_second: Mutex::default(),
@@ -119,6 +131,90 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(user);
+    }
+
+    /// A login of `user` sent its password (its first step), within the login session `login`
+    /// (e.g. Kite's `kf_session` cookie: whatever tells two logins of one account apart).
+    pub(crate) fn account_login_begin(&self, user: &str, login: &str) {
+        let now = Instant::now();
+        self.spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user.to_ascii_uppercase())
+            .or_default()
+            .push(LoginSpan {
+                login: login.to_owned(),
+                begin: now,
+                last: now,
+                ended: false,
+            });
+    }
+
+    /// A later step of that login (ignored when no login of `user` in session `login` is open).
+    pub(crate) fn account_login_step(&self, user: &str, login: &str) {
+        self.touch_span(user, login, false);
+    }
+
+    /// That login ended: a token issued, or a failure answered.
+    pub(crate) fn account_login_end(&self, user: &str, login: &str) {
+        self.touch_span(user, login, true);
+    }
+
+    fn touch_span(&self, user: &str, login: &str, end: bool) {
+        let now = Instant::now();
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(span) = spans
+            .get_mut(&user.to_ascii_uppercase())
+            .and_then(|v| v.iter_mut().rev().find(|s| !s.ended && s.login == login))
+        {
+            span.last = now;
+            span.ended = end;
+        }
+    }
+
+    /// Most logins of one account in flight at once, per account (uppercase user id) that sent a
+    /// password. A login is in flight from its password to its end (token issued or failure
+    /// answered); one that never ended (abandoned: its client was killed) counts as in flight up
+    /// to its last step only, so a login started after it is concurrent with it only if the old
+    /// one still made a step afterwards. Judged when asked, over every login since the start (or
+    /// [`Recorder::reset`]).
+    pub fn concurrent_logins_per_account(&self) -> BTreeMap<String, usize> {
+        let spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        spans
+            .iter()
+            .map(|(user, spans)| {
+                // The most intervals sharing one point is reached at some interval's start.
+                let most = spans
+                    .iter()
+                    .map(|a| {
+                        spans
+                            .iter()
+                            .filter(|b| b.begin <= a.begin && a.begin <= b.last)
+                            .count()
+                    })
+                    .max()
+                    .unwrap_or(0);
+                (user.clone(), most)
+            })
+            .collect()
+    }
+
+    /// The largest of [`Recorder::concurrent_logins_per_account`] (0 before any login): 1 when
+    /// no account ever had two logins in flight at once.
+    pub fn max_concurrent_logins_per_account(&self) -> usize {
+        self.concurrent_logins_per_account()
+            .into_values()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Passwords `user` sent (each one a login begun), e.g. for "exactly one login".
+    pub fn password_posts(&self, user: &str) -> usize {
+        self.passwords
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .map_or(0, Vec::len)
     }
 
     /// Requests seen on `route` (the axum route path, e.g. `/api/login`).
@@ -235,6 +331,7 @@ impl Recorder {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.max_logins.store(0, Ordering::SeqCst);
+        self.spans.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.max_requests.store(
             self.requests_in_flight.load(Ordering::SeqCst),
             Ordering::SeqCst,

@@ -858,3 +858,116 @@ async fn xts_realistic() {
     );
     assert!(body.is_empty());
 }
+
+/// S1 and S2 of a Kite login in a cookie jar of its own: the jar, `sess_id` and `request_id`.
+async fn kite_password_step(kite: &FakeKite, user: &KiteUser) -> (reqwest::Client, String, String) {
+    let (c, web) = (client(), kite.web_url());
+    let r = c
+        .get(format!("{web}/connect/login?v=3&api_key={}", user.api_key))
+        .send()
+        .await
+        .unwrap();
+    let sess_id = query(header(&r, "location"))["sess_id"].clone();
+    let r = c
+        .post(format!("{web}/api/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("user_id", &user.user_id),
+            ("password", &user.password),
+            ("type", "user_id"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let login: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let request_id = login["data"]["request_id"].as_str().unwrap().to_owned();
+    (c, sess_id, request_id)
+}
+
+/// S3, S4 and S5 of a login begun by [`kite_password_step`]; the access token.
+async fn kite_finish_login(
+    kite: &FakeKite,
+    user: &KiteUser,
+    (c, sess_id, request_id): &(reqwest::Client, String, String),
+    code: &str,
+) -> String {
+    let web = kite.web_url();
+    let r = c
+        .post(format!("{web}/api/twofa"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("user_id", &user.user_id),
+            ("request_id", request_id),
+            ("twofa_value", code),
+            ("twofa_type", "totp"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = c
+        .get(format!(
+            "{web}/connect/finish?api_key={}&sess_id={sess_id}",
+            user.api_key
+        ))
+        .send()
+        .await
+        .unwrap();
+    let request_token = query(header(&r, "location"))["request_token"].clone();
+    let r = kite_session_token(kite, user, &request_token).await;
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    body["data"]["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn kite_counts_the_logins_of_one_account_in_flight_at_once() {
+    let clock = Clock::new();
+    let kite = FakeKite::start_with(clock.options(Realism::Ideal)).await;
+    let (a, b) = (
+        kite_user("AC0001", KiteBehaviour::Happy),
+        kite_user("AC0002", KiteBehaviour::Happy),
+    );
+    kite.add_user(a.clone());
+    kite.add_user(b.clone());
+    let recorder = kite.recorder();
+    assert_eq!(recorder.max_concurrent_logins_per_account(), 0);
+
+    // One after the other, and two accounts at once: one login per account at a time.
+    for _ in 0..2 {
+        let (first, second) = (
+            kite_password_step(&kite, &a).await,
+            kite_password_step(&kite, &b).await,
+        );
+        let code = clock.code();
+        let token = kite_finish_login(&kite, &a, &first, &code).await;
+        assert!(kite.token_is_valid(&a.api_key, &token));
+        kite_finish_login(&kite, &b, &second, &code).await;
+        clock.advance(30_000);
+    }
+    assert_eq!(recorder.password_posts("AC0001"), 2);
+    assert_eq!(recorder.max_concurrent_logins_per_account(), 1);
+
+    // A login abandoned after its password (its client killed) is not in flight beside the next.
+    let _abandoned = kite_password_step(&kite, &a).await;
+    let next = kite_password_step(&kite, &a).await;
+    kite_finish_login(&kite, &a, &next, &clock.code()).await;
+    clock.advance(30_000);
+    assert_eq!(recorder.max_concurrent_logins_per_account(), 1);
+
+    // Two logins of one account interleaved: both in flight at once.
+    let (first, second) = (
+        kite_password_step(&kite, &b).await,
+        kite_password_step(&kite, &b).await,
+    );
+    kite_finish_login(&kite, &b, &first, &clock.code()).await;
+    clock.advance(30_000);
+    kite_finish_login(&kite, &b, &second, &clock.code()).await;
+    assert_eq!(recorder.max_concurrent_logins_per_account(), 2);
+    assert_eq!(
+        recorder.concurrent_logins_per_account(),
+        [("AC0001".to_owned(), 1), ("AC0002".to_owned(), 2)].into(),
+    );
+    recorder.reset();
+    assert_eq!(recorder.max_concurrent_logins_per_account(), 0);
+}

@@ -20,7 +20,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use super::ApiState;
 use super::auth::IntegrationKey;
 use super::error::{ApiError, ErrorBody};
-use crate::vault::blocking;
 
 /// Buckets of the login duration histogram, in seconds (a login takes 1 to 90 s).
 const LOGIN_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 90.0];
@@ -164,10 +163,10 @@ pub async fn metrics(
     };
     let leads = api.app.cluster.role() == crate::cluster::Role::Leader;
     metrics::gauge!("tokenbot_leader").set(f64::from(u8::from(leads)));
-    metrics::gauge!("tokenbot_vault_degraded").set(f64::from(u8::from(api.app.vault.is_degraded())));
+    metrics::gauge!("tokenbot_vault_degraded")
+        .set(f64::from(u8::from(api.app.vault.is_degraded())));
     let counts = super::token_counts::token_counts(&api).await?;
-    let vault = api.app.vault.clone();
-    let backlog = blocking(move || vault.outbox_len()).await?;
+    let backlog = super::token_counts::backlog(&api).await?;
     metrics::gauge!("tokenbot_tokens_expiring_within_hour").set(counts.expiring_within_hour as f64);
     metrics::gauge!("tokenbot_tokens_valid").set(counts.valid as f64);
     metrics::gauge!("tokenbot_mirror_backlog").set(backlog as f64);

@@ -10,7 +10,6 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::error::ApiError;
 use super::views::iso;
-use crate::vault::blocking;
 
 /// A loaded strategy.
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,7 +62,8 @@ pub struct MirrorView {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = DetailedHealthOut)]
 pub struct DetailedHealthView {
-    /// Always `ok` when the vault answers.
+    /// `ok` when the vault answers; `degraded` while its database cannot be reached (the token
+    /// figures are then those last counted, zeros if none were).
     pub status: String,
     /// This daemon's role among those sharing its vault (`[vault] engine = "postgres"`): the
     /// `leader` runs the schedules, catch-up, reminders, the mirror and the events webhook; a
@@ -123,17 +123,17 @@ pub struct BreakerView {
 /// The figures of `/health/detailed`.
 pub async fn detailed(api: &ApiState) -> Result<DetailedHealthView, ApiError> {
     let counts = super::token_counts::token_counts(api).await?;
-    let vault = api.app.vault.clone();
-    let outbox = blocking(move || vault.outbox_len()).await?;
+    let outbox = super::token_counts::backlog(api).await?;
     let refresher = api.refresher();
     let stats = refresher.stats();
     let clock_skew_ms = (api.app.plugin_env.skew).report(api.now_ms());
     let (plugins, plugin_failures) = plugin_views(api);
     let mirror = mirror_view(api, outbox);
+    let degraded = api.app.vault.is_degraded();
     Ok(DetailedHealthView {
-        status: "ok".into(),
+        status: if degraded { "degraded" } else { "ok" }.into(),
         role: api.app.cluster.role(),
-        degraded: api.app.vault.is_degraded(),
+        degraded,
         uptime_secs: api.started.elapsed().as_secs(),
         users: counts.users,
         accounts: counts.accounts,

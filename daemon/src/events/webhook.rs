@@ -49,9 +49,11 @@ pub fn spawn(
         let hub = hub.clone();
         async move { hub.closed().await }
     };
-    Some(tokio::spawn(crate::cluster::while_leading(role, closed, move || {
-        run(hub.subscribe(None), url.clone())
-    })))
+    Some(tokio::spawn(crate::cluster::while_leading(
+        role,
+        closed,
+        move || run(hub.subscribe(None), url.clone()),
+    )))
 }
 
 /// POST every item of `subscription` to `url` until the hub closes.

@@ -139,7 +139,10 @@ impl Refresher {
     /// While another daemon holds it, wait for its login to end, for as long as a whole login
     /// may take; if it made an attempt meanwhile, its result is this login's too, as a trigger
     /// joins a login in flight in one daemon.
-    pub(super) async fn account_lease(&self, key: &AccountKey) -> Result<AccountLease, AccountResult> {
+    pub(super) async fn account_lease(
+        &self,
+        key: &AccountKey,
+    ) -> Result<AccountLease, AccountResult> {
         let since_ms = self.plugin_env.clock.now_ms();
         let refresh = &self.config.refresh;
         let patience = Duration::from_secs(refresh.login_timeout_secs)
@@ -168,7 +171,11 @@ impl Refresher {
                     ));
                 }
                 Err(e) => {
-                    return Err(AccountResult::skipped(key, "vault_unavailable", e.to_string()));
+                    return Err(AccountResult::skipped(
+                        key,
+                        "vault_unavailable",
+                        e.to_string(),
+                    ));
                 }
             }
         }

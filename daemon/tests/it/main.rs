@@ -4,6 +4,7 @@
 
 mod api;
 mod binary;
+mod cluster;
 mod drop_in;
 mod log_capture;
 mod mirror;

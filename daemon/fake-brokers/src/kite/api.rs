@@ -24,10 +24,17 @@ fn session_token_rate_limit(
             .find(|(_, a)| a.user.api_key == api_key)
             .map(|(k, _)| k.clone())?,
     };
+    let login = (inner.request_tokens.get(request_token)).and_then(|rt| rt.login.clone());
     let account = inner.accounts.get_mut(&key)?;
+    if let Some(login) = &login {
+        s.recorder.account_login_step(&account.user.user_id, login);
+    }
     let limited = match account.user.behaviour {
         KiteBehaviour::SessionTokenAlwaysRateLimited => {
             s.recorder.login_end(&account.user.user_id);
+            if let Some(login) = &login {
+                s.recorder.account_login_end(&account.user.user_id, login);
+            }
             true
         }
         KiteBehaviour::SessionTokenRateLimited => {
@@ -94,6 +101,10 @@ pub(super) async fn session_token(
         );
     }
     let user = rt.user.clone();
+    let login = rt.login.clone();
+    if let Some(login) = &login {
+        s.recorder.account_login_step(&user, login);
+    }
     let Some(account) = inner.accounts.get(&user.to_ascii_uppercase()) else {
         return error(
             StatusCode::FORBIDDEN,
@@ -103,6 +114,9 @@ pub(super) async fn session_token(
     };
     let end = |r: Response| {
         s.recorder.login_end(&user);
+        if let Some(login) = &login {
+            s.recorder.account_login_end(&user, login);
+        }
         r
     };
     if account.user.behaviour == KiteBehaviour::ServerError {

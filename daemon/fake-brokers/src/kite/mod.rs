@@ -156,6 +156,8 @@ struct RequestToken {
     user: String,
     api_key: String,
     created_ms: i64,
+    /// The login session that minted it (`None`: a person's browser, [`FakeKite::browser_login`]).
+    login: Option<String>,
 }
 
 struct Access {
@@ -440,6 +442,7 @@ impl FakeKite {
                 user,
                 api_key: api_key.clone(),
                 created_ms: (self.state.now)(),
+                login: None,
             },
         );
         Ok(final_redirect(

@@ -102,7 +102,11 @@ pub(super) async fn connect_login(
                 );
             };
             let redirect_url = account.user.redirect_url.clone();
-            let token = mint_request_token(&mut inner, &s, &user, &api_key);
+            let login = cookies(&headers).remove("kf_session");
+            if let Some(login) = &login {
+                s.recorder.account_login_step(&user, login);
+            }
+            let token = mint_request_token(&mut inner, &s, &user, &api_key, login);
             return redirect(&final_redirect(
                 &redirect_url,
                 redirect_params.as_deref(),
@@ -187,7 +191,10 @@ pub(super) async fn api_login(
     if f.get("type").map(String::as_str) != Some("user_id") {
         return error(StatusCode::BAD_REQUEST, "InputException", "Invalid `type`.");
     }
+    // The login session tells two logins of one account apart (per-account concurrency).
+    let login = cookies(&headers).remove("kf_session").unwrap_or_default();
     s.recorder.login_begin(&user_id);
+    s.recorder.account_login_begin(&user_id, &login);
     s.recorder.password(&user_id, &password);
     let mut inner = s.lock();
     if inner
@@ -196,10 +203,12 @@ pub(super) async fn api_login(
         .is_some_and(|a| a.user.behaviour == KiteBehaviour::LoginWaf403)
     {
         s.recorder.login_end(&user_id);
+        s.recorder.account_login_end(&user_id, &login);
         return waf_403();
     }
     let Some(sess_id) = session_of(&inner, &headers).map(|(id, _)| id.clone()) else {
         s.recorder.login_end(&user_id);
+        s.recorder.account_login_end(&user_id, &login);
         return error(
             StatusCode::BAD_REQUEST,
             "InputException",
@@ -208,6 +217,7 @@ pub(super) async fn api_login(
     };
     let Some(account) = inner.accounts.get_mut(&user_id.to_ascii_uppercase()) else {
         s.recorder.login_end(&user_id);
+        s.recorder.account_login_end(&user_id, &login);
         return error(
             StatusCode::BAD_REQUEST,
             "InputException",
@@ -216,6 +226,7 @@ pub(super) async fn api_login(
     };
     let fail = |r: Response| {
         s.recorder.login_end(&user_id);
+        s.recorder.account_login_end(&user_id, &login);
         r
     };
     match account.user.behaviour {
@@ -287,10 +298,13 @@ pub(super) async fn api_twofa(
         get("twofa_value"),
         get("twofa_type"),
     );
+    let login = cookies(&headers).remove("kf_session").unwrap_or_default();
+    s.recorder.account_login_step(&user_id, &login);
     let now = (s.now)();
     let mut inner = s.lock();
     let fail = |r: Response| {
         s.recorder.login_end(&user_id);
+        s.recorder.account_login_end(&user_id, &login);
         r
     };
     let Some(sess_id) = session_of(&inner, &headers).map(|(id, _)| id.clone()) else {
@@ -397,6 +411,7 @@ pub(super) fn mint_request_token(
     s: &KiteState,
     user: &str,
     api_key: &str,
+    login: Option<String>,
 ) -> String {
     let token = random_token(32);
     inner.request_tokens.insert(
@@ -405,6 +420,7 @@ pub(super) fn mint_request_token(
             user: user.to_owned(),
             api_key: api_key.to_owned(),
             created_ms: (s.now)(),
+            login,
         },
     );
     token
@@ -437,9 +453,12 @@ pub(super) async fn connect_finish(
         return redirect(&login_page);
     };
     let (behaviour, redirect_url) = (account.user.behaviour, account.user.redirect_url.clone());
+    let login = cookies(&headers).remove("kf_session").unwrap_or_default();
+    s.recorder.account_login_step(&user, &login);
     match behaviour {
         KiteBehaviour::AuthorizeHop => {
             s.recorder.login_end(&user);
+            s.recorder.account_login_end(&user, &login);
             redirect(&format!(
                 "/connect/authorize?api_key={api_key}&sess_id={sess_id}"
             ))
@@ -448,7 +467,7 @@ pub(super) async fn connect_finish(
             "/connect/login?api_key={api_key}&sess_id={sess_id}&skip_session=true"
         )),
         _ => {
-            let token = mint_request_token(&mut inner, &s, &user, &api_key);
+            let token = mint_request_token(&mut inner, &s, &user, &api_key, Some(login));
             redirect(&final_redirect(
                 &redirect_url,
                 redirect_params.as_deref(),

@@ -150,28 +150,29 @@ impl PgStore {
             let create = mode == Mode::Create;
             let key = target.lock_key();
             let c = client.clone();
-            store.run(async move {
-                let client = c;
-                if create {
-                    client
-                        .batch_execute(&format!(
-                            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+            store
+                .run(async move {
+                    let client = c;
+                    if create {
+                        client
+                            .batch_execute(&format!(
+                                "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
                              CREATE TABLE IF NOT EXISTS {table} (
                                  tbl smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
                                  PRIMARY KEY (tbl, k))"
-                        ))
+                            ))
+                            .await?;
+                    }
+                    // Under the write lock: daemons starting together would race on the catalog.
+                    client.batch_execute("BEGIN").await?;
+                    client
+                        .execute("SELECT pg_advisory_xact_lock($1, 0)", &[&key])
                         .await?;
-                }
-                // Under the write lock: daemons starting together would race on the catalog.
-                client.batch_execute("BEGIN").await?;
-                client
-                    .execute("SELECT pg_advisory_xact_lock($1, 0)", &[&key])
-                    .await?;
-                client
-                    .batch_execute(&format!("CREATE SEQUENCE IF NOT EXISTS {epoch}; COMMIT"))
-                    .await
-            })?
-            .map_err(pg_err)?;
+                    client
+                        .batch_execute(&format!("CREATE SEQUENCE IF NOT EXISTS {epoch}; COMMIT"))
+                        .await
+                })?
+                .map_err(pg_err)?;
             store.give_back(client);
         }
         Ok(Some(Box::new(store)))

@@ -110,7 +110,10 @@ impl PgStore {
             let c = client.clone();
             let alive = !client.is_closed()
                 && self
-                    .run_for(check, async move { c.simple_query("SELECT 1").await.is_ok() })
+                    .run_for(
+                        check,
+                        async move { c.simple_query("SELECT 1").await.is_ok() },
+                    )
                     .unwrap_or(false);
             if alive {
                 return Ok(true);

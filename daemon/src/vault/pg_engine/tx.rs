@@ -169,9 +169,9 @@ impl WriteTx for PgTx<'_> {
                 self.store.target.epoch_sequence()
             );
             let channel = self.store.target.channel();
-            self.exec(move |c| async move {
-                c.execute(&sql, &[&channel, &payload]).await.map(drop)
-            })?;
+            self.exec(
+                move |c| async move { c.execute(&sql, &[&channel, &payload]).await.map(drop) },
+            )?;
         }
         let client = self
             .client

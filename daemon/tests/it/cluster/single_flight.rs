@@ -1,0 +1,87 @@
+//! A refresh of one account asked of every node at once: one login cluster-wide.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+
+use super::support::{Cluster, FAILOVER_SECS, Options, call};
+
+#[test]
+fn a_refresh_of_one_account_asked_of_three_nodes_at_once_logs_it_in_once_and_all_report_it() {
+    // Paused: no catch-up logs it in; a refresh naming its user does.
+    let options = Options {
+        auto_refresh: false,
+        ..Options::default()
+    };
+    let Some(mut c) = Cluster::new("single_flight", options) else {
+        return;
+    };
+    let nodes = c.start_nodes(3);
+    c.wait_for_one_leader(Duration::from_secs(FAILOVER_SECS + 10));
+    let account = c.accounts[0].clone();
+    // Every node has read (and cached) that there is no token yet.
+    for &i in &nodes {
+        assert_eq!(c.token(i, &account.user), None, "node {i}");
+    }
+    let recorder = c.kite.recorder();
+    assert_eq!(recorder.password_posts(&account.kite.user_id), 0);
+    // Each request 150 ms: the login lasts over a second, so all three asks meet it in flight.
+    recorder.set_latency(Duration::from_millis(150));
+
+    let barrier = Arc::new(Barrier::new(nodes.len()));
+    let path = format!("/api/integration/tokens/refresh/{}", account.user);
+    let answers: Vec<(usize, u16, serde_json::Value, Duration)> = std::thread::scope(|s| {
+        let asks: Vec<_> = (nodes.iter())
+            .map(|&i| {
+                let (handle, http, addr) = (c.handle(), c.client(), c.addr(i).to_owned());
+                let (barrier, path) = (barrier.clone(), path.clone());
+                s.spawn(move || {
+                    barrier.wait();
+                    let asked = Instant::now();
+                    let (status, body) = call(&handle, &http, &addr, Method::POST, &path);
+                    (i, status, body, asked.elapsed())
+                })
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    recorder.set_latency(Duration::ZERO);
+    for (i, status, body, took) in &answers {
+        eprintln!(
+            "single flight: node {i} answered {status} in {} ms",
+            took.as_millis()
+        );
+        assert_eq!(*status, 200, "node {i}: {body}");
+        assert_eq!(
+            (&body["successful"], &body["failed"], &body["total"]),
+            (&1.into(), &0.into(), &1.into()),
+            "node {i}: {body}"
+        );
+        assert_eq!(body["results"][0]["outcome"], "success", "node {i}: {body}");
+    }
+    assert_eq!(
+        recorder.password_posts(&account.kite.user_id),
+        1,
+        "password POSTs cluster-wide"
+    );
+    assert_eq!(recorder.requests_with_status("/session/token", 200), 1);
+    assert_eq!(recorder.max_concurrent_logins_per_account(), 1);
+
+    // Every node then serves that one new token (the cache follows within a second).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let tokens = loop {
+        let tokens: Vec<Option<String>> =
+            (nodes.iter()).map(|&i| c.token(i, &account.user)).collect();
+        if tokens.iter().all(|t| t.is_some() && *t == tokens[0]) || Instant::now() > deadline {
+            break tokens;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        tokens.iter().all(|t| *t == tokens[0]),
+        "the nodes serve different tokens"
+    );
+    let token = tokens[0].as_deref().expect("a token");
+    assert!(c.kite.token_is_valid(&account.kite.api_key, token));
+}
