@@ -1195,7 +1195,10 @@ suite!(sled, Engine::Sled);
 suite!(postgres, Engine::Postgres);
 
 /// Poll `check` every 20 ms for up to `within`; how long it took, or `None`.
-fn within(within: std::time::Duration, mut check: impl FnMut() -> bool) -> Option<std::time::Duration> {
+fn within(
+    within: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<std::time::Duration> {
     let started = std::time::Instant::now();
     while started.elapsed() < within {
         if check() {
@@ -1269,8 +1272,10 @@ fn daemons_sharing_a_postgres_vault_have_one_leader_one_login_per_account_and_fr
     })
     .expect("the new token on the other daemon within 1 s");
     eprintln!("cache propagation: {took:?}");
-    within(std::time::Duration::from_secs(1), || !heard.lock().unwrap().is_empty())
-        .expect("the other daemon's listener hears the change");
+    within(std::time::Duration::from_secs(1), || {
+        !heard.lock().unwrap().is_empty()
+    })
+    .expect("the other daemon's listener hears the change");
     assert_eq!(heard.lock().unwrap()[0].user, user);
 
     // Leadership passes when its holder ends.
