@@ -86,12 +86,18 @@ pub async fn run(cluster: Arc<Cluster>, vault: Arc<Vault>, shutdown: impl Future
         return;
     };
     tokio::pin!(shutdown);
+    let mut unreachable = false;
     loop {
         let v = vault.clone();
         let leads = match blocking(move || v.lead()).await {
-            Ok(leads) => leads,
+            Ok(leads) => {
+                unreachable = false;
+                leads
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cluster: cannot reach the vault's database to lead");
+                if !std::mem::replace(&mut unreachable, true) {
+                    tracing::warn!(error = %e, "cluster: cannot reach the vault's database to lead");
+                }
                 false
             }
         };
@@ -111,8 +117,19 @@ pub async fn run(cluster: Arc<Cluster>, vault: Arc<Vault>, shutdown: impl Future
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
         }
+    }
+    // Shutting down: another daemon takes over now, not when this process has drained. The
+    // leader's tasks stop with the role (logins in flight finish, under their leases).
+    let v = vault.clone();
+    let _ = blocking(move || {
+        v.resign();
+        Ok(())
+    })
+    .await;
+    if cluster.role.send_replace(Role::Follower) == Role::Leader {
+        tracing::info!("cluster: handed leadership over for shutdown");
     }
 }
 

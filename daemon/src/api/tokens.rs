@@ -54,9 +54,18 @@ pub async fn read(
     // The hot path of the trading backend, run inline: usually the vault's cached record and the
     // body already made from it, at worst two short vault reads (an account prefix scan and one
     // token). A hop to the blocking pool costs two thread wake-ups per request, more than such
-    // reads; the audit write, which fsyncs, goes to its own thread.
+    // reads; the audit write, which fsyncs, goes to its own thread. A miss on a PostgreSQL
+    // vault is a network round trip (up to a call's timeout), so it goes to the blocking pool.
     let key = (user, broker);
-    let record = api.app.vault.user_tokens(&key.0)?;
+    let vault = &api.app.vault;
+    let record = match vault.cached_user_tokens_now(&key.0) {
+        Some(record) => record,
+        None if vault.engine() == crate::vault::Engine::Postgres => {
+            let (vault, user) = (vault.clone(), key.0.clone());
+            crate::vault::blocking(move || vault.user_tokens(&user)).await?
+        }
+        None => vault.user_tokens(&key.0)?,
+    };
     let (body, account) = match api.bodies.made_from(&key, &record, now) {
         Some(hit) => hit,
         None => {

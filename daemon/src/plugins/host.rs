@@ -241,6 +241,21 @@ unsafe extern "C" fn host_totp(call: *mut CallCtx, request: Bytes, out: Sink) ->
                         format!("the TOTP step could not be recorded, so it was not used: {why}"),
                     );
                 }
+                // Recording may have waited (the vault's write lock, a slow database): a code
+                // that would expire on its way is not sent. Its step stays used, which is safe.
+                let end_ms = (fresh.step as i64 + 1) * crate::plugins::totp::STEP_MS;
+                let valid_for_ms = end_ms - ctx.clock.now_ms() - offset;
+                if valid_for_ms < crate::plugins::totp::MIN_REMAINING_MS / 2 {
+                    return fail(
+                        out,
+                        Status::ERROR,
+                        "step_not_recorded",
+                        format!(
+                            "recording the TOTP step took until {valid_for_ms} ms before its end, \
+                             too late to send its code"
+                        ),
+                    );
+                }
                 ctx.redactor.add(&fresh.code);
                 write_json(
                     out,
@@ -248,7 +263,7 @@ unsafe extern "C" fn host_totp(call: *mut CallCtx, request: Bytes, out: Sink) ->
                         v: WIRE_VERSION,
                         code: broker_api::wire::Sensitive::new(fresh.code.as_str()),
                         step: fresh.step,
-                        valid_for_ms: fresh.valid_for_ms,
+                        valid_for_ms: valid_for_ms.max(0) as u64,
                     },
                 );
                 Status::OK

@@ -86,12 +86,20 @@ impl Refresher {
         login: impl Future<Output = (AccountResult, T)> + Send + 'static,
     ) -> Option<T> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let login = login
-            .map(move |(result, detail)| {
-                let _ = answer.send(detail);
-                result
-            })
-            .boxed();
+        let (me, lease_key) = (self.clone(), key.clone());
+        let login = async move {
+            // Across the daemons sharing the vault too: a login of the account running on
+            // another one ends first. Without the lease, nothing runs (`None`).
+            let lease = match me.account_lease(&lease_key, false).await {
+                Ok(lease) => lease,
+                Err(skipped) => return skipped,
+            };
+            let (result, detail) = login.await;
+            drop(lease);
+            let _ = answer.send(detail);
+            result
+        }
+        .boxed();
         loop {
             let running = {
                 let mut inflight = self.inflight.lock();
@@ -139,9 +147,13 @@ impl Refresher {
     /// While another daemon holds it, wait for its login to end, for as long as a whole login
     /// may take; if it made an attempt meanwhile, its result is this login's too, as a trigger
     /// joins a login in flight in one daemon.
+    ///
+    /// Without `join` (a login that has its own answer from the broker to finish: an assisted
+    /// callback, an approval delivery), it waits for the lease and never takes another's result.
     pub(super) async fn account_lease(
         &self,
         key: &AccountKey,
+        join: bool,
     ) -> Result<AccountLease, AccountResult> {
         let since_ms = self.plugin_env.clock.now_ms();
         let refresh = &self.config.refresh;
@@ -154,7 +166,10 @@ impl Refresher {
             let (vault, k) = (self.vault.clone(), key.clone());
             match blocking(move || vault.lease(&k)).await {
                 Ok(Some(lease)) => {
-                    if waited && let Some(theirs) = self.login_elsewhere(key, since_ms).await {
+                    if join
+                        && waited
+                        && let Some(theirs) = self.login_elsewhere(key, since_ms).await
+                    {
                         return Err(theirs);
                     }
                     return Ok(lease);

@@ -10,14 +10,15 @@ use broker_api::wire::{self, ErrorClass, LoginRequest, Sensitive};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::gate::BrokerLimits;
+use super::gate::{BrokerLimits, LoginSlot};
 use super::outcome::attempt_record;
 use super::{AccountResult, Named, Refresher};
 use crate::config::BrokerConfig;
 use crate::plugins::host::PluginCall;
 use crate::plugins::{AccountAccess, Plugin, PluginError};
 use crate::vault::{
-    Account, AccountKey, AccountState, Attempt, Credentials, Trigger, VaultError, blocking,
+    Account, AccountKey, AccountLease, AccountState, Attempt, Credentials, Trigger, VaultError,
+    blocking,
 };
 
 /// What every attempt of one account's login shares.
@@ -69,8 +70,8 @@ impl Refresher {
     ) -> AccountResult {
         // Held for the whole login; the plan reads the account after taking it, so it sees what
         // another daemon's login just recorded (a wrong password, a new token).
-        let lease = match self.account_lease(key).await {
-            Ok(lease) => lease,
+        let lease = match self.account_lease(key, true).await {
+            Ok(lease) => Arc::new(lease),
             Err(done) => return done,
         };
         let plan = match self.plan_login(key, trigger, named).await {
@@ -112,7 +113,14 @@ impl Refresher {
                 }
                 // Two logins of one account at once is how accounts lock: once the session
                 // holding the lease ended, another daemon sharing the vault may have taken it.
-                if !lease.held() {
+                let slot = self.login_slot(&plan.limits).await;
+                // Asked of the database after the wait for a slot, which may be long: the
+                // session may have ended meanwhile without this process noticing.
+                let confirmed = {
+                    let lease = lease.clone();
+                    blocking(move || Ok(lease.confirm())).await.unwrap_or(false)
+                };
+                if !confirmed {
                     return AccountResult::skipped(
                         key,
                         "vault_unavailable",
@@ -120,7 +128,9 @@ impl Refresher {
                          session ended); another daemon may log it in",
                     );
                 }
-                let (record, result) = self.attempt(key, &plan, trigger, attempt).await;
+                let (record, result) = self
+                    .attempt(key, &plan, &lease, slot, trigger, attempt)
+                    .await;
                 self.settle(key, record, result, true).await
             };
             if let ControlFlow::Break(done) = settled {
@@ -228,10 +238,11 @@ impl Refresher {
         &self,
         key: &AccountKey,
         plan: &LoginPlan,
+        lease: &Arc<AccountLease>,
+        slot: LoginSlot,
         trigger: Trigger,
         attempt: u32,
     ) -> (Attempt, Result<wire::LoginOutput, PluginError>) {
-        let slot = self.login_slot(&plan.limits).await;
         let credentials = &plan.credentials;
         let request = LoginRequest {
             v: wire::WIRE_VERSION,
@@ -259,8 +270,15 @@ impl Refresher {
             plan.totp_secret.clone(),
             &plan.limits,
         );
-        let (vault, k) = (self.vault.clone(), key.clone());
+        let (vault, k, lease) = (self.vault.clone(), key.clone(), lease.clone());
         ctx.step_log = Some(Arc::new(move |step| {
+            if !lease.confirm() {
+                return Err(
+                    "this daemon's lease on the account's logins ended; another daemon \
+                            sharing the vault may be logging it in"
+                        .into(),
+                );
+            }
             vault
                 .record_totp_step(&k, step)
                 .map(drop)

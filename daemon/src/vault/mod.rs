@@ -280,6 +280,11 @@ impl Vault {
         self.store.read().lead()
     }
 
+    /// Stop leading the daemons sharing the vault, so another takes over at once (shutdown).
+    pub fn resign(&self) {
+        self.store.read().resign();
+    }
+
     /// The lease on `key`'s logins across every daemon sharing the vault, or `None` while
     /// another daemon holds it (it is logging the account in). Hold it for the whole login.
     pub fn lease(&self, key: &AccountKey) -> Result<Option<AccountLease>, VaultError> {
@@ -318,6 +323,12 @@ impl AccountLease {
     /// daemon may be logging the account in, so this one must not go on.
     pub fn held(&self) -> bool {
         self.0.held()
+    }
+
+    /// As [`AccountLease::held`], asking the database (a round trip, up to a few seconds):
+    /// before sending a password or a TOTP code. Call it from blocking code.
+    pub fn confirm(&self) -> bool {
+        self.0.confirm()
     }
 }
 

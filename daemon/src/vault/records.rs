@@ -285,10 +285,8 @@ impl Vault {
     /// write has committed since it was read: the hot path of `GET /api/tokens/:userId`.
     pub fn user_tokens(&self, user: &UserId) -> Result<Arc<UserTokens>, VaultError> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        if let Some((at, cached)) = self.user_cache.lock().get(user)
-            && *at == epoch
-        {
-            return Ok(cached.clone());
+        if let Some(cached) = self.cached_user_tokens(user, epoch) {
+            return Ok(cached);
         }
         let read = || -> Result<UserTokens, VaultError> {
             let mut pairs = Vec::new();
@@ -302,10 +300,12 @@ impl Vault {
             Ok(pairs) => Arc::new(pairs),
             // The database cannot be reached: what was read last, whose tokens the API still
             // checks for expiry, is better than nothing for a trading backend at 09:15.
-            Err(VaultError::Unavailable(why)) => match self.user_cache.lock().get(user) {
-                Some((_, cached)) => return Ok(cached.clone()),
-                None => return Err(VaultError::Unavailable(why)),
-            },
+            Err(VaultError::Unavailable(why)) if self.is_degraded() => {
+                match self.user_cache.lock().get(user) {
+                    Some((_, cached)) => return Ok(cached.clone()),
+                    None => return Err(VaultError::Unavailable(why)),
+                }
+            }
             Err(e) => return Err(e),
         };
         let mut cache = self.user_cache.lock();
@@ -314,6 +314,19 @@ impl Vault {
         }
         cache.insert(user.clone(), (epoch, pairs.clone()));
         Ok(pairs)
+    }
+
+    /// [`Vault::user_tokens`] when it is cached and current: no I/O, so async code may call it
+    /// inline and send only a miss to the blocking pool.
+    pub fn cached_user_tokens_now(&self, user: &UserId) -> Option<Arc<UserTokens>> {
+        self.cached_user_tokens(user, self.epoch.load(Ordering::Acquire))
+    }
+
+    fn cached_user_tokens(&self, user: &UserId, epoch: u64) -> Option<Arc<UserTokens>> {
+        match self.user_cache.lock().get(user) {
+            Some((at, cached)) if *at == epoch => Some(cached.clone()),
+            _ => None,
+        }
     }
 
     /// The accounts of one user.

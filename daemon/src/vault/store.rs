@@ -105,8 +105,13 @@ pub(crate) type OnChange = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 /// it is given back.
 pub(crate) trait Lease: Send + Sync {
     /// Whether it still holds: false once the session holding it ended, when another daemon may
-    /// hold it now.
+    /// hold it now. Local knowledge only, no round trip.
     fn held(&self) -> bool;
+    /// Whether it still holds, asking the database (blocks for up to a few seconds): before a
+    /// login step that must not run twice.
+    fn confirm(&self) -> bool {
+        self.held()
+    }
 }
 
 /// The lease of an engine only one process can open: always held.
@@ -133,6 +138,8 @@ pub(crate) trait Store: Send + Sync {
     fn lead(&self) -> Result<bool, VaultError> {
         Ok(true)
     }
+    /// Stop leading, so that another process may lead at once (a daemon shutting down).
+    fn resign(&self) {}
     /// The lease on one account's logins (`key`: the account's record key), or `None` while
     /// another process holds it.
     fn lease(&self, _key: &[u8]) -> Result<Option<Box<dyn Lease>>, VaultError> {

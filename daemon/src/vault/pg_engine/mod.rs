@@ -293,9 +293,12 @@ impl PgStore {
     }
 
     /// A transaction begun with `begin` on a connection of its own, once fewer than
-    /// [`ACTIVE_MAX`] are open.
-    fn begin(&self, begin: String) -> Result<PgTx<'_>, VaultError> {
-        if self.down.load(Ordering::Acquire) {
+    /// [`ACTIVE_MAX`] are open. With `fail_fast` (reads), refused at once while the change
+    /// listener finds the database unreachable: token reads are then answered from the cache
+    /// rather than each waiting for a connection. Writes always try: a needs-attention mark or
+    /// a token must not be lost to a listener's hiccup.
+    fn begin(&self, begin: String, fail_fast: bool) -> Result<PgTx<'_>, VaultError> {
+        if fail_fast && self.down.load(Ordering::Acquire) {
             return Err(VaultError::Unavailable(format!(
                 "the vault's {} cannot be reached",
                 self.target.label()
@@ -355,11 +358,12 @@ impl Store for PgStore {
     fn read(&self) -> Result<Box<dyn ReadTx + '_>, VaultError> {
         Ok(Box::new(self.begin(
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY".into(),
+            true,
         )?))
     }
 
     fn write(&self) -> Result<Box<dyn WriteTx + '_>, VaultError> {
-        let tx = self.begin("BEGIN ISOLATION LEVEL READ COMMITTED".into())?;
+        let tx = self.begin("BEGIN ISOLATION LEVEL READ COMMITTED".into(), false)?;
         let key = self.target.lock_key();
         tx.exec(move |c| async move {
             c.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&key])
@@ -375,6 +379,10 @@ impl Store for PgStore {
 
     fn lead(&self) -> Result<bool, VaultError> {
         self.take_lead()
+    }
+
+    fn resign(&self) {
+        PgStore::resign(self);
     }
 
     fn lease(&self, key: &[u8]) -> Result<Option<Box<dyn Lease>>, VaultError> {

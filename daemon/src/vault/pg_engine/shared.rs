@@ -31,6 +31,10 @@ const EPOCH_CHECK: Duration = Duration::from_secs(2);
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// How long taking a lease may wait for the database.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
+/// How long a lease's session has to answer before a login step that needs it.
+const LEASE_CONFIRM: Duration = Duration::from_secs(3);
+/// How long the epoch check may take before the listening session counts as lost.
+const EPOCH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A future driving one connection.
 pub(super) type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -74,6 +78,24 @@ impl Lease for PgLease {
     fn held(&self) -> bool {
         !self.client.is_closed()
     }
+
+    fn confirm(&self) -> bool {
+        if self.client.is_closed() {
+            return false;
+        }
+        // The session answering now means the server has not ended it, and only its end frees
+        // the lock.
+        let client = self.client.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let answered = tokio::time::timeout(LEASE_CONFIRM, client.simple_query("SELECT 1"))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            let _ = tx.send(answered);
+        });
+        rx.recv_timeout(LEASE_CONFIRM + Duration::from_millis(500))
+            .unwrap_or(false)
+    }
 }
 
 impl Drop for PgLease {
@@ -108,7 +130,10 @@ impl PgStore {
         let current = self.leader.lock().clone();
         if let Some(client) = current {
             let c = client.clone();
+            // A daemon cut off from the database (its listener says so) cannot run the leader's
+            // work either: it lets another lead.
             let alive = !client.is_closed()
+                && !self.down.load(Ordering::Acquire)
                 && self
                     .run_for(
                         check,
@@ -118,9 +143,14 @@ impl PgStore {
             if alive {
                 return Ok(true);
             }
-            // Dropping the last handle closes the session, and with it the lock.
-            self.leader.lock().take();
+            // Follower at once; asking again waits for the next round, so stepping down never
+            // waits for a new connection.
+            self.resign();
             tracing::warn!("vault: the leader's database session was lost; no longer leading");
+            return Ok(false);
+        }
+        if self.down.load(Ordering::Acquire) {
+            return Ok(false);
         }
         let client = self.connection()?;
         let (c, key) = (client.clone(), self.target.lock_key());
@@ -137,6 +167,23 @@ impl PgStore {
             self.give_back(client);
         }
         Ok(held)
+    }
+
+    /// Stop leading: end the leadership's session (which frees its lock), unlocking first so a
+    /// follower need not wait for the server to notice.
+    pub(super) fn resign(&self) {
+        let Some(leader) = self.leader.lock().take() else {
+            return;
+        };
+        if leader.is_closed() {
+            return;
+        }
+        let key = self.target.lock_key();
+        self.handle().spawn(async move {
+            let _ = leader
+                .execute("SELECT pg_advisory_unlock($1, 1)", &[&key])
+                .await;
+        });
     }
 
     /// The lease on the account whose record key is `account`, or `None` while another daemon
@@ -182,10 +229,14 @@ impl PgStore {
         }
         let (config, tls, label) = (self.config.clone(), self.tls.clone(), self.target.label());
         let (channel, epoch) = (self.target.channel(), self.target.epoch_sequence());
+        let key = self.target.lock_key();
         let (down, node) = (self.down.clone(), self.node.clone());
         self.handle().spawn(async move {
             loop {
-                let why = follow(&config, &tls, &label, &channel, &epoch, &node, &down, &on_change).await;
+                let why = follow(
+                    &config, &tls, &label, &channel, &epoch, key, &node, &down, &on_change,
+                )
+                .await;
                 if !down.swap(true, Ordering::AcqRel) {
                     tracing::warn!(error = %why, "vault: lost the database; serving what is cached");
                 }
@@ -204,6 +255,7 @@ async fn follow(
     label: &str,
     channel: &str,
     epoch: &str,
+    key: i32,
     node: &str,
     down: &std::sync::atomic::AtomicBool,
     on_change: &OnChange,
@@ -219,7 +271,7 @@ async fn follow(
             .batch_execute(&format!("LISTEN {channel}"))
             .await
             .map_err(pg_err)?;
-        let mut last = epoch_now(&client, epoch).await?;
+        let mut last = epoch_now(&client, epoch, key).await?;
         if down.swap(false, Ordering::AcqRel) {
             tracing::info!("vault: the database is back");
         }
@@ -239,7 +291,7 @@ async fn follow(
                     }
                 }
                 _ = check.tick() => {
-                    let now = epoch_now(&client, epoch).await?;
+                    let now = epoch_now(&client, epoch, key).await?;
                     if now != last {
                         last = now;
                         on_change("");
@@ -256,11 +308,23 @@ async fn follow(
     }
 }
 
-/// The epoch sequence's value, within [`EPOCH_CHECK`].
-async fn epoch_now(client: &Client, epoch: &str) -> Result<i64, VaultError> {
-    let sql = format!("SELECT last_value FROM {epoch}");
-    match tokio::time::timeout(EPOCH_CHECK, client.query_one(&sql, &[])).await {
-        Ok(Ok(row)) => Ok(row.get::<_, i64>(0)),
+/// The epoch sequence's value, within [`EPOCH_CHECK_TIMEOUT`]. Read under the vault's write
+/// lock taken shared: `nextval` is not transactional, so a write between its `nextval` and its
+/// `COMMIT` would otherwise show a new epoch while its data is not yet visible.
+async fn epoch_now(client: &Client, epoch: &str, key: i32) -> Result<i64, VaultError> {
+    let read = async {
+        client.batch_execute("BEGIN").await?;
+        client
+            .execute("SELECT pg_advisory_xact_lock_shared($1, 0)", &[&key])
+            .await?;
+        let row = client
+            .query_one(&format!("SELECT last_value FROM {epoch}"), &[])
+            .await?;
+        client.batch_execute("COMMIT").await?;
+        Ok::<i64, tokio_postgres::Error>(row.get::<_, i64>(0))
+    };
+    match tokio::time::timeout(EPOCH_CHECK_TIMEOUT, read).await {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(pg_err(e)),
         Err(_) => Err(VaultError::Unavailable(
             "the vault's database did not answer the epoch check".into(),

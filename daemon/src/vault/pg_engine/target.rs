@@ -74,6 +74,20 @@ impl PgTarget {
                 "schema {s:?}: 1-63 of a-z, 0-9 and _, not starting with a digit"
             ));
         }
+        // Through a transaction-mode pooler, the session-level advisory locks (leadership,
+        // account leases) and LISTEN would each land on whichever server session is free.
+        let pooled = url::Url::parse(self.url.expose_secret()).is_ok_and(|url| {
+            url.query_pairs()
+                .any(|(k, v)| k == "pgbouncer" && v.eq_ignore_ascii_case("true"))
+        });
+        if pooled {
+            return Err(
+                "pgbouncer=true: the vault needs sessions of its own (advisory locks, LISTEN); \
+                 connect to PostgreSQL directly, or through a pooler in session mode without \
+                 that parameter"
+                    .into(),
+            );
+        }
         self.prepared().map(|_| ())
     }
 
@@ -174,4 +188,35 @@ pub(super) struct Timing {
     pub(super) keepalive_idle: Duration,
     pub(super) keepalive_interval: Duration,
     pub(super) leader_check: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_pooler_is_refused_as_it_would_break_leases_and_leadership() {
+        let pooled = PgTarget::new(
+            SecretString::from("postgres://u:pw@db:6432/t?pgbouncer=true&sslmode=disable"),
+            "tokenbot",
+        );
+        let why = pooled.check().unwrap_err();
+        assert!(why.contains("pgbouncer=true") && !why.contains("pw"), "{why}");
+        let direct = PgTarget::new(
+            SecretString::from("postgres://u:pw@db:5432/t?sslmode=disable"),
+            "tokenbot",
+        );
+        assert!(direct.check().is_ok());
+    }
+
+    #[test]
+    fn the_failover_bound_sets_keepalives_and_the_leaders_check_within_it() {
+        let mut target = PgTarget::new(SecretString::from("postgres://u@db/t"), "s");
+        target.failover_secs = 15;
+        let t = target.timing();
+        let server_finds_silence = t.keepalive_idle + t.keepalive_interval * 3;
+        let leader_steps_down = t.leader_check * 2;
+        assert!(leader_steps_down < server_finds_silence, "{t:?}");
+        assert!(server_finds_silence < Duration::from_secs(15), "{t:?}");
+    }
 }

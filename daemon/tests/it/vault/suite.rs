@@ -1351,8 +1351,10 @@ fn a_lost_leadership_or_lease_session_stops_this_daemon_at_once() {
     first.put_account(&new_account("u", "kite", 1)).unwrap();
     assert!(first.lead().unwrap());
 
-    // Nobody else wanted it: taken again.
+    // Nobody else wanted it: a follower at once (stepping down waits for nothing), then the
+    // leader again at the next ask.
     end_session(target, None);
+    assert!(!first.lead().unwrap());
     assert!(first.lead().unwrap());
 
     // Another daemon took it meanwhile: this one follows, and still writes.
@@ -1367,8 +1369,9 @@ fn a_lost_leadership_or_lease_session_stops_this_daemon_at_once() {
     // A lease whose session ended says so, and the account is free for another daemon.
     let key = account_key("u", "kite");
     let lease = first.lease(&key).unwrap().unwrap();
+    assert!(lease.confirm());
     end_session(target, Some(("u", "kite")));
-    assert!(!lease.held());
+    assert!(!lease.held() && !lease.confirm());
     let second = Vault::open(&at, Engine::Postgres, &raw_key(12), options()).unwrap();
     assert!(second.lease(&key).unwrap().is_some());
 }
