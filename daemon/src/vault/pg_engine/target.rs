@@ -201,7 +201,10 @@ mod tests {
             "tokenbot",
         );
         let why = pooled.check().unwrap_err();
-        assert!(why.contains("pgbouncer=true") && !why.contains("pw"), "{why}");
+        assert!(
+            why.contains("pgbouncer=true") && !why.contains("pw"),
+            "{why}"
+        );
         let direct = PgTarget::new(
             SecretString::from("postgres://u:pw@db:5432/t?sslmode=disable"),
             "tokenbot",
