@@ -112,7 +112,7 @@ pub async fn initial(
 }
 
 /// Wait until the current 30 s TOTP step is later than the one containing `last_login_ms`.
-async fn wait_for_fresh_step(last_login_ms: i64) -> Duration {
+pub async fn wait_for_fresh_step(last_login_ms: i64) -> Duration {
     let started = Instant::now();
     let next_step_ms = (last_login_ms / 30_000 + 1) * 30_000;
     let wait = next_step_ms - unix_ms();
@@ -234,7 +234,7 @@ async fn kill_mid_refresh(
 }
 
 /// After the restart, `GET /api/users` lists every account.
-async fn check_accounts_listed(ctx: &Ctx, api: &Api) -> anyhow::Result<()> {
+pub async fn check_accounts_listed(ctx: &Ctx, api: &Api) -> anyhow::Result<()> {
     let users = api.get("/api/users", Auth::Key).await?;
     let listed: BTreeSet<String> = users.json()["accounts"]
         .as_array()

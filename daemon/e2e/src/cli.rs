@@ -26,6 +26,11 @@ pub struct Flags {
     /// The bounded run for CI (smaller figures below)
     #[arg(long)]
     quick: bool,
+    /// The high-availability figures instead of the scenarios above: three daemons sharing a
+    /// PostgreSQL vault, SIGKILL of the leader during its scheduled run, reads from a follower
+    /// against a redb daemon, refresh-all against its floor (with --quick: the small version)
+    #[arg(long)]
+    ha: bool,
     /// Work directory, wiped first [default: target/e2e/full or target/e2e/quick]
     #[arg(long, value_name = "DIR")]
     work: Option<PathBuf>,
@@ -33,16 +38,17 @@ pub struct Flags {
     /// postgres://postgres@127.0.0.1:5432/test]
     #[arg(long, value_name = "URL")]
     pg_url: Option<String>,
-    /// Accounts provisioned [default: full 1000, quick 200]
+    /// Accounts provisioned [default: full 1000, quick 200; --ha: full 1000, quick 100]
     #[arg(long, value_name = "N")]
     accounts: Option<usize>,
-    /// Chaos cycles [default: full 20, quick 3]
+    /// Chaos cycles, or --ha failover cycles [default: full 20, quick 3]
     #[arg(long, value_name = "N")]
     cycles: Option<usize>,
-    /// Keep-alive connections of the load phase [default: full 10000, quick 1000]
+    /// Keep-alive connections of the load phase [default: full 10000, quick 1000; --ha: full
+    /// 1000, quick 200]
     #[arg(long, value_name = "N")]
     connections: Option<usize>,
-    /// Length of the load phase in seconds [default: full 30, quick 5]
+    /// Length of the load phase in seconds [default: full 30, quick 5; --ha: full 10, quick 5]
     #[arg(long, value_name = "N")]
     load_secs: Option<u64>,
     /// Slowloris connections [default: full 1000, quick 200]
@@ -68,6 +74,8 @@ pub struct Options {
     pub daemon: PathBuf,
     pub schemathesis: Option<PathBuf>,
     pub quick: bool,
+    /// The high-availability figures (`scenario::ha`) instead of the scenarios.
+    pub ha: bool,
     pub work: PathBuf,
     pub pg_url: String,
     pub accounts: usize,
@@ -82,9 +90,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// `full` or `quick`, as the output names the mode.
+    /// `full` or `quick` (`ha full`, `ha quick`), as the output names the mode.
     pub fn mode(&self) -> &'static str {
-        if self.quick { "quick" } else { "full" }
+        match (self.ha, self.quick) {
+            (false, false) => "full",
+            (false, true) => "quick",
+            (true, false) => "ha full",
+            (true, true) => "ha quick",
+        }
     }
 
     pub fn skips(&self, scenario: &str) -> bool {
@@ -100,7 +113,7 @@ fn pick<T>(quick: bool, full: T, fast: T) -> T {
 impl Flags {
     /// Fill in the defaults of the mode and check what clap cannot.
     pub fn resolve(self) -> anyhow::Result<Options> {
-        let quick = self.quick;
+        let (quick, ha) = (self.quick, self.ha);
         let pg_url = self.pg_url.unwrap_or_else(|| {
             std::env::var("TOKENBOT_E2E_DATABASE_URL")
                 .ok()
@@ -111,14 +124,30 @@ impl Flags {
             daemon: self.daemon,
             schemathesis: self.schemathesis,
             quick,
+            ha,
             work: self.work.unwrap_or_else(|| {
-                PathBuf::from(pick(quick, "target/e2e/full", "target/e2e/quick"))
+                PathBuf::from(match (ha, quick) {
+                    (false, false) => "target/e2e/full",
+                    (false, true) => "target/e2e/quick",
+                    (true, false) => "target/e2e/ha-full",
+                    (true, true) => "target/e2e/ha-quick",
+                })
             }),
             pg_url,
-            accounts: self.accounts.unwrap_or(pick(quick, 1000, 200)),
+            accounts: self
+                .accounts
+                .unwrap_or(pick(quick, 1000, if ha { 100 } else { 200 })),
             cycles: self.cycles.unwrap_or(pick(quick, 20, 3)),
-            connections: self.connections.unwrap_or(pick(quick, 10_000, 1000)),
-            load_secs: self.load_secs.unwrap_or(pick(quick, 30, 5)),
+            connections: self.connections.unwrap_or(if ha {
+                pick(quick, 1000, 200)
+            } else {
+                pick(quick, 10_000, 1000)
+            }),
+            load_secs: self.load_secs.unwrap_or(if ha {
+                pick(quick, 10, 5)
+            } else {
+                pick(quick, 30, 5)
+            }),
             slowloris: self.slowloris.unwrap_or(pick(quick, 1000, 200)),
             slow_secs: self.slow_secs.unwrap_or(pick(quick, 20, 12)),
             examples: self.examples.unwrap_or(pick(quick, 50, 5)),

@@ -165,12 +165,24 @@ dir = {logs}
         log_level: &str,
         extra: &[(String, String)],
     ) -> anyhow::Result<Daemon> {
+        self.start_serve(label, log_level, extra, true)
+    }
+
+    /// `serve`, with `--dev` (which creates a missing vault) or without (a vault `init` made).
+    pub fn start_serve(
+        &self,
+        label: &str,
+        log_level: &str,
+        extra: &[(String, String)],
+        dev: bool,
+    ) -> anyhow::Result<Daemon> {
         let n = self.starts.fetch_add(1, Ordering::SeqCst);
         let label = format!("{n:02}-{label}");
         let log_path = self.stderr_dir().join(format!("{label}.log"));
+        let serve: &[&str] = if dev { &["serve", "--dev"] } else { &["serve"] };
         let mut child = self
             .command()
-            .args(["serve", "--dev"])
+            .args(serve)
             .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("TOKENBOT_LOG__LEVEL", log_level)
             .stdin(Stdio::null())
@@ -240,20 +252,31 @@ dir = {logs}
         label: &str,
         extra: &[(String, String)],
     ) -> anyhow::Result<(bool, String)> {
+        self.run_cli(&format!("verify-{label}"), &["vault", "verify"], extra)
+    }
+
+    /// Run a command of the binary to its end (`vault verify`, `init`): exit success, and its
+    /// output, which is also kept in `stderr/<label>.log` for the audit.
+    pub fn run_cli(
+        &self,
+        label: &str,
+        args: &[&str],
+        extra: &[(String, String)],
+    ) -> anyhow::Result<(bool, String)> {
         let out = self
             .command()
-            .args(["vault", "verify"])
+            .args(args)
             .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("TOKENBOT_LOG__LEVEL", "info,tokenbot=debug")
             .stdin(Stdio::null())
             .output()
-            .context("running vault verify")?;
+            .with_context(|| format!("running {}", args.join(" ")))?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        std::fs::write(self.stderr_dir().join(format!("verify-{label}.log")), &text)?;
+        std::fs::write(self.stderr_dir().join(format!("{label}.log")), &text)?;
         Ok((out.status.success(), text))
     }
 }

@@ -22,10 +22,15 @@
 //!
 //! Then it prints one table, scenario | result | figures, and exits 1 if any scenario failed.
 //! Everything runs on 127.0.0.1. `--help` lists the options.
+//!
+//! `--ha` runs the high-availability figures instead (`scenario::ha`): three daemons sharing a
+//! PostgreSQL vault, the leader SIGKILLed during its scheduled run, reads from a follower and
+//! refresh-all against a redb daemon; same table, same exit code.
 
 mod audit;
 mod chaos;
 mod cli;
+mod cluster;
 mod daemon;
 mod http;
 mod load;
@@ -105,6 +110,9 @@ fn main() -> std::process::ExitCode {
 /// could not go on, and shows as the one row `setup`.
 async fn run(opts: &cli::Options) -> anyhow::Result<Vec<Row>> {
     let run = setup::prepare(opts).await?;
+    if opts.ha {
+        return scenario::ha::run(&run, opts).await;
+    }
     let ctx = &run.ctx;
     let mut rows = Vec::new();
 

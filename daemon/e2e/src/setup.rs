@@ -19,6 +19,9 @@ use crate::world::{Account, Mirror};
 /// How long the daemon waits for a request's headers; the slowloris scenario relies on it.
 pub const HEADER_READ_TIMEOUT_SECS: u64 = 5;
 
+/// Logins at once (`[refresh] concurrency`, and the broker's).
+pub const CONCURRENCY: u32 = 32;
+
 /// The run's secrets, besides the accounts' credentials.
 pub struct RunSecrets {
     pub api_key: String,
@@ -80,7 +83,7 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Run> {
         kite_api_url: fake.api_url(),
         pg_url: &pg_url_with_password,
         pg_schema: &schema,
-        concurrency: 32,
+        concurrency: CONCURRENCY,
         header_read_timeout_secs: HEADER_READ_TIMEOUT_SECS,
     })?;
     let capture = Arc::new(Capture::create(&work.join("responses.log"))?);
@@ -110,7 +113,9 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Run> {
 /// Each process holds one descriptor per connection: refuse to start a run that would run out.
 fn check_open_file_limit(opts: &Options) -> anyhow::Result<()> {
     let limit = daemon::open_file_limit();
-    let needed = (opts.connections.max(opts.slowloris) + 1024) as u64;
+    // The HA figures open no slowloris connections.
+    let slow = if opts.ha { 0 } else { opts.slowloris };
+    let needed = (opts.connections.max(slow) + 1024) as u64;
     if limit < needed {
         bail!(
             "the open-file limit is {limit}; {needed} are needed for {} connections \

@@ -3,6 +3,7 @@
 //! starts, checks and reports.
 
 pub mod final_state;
+pub mod ha;
 pub mod refusal;
 pub mod schemathesis;
 pub mod secrets_audit;
@@ -13,7 +14,7 @@ use crate::Ctx;
 use crate::chaos;
 use crate::cli::Options;
 use crate::daemon::Daemon;
-use crate::http::Auth;
+use crate::http::{Api, Auth};
 use crate::load;
 use crate::setup::HEADER_READ_TIMEOUT_SECS;
 use crate::stats::secs;
@@ -28,28 +29,7 @@ pub const DEBUG_LOGS: &str = "info,tokenbot=debug";
 pub async fn provision(ctx: &Ctx, daemon: &Daemon) -> Row {
     let api = ctx.api.at(&daemon.addr);
     let t = Instant::now();
-    let results = bounded(&ctx.accounts, 16, |a: Account| {
-        let api = api.clone();
-        async move {
-            let r = api
-                .put_json(
-                    &format!("/api/users/{}/accounts/kite", a.user),
-                    Auth::Key,
-                    &a.provision_body(),
-                )
-                .await;
-            (a.user, r)
-        }
-    })
-    .await;
-    let bad: Vec<String> = results
-        .iter()
-        .filter_map(|(u, r)| match r {
-            Ok(r) if r.status == 201 => None,
-            Ok(r) => Some(format!("{u}: {} {}", r.status, r.text())),
-            Err(e) => Some(format!("{u}: {e:#}")),
-        })
-        .collect();
+    let bad = provision_accounts(&api, &ctx.accounts).await;
     row(
         "provision",
         bad.is_empty(),
@@ -63,6 +43,33 @@ pub async fn provision(ctx: &Ctx, daemon: &Daemon) -> Row {
             format!("{} refused, first: {}", bad.len(), bad[0])
         },
     )
+}
+
+/// `PUT /api/users/:userId/accounts/kite` for each of `accounts` (16 at once); the answers other
+/// than 201, one line each.
+pub async fn provision_accounts(api: &Api, accounts: &[Account]) -> Vec<String> {
+    let results = bounded(accounts, 16, |a: Account| {
+        let api = api.clone();
+        async move {
+            let r = api
+                .put_json(
+                    &format!("/api/users/{}/accounts/kite", a.user),
+                    Auth::Key,
+                    &a.provision_body(),
+                )
+                .await;
+            (a.user, r)
+        }
+    })
+    .await;
+    results
+        .iter()
+        .filter_map(|(u, r)| match r {
+            Ok(r) if r.status == 201 => None,
+            Ok(r) => Some(format!("{u}: {} {}", r.status, r.text())),
+            Err(e) => Some(format!("{u}: {e:#}")),
+        })
+        .collect()
 }
 
 /// Chaos (`chaos`): SIGKILL during refresh-all, `vault verify`, restart, check. Hands back a
