@@ -85,3 +85,70 @@ fn a_refresh_of_one_account_asked_of_three_nodes_at_once_logs_it_in_once_and_all
     let token = tokens[0].as_deref().expect("a token");
     assert!(c.kite.token_is_valid(&account.kite.api_key, token));
 }
+
+#[test]
+fn a_wrong_password_found_through_one_node_is_never_sent_again_by_any_node() {
+    let options = Options {
+        auto_refresh: false,
+        ..Options::default()
+    };
+    let Some(mut c) = Cluster::new("wrong_password", options) else {
+        return;
+    };
+    let nodes = c.start_nodes(3);
+    c.wait_for_one_leader(Duration::from_secs(FAILOVER_SECS + 10));
+    let account = c.accounts[0].clone();
+    // The broker's password changed: the stored one is wrong now.
+    let mut changed = account.kite.clone();
+    changed.password = "changed-at-the-broker".into();
+    c.kite.add_user(changed);
+    let recorder = c.kite.recorder();
+    recorder.set_latency(Duration::from_millis(150));
+
+    // Asked of all three at once: one password POST, and every answer is its failure.
+    let barrier = Arc::new(Barrier::new(nodes.len()));
+    let path = format!("/api/integration/tokens/refresh/{}", account.user);
+    let answers: Vec<(usize, u16, serde_json::Value)> = std::thread::scope(|s| {
+        let asks: Vec<_> = (nodes.iter())
+            .map(|&i| {
+                let (handle, http, addr) = (c.handle(), c.client(), c.addr(i).to_owned());
+                let (barrier, path) = (barrier.clone(), path.clone());
+                s.spawn(move || {
+                    barrier.wait();
+                    let (status, body) = call(&handle, &http, &addr, Method::POST, &path);
+                    (i, status, body)
+                })
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    recorder.set_latency(Duration::ZERO);
+    for (i, status, body) in &answers {
+        assert_eq!(*status, 200, "node {i}: {body}");
+        assert_eq!(body["successful"], 0, "node {i}: {body}");
+        let class = body["results"][0]["error_class"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            class == "invalid_credentials" || class == "needs_attention",
+            "node {i}: {body}"
+        );
+    }
+    assert_eq!(recorder.password_posts(&account.kite.user_id), 1);
+
+    // Asked again of each node, one after another: none sends it.
+    for &i in &nodes {
+        let (status, body) = c.refresh(i, &account.user);
+        assert_eq!(status, 200, "node {i}: {body}");
+        assert_eq!(
+            body["results"][0]["error_class"], "needs_attention",
+            "node {i}: {body}"
+        );
+    }
+    assert_eq!(
+        recorder.password_posts(&account.kite.user_id),
+        1,
+        "the known-wrong password was sent again"
+    );
+    assert_eq!(recorder.max_concurrent_logins_per_account(), 1);
+}
