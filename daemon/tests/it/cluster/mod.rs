@@ -7,5 +7,6 @@
 
 mod cache;
 mod leader;
+mod mirror;
 mod single_flight;
 mod support;

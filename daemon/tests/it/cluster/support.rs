@@ -42,6 +42,8 @@ pub struct Options {
     /// `user add --auto-refresh`: off keeps the leader's catch-up away from the accounts (a
     /// refresh naming the user still logs them in).
     pub auto_refresh: bool,
+    /// `[mirror.postgres]` into the vault's schema (table `tokenbot_tokens`).
+    pub mirror: bool,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             accounts: 1,
             concurrency: 16,
             auto_refresh: true,
+            mirror: false,
         }
     }
 }
@@ -279,10 +282,18 @@ impl Cluster {
                  [brokers.kite]\nweb_url = {:?}\napi_url = {:?}\n\
                  rate_limit_per_sec = 100000.0\nconcurrency = {c}\n\
                  [plugins]\ndir = {:?}\n\
-                 [log]\nlevel = \"info,tokenbot=debug\"\nformat = \"json\"\n",
+                 [log]\nlevel = \"info,tokenbot=debug\"\nformat = \"json\"\n{}",
                 urls["web_url"],
                 urls["api_url"],
                 work.join("plugins").display().to_string(),
+                if self.options.mirror {
+                    format!(
+                        "[mirror.postgres]\nurl = {:?}\nschema = {:?}\npoll_interval_ms = 100\n",
+                        self.db_url, self.schema
+                    )
+                } else {
+                    String::new()
+                },
             ),
         )
         .unwrap();
