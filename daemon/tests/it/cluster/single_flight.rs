@@ -7,18 +7,48 @@ use reqwest::Method;
 
 use super::support::{Cluster, FAILOVER_SECS, Options, call};
 
-#[test]
-fn a_refresh_of_one_account_asked_of_three_nodes_at_once_logs_it_in_once_and_all_report_it() {
-    // Paused: no catch-up logs it in; a refresh naming its user does.
+/// A paused account's cluster: no catch-up logs it in, a refresh naming its user does.
+fn paused_cluster(test: &str) -> Option<(Cluster, Vec<usize>)> {
     let options = Options {
         auto_refresh: false,
         ..Options::default()
     };
-    let Some(mut c) = Cluster::new("single_flight", options) else {
-        return;
-    };
+    let mut c = Cluster::new(test, options)?;
     let nodes = c.start_nodes(3);
     c.wait_for_one_leader(Duration::from_secs(FAILOVER_SECS + 10));
+    Some((c, nodes))
+}
+
+/// POST `path` on every one of `nodes` at the same instant (threads behind a barrier): each
+/// node's answer and how long it took.
+fn ask_all_at_once(
+    c: &Cluster,
+    nodes: &[usize],
+    path: &str,
+) -> Vec<(usize, u16, serde_json::Value, Duration)> {
+    let barrier = Arc::new(Barrier::new(nodes.len()));
+    std::thread::scope(|s| {
+        let asks: Vec<_> = (nodes.iter())
+            .map(|&i| {
+                let (handle, http, addr) = (c.handle(), c.client(), c.addr(i).to_owned());
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    barrier.wait();
+                    let asked = Instant::now();
+                    let (status, body) = call(&handle, &http, &addr, Method::POST, path);
+                    (i, status, body, asked.elapsed())
+                })
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_refresh_of_one_account_asked_of_three_nodes_at_once_logs_it_in_once_and_all_report_it() {
+    let Some((c, nodes)) = paused_cluster("single_flight") else {
+        return;
+    };
     let account = c.accounts[0].clone();
     // Every node has read (and cached) that there is no token yet.
     for &i in &nodes {
@@ -29,23 +59,8 @@ fn a_refresh_of_one_account_asked_of_three_nodes_at_once_logs_it_in_once_and_all
     // Each request 150 ms: the login lasts over a second, so all three asks meet it in flight.
     recorder.set_latency(Duration::from_millis(150));
 
-    let barrier = Arc::new(Barrier::new(nodes.len()));
     let path = format!("/api/integration/tokens/refresh/{}", account.user);
-    let answers: Vec<(usize, u16, serde_json::Value, Duration)> = std::thread::scope(|s| {
-        let asks: Vec<_> = (nodes.iter())
-            .map(|&i| {
-                let (handle, http, addr) = (c.handle(), c.client(), c.addr(i).to_owned());
-                let (barrier, path) = (barrier.clone(), path.clone());
-                s.spawn(move || {
-                    barrier.wait();
-                    let asked = Instant::now();
-                    let (status, body) = call(&handle, &http, &addr, Method::POST, &path);
-                    (i, status, body, asked.elapsed())
-                })
-            })
-            .collect();
-        asks.into_iter().map(|a| a.join().unwrap()).collect()
-    });
+    let answers = ask_all_at_once(&c, &nodes, &path);
     recorder.set_latency(Duration::ZERO);
     for (i, status, body, took) in &answers {
         eprintln!(
@@ -88,15 +103,9 @@ fn a_refresh_of_one_account_asked_of_three_nodes_at_once_logs_it_in_once_and_all
 
 #[test]
 fn a_wrong_password_found_through_one_node_is_never_sent_again_by_any_node() {
-    let options = Options {
-        auto_refresh: false,
-        ..Options::default()
-    };
-    let Some(mut c) = Cluster::new("wrong_password", options) else {
+    let Some((c, nodes)) = paused_cluster("wrong_password") else {
         return;
     };
-    let nodes = c.start_nodes(3);
-    c.wait_for_one_leader(Duration::from_secs(FAILOVER_SECS + 10));
     let account = c.accounts[0].clone();
     // The broker's password changed: the stored one is wrong now.
     let mut changed = account.kite.clone();
@@ -106,24 +115,10 @@ fn a_wrong_password_found_through_one_node_is_never_sent_again_by_any_node() {
     recorder.set_latency(Duration::from_millis(150));
 
     // Asked of all three at once: one password POST, and every answer is its failure.
-    let barrier = Arc::new(Barrier::new(nodes.len()));
     let path = format!("/api/integration/tokens/refresh/{}", account.user);
-    let answers: Vec<(usize, u16, serde_json::Value)> = std::thread::scope(|s| {
-        let asks: Vec<_> = (nodes.iter())
-            .map(|&i| {
-                let (handle, http, addr) = (c.handle(), c.client(), c.addr(i).to_owned());
-                let (barrier, path) = (barrier.clone(), path.clone());
-                s.spawn(move || {
-                    barrier.wait();
-                    let (status, body) = call(&handle, &http, &addr, Method::POST, &path);
-                    (i, status, body)
-                })
-            })
-            .collect();
-        asks.into_iter().map(|a| a.join().unwrap()).collect()
-    });
+    let answers = ask_all_at_once(&c, &nodes, &path);
     recorder.set_latency(Duration::ZERO);
-    for (i, status, body) in &answers {
+    for (i, status, body, _) in &answers {
         assert_eq!(*status, 200, "node {i}: {body}");
         assert_eq!(body["successful"], 0, "node {i}: {body}");
         let class = body["results"][0]["error_class"]
