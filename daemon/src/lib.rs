@@ -11,10 +11,10 @@ pub mod cluster;
 pub mod config;
 pub mod credential_input;
 pub mod events;
+#[cfg(test)]
+mod house_rules;
 pub mod logging;
 pub mod mirror;
-#[cfg(test)]
-mod module_graph;
 pub mod notify;
 mod pg;
 pub mod plugins;
@@ -180,33 +180,10 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Installed before "listening" (not inside the task): a SIGHUP sent right after it must
-        // rescan, not kill.
-        let hup = signal(SignalKind::hangup());
-        let state = state.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = hup else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: rescanning plugins");
-                let (plugins, config) = (state.plugins.clone(), state.config.clone());
-                let _ = tokio::task::spawn_blocking(move || plugins.rescan(&config.plugins)).await;
-            }
-        });
-    }
+    rescan_plugins_on_sighup(&state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-    let options = api::serve::ServeOptions {
-        header_read_timeout: std::time::Duration::from_secs(
-            state.config.server.header_read_timeout_secs,
-        ),
-        drain_timeout: std::time::Duration::from_secs(30),
-        max_connections: state.config.server.max_connections,
-    };
+    let options = serve_options(&state.config.server);
     // One shutdown signal for the server and the scheduler. The scheduler checks it between
     // ticks, so logins in flight finish before it returns.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -275,6 +252,37 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A SIGHUP rescans the plugin directory. Installed before "listening" (not inside the task): a
+/// SIGHUP sent right after it must rescan, not kill.
+fn rescan_plugins_on_sighup(state: &Arc<AppState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hup = signal(SignalKind::hangup());
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = hup else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: rescanning plugins");
+                let (plugins, config) = (state.plugins.clone(), state.config.clone());
+                let _ = tokio::task::spawn_blocking(move || plugins.rescan(&config.plugins)).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = state;
+}
+
+fn serve_options(server: &config::ServerConfig) -> api::serve::ServeOptions {
+    api::serve::ServeOptions {
+        header_read_timeout: std::time::Duration::from_secs(server.header_read_timeout_secs),
+        drain_timeout: std::time::Duration::from_secs(30),
+        max_connections: server.max_connections,
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the

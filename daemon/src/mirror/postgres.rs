@@ -181,6 +181,74 @@ impl Session {
     }
 }
 
+/// Create the default table, or what of it is missing. The upsert to use instead of the
+/// target's, when the table lacks the `extras` column and this role may not add it.
+async fn ensure_default_table(
+    client: &Client,
+    target: &Target,
+    schema: &str,
+    table: &str,
+) -> Result<Option<Template>, PgError> {
+    // Create only what is missing: `CREATE ... IF NOT EXISTS` checks privileges first, and
+    // a role that may write the table need not be allowed to create anything.
+    let schema_exists = client
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await
+        .map_err(|e| target.error("checking the schema", &e))?
+        .is_some();
+    if !schema_exists {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(schema)
+            ))
+            .await
+            .map_err(|e| target.error(&format!("creating schema {schema}"), &e))?;
+    }
+    let table_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| target.error("checking the table", &e))?
+        .is_some();
+    if !table_exists {
+        client
+            .batch_execute(&create_table(schema, table))
+            .await
+            .map_err(|e| target.error(&format!("creating table {schema}.{table}"), &e))?;
+        tracing::info!(db = %target.label, %schema, %table, "mirror: created the table");
+    } else if client
+        .query_opt(
+            "SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2 AND column_name = 'extras'",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| target.error("checking the table's columns", &e))?
+        .is_none()
+    {
+        // A default table made before token extras were mirrored gets their column (only
+        // then: ALTER TABLE needs the table's owner, even when the column exists). A role
+        // that may not add it mirrors as before, without extras.
+        let alter = format!(
+            "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS extras jsonb",
+            quote_ident(schema),
+            quote_ident(table)
+        );
+        if let Err(e) = client.batch_execute(&alter).await {
+            let error = target.error(&format!("adding column extras to {schema}.{table}"), &e);
+            tracing::warn!(db = %target.label, %error, "mirror: writing the table without extras");
+            let sql = default_upsert(schema, table, false);
+            let template = Template::parse(&sql)
+                .map_err(|e| PgError(format!("the default upsert without extras: {e}")))?;
+            return Ok(Some(template));
+        }
+    }
+    Ok(None)
+}
+
 /// Create the default table if missing; prepare the upsert (checking its parameter types) and
 /// `NOTIFY`. The upsert's parameters come with it.
 async fn setup(
@@ -188,65 +256,10 @@ async fn setup(
     target: &Target,
 ) -> Result<(Statement, Option<Statement>, Vec<Param>), PgError> {
     let mut template = std::borrow::Cow::Borrowed(&target.upsert);
-    if let Some((schema, table)) = &target.default_table {
-        // Create only what is missing: `CREATE ... IF NOT EXISTS` checks privileges first, and
-        // a role that may write the table need not be allowed to create anything.
-        let schema_exists = client
-            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
-            .await
-            .map_err(|e| target.error("checking the schema", &e))?
-            .is_some();
-        if !schema_exists {
-            client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    quote_ident(schema)
-                ))
-                .await
-                .map_err(|e| target.error(&format!("creating schema {schema}"), &e))?;
-        }
-        let table_exists = client
-            .query_opt(
-                "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2",
-                &[schema, table],
-            )
-            .await
-            .map_err(|e| target.error("checking the table", &e))?
-            .is_some();
-        if !table_exists {
-            client
-                .batch_execute(&create_table(schema, table))
-                .await
-                .map_err(|e| target.error(&format!("creating table {schema}.{table}"), &e))?;
-            tracing::info!(db = %target.label, %schema, %table, "mirror: created the table");
-        } else if client
-            .query_opt(
-                "SELECT 1 FROM information_schema.columns \
-                 WHERE table_schema = $1 AND table_name = $2 AND column_name = 'extras'",
-                &[schema, table],
-            )
-            .await
-            .map_err(|e| target.error("checking the table's columns", &e))?
-            .is_none()
-        {
-            // A default table made before token extras were mirrored gets their column (only
-            // then: ALTER TABLE needs the table's owner, even when the column exists). A role
-            // that may not add it mirrors as before, without extras.
-            let alter = format!(
-                "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS extras jsonb",
-                quote_ident(schema),
-                quote_ident(table)
-            );
-            if let Err(e) = client.batch_execute(&alter).await {
-                let error = target.error(&format!("adding column extras to {schema}.{table}"), &e);
-                tracing::warn!(db = %target.label, %error, "mirror: writing the table without extras");
-                let sql = default_upsert(schema, table, false);
-                template = std::borrow::Cow::Owned(
-                    Template::parse(&sql)
-                        .map_err(|e| PgError(format!("the default upsert without extras: {e}")))?,
-                );
-            }
-        }
+    if let Some((schema, table)) = &target.default_table
+        && let Some(without_extras) = ensure_default_table(client, target, schema, table).await?
+    {
+        template = std::borrow::Cow::Owned(without_extras);
     }
     let upsert = client
         .prepare(&template.sql)

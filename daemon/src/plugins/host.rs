@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::egress::{Egress, Exchange, exchange};
 use crate::clock::Clock;
-use crate::plugins::totp::{StepGuard, fresh_code};
+use crate::plugins::totp::{FreshCode, StepGuard, fresh_code};
 
 /// The one host table of the process. Plugins may keep the pointer forever.
 pub static HOST_TABLE: HostTable = HostTable {
@@ -228,46 +228,7 @@ unsafe extern "C" fn host_totp(call: *mut CallCtx, request: Bytes, out: Sink) ->
             secret,
             budget,
         ) {
-            Ok(fresh) => {
-                // Written before the code leaves: after a crash, the next process knows the
-                // step was used even if the broker saw the code and nothing else was recorded.
-                if let Some(log) = &ctx.step_log
-                    && let Err(why) = log(fresh.step)
-                {
-                    return fail(
-                        out,
-                        Status::ERROR,
-                        "step_not_recorded",
-                        format!("the TOTP step could not be recorded, so it was not used: {why}"),
-                    );
-                }
-                // Recording may have waited (the vault's write lock, a slow database): a code
-                // that would expire on its way is not sent. Its step stays used, which is safe.
-                let end_ms = (fresh.step as i64 + 1) * crate::plugins::totp::STEP_MS;
-                let valid_for_ms = end_ms - ctx.clock.now_ms() - offset;
-                if valid_for_ms < crate::plugins::totp::MIN_REMAINING_MS / 2 {
-                    return fail(
-                        out,
-                        Status::ERROR,
-                        "step_not_recorded",
-                        format!(
-                            "recording the TOTP step took until {valid_for_ms} ms before its end, \
-                             too late to send its code"
-                        ),
-                    );
-                }
-                ctx.redactor.add(&fresh.code);
-                write_json(
-                    out,
-                    &TotpCode {
-                        v: WIRE_VERSION,
-                        code: broker_api::wire::Sensitive::new(fresh.code.as_str()),
-                        step: fresh.step,
-                        valid_for_ms: valid_for_ms.max(0) as u64,
-                    },
-                );
-                Status::OK
-            }
+            Ok(fresh) => send_code(ctx, fresh, offset, out),
             Err(wait) => fail(
                 out,
                 Status::TIMEOUT,
@@ -276,6 +237,49 @@ unsafe extern "C" fn host_totp(call: *mut CallCtx, request: Bytes, out: Sink) ->
             ),
         }
     })
+}
+
+/// Record `fresh`'s step as used, then hand its code to the plugin, unless recording failed or
+/// took so long that the code would expire on its way.
+fn send_code(ctx: &PluginCall, fresh: FreshCode, offset: i64, out: Sink) -> Status {
+    // Written before the code leaves: after a crash, the next process knows the step was used
+    // even if the broker saw the code and nothing else was recorded.
+    if let Some(log) = &ctx.step_log
+        && let Err(why) = log(fresh.step)
+    {
+        return fail(
+            out,
+            Status::ERROR,
+            "step_not_recorded",
+            format!("the TOTP step could not be recorded, so it was not used: {why}"),
+        );
+    }
+    // Recording may have waited (the vault's write lock, a slow database): a code that would
+    // expire on its way is not sent. Its step stays used, which is safe.
+    let end_ms = (fresh.step as i64 + 1) * crate::plugins::totp::STEP_MS;
+    let valid_for_ms = end_ms - ctx.clock.now_ms() - offset;
+    if valid_for_ms < crate::plugins::totp::MIN_REMAINING_MS / 2 {
+        return fail(
+            out,
+            Status::ERROR,
+            "step_not_recorded",
+            format!(
+                "recording the TOTP step took until {valid_for_ms} ms before its end, \
+                 too late to send its code"
+            ),
+        );
+    }
+    ctx.redactor.add(&fresh.code);
+    write_json(
+        out,
+        &TotpCode {
+            v: WIRE_VERSION,
+            code: broker_api::wire::Sensitive::new(fresh.code.as_str()),
+            step: fresh.step,
+            valid_for_ms: valid_for_ms.max(0) as u64,
+        },
+    );
+    Status::OK
 }
 
 unsafe extern "C" fn host_http(call: *mut CallCtx, request: Bytes, out: Sink) -> Status {

@@ -15,7 +15,7 @@ use broker_api::wire::{self, ErrorClass};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use super::assisted::assisted_credentials;
+use super::assisted::{AssistedAccount, assisted_credentials};
 use super::outcome::{Finished, attempt_record};
 use super::{AccountResult, Named, Refresher};
 use crate::notify::NoticeAccount;
@@ -289,6 +289,38 @@ impl Refresher {
         }
     }
 
+    /// The account and its pending request, re-read under the account's single flight, if a
+    /// delivery may still answer it; else why not.
+    async fn awaiting_delivery(
+        &self,
+        key: &AccountKey,
+        started_ms: i64,
+        token_hash: &str,
+    ) -> Result<(AssistedAccount, PendingApproval), &'static str> {
+        let Ok(account) = self.assisted_account(key).await else {
+            return Err("the account is gone");
+        };
+        // Re-read under the account's single flight: a token that arrived meanwhile (the other
+        // mode, or this delivery twice at once) has ended the request.
+        let Some(pending) = account
+            .account()
+            .pending_approval
+            .filter(|p| started_ms < p.until_ms)
+        else {
+            return Err("no approval request is pending any more");
+        };
+        // A token another system now pushes for this account is not overwritten.
+        if account.account().state() == AccountState::ManagedExternally {
+            return Err("the account's token is managed externally");
+        }
+        let (vault, k) = (self.vault.clone(), key.clone());
+        let stored = blocking(move || vault.get_token(&k)).await.ok().flatten();
+        if stored.is_some_and(|t| sha256_hex(t.access_token.expose_secret()) == token_hash) {
+            return Err("replayed: this token is the one stored");
+        }
+        Ok((account, pending))
+    }
+
     /// As the account's login in flight: the strategy checks the delivery; a token it accepts
     /// is stored by [`Refresher::finish_login`].
     async fn deliver_now(
@@ -299,27 +331,10 @@ impl Refresher {
         token_hash: String,
     ) -> Delivery {
         let started_ms = self.plugin_env.clock.now_ms();
-        let Ok(account) = self.assisted_account(key).await else {
-            return Delivery::Ignored("the account is gone".into());
+        let (account, pending) = match self.awaiting_delivery(key, started_ms, &token_hash).await {
+            Ok(found) => found,
+            Err(why) => return Delivery::Ignored(why.into()),
         };
-        // Re-read under the account's single flight: a token that arrived meanwhile (the other
-        // mode, or this delivery twice at once) has ended the request.
-        let Some(pending) = account
-            .account()
-            .pending_approval
-            .filter(|p| started_ms < p.until_ms)
-        else {
-            return Delivery::Ignored("no approval request is pending any more".into());
-        };
-        // A token another system now pushes for this account is not overwritten.
-        if account.account().state() == AccountState::ManagedExternally {
-            return Delivery::Ignored("the account's token is managed externally".into());
-        }
-        let (vault, k) = (self.vault.clone(), key.clone());
-        let stored = blocking(move || vault.get_token(&k)).await.ok().flatten();
-        if stored.is_some_and(|t| sha256_hex(t.access_token.expose_secret()) == token_hash) {
-            return Delivery::Ignored("replayed: this token is the one stored".into());
-        }
         let broker_config = self.broker_config(&plugin.id);
         let settings = match plugin.settings(&broker_config.settings) {
             Ok(s) => s,

@@ -36,6 +36,7 @@ mod redb_engine;
 #[cfg(feature = "sled")]
 mod sled_engine;
 mod store;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
-//! The crate's top-level modules must not import each other in a loop, and `config` must import
-//! none of them: a loop makes every module in it a prerequisite of every other, so none can be
-//! read, changed or tested alone. Read from the source text, so it needs no tool and no build.
+//! The shape the crate's source keeps, read from its text, so the checks need no tool and no
+//! build:
+//! - the top-level modules do not import each other in a loop, and `config` imports none of them:
+//!   a loop makes every module in it a prerequisite of every other, so none can be read, changed
+//!   or tested alone;
+//! - one file holds one idea: no file over 500 lines, and no function over 80.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -139,4 +142,80 @@ fn the_reader_sees_paths_and_groups_but_not_comments() {
     graph.entry("a".into()).or_default().insert("b".into());
     graph.entry("b".into()).or_default().insert("a".into());
     assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "a"]);
+}
+
+const MAX_FILE_LINES: usize = 500;
+const MAX_FN_LINES: usize = 80;
+
+/// Every `.rs` file under `src`, by path relative to it.
+fn files_by_path() -> Vec<(String, String)> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    walk(&root, &root, &mut out);
+    out
+}
+
+/// `(first line, lines)` of each function with a body in rustfmt-formatted `text`: from its `fn`
+/// line to the `}` at the same indentation.
+fn function_spans(text: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut spans = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let signature =
+            code.starts_with("fn ") || (code.contains(" fn ") && !code.starts_with("//"));
+        if !signature || code.starts_with("let ") {
+            continue;
+        }
+        let indent = &line[..line.len() - code.len()];
+        let Some(open) = (start..lines.len()).find(|&i| {
+            let l = lines[i].trim_end();
+            l.ends_with('{') || l.ends_with(';')
+        }) else {
+            continue;
+        };
+        if lines[open].trim_end().ends_with(';') {
+            continue; // a declaration without a body
+        }
+        let closing = format!("{indent}}}");
+        if let Some(end) = (open..lines.len()).find(|&i| lines[i] == closing) {
+            spans.push((start + 1, end - start + 1));
+        }
+    }
+    spans
+}
+
+#[test]
+fn no_source_file_is_over_500_lines_and_no_function_over_80() {
+    let mut too_long = Vec::new();
+    for (path, text) in files_by_path() {
+        let lines = text.lines().count();
+        if lines > MAX_FILE_LINES {
+            too_long.push(format!("{path}: {lines} lines"));
+        }
+        for (at, lines) in function_spans(&text) {
+            if lines > MAX_FN_LINES {
+                too_long.push(format!("{path}:{at}: a function of {lines} lines"));
+            }
+        }
+    }
+    assert!(too_long.is_empty(), "split these: {too_long:#?}");
+}
+
+#[test]
+fn the_function_reader_measures_bodies_and_skips_declarations() {
+    let text = "fn a() {\n    x();\n}\n\ntrait T {\n    fn b(&self);\n    fn c(&self) {\n    }\n}\n\
+                pub(crate) async fn d(\n    x: u8,\n) -> u8 {\n    x\n}\n";
+    assert_eq!(function_spans(text), [(1, 3), (7, 2), (10, 5)]);
 }
