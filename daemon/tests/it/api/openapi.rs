@@ -346,3 +346,20 @@ async fn the_openapi_validation_refuses_broken_documents() {
         );
     }
 }
+
+#[test]
+fn the_served_document_is_the_one_the_code_describes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let generated = tokenbot::api::openapi::generate();
+    if std::env::var_os("TOKENBOT_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == committed && committed == tokenbot::api::openapi::document(),
+        "daemon/openapi.json is not the document the code describes; rewrite it with \
+         `TOKENBOT_BLESS=1 cargo test -p tokenbot --test it -- api::openapi::the_served_document` \
+         and commit it"
+    );
+}
