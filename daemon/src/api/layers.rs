@@ -168,6 +168,10 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for ObserveFuture<
     }
 }
 
+/// How many headers [`finish`] adds at most: a handler that makes its response's header map with
+/// room for these and its own allocates it once (the token read does).
+pub const ADDED_HEADERS: usize = 6;
+
 /// Headers, metrics and the log line of an answered request.
 fn finish(done: Done, response: Response) -> Response {
     let mut response = super::error::json_error_shape(response);
@@ -176,7 +180,7 @@ fn finish(done: Done, response: Response) -> Response {
     log_line(&done, status);
     let headers = response.headers_mut();
     // Room for the headers below at once, rather than growing the map twice.
-    headers.reserve(6);
+    headers.reserve(ADDED_HEADERS);
     headers.insert(REQUEST_ID, done.id);
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
