@@ -16,6 +16,7 @@ const FLAG: &str = "-Wl,-z,pack-relative-relocs";
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=TOKENBOT_RELR");
+    println!("cargo::rerun-if-env-changed=RUSTC_LINKER");
     let target = |key: &str| std::env::var(key).unwrap_or_default();
     let native_gnu_linux = target("CARGO_CFG_TARGET_OS") == "linux"
         && target("CARGO_CFG_TARGET_ENV") == "gnu"
@@ -28,7 +29,9 @@ fn main() {
     }
 }
 
-/// Whether the C toolchain links a PIE with DT_RELR without a complaint, and the result runs.
+/// Whether the C toolchain links a PIE with DT_RELR without a complaint, and the result runs: the
+/// C library here supports it. (rustc may link with its own lld rather than this `cc`; both take
+/// the flag, and a probe that fails only leaves the flag out.)
 fn links_with_relr(dir: &Path) -> bool {
     let source = dir.join("relr-probe.c");
     if std::fs::write(&source, "int main(void) { return 0; }\n").is_err() {

@@ -167,29 +167,36 @@ fn files_by_path() -> Vec<(String, String)> {
 }
 
 /// `(first line, lines)` of each function with a body in rustfmt-formatted `text`: from its `fn`
-/// line to the `}` at the same indentation.
+/// line to the `}` at the same indentation. A comment after a brace does not hide either end.
 fn function_spans(text: &str) -> Vec<(usize, usize)> {
-    let lines: Vec<&str> = text.lines().collect();
+    // The line without a trailing `//` comment (good enough here: no signature or lone brace
+    // holds a string with `//` in it).
+    let code: Vec<&str> = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or("").trim_end())
+        .collect();
     let mut spans = Vec::new();
-    for (start, line) in lines.iter().enumerate() {
-        let code = line.trim_start();
-        let signature =
-            code.starts_with("fn ") || (code.contains(" fn ") && !code.starts_with("//"));
-        if !signature || code.starts_with("let ") {
+    for (start, line) in code.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let signature = trimmed.starts_with("fn ") || trimmed.contains(" fn ");
+        if !signature || trimmed.starts_with("let ") {
             continue;
         }
-        let indent = &line[..line.len() - code.len()];
-        let Some(open) = (start..lines.len()).find(|&i| {
-            let l = lines[i].trim_end();
-            l.ends_with('{') || l.ends_with(';')
-        }) else {
+        let indent = &line[..line.len() - trimmed.len()];
+        let Some(open) = (start..code.len())
+            .find(|&i| code[i].ends_with('{') || code[i].ends_with(';') || code[i].ends_with('}'))
+        else {
             continue;
         };
-        if lines[open].trim_end().ends_with(';') {
+        if code[open].ends_with(';') {
             continue; // a declaration without a body
         }
+        if code[open].ends_with('}') {
+            spans.push((start + 1, open - start + 1)); // `fn f() {}`
+            continue;
+        }
         let closing = format!("{indent}}}");
-        if let Some(end) = (open..lines.len()).find(|&i| lines[i] == closing) {
+        if let Some(end) = (open..code.len()).find(|&i| code[i] == closing) {
             spans.push((start + 1, end - start + 1));
         }
     }
@@ -216,6 +223,10 @@ fn no_source_file_is_over_500_lines_and_no_function_over_80() {
 #[test]
 fn the_function_reader_measures_bodies_and_skips_declarations() {
     let text = "fn a() {\n    x();\n}\n\ntrait T {\n    fn b(&self);\n    fn c(&self) {\n    }\n}\n\
-                pub(crate) async fn d(\n    x: u8,\n) -> u8 {\n    x\n}\n";
-    assert_eq!(function_spans(text), [(1, 3), (7, 2), (10, 5)]);
+                pub(crate) async fn d(\n    x: u8,\n) -> u8 {\n    x\n}\n\
+                fn e() {}\nfn f() { // why\n    let y = 1;\n} // done\n";
+    assert_eq!(
+        function_spans(text),
+        [(1, 3), (7, 2), (10, 5), (15, 1), (16, 3)]
+    );
 }

@@ -181,6 +181,7 @@ fn finish(done: Done, response: Response) -> Response {
     let headers = response.headers_mut();
     // Room for the headers below at once, rather than growing the map twice.
     headers.reserve(ADDED_HEADERS);
+    let before = headers.len();
     headers.insert(REQUEST_ID, done.id);
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -195,6 +196,10 @@ fn finish(done: Done, response: Response) -> Response {
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         );
     }
+    debug_assert!(
+        headers.len() <= before + ADDED_HEADERS,
+        "ADDED_HEADERS is out of date"
+    );
     response
 }
 
