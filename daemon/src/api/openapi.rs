@@ -2,10 +2,9 @@
 //! request and response types. The tests check it against [`super::ROUTES`] both ways.
 //!
 //! The daemon serves `daemon/openapi.json`, the generated document as committed, compiled in:
-//! generating it at run time linked about 0.65 MB of schema-building code into the binary for
-//! one answer that never changes (docs/performance.md, "Binary size"). A test checks that the
-//! file is what [`generate`] makes of the code now, and rewrites it when asked
-//! (`TOKENBOT_BLESS=1`).
+//! generating it at run time linked utoipa's schema-building code into the binary for one answer
+//! that never changes (docs/performance.md, "Binary size"). A test checks that the file is what
+//! [`generate`] makes of the code now, and rewrites it when asked (`TOKENBOT_BLESS=1`).
 
 use axum::http::header::{CONTENT_TYPE, HeaderValue};
 use axum::response::{IntoResponse, Response};

@@ -82,8 +82,8 @@ pub async fn read(
             account,
         })
         .await?;
-    // The header map is made once with room for what `layers::finish` adds: growing it there was
-    // about 3 % of the daemon's profile under the token-read bench (docs/performance.md).
+    // The header map is made once with room for what `layers::finish` adds: growing it there
+    // showed in the token-read profile (docs/performance.md).
     let mut response = Response::new(axum::body::Body::from(body));
     let headers = response.headers_mut();
     headers.reserve(1 + super::layers::ADDED_HEADERS);
