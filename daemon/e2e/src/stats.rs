@@ -105,17 +105,35 @@ pub fn unix_ms() -> i64 {
 
 /// `min / median / max` of durations.
 pub fn spread(values: &[Duration]) -> String {
+    sorted_summary(values, |v| {
+        format!(
+            "{} / {} / {}",
+            secs(v[0]),
+            secs(v[v.len() / 2]),
+            secs(v[v.len() - 1])
+        )
+    })
+}
+
+/// `median X, max Y` of durations.
+pub fn median_max(values: &[Duration]) -> String {
+    sorted_summary(values, |v| {
+        format!(
+            "median {}, max {}",
+            secs(v[v.len() / 2]),
+            secs(v[v.len() - 1])
+        )
+    })
+}
+
+/// `show` of the values sorted, or `-` when there are none.
+fn sorted_summary(values: &[Duration], show: impl FnOnce(&[Duration]) -> String) -> String {
     if values.is_empty() {
         return "-".into();
     }
     let mut v = values.to_vec();
     v.sort();
-    format!(
-        "{} / {} / {}",
-        secs(v[0]),
-        secs(v[v.len() / 2]),
-        secs(v[v.len() - 1])
-    )
+    show(&v)
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use crate::http::{Api, Auth};
 use crate::load::{self, LoadReport};
 use crate::scenario::{DEBUG_LOGS, provision_accounts};
 use crate::setup::{CONCURRENCY, Run};
-use crate::stats::{Rng, secs, unix_ms};
+use crate::stats::{Rng, median_max, secs, unix_ms};
 use crate::summary::{Row, row};
 use crate::world::{Account, read_tokens};
 
@@ -709,20 +709,6 @@ fn reads_row(
                 "; a daemon died"
             }
         ),
-    )
-}
-
-/// `median X, max Y`.
-fn median_max(values: &[Duration]) -> String {
-    if values.is_empty() {
-        return "-".into();
-    }
-    let mut v = values.to_vec();
-    v.sort();
-    format!(
-        "median {}, max {}",
-        secs(v[v.len() / 2]),
-        secs(v[v.len() - 1])
     )
 }
 
