@@ -286,18 +286,52 @@ fn host_is_compatible(host: *const HostTable) -> bool {
         && header.struct_size as usize >= abi::HOST_TABLE_MIN_SIZE
 }
 
+/// The wire types an entry point reads and answers, decoded and encoded by this crate's code.
+///
+/// The methods are not generic, so serde's code for each type is compiled once, here, rather than
+/// into every strategy's shims (eleven bundled strategies carried a copy each).
+trait Codec: Sized {
+    /// `None` when `input` is not JSON of this shape.
+    fn decode(input: &[u8]) -> Option<Self>;
+    /// `None` when the value cannot be written as JSON.
+    fn encode(&self) -> Option<Vec<u8>>;
+}
+
+macro_rules! codec {
+    ($($wire:ty),*) => {$(
+        impl Codec for $wire {
+            #[inline(never)]
+            fn decode(input: &[u8]) -> Option<Self> {
+                serde_json::from_slice(input).ok()
+            }
+
+            #[inline(never)]
+            fn encode(&self) -> Option<Vec<u8>> {
+                serde_json::to_vec(self).ok()
+            }
+        }
+    )*};
+}
+
+codec!(
+    LoginRequest,
+    VerifyRequest,
+    AssistedUrlRequest,
+    AssistedFinishRequest,
+    LoginOutput,
+    VerifyOutput,
+    AssistedUrlOutput,
+    ErrorOutput
+);
+
 /// Runs `f` with decoded input and writes its encoded result, catching panics.
-fn shim<Req, Out>(
+fn shim<Req: Codec, Out: Codec>(
     host: *const HostTable,
     call: *mut CallCtx,
     input: Bytes,
     out: Sink,
     f: impl FnOnce(&Host<'_>, Req) -> Result<Out, ErrorOutput>,
-) -> Status
-where
-    Req: DeserializeOwned,
-    Out: Serialize,
-{
+) -> Status {
     let result = catch_unwind(AssertUnwindSafe(|| {
         if !host_is_compatible(host) {
             return Status::BAD_INPUT;
@@ -309,21 +343,20 @@ where
             _host: std::marker::PhantomData,
         };
         // SAFETY: the host passes bytes valid for this call.
-        let req: Req = match serde_json::from_slice(unsafe { input.as_slice() }) {
-            Ok(req) => req,
-            Err(_) => return Status::BAD_INPUT,
+        let Some(req) = Req::decode(unsafe { input.as_slice() }) else {
+            return Status::BAD_INPUT;
         };
         let (status, body) = match f(&host, req) {
-            Ok(output) => (Status::OK, serde_json::to_vec(&output)),
-            Err(error) => (Status::ERROR, serde_json::to_vec(&error)),
+            Ok(output) => (Status::OK, output.encode()),
+            Err(error) => (Status::ERROR, error.encode()),
         };
         match body {
-            Ok(body) => {
+            Some(body) => {
                 // SAFETY: `out` is the caller's sink for this call.
                 unsafe { abi::sink_write(out, &body) };
                 status
             }
-            Err(_) => Status::ERROR,
+            None => Status::ERROR,
         }
     }));
     result.unwrap_or(Status::PANIC)
