@@ -18,6 +18,14 @@ pub trait Clock: Send + Sync + Debug {
     }
 }
 
+/// A timezone by IANA name (`Asia/Kolkata`), from the tz database compiled into the binary, so a
+/// name means the same offsets on every host (Cargo.toml says why).
+pub fn timezone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::db()
+        .get(name)
+        .map_err(|_| format!("{name:?} is not a timezone name of the IANA tz database"))
+}
+
 /// The system clock.
 #[derive(Debug, Default)]
 pub struct SystemClock;

@@ -39,9 +39,7 @@ pub(super) fn validate(id: &str, version: &str, manifest: &Manifest) -> Result<(
     }
     (manifest.schedule.parse::<croner::Cron>())
         .map_err(|e| LoadError::BadManifest(format!("schedule: {e}")))?;
-    manifest
-        .timezone
-        .parse::<chrono_tz::Tz>()
+    crate::clock::timezone(&manifest.timezone)
         .map_err(|e| LoadError::BadManifest(format!("timezone: {e}")))?;
     for (name, url) in &manifest.base_urls {
         url::Url::parse(url)

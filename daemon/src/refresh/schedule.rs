@@ -19,8 +19,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
-
 use broker_api::wire::Validity;
 
 use super::{Named, RefreshSummary, Refresher, Selection};
@@ -37,16 +35,16 @@ pub struct BrokerSchedule {
     /// Broker id.
     pub broker: String,
     cron: croner::Cron,
-    tz: chrono_tz::Tz,
+    tz: jiff::tz::TimeZone,
     /// How the broker's tokens expire.
     pub validity: Validity,
 }
 
 impl BrokerSchedule {
-    fn at(&self, ms: i64) -> Option<chrono::DateTime<chrono_tz::Tz>> {
-        Utc.timestamp_millis_opt(ms)
-            .single()
-            .map(|t| t.with_timezone(&self.tz))
+    fn at(&self, ms: i64) -> Option<jiff::Zoned> {
+        jiff::Timestamp::from_millisecond(ms)
+            .ok()
+            .map(|t| t.to_zoned(self.tz.clone()))
     }
 
     /// The first scheduled instant strictly after `now_ms`.
@@ -55,7 +53,7 @@ impl BrokerSchedule {
         self.cron
             .find_next_occurrence(&now, false)
             .ok()
-            .map(|t| t.timestamp_millis())
+            .map(|t| t.timestamp().as_millisecond())
     }
 
     /// The last scheduled instant at or before `now_ms`.
@@ -64,7 +62,7 @@ impl BrokerSchedule {
         self.cron
             .find_previous_occurrence(&now, true)
             .ok()
-            .map(|t| t.timestamp_millis())
+            .map(|t| t.timestamp().as_millisecond())
     }
 }
 
@@ -82,8 +80,7 @@ pub fn check_config(brokers: &BTreeMap<String, BrokerConfig>) -> Result<(), Conf
             parse_cron(schedule).map_err(|e| ConfigError::invalid(key("schedule"), schedule, e))?;
         }
         if let Some(tz) = &broker.timezone {
-            tz.parse::<chrono_tz::Tz>()
-                .map_err(|e| ConfigError::invalid(key("timezone"), tz, e.to_string()))?;
+            crate::clock::timezone(tz).map_err(|e| ConfigError::invalid(key("timezone"), tz, e))?;
         }
     }
     Ok(())
@@ -102,7 +99,7 @@ pub fn schedules(plugins: &Registry, config: &Config) -> Vec<BrokerSchedule> {
             let expr = broker.schedule.unwrap_or_else(|| plugin.manifest.schedule.clone());
             let tz = broker.timezone.unwrap_or_else(|| plugin.manifest.timezone.clone());
             // Both were validated (config at start, manifest at load); a failure here is a bug.
-            match (parse_cron(&expr), tz.parse::<chrono_tz::Tz>()) {
+            match (parse_cron(&expr), crate::clock::timezone(&tz)) {
                 (Ok(cron), Ok(tz)) => Some(BrokerSchedule {
                     broker: plugin.id.clone(),
                     cron,

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{NaiveTime, Timelike};
+use jiff::civil::{Date, Time};
+use jiff::tz::{AmbiguousOffset, TimeZone};
 use tokio::sync::watch;
 
 use super::{Named, RefreshSummary, Refresher, Selection};
@@ -15,17 +17,25 @@ use crate::config::{ConfigError, RefreshConfig};
 use crate::vault::{AccountKey, Trigger, VaultError, blocking};
 
 /// `[refresh] session_open`, `session_close`, `session_timezone`, `rolling_refresh_ahead_secs`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MarketSession {
-    open: NaiveTime,
-    close: NaiveTime,
-    tz: chrono_tz::Tz,
+    open: Time,
+    close: Time,
+    tz: TimeZone,
     ahead_ms: i64,
 }
 
-fn parse_time(key: &str, value: &str) -> Result<NaiveTime, ConfigError> {
-    NaiveTime::parse_from_str(value, "%H:%M")
-        .map_err(|e| ConfigError::invalid(format!("refresh.{key}"), value, format!("{e} (HH:MM)")))
+fn parse_time(key: &str, value: &str) -> Result<Time, ConfigError> {
+    let time = NaiveTime::parse_from_str(value, "%H:%M").map_err(|e| {
+        ConfigError::invalid(format!("refresh.{key}"), value, format!("{e} (HH:MM)"))
+    })?;
+    // Hours and minutes of a parsed time: both fit.
+    Ok(jiff::civil::time(
+        time.hour() as i8,
+        time.minute() as i8,
+        0,
+        0,
+    ))
 }
 
 impl MarketSession {
@@ -41,12 +51,8 @@ impl MarketSession {
                 format!("must be later than session_open ({})", config.session_open),
             ));
         }
-        let tz = (config.session_timezone.parse::<chrono_tz::Tz>()).map_err(|e| {
-            ConfigError::invalid(
-                "refresh.session_timezone",
-                &config.session_timezone,
-                e.to_string(),
-            )
+        let tz = crate::clock::timezone(&config.session_timezone).map_err(|e| {
+            ConfigError::invalid("refresh.session_timezone", &config.session_timezone, e)
         })?;
         let ahead_ms = i64::try_from(config.rolling_refresh_ahead_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX);
@@ -58,24 +64,27 @@ impl MarketSession {
         })
     }
 
-    fn at(&self, date: NaiveDate, time: NaiveTime) -> i64 {
-        self.tz
-            .from_local_datetime(&date.and_time(time))
-            .earliest()
-            .map_or(i64::MAX, |t| t.timestamp_millis())
+    /// The instant of a wall-clock time on `date`: the earlier one where clocks were set back,
+    /// none (`i64::MAX`) in a gap where they were set forward.
+    fn at(&self, date: Date, time: Time) -> i64 {
+        let local = self.tz.to_ambiguous_timestamp(date.to_datetime(time));
+        match local.offset() {
+            AmbiguousOffset::Gap { .. } => i64::MAX,
+            _ => local.earlier().map_or(i64::MAX, |t| t.as_millisecond()),
+        }
     }
 
     /// Open and close (Unix ms) of the session in progress at `now_ms`, else of the next one.
     pub fn current_or_next(&self, now_ms: i64) -> (i64, i64) {
-        let Some(now) = Utc.timestamp_millis_opt(now_ms).single() else {
+        let Ok(now) = jiff::Timestamp::from_millisecond(now_ms) else {
             return (i64::MAX, i64::MAX);
         };
-        let today = now.with_timezone(&self.tz).date_naive();
+        let today = self.tz.to_datetime(now).date();
         let close = self.at(today, self.close);
         let day = if now_ms < close {
             today
         } else {
-            today.succ_opt().unwrap_or(today)
+            today.tomorrow().unwrap_or(today)
         };
         (self.at(day, self.open), self.at(day, self.close))
     }
@@ -154,11 +163,13 @@ mod tests {
     use super::*;
 
     /// Unix ms of a wall-clock time in IST.
-    fn ist(d: u32, h: u32, m: u32) -> i64 {
-        chrono_tz::Asia::Kolkata
-            .with_ymd_and_hms(2026, 3, d, h, m, 0)
+    fn ist(d: i8, h: i8, m: i8) -> i64 {
+        jiff::civil::date(2026, 3, d)
+            .at(h, m, 0, 0)
+            .in_tz("Asia/Kolkata")
             .unwrap()
-            .timestamp_millis()
+            .timestamp()
+            .as_millisecond()
     }
 
     fn session() -> MarketSession {
@@ -207,6 +218,29 @@ mod tests {
             s.due(ist(10, 9, 0), ist(10, 15, 29)),
             "a minute short of the close"
         );
+    }
+
+    #[test]
+    fn a_wall_time_clocks_skip_has_no_instant_and_one_they_repeat_is_its_earlier() {
+        let s = MarketSession::from_config(&RefreshConfig {
+            session_timezone: "America/New_York".into(),
+            ..RefreshConfig::default()
+        })
+        .unwrap();
+        // 2026-03-08 02:30 never happened in New York; 2026-11-01 01:30 happened twice (EDT,
+        // then EST): the first is 05:30 UTC.
+        assert_eq!(
+            s.at(
+                jiff::civil::date(2026, 3, 8),
+                jiff::civil::time(2, 30, 0, 0)
+            ),
+            i64::MAX
+        );
+        let repeated = s.at(
+            jiff::civil::date(2026, 11, 1),
+            jiff::civil::time(1, 30, 0, 0),
+        );
+        assert_eq!(repeated, 1_793_511_000_000);
     }
 
     #[test]
